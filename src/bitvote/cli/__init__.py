@@ -1,0 +1,58 @@
+"""The ``bitvote`` command: a thin layer over the library.
+
+Each command group lives in its own module with ``add_parser(subparsers)`` that registers its
+subcommands and sets ``func`` on them; :func:`main` dispatches, and turns a
+:class:`~bitvote.errors.BitvoteError` (a user mistake) into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import BitvoteError
+
+#: command modules, in the order their commands appear in ``bitvote --help``
+COMMAND_MODULES = ["info", "train", "convert", "engine", "hw"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bitvote",
+        description="Binary neural networks with majority voters: train, convert, run packed, cost in hardware.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name == f"{__name__}.{name}":
+                continue  # command group not built yet
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        rc = args.func(args)
+    except BitvoteError as e:
+        if args.debug:
+            raise
+        print(f"bitvote: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bitvote: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Binary layers (modules) and their functional core."""
+
+from . import functional
+from .activations import LearnableBias, RPReLU, RSign, Sign
+from .layers import BinaryConv2d, BinaryLinear, VoterLayer
+
+__all__ = ["functional", "BinaryConv2d", "BinaryLinear", "VoterLayer", "LearnableBias", "Sign", "RSign", "RPReLU"]

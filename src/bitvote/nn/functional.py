@@ -1,0 +1,241 @@
+"""Functional core of the binary layers: ``binary_conv2d`` and the leaf sums behind voters.
+
+A voter needs, per output, the sums of the valid terms of each of its leaves (SPEC.md). We
+never build the n terms of an output. Leaves are consecutive runs of the flat term order,
+so we cut the flat order into equal *blocks* that never straddle a leaf boundary and that a
+convolution can sum directly:
+
+* tap-major order (the default): a block is ``b`` consecutive channels of one kernel tap,
+  with ``b = gcd(C, leaf boundaries)``. All blocks come out of one batched matmul over
+  shifted views of the padded input: the same multiply-adds as the plain convolution.
+* channel-major order (``cm:``): a block is ``b`` whole channels (a grouped convolution), or
+  a run of taps inside one channel (a per-channel convolution with a tap mask).
+
+Blocks are then summed into leaves, and :func:`bitvote.voter.reduce_votes` takes it from
+there. The valid-term counts that zero padding needs come from the same block code run on
+an all-ones input, so padding has a single implementation too.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import reduce as _fold
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..binarize import binarize, binarize_weight
+from ..voter import CM, Hierarchy, _first_nonzero, _segsum, reduce_votes
+
+__all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary"]
+
+
+def _pair(v) -> Tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def pad_binary(xb: torch.Tensor, padding, pad_value: float) -> torch.Tensor:
+    """Pad +/-1 activations with ``pad_value`` (0 = zero padding: those terms are invalid)."""
+    ph, pw = _pair(padding)
+    if ph == 0 and pw == 0:
+        return xb
+    return F.pad(xb, (pw, pw, ph, ph), value=float(pad_value))
+
+
+def _out_size(size, k, stride, dilation):
+    return (size - dilation * (k - 1) - 1) // stride + 1
+
+
+def _tap_views(xp, kh, kw, stride, dilation, Ho, Wo):
+    """Shifted, strided views of a channels-last padded input, one per tap: (T, N, Ho, Wo, C)."""
+    sh, sw = stride
+    dh, dw = dilation
+    xcl = xp.permute(0, 2, 3, 1)
+    views = []
+    for i in range(kh):
+        for j in range(kw):
+            views.append(xcl[:, i * dh : i * dh + (Ho - 1) * sh + 1 : sh, j * dw : j * dw + (Wo - 1) * sw + 1 : sw, :])
+    return torch.stack(views, 0)
+
+
+def _boundaries(sizes):
+    out, acc = [], 0
+    for s in sizes:
+        acc += s
+        out.append(acc)
+    return out
+
+
+def _blocks_tap(xp, wb, b, stride, dilation, Ho, Wo, want_first):
+    """Tap-major blocks. Returns sums (P, N, Ho, Wo, Co), first terms (same) or None; dim 0."""
+    N, C = xp.shape[:2]
+    Co, _, kh, kw = wb.shape
+    T, G = kh * kw, C // b
+    X = _tap_views(xp, kh, kw, stride, dilation, Ho, Wo)  # (T, N, Ho, Wo, C)
+    L = N * Ho * Wo
+    X = X.reshape(T, L, G, b)
+    W = wb.reshape(Co, C, T).permute(2, 1, 0).reshape(T, G, b, Co)  # (T, G, b, Co)
+    if G == 1:
+        sums = torch.bmm(X.reshape(T, L, b), W.reshape(T, b, Co))
+    else:
+        sums = torch.bmm(X.permute(0, 2, 1, 3).reshape(T * G, L, b), W.reshape(T * G, b, Co))
+    sums = sums.view(T * G, N, Ho, Wo, Co)
+    first = None
+    if want_first:
+        x0 = X[..., 0].permute(0, 2, 1).reshape(T * G, N, Ho, Wo, 1)
+        w0 = W[:, :, 0, :].reshape(T * G, 1, 1, 1, Co)
+        first = x0 * w0
+    return sums, first
+
+
+def _blocks_cm_channels(xp, wb, bc, stride, dilation):
+    """Channel-major blocks of ``bc`` whole channels: a grouped conv. (N, G, Co, Ho, Wo); dim 1."""
+    N, C = xp.shape[:2]
+    Co, _, kh, kw = wb.shape
+    G = C // bc
+    wg = wb.reshape(Co, G, bc, kh, kw).transpose(0, 1).reshape(G * Co, bc, kh, kw)
+    y = F.conv2d(xp, wg, stride=stride, dilation=dilation, groups=G)
+    return y.view(N, G, Co, y.shape[-2], y.shape[-1])
+
+
+def _blocks_cm_taps(xp, wb, bt, stride, dilation):
+    """Channel-major blocks of ``bt`` taps inside one channel: a per-channel conv with a tap mask.
+
+    Returns (N, C * R, Co, Ho, Wo) with R = taps / bt; dim 1.
+    """
+    N, C = xp.shape[:2]
+    Co, _, kh, kw = wb.shape
+    T = kh * kw
+    R = T // bt
+    mask = torch.zeros(R, T, dtype=wb.dtype, device=wb.device)
+    for r in range(R):
+        mask[r, r * bt : (r + 1) * bt] = 1
+    # weight[(c, r, o), 0, tap] = W[o, c, tap] * mask[r, tap]
+    w = wb.reshape(Co, C, 1, T) * mask.view(1, 1, R, T)  # (Co, C, R, T)
+    w = w.permute(1, 2, 0, 3).reshape(C * R * Co, 1, kh, kw)
+    y = F.conv2d(xp, w, stride=stride, dilation=dilation, groups=C)
+    return y.view(N, C * R, Co, y.shape[-2], y.shape[-1])
+
+
+def conv_leaf_sums(
+    xb: torch.Tensor,
+    wb: torch.Tensor,
+    hier: Hierarchy,
+    stride=1,
+    padding=0,
+    dilation=1,
+    pad_value: float = 0.0,
+):
+    """Leaf sums, valid counts and first terms of a binary conv for ``hier`` (one conv group).
+
+    ``xb``: +/-1 activations (N, C, H, W); ``wb``: +/-1 weights (Co, C, kh, kw).
+    Returns ``(sums, valid, first, dim)``: leaves along ``dim``; ``valid`` is ``None`` unless
+    zero padding can make terms invalid; ``first`` is ``None`` unless the leaf tie is 'first'.
+    """
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    N, C, H, W = xb.shape
+    Co, _, kh, kw = wb.shape
+    T = kh * kw
+    Ho = _out_size(H + 2 * padding[0], kh, stride[0], dilation[0])
+    Wo = _out_size(W + 2 * padding[1], kw, stride[1], dilation[1])
+    zero_pad = float(pad_value) == 0.0 and (padding[0] > 0 or padding[1] > 0)
+    want_first = hier.levels[0].tie == "first"
+    leaves = hier.leaf_sizes
+    bounds = _boundaries(leaves)
+
+    # One block plan for the sums, the first terms and the valid counts alike.
+    if hier.order != CM or len(leaves) == 1:
+        plan, b = "tap", _fold(math.gcd, bounds, C)
+    elif all(x % T == 0 for x in bounds) and not want_first:
+        plan, b = "channels", _fold(math.gcd, [x // T for x in bounds], C) * T
+    else:
+        # Under 'first' every block is a single term, so a block's first term is its sum.
+        plan, b = "taps", 1 if want_first else _fold(math.gcd, bounds, T)
+    per_leaf = [sz // b for sz in leaves]
+
+    def on(x, w, first):
+        """Block sums (and first terms) for input x / weight w: (sums, first, dim)."""
+        xp = pad_binary(x, padding, pad_value)
+        if plan == "tap":
+            s, f = _blocks_tap(xp, w, b, stride, dilation, Ho, Wo, first)
+            return s, f, 0
+        if plan == "channels":
+            return _blocks_cm_channels(xp, w, b // T, stride, dilation), None, 1
+        s = _blocks_cm_taps(xp, w, b, stride, dilation)
+        return s, (s if first else None), 1
+
+    sums, first, dim = on(xb, wb, want_first)
+    valid = None
+    if zero_pad:
+        ones_x = torch.ones((1, C, H, W), dtype=xb.dtype, device=xb.device)
+        ones_w = torch.ones((1, C, kh, kw), dtype=wb.dtype, device=wb.device)
+        valid, _, _ = on(ones_x, ones_w, False)
+    if any(p != 1 for p in per_leaf):
+        if first is not None:
+            live = first if valid is None else first * (valid > 0).to(first.dtype)
+            first = _first_nonzero(live, per_leaf, dim)
+        sums = _segsum(sums, per_leaf, dim)
+        if valid is not None:
+            valid = _segsum(valid, per_leaf, dim)
+    return sums, valid, first, dim
+
+
+def _out_layout(y: torch.Tensor, dim: int) -> torch.Tensor:
+    """Votes come out as (N, Ho, Wo, Co) from tap blocks (dim 0) or (N, Co, Ho, Wo) (dim 1)."""
+    return y.permute(0, 3, 1, 2) if dim == 0 else y
+
+
+def binary_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    *,
+    voter: Optional[Hierarchy] = None,
+    pad_value: float = 0.0,
+    weight_scale: bool = False,
+    input_surrogate="ste",
+    surrogate="approxsign",
+    sigma="fanin",
+) -> torch.Tensor:
+    """Binary convolution per SPEC.md: binarize ``x`` and ``weight``, then popcount or vote.
+
+    ``voter=None`` returns the sums ``s`` (times the per-channel ``mean|W|`` when
+    ``weight_scale``); a :class:`~bitvote.voter.Hierarchy` returns +/-1 votes (or a ``P``
+    root's count), computed in fp32 even under autocast so that sums and ties are exact.
+    """
+    xb = binarize(x, input_surrogate)
+    wb, alpha = binarize_weight(weight, weight_scale)
+    if voter is None:
+        ph, pw = _pair(padding)
+        if float(pad_value) == 0.0:
+            s = F.conv2d(xb, wb.to(xb.dtype), None, stride, padding, dilation, groups)
+        else:
+            s = F.conv2d(pad_binary(xb, padding, pad_value), wb.to(xb.dtype), None, stride, 0, dilation, groups)
+        if alpha is not None:
+            s = s * alpha.to(s.dtype).view(1, -1, 1, 1)
+        return s
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xb, wb = xb.float(), wb.float()
+        if voter.is_mv and voter.levels[0].tie != "first":
+            # Fast path: one leaf over every term is the plain convolution.
+            s = F.conv2d(pad_binary(xb, padding, pad_value) if pad_value != 0 else xb, wb, None, stride,
+                         0 if pad_value != 0 else padding, dilation, groups)
+            valid = None
+            if float(pad_value) == 0.0 and any(p > 0 for p in _pair(padding)):
+                cin = xb.shape[1] // groups
+                valid = F.conv2d(torch.ones_like(xb[:1, :cin]), torch.ones_like(wb[:1]), None, stride, padding, dilation)
+            return reduce_votes(voter, s.unsqueeze(1), None if valid is None else valid.unsqueeze(1),
+                                dim=1, surrogate=surrogate, sigma=sigma)
+        outs = []
+        cin, cout = xb.shape[1] // groups, wb.shape[0] // groups
+        for g in range(groups):
+            sums, valid, first, dim = conv_leaf_sums(
+                xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter, stride, padding, dilation, pad_value
+            )
+            y = reduce_votes(voter, sums, valid, first, dim=dim, surrogate=surrogate, sigma=sigma)
+            outs.append(_out_layout(y, dim))
+        return outs[0] if groups == 1 else torch.cat(outs, 1)
