@@ -61,6 +61,10 @@ class Surrogate:
     def grad(self, u: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def backward(self, g: torch.Tensor, s: torch.Tensor, sigma) -> torch.Tensor:
+        """``g * F'(s / sigma) / sigma``; subclasses fuse it for a scalar ``sigma`` (hot path)."""
+        return g * self.grad(s / sigma) / sigma
+
     def __repr__(self) -> str:
         return self.name
 
@@ -80,6 +84,11 @@ class Ste(Surrogate):
     def grad(self, u):
         return (u.abs() <= self.clip).to(u.dtype)
 
+    def backward(self, g, s, sigma):
+        if torch.is_tensor(sigma):
+            return super().backward(g, s, sigma)
+        return torch.where(s.abs() <= self.clip * sigma, g / sigma, torch.zeros((), dtype=g.dtype, device=g.device))
+
     def __repr__(self):
         return "ste" if self.clip == 1.0 else f"Ste(clip={self.clip})"
 
@@ -96,6 +105,14 @@ class ApproxSign(Surrogate):
 
     def grad(self, u):
         return torch.clamp(2.0 - 2.0 * u.abs(), min=0.0)
+
+    def backward(self, g, s, sigma):
+        if torch.is_tensor(sigma):
+            return super().backward(g, s, sigma)
+        # F'(s/sigma)/sigma = max(0, 2/sigma - 2|s|/sigma^2), computed in place: few passes.
+        r = s.abs()
+        r.mul_(-2.0 / (sigma * sigma)).add_(2.0 / sigma).clamp_(min=0.0)
+        return r.mul_(g)
 
 
 _SURROGATES = {"ste": Ste, "approxsign": ApproxSign}
@@ -126,8 +143,7 @@ class _SignFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
-        u = x / ctx.scale if ctx.scale != 1.0 else x
-        return grad_out * ctx.surrogate.grad(u) / ctx.scale, None, None
+        return ctx.surrogate.backward(grad_out, x, ctx.scale), None, None
 
 
 def binarize(x: torch.Tensor, surrogate: SurrogateLike = "ste", scale: float = 1.0) -> torch.Tensor:

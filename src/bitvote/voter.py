@@ -384,18 +384,16 @@ def resolve(
     # Drop levels of fan-in 1 (identity voters). A leaf level of single terms is dropped too:
     # the level above then groups terms directly.
     levels = []
-    for groups, t in zip(raw, ties_bottom_up):
-        if all(g == 1 for g in groups) and len(raw) > 1:
+    root_dropped = False
+    for li, (groups, t) in enumerate(zip(raw, ties_bottom_up)):
+        if all(g == 1 for g in groups) and len(raw) > 1 and not (li == 0 and len(raw) == 1):
+            root_dropped = li == len(raw) - 1
             continue
         levels.append(Level(tuple(groups), t))
-    if not levels:  # e.g. M1 on n = 1
+    if not levels:  # e.g. M1(M1) on n = 1
         levels = [Level(tuple(raw[0]), ties_bottom_up[0])]
-    if len(levels) == 1 and len(levels[0].groups) > 1:
-        # Only the upper levels were of fan-in 1 and a multi-leaf level remains: impossible,
-        # since the root has a single node; keep for safety.
-        misfit("the hierarchy has no single root")
-    if kind_root == "P" and len(levels) < 2:
-        kind_root = "M"  # P over a single vote is that vote
+    if root_dropped:
+        kind_root = "M"  # a P root over a single vote is that vote
     if len(levels) == 1:
         order = TAP  # one leaf over all terms: the order does not matter
     return Hierarchy(n=n, levels=tuple(levels), order=order, root=kind_root)
@@ -457,21 +455,27 @@ def _tree_levels(tree: _Node, n: int, misfit):
 
 
 class _VoteFn(torch.autograd.Function):
-    """sign with ties filled in, and a surrogate derivative F'(s / sigma) / sigma."""
+    """The vote on integer sums ``s``: ``sign(s + fill / 2)``.
+
+    ``fill`` (+1, -1 or 0, a scalar or a tensor) is the output wanted where ``s == 0``; since
+    ``s`` is an integer, adding half of it never changes a non-zero sign. Backward is the
+    surrogate's ``F'(s / sigma) / sigma``.
+    """
 
     @staticmethod
     def forward(ctx, s, fill, surrogate, sigma):
-        sig = sigma if torch.is_tensor(sigma) else torch.tensor(float(sigma), dtype=s.dtype, device=s.device)
-        ctx.save_for_backward(s, sig)
-        ctx.surrogate = surrogate
-        one = torch.ones((), dtype=s.dtype, device=s.device)
-        fill_t = fill if torch.is_tensor(fill) else torch.full((), float(fill), dtype=s.dtype, device=s.device)
-        return torch.where(s > 0, one, torch.where(s < 0, -one, fill_t.to(s.dtype)))
+        ctx.save_for_backward(s)
+        ctx.surrogate, ctx.sigma = surrogate, sigma
+        if torch.is_tensor(fill):
+            out = torch.add(s, fill.to(s.dtype), alpha=0.5)
+        else:
+            out = s + 0.5 * float(fill)
+        return out.sign_()
 
     @staticmethod
     def backward(ctx, g):
-        s, sig = ctx.saved_tensors
-        return g * ctx.surrogate.grad(s / sig) / sig, None, None, None
+        (s,) = ctx.saved_tensors
+        return ctx.surrogate.backward(g, s, ctx.sigma), None, None, None
 
 
 def vote(s: torch.Tensor, tie=1, surrogate: SurrogateLike = "approxsign", sigma=1.0) -> torch.Tensor:
@@ -568,7 +572,7 @@ def reduce_votes(
     if leaf_sums.shape[dim] != len(hier.leaf_sizes):
         raise ValueError(f"expected {len(hier.leaf_sizes)} leaves along dim {dim}, got {leaf_sums.shape[dim]}")
     s = leaf_sums
-    c = leaf_valid
+    c = leaf_valid  # valid inputs per node; abstention depends only on it, never on term values
     first = leaf_first
     v = None
     last = hier.depth - 1
@@ -577,20 +581,21 @@ def reduce_votes(
             first = _first_nonzero(v, level.groups, dim) if level.tie == "first" else None
             s = _segsum(v, level.groups, dim)
             if c is not None:
-                c = _segsum((v != 0).to(s.dtype), level.groups, dim)
+                c = _segsum((c > 0).to(s.dtype), level.groups, dim)
         if li == last and hier.root == "P":
             return s.squeeze(dim)
         if level.tie == "first":
             if first is None:
                 raise ValueError("tie rule 'first' at the leaf level needs leaf_first")
-            fill = first.to(s.dtype)
+            fill = first
         else:
-            fill = torch.full((), float(level.tie), dtype=s.dtype, device=s.device)
+            fill = float(level.tie)
         if c is not None:
             # A voter with no valid input abstains (0); a root that abstains takes its tie
             # value (+1 under 'first').
             abstain = (1.0 if level.tie == "first" else float(level.tie)) if li == last else 0.0
-            fill = torch.where(c == 0, torch.full((), abstain, dtype=s.dtype, device=s.device), fill)
+            fill = torch.where(c == 0, torch.full((), abstain, dtype=s.dtype, device=s.device),
+                               fill if torch.is_tensor(fill) else torch.full((), fill, dtype=s.dtype, device=s.device))
         sig = _sigma(sigma, level.groups, c, s, dim)
         v = _VoteFn.apply(s, fill, surrogate, sig)
     return v.squeeze(dim)

@@ -47,16 +47,35 @@ def _out_size(size, k, stride, dilation):
     return (size - dilation * (k - 1) - 1) // stride + 1
 
 
-def _tap_views(xp, kh, kw, stride, dilation, Ho, Wo):
-    """Shifted, strided views of a channels-last padded input, one per tap: (T, N, Ho, Wo, C)."""
-    sh, sw = stride
-    dh, dw = dilation
-    xcl = xp.permute(0, 2, 3, 1)
-    views = []
-    for i in range(kh):
-        for j in range(kw):
-            views.append(xcl[:, i * dh : i * dh + (Ho - 1) * sh + 1 : sh, j * dw : j * dw + (Wo - 1) * sw + 1 : sw, :])
-    return torch.stack(views, 0)
+class _TapViews(torch.autograd.Function):
+    """Gather (T, G, N, Ho, Wo, b) blocks of a channels-last padded input, one per tap and group.
+
+    A custom function so that the backward is one scatter-add per tap into one buffer,
+    instead of autograd's zero-filled full-size tensor per slice.
+    """
+
+    @staticmethod
+    def forward(ctx, xcl, kh, kw, stride, dilation, Ho, Wo, G):
+        N, Hp, Wp, C = xcl.shape
+        b = C // G
+        out = xcl.new_empty((kh * kw, G, N, Ho, Wo, b))
+        slices = []
+        for i in range(kh):
+            for j in range(kw):
+                sl = (slice(None), slice(i * dilation[0], i * dilation[0] + (Ho - 1) * stride[0] + 1, stride[0]),
+                      slice(j * dilation[1], j * dilation[1] + (Wo - 1) * stride[1] + 1, stride[1]))
+                slices.append(sl)
+                out[len(slices) - 1].copy_(xcl[sl].reshape(N, Ho, Wo, G, b).permute(3, 0, 1, 2, 4))
+        ctx.slices, ctx.shape, ctx.G = slices, xcl.shape, G
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        N, Hp, Wp, C = ctx.shape
+        gx = g.new_zeros(ctx.shape)
+        for t, sl in enumerate(ctx.slices):
+            gx[sl].view(N, g.shape[3], g.shape[4], ctx.G, C // ctx.G).add_(g[t].permute(1, 2, 3, 0, 4))
+        return gx, None, None, None, None, None, None, None
 
 
 def _boundaries(sizes):
@@ -67,25 +86,26 @@ def _boundaries(sizes):
     return out
 
 
-def _blocks_tap(xp, wb, b, stride, dilation, Ho, Wo, want_first):
-    """Tap-major blocks. Returns sums (P, N, Ho, Wo, Co), first terms (same) or None; dim 0."""
-    N, C = xp.shape[:2]
+def _blocks_tap(xb, wb, b, padding, pad_value, stride, dilation, Ho, Wo, want_first):
+    """Tap-major blocks of ``b`` channels of one tap: one batched matmul over the taps.
+
+    Returns sums (P, N, Ho, Wo, Co) with P = taps x C/b in flat order, the first term of each
+    block (same layout) or None, and dim 0.
+    """
+    N, C = xb.shape[:2]
     Co, _, kh, kw = wb.shape
     T, G = kh * kw, C // b
-    X = _tap_views(xp, kh, kw, stride, dilation, Ho, Wo)  # (T, N, Ho, Wo, C)
+    ph, pw = padding
+    xcl = xb.permute(0, 2, 3, 1)
+    if ph or pw:
+        xcl = F.pad(xcl, (0, 0, pw, pw, ph, ph), value=float(pad_value))
+    X = _TapViews.apply(xcl.contiguous(), kh, kw, stride, dilation, Ho, Wo, G)  # (T, G, N, Ho, Wo, b)
     L = N * Ho * Wo
-    X = X.reshape(T, L, G, b)
-    W = wb.reshape(Co, C, T).permute(2, 1, 0).reshape(T, G, b, Co)  # (T, G, b, Co)
-    if G == 1:
-        sums = torch.bmm(X.reshape(T, L, b), W.reshape(T, b, Co))
-    else:
-        sums = torch.bmm(X.permute(0, 2, 1, 3).reshape(T * G, L, b), W.reshape(T * G, b, Co))
-    sums = sums.view(T * G, N, Ho, Wo, Co)
+    W = wb.reshape(Co, G, b, T).permute(3, 1, 2, 0).reshape(T * G, b, Co)
+    sums = torch.bmm(X.view(T * G, L, b), W).view(T * G, N, Ho, Wo, Co)
     first = None
     if want_first:
-        x0 = X[..., 0].permute(0, 2, 1).reshape(T * G, N, Ho, Wo, 1)
-        w0 = W[:, :, 0, :].reshape(T * G, 1, 1, 1, Co)
-        first = x0 * w0
+        first = X[..., 0].reshape(T * G, N, Ho, Wo, 1) * W[:, 0, :].reshape(T * G, 1, 1, 1, Co)
     return sums, first
 
 
@@ -156,10 +176,10 @@ def conv_leaf_sums(
 
     def on(x, w, first):
         """Block sums (and first terms) for input x / weight w: (sums, first, dim)."""
-        xp = pad_binary(x, padding, pad_value)
         if plan == "tap":
-            s, f = _blocks_tap(xp, w, b, stride, dilation, Ho, Wo, first)
+            s, f = _blocks_tap(x, w, b, padding, pad_value, stride, dilation, Ho, Wo, first)
             return s, f, 0
+        xp = pad_binary(x, padding, pad_value)
         if plan == "channels":
             return _blocks_cm_channels(xp, w, b // T, stride, dilation), None, 1
         s = _blocks_cm_taps(xp, w, b, stride, dilation)
