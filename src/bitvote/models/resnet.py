@@ -25,8 +25,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import BitvoteError
-from ..nn import BinaryConv2d, RPReLU, RSign, Sign
+from ..nn import BinaryConv2d, RSign, Sign
 from .registry import register, set_voter
+from .variants import Variant
 
 __all__ = ["resnet18", "birealnet18", "reactnet18", "xnornet18", "BinaryResNet"]
 
@@ -37,47 +38,75 @@ def _ch(c: int, width: float) -> int:
     return max(1, int(round(c * width)))
 
 
-def _downsample(cin, cout, stride, avgpool):
+def _downsample(cin, cout, stride, avgpool, v: Variant):
     if stride == 1 and cin == cout:
         return nn.Identity()
     if avgpool:  # Bi-Real / ReActNet: average pool, then a real 1x1 conv at stride 1
         pool = nn.AvgPool2d(2, stride) if stride > 1 else nn.Identity()
-        return nn.Sequential(pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        return nn.Sequential(pool, v.conv(cin, cout, 1), v.norm(cout))
+    return nn.Sequential(v.conv(cin, cout, 1, stride), v.norm(cout))
 
 
-class BiRealBlock(nn.Module):
+class _Residual(nn.Module):
+    """Residual scaling shared by the binary blocks: ``shortcut + alpha * f(beta * x)``.
+
+    With BN (or without it) ``alpha = beta = 1``; BN-free sets them (see ``variants.py``).
+    A downsampling shortcut sees ``beta * x`` like the main path; an identity one sees ``x``.
+    """
+
+    def _init_residual(self, v: Variant, shortcut: nn.Module):
+        self.shortcut = shortcut
+        self.downsample = not isinstance(shortcut, nn.Identity)
+        self.beta = v.next_beta()
+        self.alpha = v.alpha
+        v.after_unit(self.downsample)
+
+    def _add(self, out, x, x_in):
+        res = self.shortcut(x_in) if self.downsample else x
+        return out * self.alpha + res if self.alpha != 1.0 else out + res
+
+    def extra_repr(self):
+        return f"alpha={self.alpha:g}, beta={self.beta:.4g}" if self.alpha != 1.0 or self.beta != 1.0 else ""
+
+
+class BiRealBlock(_Residual):
     """``sign -> binary 3x3 -> BN -> + shortcut`` (Bi-Real); ReActNet adds RSign and RPReLU."""
 
-    def __init__(self, cin, cout, stride, react: bool, act_surrogate, conv_kw):
+    def __init__(self, cin, cout, stride, react: bool, act_surrogate, conv_kw, v: Variant):
         super().__init__()
         self.sign = RSign(cin, act_surrogate) if react else Sign(act_surrogate)
-        self.conv = BinaryConv2d(cin, cout, 3, stride, 1, weight_scale=True, **conv_kw)
-        self.bn = nn.BatchNorm2d(cout)
-        self.shortcut = _downsample(cin, cout, stride, avgpool=True)
-        self.act = RPReLU(cout) if react else nn.Identity()
+        self.conv = v.bconv(cin, cout, 3, stride, 1, **conv_kw)
+        self.bn = v.norm(cout)
+        self.gain = v.gain(cout)
+        self._init_residual(v, _downsample(cin, cout, stride, True, v))
+        self.act = v.rprelu(cout) if react else nn.Identity()
 
     def forward(self, x):
-        return self.act(self.bn(self.conv(self.sign(x))) + self.shortcut(x))
+        x_in = x * self.beta if self.beta != 1.0 else x
+        out = self.gain(self.bn(self.conv(self.sign(x_in))))
+        return self.act(self._add(out, x, x_in))
 
 
-class XnorBlock(nn.Module):
+class XnorBlock(_Residual):
     """ResNet basic block with XNOR-Net binary convs: ``(sign -> bconv -> BN) x 2 + shortcut``."""
 
-    def __init__(self, cin, cout, stride, act_surrogate, conv_kw):
+    def __init__(self, cin, cout, stride, act_surrogate, conv_kw, v: Variant):
         super().__init__()
         self.sign1 = Sign(act_surrogate)
-        self.conv1 = BinaryConv2d(cin, cout, 3, stride, 1, weight_scale=True, **conv_kw)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv1 = v.bconv(cin, cout, 3, stride, 1, **conv_kw)
+        self.bn1 = v.norm(cout)
+        self.gain1 = v.gain(cout)
         self.sign2 = Sign(act_surrogate)
-        self.conv2 = BinaryConv2d(cout, cout, 3, 1, 1, weight_scale=True, **conv_kw)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = _downsample(cin, cout, stride, avgpool=False)
+        self.conv2 = v.bconv(cout, cout, 3, 1, 1, **conv_kw)
+        self.bn2 = v.norm(cout)
+        self.gain2 = v.gain(cout)
+        self._init_residual(v, _downsample(cin, cout, stride, False, v))
 
     def forward(self, x):
-        out = self.bn1(self.conv1(self.sign1(x)))
-        out = self.bn2(self.conv2(self.sign2(out)))
-        return out + self.shortcut(x)
+        x_in = x * self.beta if self.beta != 1.0 else x
+        out = self.gain1(self.bn1(self.conv1(self.sign1(x_in))))
+        out = self.gain2(self.bn2(self.conv2(self.sign2(out))))
+        return self._add(out, x, x_in)
 
 
 class FloatBlock(nn.Module):
@@ -89,7 +118,7 @@ class FloatBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = _downsample(cin, cout, stride, avgpool=False)
+        self.shortcut = _downsample(cin, cout, stride, False, Variant("bn"))
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -102,11 +131,12 @@ class BinaryResNet(nn.Module):
 
     default_cfg = {"input_size": (3, 32, 32), "first_conv": "stem.0", "classifier": "fc"}
 
-    def __init__(self, kind: str, num_classes=10, width=1.0, act_surrogate="approxsign", **conv_kw):
+    def __init__(self, kind: str, num_classes=10, width=1.0, act_surrogate="approxsign", bn="bn", alpha=0.2, **conv_kw):
         super().__init__()
         self.kind = kind
+        v = Variant(bn, alpha)
         chans = [_ch(c, width) for c in STAGES]
-        self.stem = nn.Sequential(nn.Conv2d(3, chans[0], 3, 1, 1, bias=False), nn.BatchNorm2d(chans[0]))
+        self.stem = nn.Sequential(v.conv(3, chans[0], 3, 1, 1), v.norm(chans[0]))
         if kind == "float":
             self.stem.append(nn.ReLU(inplace=True))
         blocks_per_stage = 2 if kind in ("float", "xnornet") else 4
@@ -119,9 +149,9 @@ class BinaryResNet(nn.Module):
                 if kind == "float":
                     blocks.append(FloatBlock(cin, cout, stride))
                 elif kind == "xnornet":
-                    blocks.append(XnorBlock(cin, cout, stride, act_surrogate, conv_kw))
+                    blocks.append(XnorBlock(cin, cout, stride, act_surrogate, conv_kw, v))
                 else:
-                    blocks.append(BiRealBlock(cin, cout, stride, kind == "reactnet", act_surrogate, conv_kw))
+                    blocks.append(BiRealBlock(cin, cout, stride, kind == "reactnet", act_surrogate, conv_kw, v))
                 cin = cout
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
@@ -140,20 +170,22 @@ class BinaryResNet(nn.Module):
 _LAYER_OPTS = ("tie", "pad_value", "surrogate", "sigma")
 
 
-def _build(kind, num_classes, voter, width, bn="bn", act_surrogate="approxsign", **opts):
-    unknown = set(opts) - set(_LAYER_OPTS)
+def check_options(opts, extra=("bn", "alpha", "act_surrogate")):
+    unknown = set(opts) - set(_LAYER_OPTS) - set(extra)
     if unknown:
         raise BitvoteError(f"unknown model option(s) {', '.join(sorted(unknown))}: "
-                           f"valid are bn, act_surrogate, {', '.join(_LAYER_OPTS)}")
-    if bn != "bn":
-        raise BitvoteError(f"bn={bn!r} is not available for this model yet (only 'bn')")
+                           f"valid are {', '.join(extra + _LAYER_OPTS)}")
+
+
+def _build(kind, num_classes, voter, width, **opts):
+    check_options(opts)
     tie = opts.pop("tie", 1)
-    model = BinaryResNet(kind, num_classes, width, act_surrogate,
-                         **{k: v for k, v in opts.items() if k != "tie"})
-    if kind != "float":
-        set_voter(model, voter, tie)
-    elif voter not in ("popcount", None):
-        raise BitvoteError("resnet18 is real-valued: it has no binary layer to put a voter on")
+    if kind == "float":
+        if opts.get("bn", "bn") != "bn" or voter not in ("popcount", None):
+            raise BitvoteError("resnet18 is the real-valued teacher: it takes no voter and only bn='bn'")
+        return BinaryResNet(kind, num_classes, width)
+    model = BinaryResNet(kind, num_classes, width, **opts)
+    set_voter(model, voter, tie)
     return model
 
 

@@ -3,5 +3,7 @@
 from . import functional
 from .activations import LearnableBias, RPReLU, RSign, Sign
 from .layers import BinaryConv2d, BinaryLinear, VoterLayer
+from .normfree import Gain, ScaledStdConv2d, adaptive_clip_grad_
 
-__all__ = ["functional", "BinaryConv2d", "BinaryLinear", "VoterLayer", "LearnableBias", "Sign", "RSign", "RPReLU"]
+__all__ = ["functional", "BinaryConv2d", "BinaryLinear", "VoterLayer", "LearnableBias", "Sign", "RSign", "RPReLU",
+           "Gain", "ScaledStdConv2d", "adaptive_clip_grad_"]

@@ -60,10 +60,10 @@ class RSign(nn.Module):
 class RPReLU(nn.Module):
     """ReActNet's RPReLU: ``PReLU(x - gamma_c) + zeta_c`` with per-channel parameters."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, init: float = 0.25):
         super().__init__()
         self.shift_in = LearnableBias(channels)
-        self.prelu = nn.PReLU(channels, init=0.25)
+        self.prelu = nn.PReLU(channels, init=init)
         self.shift_out = LearnableBias(channels)
 
     def forward(self, x):

@@ -32,6 +32,33 @@ class VoterLayer:
     #: qualified name inside a model, set by the model so errors can name the layer
     layer_name: str = "layer"
 
+    standardize = False
+
+    def latent_weight(self) -> torch.Tensor:
+        """The real weight that gets binarized: ``weight``, or its per-output-channel scaled
+        standardization ``(W - mean) / (std * sqrt(fan_in))`` (BN-free nets, Chen et al. 2021),
+        which makes the scaled popcount ``alpha * s`` of unit variance at initialization."""
+        w = self.weight
+        if not self.standardize:
+            return w
+        dims = tuple(range(1, w.dim()))
+        fan_in = w[0].numel()
+        mean = w.mean(dim=dims, keepdim=True)
+        var = w.var(dim=dims, keepdim=True, unbiased=False)
+        return (w - mean) / torch.sqrt(var * fan_in + 1e-5)
+
+    @torch.no_grad()
+    def binary_weight(self):
+        """``(w_bin, alpha)``: the +/-1 weights the layer uses and its scale (or None).
+
+        What the packed engine and the hardware model read, so they see exactly the bits
+        the PyTorch forward uses (standardization included).
+        """
+        from ..binarize import binarize_weight
+
+        wb, alpha = binarize_weight(self.latent_weight(), self.weight_scale)
+        return wb.detach(), None if alpha is None else alpha.detach()
+
     def _init_voter(self, voter, tie, surrogate, sigma, input_surrogate):
         self.surrogate = get_surrogate(surrogate)
         self.input_surrogate = get_surrogate(input_surrogate)
@@ -100,6 +127,7 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
         pad_value: float = 0.0,
         tie=1,
         weight_scale: bool = False,
+        standardize: bool = False,
         surrogate="approxsign",
         sigma="fanin",
         input_surrogate="ste",
@@ -115,6 +143,7 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
                          bias=False, padding_mode="zeros", device=device, dtype=dtype)
         self.pad_value = _check_pad_value(pad_value)
         self.weight_scale = bool(weight_scale)
+        self.standardize = bool(standardize)
         self._init_voter(voter, tie, surrogate, sigma, input_surrogate)
 
     @property
@@ -127,7 +156,7 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return BF.binary_conv2d(
-            x, self.weight, self.stride, self.padding, self.dilation, self.groups,
+            x, self.latent_weight(), self.stride, self.padding, self.dilation, self.groups,
             voter=self.hierarchy, pad_value=self.pad_value, weight_scale=self.weight_scale,
             input_surrogate=self.input_surrogate, surrogate=self.surrogate, sigma=self.sigma,
         )
@@ -139,6 +168,8 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
             s += f", pad_value={self.pad_value:+g}"
         if self.weight_scale:
             s += ", weight_scale=True"
+        if self.standardize:
+            s += ", standardize=True"
         return s
 
 
@@ -153,6 +184,7 @@ class BinaryLinear(nn.Linear, VoterLayer):
         voter="popcount",
         tie=1,
         weight_scale: bool = False,
+        standardize: bool = False,
         surrogate="approxsign",
         sigma="fanin",
         input_surrogate="ste",
@@ -164,6 +196,7 @@ class BinaryLinear(nn.Linear, VoterLayer):
             raise BitvoteError("binary layers have no bias (SPEC.md): add a real-valued op after the layer")
         super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
         self.weight_scale = bool(weight_scale)
+        self.standardize = bool(standardize)
         self._init_voter(voter, tie, surrogate, sigma, input_surrogate)
 
     taps = 1
@@ -175,7 +208,7 @@ class BinaryLinear(nn.Linear, VoterLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x4 = x.reshape(-1, self.in_features, 1, 1)
-        w4 = self.weight.view(self.out_features, self.in_features, 1, 1)
+        w4 = self.latent_weight().view(self.out_features, self.in_features, 1, 1)
         y = BF.binary_conv2d(
             x4, w4, voter=self.hierarchy, weight_scale=self.weight_scale,
             input_surrogate=self.input_surrogate, surrogate=self.surrogate, sigma=self.sigma,
