@@ -146,8 +146,13 @@ class PackedConv:
         self.dir = vec(dir, torch.int32, 1)
         return self
 
-    def __call__(self, xw: torch.Tensor, threads: int = 1, isa=None) -> torch.Tensor:
-        """Run on packed input words ``(N, H, W, Wd)``; the output follows the epilogue."""
+    def __call__(self, xw: torch.Tensor, threads: int = 1, isa=None, raw: bool = False) -> torch.Tensor:
+        """Run on packed input words ``(N, H, W, Wd)``; the output follows the epilogue.
+
+        ``raw=True`` returns the integer result (``"int"``) whatever the epilogue: what
+        verify compares with the PyTorch layer.
+        """
+        mode = "int" if raw else self.mode
         if xw.dim() != 4 or xw.shape[3] != self.Wd or xw.dtype != torch.int64:
             raise BitvoteError(f"layer {self.name!r}: expected packed int64 input (N, H, W, {self.Wd}), "
                                f"got {xw.dtype} {tuple(xw.shape)}")
@@ -156,12 +161,12 @@ class PackedConv:
         Ho, Wo = self.out_size(H, W)
         if Ho < 1 or Wo < 1:
             raise BitvoteError(f"layer {self.name!r}: input {H}x{W} is too small for the kernel")
-        if self.mode == "bits":
+        if mode == "bits":
             Wdo = words(self.Co)
             out = torch.empty((N, Ho, Wo, Wdo), dtype=torch.int64)
         else:
             Wdo = 0
-            out = torch.empty((N, self.Co, Ho, Wo), dtype=torch.int32 if self.mode == "int" else torch.float32)
+            out = torch.empty((N, self.Co, Ho, Wo), dtype=torch.int32 if mode == "int" else torch.float32)
         p = ConvArgs(
             x=xw.data_ptr(), N=N, H=H, W=W, Wd=self.Wd,
             w=self.w.data_ptr(), Co=self.Co, kh=self.kh, kw=self.kw, stride=self.stride, pad=self.padding,
@@ -172,7 +177,7 @@ class PackedConv:
             L=self.leaf_size.numel(), leaf_size=self.leaf_size.data_ptr(),
             voter=int(self.hier is not None), nlev=self.lev_nodes.numel(), root_p=self.root_p,
             lev_nodes=self.lev_nodes.data_ptr(), lev_groups=self.lev_groups.data_ptr(), lev_tie=self.lev_tie.data_ptr(),
-            outmode=_OUT[self.mode], Wdo=Wdo, out=out.data_ptr(),
+            outmode=_OUT[mode], Wdo=Wdo, out=out.data_ptr(),
             a=self.a.data_ptr(), b=self.b.data_ptr(), thr=self.thr.data_ptr(), dir=self.dir.data_ptr(),
             nthreads=int(threads),
         )
