@@ -131,7 +131,10 @@ class PackedConv:
         Co = self.Co
 
         def vec(v, dtype, default):
-            t = torch.full((Co,), default, dtype=dtype) if v is None else torch.as_tensor(v).to(dtype).reshape(-1)
+            if v is None or isinstance(v, (int, float)):
+                v = default if v is None else v
+                return torch.full((Co,), v, dtype=dtype)
+            t = torch.as_tensor(v).to(dtype).reshape(-1)
             if t.numel() != Co:
                 raise BitvoteError(f"layer {self.name!r}: epilogue vector has {t.numel()} entries for {Co} channels")
             return t.contiguous()
