@@ -102,7 +102,7 @@ def _bench(args):
 
     rows = []
     threads = [args.threads] if args.threads else [1, 2]
-    want_layers = args.layers or not args.model
+    want_layers = args.layers or not args.model  # --layers with --model times both
     if want_layers:
         rows += B.bench_layers(threads=threads, reps=args.reps, quick=args.quick)
         rows += B.bench_epilogues(threads=threads[0], reps=args.reps, quick=args.quick)
