@@ -1,0 +1,16 @@
+"""Packed engine vs PyTorch fp32, in one run (issue 5). Run on a quiet machine:
+
+    python benchmarks/engine_bench.py            # layers, epilogues, whole ReActNet-18 (MV)
+    python benchmarks/engine_bench.py --quick    # a few shapes: checks that it runs
+    python benchmarks/engine_bench.py --json > engine.json
+
+Same as ``bitvote bench --layers --model reactnet18``; see docs/engine.md.
+"""
+
+import sys
+
+from bitvote.cli import main
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    sys.exit(main(["bench", "--layers", "--model", "reactnet18", *args]))

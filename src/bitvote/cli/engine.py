@@ -1,0 +1,161 @@
+"""``bitvote compile | run | verify | bench``: the packed CPU engine (docs/engine.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import BitvoteError
+
+
+def load_data(spec: str, limit: int = 0):
+    """Images (and labels) for ``--data``.
+
+    ``synthetic[:N]``: N random images (no labels; seeded). A ``.pt``/``.pth`` file: a tensor
+    of images, or a dict with ``x``/``images`` and optionally ``y``/``labels``. Anything else
+    is handed to ``bitvote.data.load_eval(path)`` when that module exists (the data issue).
+    """
+    x = y = None
+    if spec.startswith("synthetic") or spec.startswith("random"):
+        n = int(spec.split(":", 1)[1]) if ":" in spec else 64
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, 3, 32, 32, generator=g)
+    elif Path(spec).suffix in (".pt", ".pth"):
+        if not Path(spec).is_file():
+            raise BitvoteError(f"data file {spec!r} does not exist")
+        d = torch.load(spec, map_location="cpu", weights_only=True)
+        if torch.is_tensor(d):
+            x = d
+        elif isinstance(d, dict):
+            x = next((d[k] for k in ("x", "images", "data") if k in d), None)
+            y = next((d[k] for k in ("y", "labels", "targets") if k in d), None)
+        if not torch.is_tensor(x) or x.dim() != 4:
+            raise BitvoteError(f"data file {spec!r} holds no (N, C, H, W) image tensor")
+    else:
+        try:
+            from .. import data as bdata  # the data issue's module, when merged
+        except ImportError:
+            raise BitvoteError(f"--data {spec!r}: pass a .pt file or synthetic:N "
+                               "(dataset folders need bitvote.data)") from None
+        if not hasattr(bdata, "load_eval"):
+            raise BitvoteError(f"--data {spec!r}: bitvote.data has no load_eval(); pass a .pt file or synthetic:N")
+        x, y = bdata.load_eval(spec)
+    x = x.float()
+    if limit:
+        x = x[:limit]
+        y = None if y is None else y[:limit]
+    return x, (None if y is None else torch.as_tensor(y).long())
+
+
+def _compile(args):
+    from ..engine import graph as G
+
+    g = G.compile_model(args.checkpoint)
+    G.save(g, args.out)
+    sz = G.binary_sizes(g)
+    print(f"wrote {args.out}: {len(g['blocks'])} blocks, binary layers {sz['packed_weight_bytes']} B packed vs "
+          f"{sz['float_weight_bytes']} B float ({sz['ratio_weights']:.1f}x smaller; "
+          f"{sz['ratio_with_epilogue']:.1f}x with the folded BN)")
+
+
+def _run(args):
+    from ..engine import graph as G
+
+    eng = G.load(args.model)
+    x, y = load_data(args.data, args.limit)
+    logits = torch.cat([eng(x[i:i + args.batch], args.threads) for i in range(0, x.shape[0], args.batch)])
+    pred = logits.argmax(1)
+    res = {"images": int(x.shape[0]), "predictions": pred.tolist()}
+    if y is not None:
+        res["accuracy"] = float((pred == y).float().mean())
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['images']} images" + (f", top-1 accuracy {res['accuracy']:.4f}" if y is not None else ""))
+
+
+def _verify(args):
+    from ..engine.verify import verify
+
+    x, y = load_data(args.data, args.limit)
+    r = verify(args.checkpoint, x, y, threads=args.threads, eps=args.eps, atol=args.atol)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        for l in r["layers"]:
+            print(f"  {l['name']:<22} {l['outputs']:>10} outputs  {l['mismatches']} mismatches")
+        print(f"per layer: {r['layer_mismatches']} mismatching outputs (given the same input bits)")
+        print(f"end to end: {r['images']} images, {r['flips']} flipped bits ({r['flips_near_zero']} within "
+              f"eps={r['eps']} of 0, {r['flips_downstream']} downstream of those, {r['flips_unexplained']} unexplained)")
+        print(f"top-1: {r['top1_agree']} agree, {r['top1_disagree']} differ ({r['top1_unexplained']} unexplained); "
+              f"max logit difference without flips {r['max_logit_diff']:.3g} (atol {r['atol']})")
+        if r["correct_engine"] is not None:
+            print(f"accuracy: engine {r['correct_engine']}/{r['images']}, torch {r['correct_torch']}/{r['images']}")
+        print("PASSED" if r["passed"] else "FAILED")
+    return 0 if r["passed"] else 1
+
+
+def _bench(args):
+    from ..engine import bench as B
+
+    rows = []
+    threads = [args.threads] if args.threads else [1, 2]
+    want_layers = args.layers or not args.model  # --layers with --model times both
+    if want_layers:
+        rows += B.bench_layers(threads=threads, reps=args.reps, quick=args.quick)
+        rows += B.bench_epilogues(threads=threads[0], reps=args.reps, quick=args.quick)
+    if args.model:
+        for th in threads:
+            rows.append(B.bench_model(args.model, voter=args.voter, batch=8 if args.quick else 32, threads=th,
+                                      reps=args.reps, width=0.25 if args.quick else 1.0))
+    if args.json:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        if "engine_img_s" in r:
+            print(f"model {r['model']} ({r['voter']}, width {r['width']}) batch {r['batch']} threads {r['threads']}: "
+                  f"engine {r['engine_img_s']:.1f} img/s, torch fp32 {r['torch_img_s']:.1f} img/s, {r['speedup']:.2f}x")
+        elif "epilogue" in r:
+            print(f"{r['layer']:<12} b{r['batch']:<3} t{r['threads']} {r['epilogue']:<8} {r['ms']:8.3f} ms "
+                  f"{r['gbmacs']:7.1f} GMAC/s  ({r['voter']}, packed input)")
+        else:
+            print(f"{r['layer']:<12} b{r['batch']:<3} t{r['threads']} engine {r['ms']:8.3f} ms  fp32 {r['fp32_ms']:8.3f} ms "
+                  f"{r['speedup']:5.2f}x  {r['gbmacs']:7.1f} GMAC/s  [{r['isa']}]")
+
+
+def add_parser(sub):
+    p = sub.add_parser("compile", help="compile a trained checkpoint into a packed engine graph (.bvm)")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="output .bvm file")
+    p.set_defaults(func=_compile)
+
+    p = sub.add_parser("run", help="evaluate an engine graph")
+    p.add_argument("model", help=".bvm file from `bitvote compile`")
+    p.add_argument("--data", required=True, help="a .pt file of images (+ labels) or synthetic:N")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("verify", help="check the engine against PyTorch: exact per layer, flips traced end to end")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="a .pt file of images (+ labels) or synthetic:N")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eps", type=float, default=1e-4, help="a flip is explained by a pre-sign value within eps of 0")
+    p.add_argument("--atol", type=float, default=1e-3, help="logit tolerance for images without flips")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("bench", help="time the engine against PyTorch fp32 in the same run")
+    p.add_argument("--layers", action="store_true", help="per-layer and epilogue timings (default without --model)")
+    p.add_argument("--model", default=None, help="also time a whole model, e.g. reactnet18")
+    p.add_argument("--voter", default="mv", help="voter of the whole model (default mv)")
+    p.add_argument("--threads", type=int, default=0, help="one thread count (default: 1 and 2)")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="a few shapes, small model: checks that it runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_bench)

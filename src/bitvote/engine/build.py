@@ -1,0 +1,140 @@
+"""Build the C kernels at first use and load them with ctypes.
+
+The shared library is compiled once with the system C compiler (``$CC``, else ``cc``/``gcc``)
+and cached in ``$BITVOTE_CACHE`` (default ``~/.cache/bitvote``) under a name keyed by the
+hash of the sources, the flags and the compiler's version, so an edit or a new compiler
+rebuilds and nothing else does. No build step at install time: ``pip install`` stays pure
+Python. OpenMP gives the threads; if the compiler lacks it, the kernels run single-threaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import BitvoteError
+
+__all__ = ["lib", "ISAS", "best_isa", "isa_id", "ConvArgs"]
+
+_HERE = Path(__file__).parent
+_SOURCES = ("kernels.c", "kbody.h")
+_FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
+#: ISA names in the order of the C enum; ``best_isa()`` says which this CPU runs.
+ISAS = ("portable", "avx2", "avx512bw", "avx512popcnt")
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int32
+
+
+class ConvArgs(ctypes.Structure):
+    """Mirror of ``bv_conv_t`` in kernels.c (same field order)."""
+
+    _fields_ = [
+        ("x", _P), ("N", _I), ("H", _I), ("W", _I), ("Wd", _I),
+        ("w", _P), ("Co", _I), ("kh", _I), ("kw", _I), ("stride", _I), ("pad", _I), ("padmode", _I),
+        ("Ho", _I), ("Wo", _I),
+        ("padpix", _P),
+        ("S", _I), ("masked", _I),
+        ("seg_tap", _P), ("seg_word", _P), ("seg_mask", _P), ("seg_leaf", _P), ("seg_first", _P),
+        ("L", _I), ("leaf_size", _P),
+        ("voter", _I), ("nlev", _I), ("root_p", _I),
+        ("lev_nodes", _P), ("lev_groups", _P), ("lev_tie", _P),
+        ("outmode", _I), ("Wdo", _I), ("out", _P),
+        ("a", _P), ("b", _P), ("thr", _P), ("dir", _P),
+        ("nthreads", _I),
+    ]
+
+
+_LIB = None
+
+
+def _compiler() -> str:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise BitvoteError(
+            "no C compiler found for the packed engine: install gcc or clang (e.g. "
+            "`apt-get install gcc`) or set CC"
+        )
+    return cc
+
+
+def _cache_dir() -> Path:
+    d = Path(os.environ.get("BITVOTE_CACHE", Path.home() / ".cache" / "bitvote"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _compile(cc: str, flags, out: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_so = Path(tmp) / out.name
+        cmd = [cc, *flags, str(_HERE / "kernels.c"), "-o", str(tmp_so), "-lm"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(res.stderr.strip() or f"{cc} failed")
+        os.replace(tmp_so, out)  # atomic: a concurrent process sees the old or the new file
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded kernel library (compiled on first use, then cached on disk and in memory)."""
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    cc = _compiler()
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    except OSError as e:
+        raise BitvoteError(f"C compiler {cc!r} does not run: {e}") from None
+    src = b"".join((_HERE / s).read_bytes() for s in _SOURCES)
+    last_err = None
+    for extra in (["-fopenmp"], []):
+        flags = _FLAGS + extra
+        key = hashlib.sha256(src + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
+        so = _cache_dir() / f"bitvote_kernels_{key}.so"
+        if not so.exists():
+            try:
+                _compile(cc, flags, so)
+            except RuntimeError as e:
+                last_err = e
+                continue
+        break
+    else:
+        raise BitvoteError(f"compiling the engine kernels with {cc!r} failed: {str(last_err).splitlines()[0]}")
+    L = ctypes.CDLL(str(so))
+    L.bv_conv.argtypes = [ctypes.POINTER(ConvArgs), ctypes.c_int]
+    L.bv_conv.restype = ctypes.c_int
+    L.bv_best_isa.restype = ctypes.c_int
+    L.bv_struct_size.restype = ctypes.c_int
+    L.bv_pack.argtypes = [_P, _I, _I, _I, _I, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
+                          _P, _P, _I, _I]
+    L.bv_pack.restype = ctypes.c_int
+    if L.bv_struct_size() != ctypes.sizeof(ConvArgs):  # pragma: no cover - a build mismatch
+        raise RuntimeError("kernels.c and build.ConvArgs disagree on the argument struct")
+    L.openmp = "-fopenmp" in flags
+    L.path = str(so)
+    _LIB = L
+    return L
+
+
+def best_isa() -> str:
+    """The fastest kernel variant this CPU runs (what the engine uses unless told otherwise)."""
+    return ISAS[lib().bv_best_isa()]
+
+
+def isa_id(isa) -> int:
+    """``None``/"auto" -> -1 (best), else the index of a name in :data:`ISAS`."""
+    if isa is None or isa == "auto":
+        env = os.environ.get("BITVOTE_ISA")
+        if not env:
+            return -1
+        isa = env
+    if isa not in ISAS:
+        raise BitvoteError(f"unknown ISA {isa!r}: choose one of auto, {', '.join(ISAS)}")
+    i = ISAS.index(isa)
+    if i > lib().bv_best_isa():
+        raise BitvoteError(f"ISA {isa!r} is not supported by this CPU (best: {best_isa()})")
+    return i

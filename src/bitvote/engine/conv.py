@@ -1,0 +1,190 @@
+"""One binary convolution on packed bits: packed weights, voter segments and a fused epilogue.
+
+:class:`PackedConv` holds what the C kernel needs for one layer and calls it. A voter's leaves
+are consecutive runs of the flat term order (SPEC.md); each leaf becomes a list of
+*segments* ``(tap, word, mask)``, the bits of one input word that belong to it, so any
+hierarchy (tap- or channel-major, uneven, any channel count) runs on the same kernel. The
+kernel counts XOR mismatches per leaf, takes ``s = valid - 2 * mismatches`` and then either
+keeps the sum (popcount) or votes through the levels, and finally emits one of:
+
+* ``"int"``    the integer result (sum, vote +/-1, or a ``P`` root's count) as int32 NCHW;
+* ``"affine"`` ``r * a[o] + b[o]`` as float32 NCHW (weight scale and BN folded in);
+* ``"select"`` ``a[o]`` where the vote is +1, ``b[o]`` where it is -1 (BN after a voter);
+* ``"bits"``   packed output bits ``(N, Ho, Wo, Wdo)``: ``r >= thr[o]`` (``dir = 1``),
+  ``r <= thr[o]`` (``dir = -1``) or a constant (``dir = 0``): votes (``thr = 1``) or BN + sign
+  folded into integer thresholds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Optional
+
+import torch
+
+from ..errors import BitvoteError
+from ..voter import CM, Hierarchy
+from .build import ConvArgs, isa_id, lib
+from .pack import pack_bools, words
+
+__all__ = ["PackedConv", "segments"]
+
+_OUT = {"int": 0, "affine": 1, "select": 2, "bits": 3}
+_FULL = (1 << 64) - 1
+
+
+def _i64(m: int) -> int:
+    return m - (1 << 64) if m >= 1 << 63 else m
+
+
+def segments(C: int, T: int, hier: Optional[Hierarchy]):
+    """``[(leaf, tap, word, mask, first_flat)]`` covering every term once, sorted by leaf."""
+    leaves = (C * T,) if hier is None else hier.leaf_sizes
+    cm = hier is not None and hier.order == CM
+    out, start = [], 0
+    for leaf, size in enumerate(leaves):
+        a, b = start, start + size
+        start = b
+        for t in range(T):
+            if cm:  # i = c * T + t
+                c0, c1 = max(0, -(-(a - t) // T)), min(C, (b - 1 - t) // T + 1)
+            else:  # i = t * C + c
+                c0, c1 = max(a, t * C) - t * C, min(b, (t + 1) * C) - t * C
+            if c0 >= c1:
+                continue
+            for j in range(c0 // 64, (c1 - 1) // 64 + 1):
+                lo, hi = max(c0, 64 * j), min(c1, 64 * j + 64)
+                mask = ((1 << (hi - lo)) - 1) << (lo - 64 * j)
+                out.append((leaf, t, j, mask, lo * T + t if cm else t * C + lo))
+    return out
+
+
+def _arr(values, dtype):
+    return torch.tensor(list(values) or [0], dtype=dtype)
+
+
+class PackedConv:
+    """A binary conv (one conv group, dilation 1) compiled for the packed kernels.
+
+    ``wbits``: bool weights ``(Co, C, kh, kw)``, True = +1. ``pad_value``: 0 (zero padding,
+    padded terms invalid), +1 or -1. ``hier``: a resolved :class:`~bitvote.voter.Hierarchy`
+    or ``None`` for popcount.
+    """
+
+    def __init__(self, wbits: torch.Tensor, stride: int = 1, padding: int = 0, pad_value: float = 0.0,
+                 hier: Optional[Hierarchy] = None, name: str = "layer"):
+        if wbits.dim() != 4:
+            raise BitvoteError(f"layer {name!r}: expected (Co, C, kh, kw) weights, got {tuple(wbits.shape)}")
+        Co, C, kh, kw = wbits.shape
+        if hier is not None and hier.n != C * kh * kw:
+            raise BitvoteError(f"layer {name!r}: voter {hier.describe()} has n = {hier.n}, the layer {C * kh * kw}")
+        if float(pad_value) not in (0.0, 1.0, -1.0):
+            raise BitvoteError(f"layer {name!r}: pad_value must be 0, +1 or -1, got {pad_value}")
+        self.name, self.Co, self.C, self.kh, self.kw = name, Co, C, kh, kw
+        self.stride, self.padding, self.pad_value, self.hier = int(stride), int(padding), float(pad_value), hier
+        T, Wd = kh * kw, words(C)
+        self.T, self.Wd = T, Wd
+        cob = (Co + 7) // 8
+        wt = wbits.bool().permute(0, 2, 3, 1).reshape(Co, T, C)
+        ww = pack_bools(wt)  # (Co, T, Wd)
+        if cob * 8 != Co:
+            ww = torch.cat([ww, torch.zeros(cob * 8 - Co, T, Wd, dtype=torch.int64)])
+        self.w = ww.view(cob, 8, T, Wd).permute(0, 2, 3, 1).contiguous()
+        chmask = [((1 << min(64, C - 64 * j)) - 1) for j in range(Wd)]
+        self.padpix = _arr([_i64(m) if self.pad_value > 0 else 0 for m in chmask], torch.int64)
+        segs = segments(C, T, hier)
+        self.seg_leaf = _arr((s[0] for s in segs), torch.int32)
+        self.seg_tap = _arr((s[1] for s in segs), torch.int32)
+        self.seg_word = _arr((s[2] for s in segs), torch.int32)
+        self.seg_mask = _arr((_i64(s[3]) for s in segs), torch.int64)
+        self.seg_first = _arr((s[4] for s in segs), torch.int64)
+        self.masked = int(any(s[3] != chmask[s[2]] for s in segs))
+        self.n_segments = len(segs)
+        if hier is None:
+            self.leaf_size = _arr([C * T], torch.int32)
+            nodes, groups, ties, root_p = [1], [], [1], 0
+        else:
+            self.leaf_size = _arr(hier.leaf_sizes, torch.int32)
+            nodes = [len(lv.groups) for lv in hier.levels]
+            groups = [g for lv in hier.levels[1:] for g in lv.groups]
+            ties = [0 if lv.tie == "first" else int(lv.tie) for lv in hier.levels]
+            root_p = int(hier.root == "P")
+        self.lev_nodes = _arr(nodes, torch.int32)
+        self.lev_groups = _arr(groups, torch.int32)
+        self.lev_tie = _arr(ties, torch.int32)
+        self.root_p = root_p
+        self.epilogue("int")
+
+    @property
+    def is_vote(self) -> bool:
+        """True when the layer outputs +/-1 votes (an ``M`` root)."""
+        return self.hier is not None and self.hier.root == "M"
+
+    def out_size(self, H: int, W: int):
+        k, s, p = (self.kh, self.kw), self.stride, self.padding
+        return (H + 2 * p - k[0]) // s + 1, (W + 2 * p - k[1]) // s + 1
+
+    def epilogue(self, mode: str, a=None, b=None, thr=None, dir=None):
+        """Choose the fused output (see the module docstring); per-channel vectors of length Co."""
+        if mode not in _OUT:
+            raise BitvoteError(f"unknown epilogue {mode!r}: choose one of {', '.join(_OUT)}")
+        Co = self.Co
+
+        def vec(v, dtype, default):
+            if v is None or isinstance(v, (int, float)):
+                v = default if v is None else v
+                return torch.full((Co,), v, dtype=dtype)
+            t = torch.as_tensor(v).to(dtype).reshape(-1)
+            if t.numel() != Co:
+                raise BitvoteError(f"layer {self.name!r}: epilogue vector has {t.numel()} entries for {Co} channels")
+            return t.contiguous()
+
+        if mode == "bits" and thr is None and dir is None:
+            if not self.is_vote:
+                raise BitvoteError(f"layer {self.name!r}: bit output needs a voter or thresholds")
+            thr, dir = 1, 1
+        self.mode = mode
+        self.a, self.b = vec(a, torch.float32, 1.0), vec(b, torch.float32, 0.0)
+        self.thr = vec(thr, torch.int32, 0)
+        self.dir = vec(dir, torch.int32, 1)
+        return self
+
+    def __call__(self, xw: torch.Tensor, threads: int = 1, isa=None, raw: bool = False) -> torch.Tensor:
+        """Run on packed input words ``(N, H, W, Wd)``; the output follows the epilogue.
+
+        ``raw=True`` returns the integer result (``"int"``) whatever the epilogue: what
+        verify compares with the PyTorch layer.
+        """
+        mode = "int" if raw else self.mode
+        if xw.dim() != 4 or xw.shape[3] != self.Wd or xw.dtype != torch.int64:
+            raise BitvoteError(f"layer {self.name!r}: expected packed int64 input (N, H, W, {self.Wd}), "
+                               f"got {xw.dtype} {tuple(xw.shape)}")
+        xw = xw.contiguous()
+        N, H, W, _ = xw.shape
+        Ho, Wo = self.out_size(H, W)
+        if Ho < 1 or Wo < 1:
+            raise BitvoteError(f"layer {self.name!r}: input {H}x{W} is too small for the kernel")
+        if mode == "bits":
+            Wdo = words(self.Co)
+            out = torch.empty((N, Ho, Wo, Wdo), dtype=torch.int64)
+        else:
+            Wdo = 0
+            out = torch.empty((N, self.Co, Ho, Wo), dtype=torch.int32 if mode == "int" else torch.float32)
+        p = ConvArgs(
+            x=xw.data_ptr(), N=N, H=H, W=W, Wd=self.Wd,
+            w=self.w.data_ptr(), Co=self.Co, kh=self.kh, kw=self.kw, stride=self.stride, pad=self.padding,
+            padmode=int(self.pad_value), Ho=Ho, Wo=Wo, padpix=self.padpix.data_ptr(),
+            S=self.n_segments, masked=self.masked,
+            seg_tap=self.seg_tap.data_ptr(), seg_word=self.seg_word.data_ptr(), seg_mask=self.seg_mask.data_ptr(),
+            seg_leaf=self.seg_leaf.data_ptr(), seg_first=self.seg_first.data_ptr(),
+            L=self.leaf_size.numel(), leaf_size=self.leaf_size.data_ptr(),
+            voter=int(self.hier is not None), nlev=self.lev_nodes.numel(), root_p=self.root_p,
+            lev_nodes=self.lev_nodes.data_ptr(), lev_groups=self.lev_groups.data_ptr(), lev_tie=self.lev_tie.data_ptr(),
+            outmode=_OUT[mode], Wdo=Wdo, out=out.data_ptr(),
+            a=self.a.data_ptr(), b=self.b.data_ptr(), thr=self.thr.data_ptr(), dir=self.dir.data_ptr(),
+            nthreads=int(threads),
+        )
+        rc = lib().bv_conv(ctypes.byref(p), isa_id(isa))
+        if rc != 0:
+            raise MemoryError(f"bitvote kernel failed on layer {self.name!r} (code {rc})")
+        return out

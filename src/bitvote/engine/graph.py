@@ -1,0 +1,317 @@
+"""Compile a trained model into an engine graph (``.bvm``) and run it.
+
+An engine graph is a plain dict (tensors and plain types, so ``torch.load(...,
+weights_only=True)`` reads it) describing the model block by block:
+
+* binary convs: weights as packed sign bits (1 bit per weight), the voter as its resolved
+  levels, and a fused epilogue: popcount -> ``s * (alpha * bn_scale) + bn_shift``; an ``M``
+  voter -> ``bn(+1)`` / ``bn(-1)`` per channel; a ``P`` root -> BN folded as an affine map;
+  and, where a binarization follows the BN directly (XNOR-Net's first conv), integer
+  thresholds so the next conv reads packed bits without unpacking;
+* real-valued ops where the model has them: the stem conv with its BN folded, the shortcuts
+  (average pool + 1x1 conv with BN folded), RSign shifts (folded into the packer), RPReLU and
+  the pooled FC head, run with PyTorch.
+
+Supported models: the ResNet-18 BNN family (``reactnet18``, ``birealnet18``, ``xnornet18``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import BitvoteError
+from ..nn import BinaryConv2d, RPReLU, RSign, Sign
+from ..voter import Hierarchy, Level
+from .conv import PackedConv
+from .pack import pack
+
+__all__ = ["compile_model", "EngineModel", "load_model", "load_checkpoint", "save", "load", "FORMAT"]
+
+FORMAT = "bitvote-engine/1"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a trained model
+# --------------------------------------------------------------------------------------------
+
+
+def load_checkpoint(path) -> nn.Module:
+    """Rebuild a model from a checkpoint ``{"model": state_dict, "config": model.config}``."""
+    from .. import models
+
+    p = Path(path)
+    if not p.is_file():
+        raise BitvoteError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+        raise BitvoteError(f"checkpoint {str(path)!r} is not readable by torch.load: {str(e).splitlines()[0]}") from None
+    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
+        raise BitvoteError(f"checkpoint {str(path)!r} lacks 'model' and 'config' entries")
+    cfg = dict(ck["config"])
+    name = cfg.pop("name", None)
+    if name is None:
+        raise BitvoteError(f"checkpoint {str(path)!r}: its config has no model name")
+    model = models.create(name, **cfg)
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise BitvoteError(f"checkpoint {str(path)!r} does not match model {name!r}: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+def load_model(model_or_path) -> nn.Module:
+    """A model object passes through (set to eval); a path is read with :func:`load_checkpoint`."""
+    if isinstance(model_or_path, nn.Module):
+        return model_or_path.eval()
+    return load_checkpoint(model_or_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Compile
+# --------------------------------------------------------------------------------------------
+
+
+def _bn_fold(bn: nn.BatchNorm2d):
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var.detach() + bn.eps)
+    return scale, bn.bias.detach() - bn.running_mean.detach() * scale
+
+
+@torch.no_grad()
+def _bn_at(bn: nn.BatchNorm2d, values: torch.Tensor) -> torch.Tensor:
+    """``bn`` itself applied to ``values`` (R,) in every channel: (Co, R)."""
+    Co = bn.num_features
+    y = bn(values.view(1, 1, -1, 1).expand(1, Co, -1, 1).contiguous().float())
+    return y.view(Co, -1)
+
+
+def _hier_dict(h: Optional[Hierarchy]):
+    if h is None:
+        return None
+    return {"n": h.n, "order": h.order, "root": h.root,
+            "groups": [list(lv.groups) for lv in h.levels], "ties": [lv.tie for lv in h.levels]}
+
+
+def _hier_from(d) -> Optional[Hierarchy]:
+    if d is None:
+        return None
+    levels = tuple(Level(tuple(int(g) for g in gs), t if t == "first" else int(t)) for gs, t in zip(d["groups"], d["ties"]))
+    return Hierarchy(n=int(d["n"]), levels=levels, order=d["order"], root=d["root"])
+
+
+def _pack_weight(w: torch.Tensor) -> torch.Tensor:
+    bits = (w.detach() >= 0).numpy().astype(np.uint8).reshape(-1)
+    return torch.from_numpy(np.packbits(bits, bitorder="little"))
+
+
+def _unpack_weight(by: torch.Tensor, shape) -> torch.Tensor:
+    n = int(np.prod(shape))
+    bits = np.unpackbits(by.numpy(), bitorder="little")[:n]
+    return torch.from_numpy(bits.astype(bool)).view(*shape)
+
+
+def _binary_conv(conv: BinaryConv2d, bn: nn.BatchNorm2d, name: str, then_sign: bool) -> Dict:
+    """A binary conv + the BN after it, as a graph node with its fused epilogue."""
+    if conv.groups != 1 or conv.dilation != (1, 1):
+        raise BitvoteError(f"layer {name!r}: the engine runs groups=1, dilation=1 convs only")
+    if conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]:
+        raise BitvoteError(f"layer {name!r}: the engine needs equal strides and paddings in both directions")
+    h = conv.hierarchy
+    w = conv.weight.detach()
+    node = {"name": name, "shape": list(w.shape), "wbits": _pack_weight(w), "stride": conv.stride[0],
+            "padding": conv.padding[0], "pad_value": conv.pad_value, "hier": _hier_dict(h)}
+    n = w[0].numel()
+    if h is None:
+        alpha = w.abs().mean(dim=(1, 2, 3)) if conv.weight_scale else torch.ones(w.shape[0])
+        r = torch.arange(-n, n + 1, dtype=torch.float32)
+        values = r.view(1, -1) * alpha.view(-1, 1)  # what the layer hands to BN: s * alpha
+    elif h.root == "P":
+        alpha = torch.ones(w.shape[0])
+        top = sum(h.levels[-1].groups)  # the root fan-in
+        r = torch.arange(-top, top + 1, dtype=torch.float32)
+        values = r.view(1, -1).expand(w.shape[0], -1)
+    else:
+        r = torch.tensor([-1.0, 1.0])
+        values = r.view(1, -1).expand(w.shape[0], -1)
+    if then_sign:
+        # BN + sign -> integer thresholds, found by running the BN on every possible result.
+        y = torch.stack([_bn_at(bn, values[o])[o] for o in range(w.shape[0])])  # (Co, R)
+        bits = y >= 0
+        thr, dirs = [], []
+        ri = r.to(torch.int64)
+        for o in range(w.shape[0]):
+            b = bits[o]
+            if b.all() or not b.any():
+                thr.append(int(b.all())), dirs.append(0)
+            elif (b[1:].int() >= b[:-1].int()).all():  # non-decreasing in r
+                thr.append(int(ri[b.nonzero()[0, 0]])), dirs.append(1)
+            elif (b[1:].int() <= b[:-1].int()).all():
+                thr.append(int(ri[b.nonzero()[-1, 0]])), dirs.append(-1)
+            else:  # pragma: no cover - BN is monotone
+                raise BitvoteError(f"layer {name!r}: BN + sign is not monotone in channel {o}")
+        node.update(epilogue="bits", thr=torch.tensor(thr, dtype=torch.int32), dir=torch.tensor(dirs, dtype=torch.int32))
+    elif h is not None and h.root == "M":
+        y = _bn_at(bn, torch.tensor([1.0, -1.0]))
+        node.update(epilogue="select", a=y[:, 0].clone(), b=y[:, 1].clone())
+    else:
+        scale, shift = _bn_fold(bn)
+        node.update(epilogue="affine", a=(alpha * scale).float(), b=shift.float())
+    return node
+
+
+def _shortcut(mod: nn.Module) -> Optional[Dict]:
+    if isinstance(mod, nn.Identity):
+        return None
+    pool = conv = bn = None
+    for m in mod:
+        if isinstance(m, nn.AvgPool2d):
+            pool = int(m.stride if isinstance(m.stride, int) else m.stride[0])
+        elif isinstance(m, nn.Conv2d):
+            conv = m
+        elif isinstance(m, nn.BatchNorm2d):
+            bn = m
+    scale, shift = _bn_fold(bn)
+    return {"pool": pool or 0, "stride": conv.stride[0],
+            "weight": (conv.weight.detach() * scale.view(-1, 1, 1, 1)).clone(), "bias": shift.clone()}
+
+
+def _rsign_shift(m) -> Optional[torch.Tensor]:
+    return m.shift.bias.detach().reshape(-1).clone() if isinstance(m, RSign) else None
+
+
+@torch.no_grad()
+def compile_model(model_or_path) -> Dict:
+    """A trained model (or checkpoint path) -> engine graph dict (see the module docstring)."""
+    model = load_model(model_or_path)
+    kind = getattr(model, "kind", None)
+    if kind not in ("reactnet", "birealnet", "xnornet"):
+        raise BitvoteError("the engine compiles the binary ResNet-18 family (reactnet18, birealnet18, "
+                           f"xnornet18); got {type(model).__name__}{'/' + kind if kind else ''}")
+    names = {m: n for n, m in model.named_modules()}
+    sconv, sbn = model.stem[0], model.stem[1]
+    scale, shift = _bn_fold(sbn)
+    graph = {
+        "format": FORMAT, "kind": kind, "config": dict(getattr(model, "config", {})),
+        "stem": {"weight": (sconv.weight.detach() * scale.view(-1, 1, 1, 1)).clone(), "bias": shift.clone(),
+                 "stride": sconv.stride[0], "padding": sconv.padding[0]},
+        "blocks": [],
+        "fc": {"weight": model.fc.weight.detach().clone(), "bias": model.fc.bias.detach().clone()},
+    }
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for blk in stage:
+            if kind == "xnornet":
+                b = {"convs": [_binary_conv(blk.conv1, blk.bn1, names[blk.conv1], then_sign=True),
+                               _binary_conv(blk.conv2, blk.bn2, names[blk.conv2], then_sign=False)],
+                     "shifts": [None, None]}
+            else:
+                b = {"convs": [_binary_conv(blk.conv, blk.bn, names[blk.conv], then_sign=False)],
+                     "shifts": [_rsign_shift(blk.sign)]}
+                if isinstance(blk.act, RPReLU):
+                    b["act"] = {"shift_in": blk.act.shift_in.bias.detach().reshape(-1).clone(),
+                                "prelu": blk.act.prelu.weight.detach().clone(),
+                                "shift_out": blk.act.shift_out.bias.detach().reshape(-1).clone()}
+            b["shortcut"] = _shortcut(blk.shortcut)
+            graph["blocks"].append(b)
+    return graph
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def save(graph: Dict, path) -> None:
+    """Write an engine graph atomically."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    torch.save(graph, tmp)
+    tmp.replace(p)
+
+
+def load(path) -> "EngineModel":
+    """Read a ``.bvm`` file into a runnable :class:`EngineModel`."""
+    p = Path(path)
+    if not p.is_file():
+        raise BitvoteError(f"engine graph {str(path)!r} does not exist")
+    try:
+        g = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise BitvoteError(f"engine graph {str(path)!r} is not readable: {str(e).splitlines()[0]}") from None
+    if not isinstance(g, dict) or g.get("format") != FORMAT:
+        raise BitvoteError(f"{str(path)!r} is not a bitvote engine graph ({FORMAT})")
+    return EngineModel(g)
+
+
+def binary_sizes(graph: Dict, model: Optional[nn.Module] = None) -> Dict[str, int]:
+    """Bytes of the binary layers: packed in the graph vs float32 weights (+ BN) in the model."""
+    packed = sum(c["wbits"].numel() for b in graph["blocks"] for c in b["convs"])
+    epi = sum(sum(c[k].numel() * 4 for k in ("a", "b", "thr", "dir") if k in c) for b in graph["blocks"] for c in b["convs"])
+    floats = sum(int(np.prod(c["shape"])) * 4 for b in graph["blocks"] for c in b["convs"])
+    return {"packed_weight_bytes": packed, "epilogue_bytes": epi, "float_weight_bytes": floats,
+            "ratio_weights": floats / max(packed, 1), "ratio_with_epilogue": floats / max(packed + epi, 1)}
+
+
+# --------------------------------------------------------------------------------------------
+# Run
+# --------------------------------------------------------------------------------------------
+
+
+class EngineModel:
+    """A compiled graph ready to run: binary convs on packed bits, real ops in PyTorch."""
+
+    def __init__(self, graph: Dict):
+        self.graph = graph
+        self.kind = graph["kind"]
+        self.layers: List[PackedConv] = []
+        self.blocks = []
+        for b in graph["blocks"]:
+            convs = []
+            for c in b["convs"]:
+                pc = PackedConv(_unpack_weight(c["wbits"], c["shape"]), c["stride"], c["padding"], c["pad_value"],
+                                _hier_from(c["hier"]), c["name"])
+                pc.epilogue(c["epilogue"], a=c.get("a"), b=c.get("b"), thr=c.get("thr"), dir=c.get("dir"))
+                convs.append(pc)
+                self.layers.append(pc)
+            self.blocks.append((b, convs))
+
+    @staticmethod
+    def _shortcut(sc, x):
+        if sc is None:
+            return x
+        if sc["pool"]:
+            x = F.avg_pool2d(x, 2, sc["pool"])
+        return F.conv2d(x, sc["weight"], sc["bias"], sc["stride"])
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, threads: int = 1, trace: Optional[list] = None, isa=None) -> torch.Tensor:
+        """Logits for images ``x`` (N, 3, H, W). ``trace`` (a list) receives the packed input of
+        every binary layer, in order, for verify."""
+        g = self.graph
+        x = F.conv2d(x.float(), g["stem"]["weight"], g["stem"]["bias"], g["stem"]["stride"], g["stem"]["padding"])
+        for b, convs in self.blocks:
+            if self.kind == "xnornet":
+                xw = pack(x, threads=threads)
+                if trace is not None:
+                    trace.append(xw)
+                mid = convs[0](xw, threads, isa)  # packed bits: BN + sign folded into thresholds
+                if trace is not None:
+                    trace.append(mid)
+                y = convs[1](mid, threads, isa)
+            else:
+                xw = pack(x, b["shifts"][0], threads)
+                if trace is not None:
+                    trace.append(xw)
+                y = convs[0](xw, threads, isa)
+            y = y + self._shortcut(b["shortcut"], x)
+            act = b.get("act")
+            if act is not None:
+                y = F.prelu(y + act["shift_in"].view(1, -1, 1, 1), act["prelu"]) + act["shift_out"].view(1, -1, 1, 1)
+            x = y
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return F.linear(x, g["fc"]["weight"], g["fc"]["bias"])

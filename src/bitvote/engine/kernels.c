@@ -1,0 +1,279 @@
+/* bitvote packed CPU kernels: XNOR/popcount convolution with fused popcount, vote and
+ * threshold epilogues, and the float -> bit packer (docs/engine.md, SPEC.md).
+ *
+ * Layouts: activations (N, H, W, Wd) uint64, bit c%64 of word c/64 is channel c (1 = +1);
+ * bits past C are 0. Weights (Co/8, T, Wd, 8): 8 output channels per vector, tap-major.
+ * A "segment" is (tap, word, mask, leaf): the bits of one input word that belong to one
+ * voter leaf; any leaf layout (tap- or channel-major, even or not) is a list of segments,
+ * sorted by leaf. Popcount and MV have one leaf. The kernel counts mismatches per leaf,
+ * s = valid - 2 * mismatches, then the voter levels (bv_reduce) and the epilogue (bv_emit).
+ * Built at first use and cached by bitvote/engine/build.py. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <immintrin.h>
+
+enum { BV_OUT_INT = 0, BV_OUT_AFFINE = 1, BV_OUT_SELECT = 2, BV_OUT_BITS = 3 };
+enum { BV_ISA_PORTABLE = 0, BV_ISA_AVX2 = 1, BV_ISA_AVX512BW = 2, BV_ISA_AVX512POPCNT = 3 };
+
+typedef struct {
+    const uint64_t *x;
+    int32_t N, H, W, Wd;
+    const uint64_t *w;
+    int32_t Co, kh, kw, stride, pad, padmode; /* padmode: 0 zero (invalid terms), +1, -1 */
+    int32_t Ho, Wo;
+    const uint64_t *padpix;                   /* Wd words of the padded pixel (+1/-1 padding) */
+    int32_t S, masked;
+    const int32_t *seg_tap, *seg_word;
+    const uint64_t *seg_mask;
+    const int32_t *seg_leaf;
+    const int64_t *seg_first;                 /* flat index of the segment's first term */
+    int32_t L;
+    const int32_t *leaf_size;
+    int32_t voter, nlev, root_p;
+    const int32_t *lev_nodes;                 /* nodes per level, bottom-up (lev_nodes[0] = L) */
+    const int32_t *lev_groups;                /* fan-ins of levels 1.., concatenated */
+    const int32_t *lev_tie;                   /* per level bottom-up: 1, -1, 0 = first */
+    int32_t outmode, Wdo;
+    void *out;
+    const float *a, *b;                       /* AFFINE: r*a+b; SELECT: r>0 ? a : b */
+    const int32_t *thr, *dir;                 /* BITS: dir>0: r>=thr, dir<0: r<=thr, 0: thr!=0 */
+    int32_t nthreads;
+} bv_conv_t;
+
+/* One majority voter (SPEC.md): s > 0 -> +1, s < 0 -> -1; no valid input -> abstain (0),
+ * or the tie value at the root (+1 under 'first'); else the tie rule. */
+static inline int bv_vote(int s, int c, int f, int tie, int root)
+{
+    if (s > 0) return 1;
+    if (s < 0) return -1;
+    if (c == 0) return root ? (tie == 0 ? 1 : tie) : 0;
+    return tie == 0 ? f : tie;
+}
+
+static int bv_reduce(const bv_conv_t *p, const int32_t *sums, const int32_t *cnts,
+                     const int32_t *firsts, int32_t *va, int32_t *vb)
+{
+    const int last = p->nlev - 1;
+    if (last == 0) return bv_vote(sums[0], cnts[0], firsts[0], p->lev_tie[0], 1);
+    for (int l = 0; l < p->L; l++) va[l] = bv_vote(sums[l], cnts[l], firsts[l], p->lev_tie[0], 0);
+    const int32_t *g = p->lev_groups;
+    for (int li = 1; li <= last; li++) {
+        int pos = 0;
+        for (int k = 0; k < p->lev_nodes[li]; k++) {
+            int s = 0, c = 0, f = 0;
+            for (int i = 0; i < g[k]; i++) {
+                const int v = va[pos + i];
+                s += v;
+                if (v) { c++; if (!f) f = v; }
+            }
+            pos += g[k];
+            if (li == last && p->root_p) return s;
+            vb[k] = bv_vote(s, c, f, p->lev_tie[li], li == last);
+        }
+        g += p->lev_nodes[li];
+        int32_t *t = va; va = vb; vb = t;
+    }
+    return va[0];
+}
+
+static inline void bv_emit(const bv_conv_t *p, long pix, int n, int rem, int o, int r)
+{
+    const size_t nchw = ((size_t)n * p->Co + o) * (size_t)(p->Ho * p->Wo) + rem;
+    switch (p->outmode) {
+    case BV_OUT_INT: ((int32_t *)p->out)[nchw] = r; break;
+    case BV_OUT_AFFINE: ((float *)p->out)[nchw] = (float)r * p->a[o] + p->b[o]; break;
+    case BV_OUT_SELECT: ((float *)p->out)[nchw] = r > 0 ? p->a[o] : p->b[o]; break;
+    default: {
+        const int d = p->dir[o];
+        const int bit = d > 0 ? r >= p->thr[o] : d < 0 ? r <= p->thr[o] : p->thr[o] != 0;
+        if (bit) ((uint64_t *)p->out)[pix * p->Wdo + o / 64] |= 1ULL << (o % 64);
+    }
+    }
+}
+
+/* ---- portable: 8 lanes in a struct, the compiler's popcount ---- */
+typedef struct { uint64_t l[8]; } bv_v8;
+static inline bv_v8 p_zero(void) { bv_v8 v; memset(&v, 0, sizeof v); return v; }
+static inline bv_v8 p_load(const uint64_t *q) { bv_v8 v; memcpy(v.l, q, 64); return v; }
+static inline bv_v8 p_bcast(uint64_t u) { bv_v8 v; for (int i = 0; i < 8; i++) v.l[i] = u; return v; }
+static inline bv_v8 p_xor(bv_v8 a, bv_v8 b) { for (int i = 0; i < 8; i++) a.l[i] ^= b.l[i]; return a; }
+static inline bv_v8 p_and(bv_v8 a, bv_v8 b) { for (int i = 0; i < 8; i++) a.l[i] &= b.l[i]; return a; }
+static inline bv_v8 p_popadd(bv_v8 a, bv_v8 b) { for (int i = 0; i < 8; i++) a.l[i] += __builtin_popcountll(b.l[i]); return a; }
+static inline void p_store(uint64_t *q, bv_v8 v) { memcpy(q, v.l, 64); }
+#define FN(name) name##_portable
+#define VT bv_v8
+#define VZERO p_zero
+#define VLOAD p_load
+#define VBCAST p_bcast
+#define VXOR p_xor
+#define VAND p_and
+#define VPOPADD p_popadd
+#define VSTORE p_store
+#include "kbody.h"
+#undef FN
+#undef VT
+#undef VZERO
+#undef VLOAD
+#undef VBCAST
+#undef VXOR
+#undef VAND
+#undef VPOPADD
+#undef VSTORE
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* ---- AVX2: two 256-bit halves, nibble-table popcount (vpshufb) + vpsadbw ---- */
+#pragma GCC push_options
+#pragma GCC target("avx2,popcnt")
+typedef struct { __m256i lo, hi; } bv_a2;
+static inline __m256i a2_pc(__m256i v)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    const __m256i c = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, m)),
+                                      _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m)));
+    return _mm256_sad_epu8(c, _mm256_setzero_si256());
+}
+static inline bv_a2 a2_zero(void) { bv_a2 v = {_mm256_setzero_si256(), _mm256_setzero_si256()}; return v; }
+static inline bv_a2 a2_load(const uint64_t *q) { bv_a2 v = {_mm256_loadu_si256((const __m256i *)q), _mm256_loadu_si256((const __m256i *)(q + 4))}; return v; }
+static inline bv_a2 a2_bcast(uint64_t u) { bv_a2 v = {_mm256_set1_epi64x((long long)u), _mm256_set1_epi64x((long long)u)}; return v; }
+static inline bv_a2 a2_xor(bv_a2 a, bv_a2 b) { a.lo = _mm256_xor_si256(a.lo, b.lo); a.hi = _mm256_xor_si256(a.hi, b.hi); return a; }
+static inline bv_a2 a2_and(bv_a2 a, bv_a2 b) { a.lo = _mm256_and_si256(a.lo, b.lo); a.hi = _mm256_and_si256(a.hi, b.hi); return a; }
+static inline bv_a2 a2_popadd(bv_a2 a, bv_a2 b) { a.lo = _mm256_add_epi64(a.lo, a2_pc(b.lo)); a.hi = _mm256_add_epi64(a.hi, a2_pc(b.hi)); return a; }
+static inline void a2_store(uint64_t *q, bv_a2 v) { _mm256_storeu_si256((__m256i *)q, v.lo); _mm256_storeu_si256((__m256i *)(q + 4), v.hi); }
+#define FN(name) name##_avx2
+#define VT bv_a2
+#define VZERO a2_zero
+#define VLOAD a2_load
+#define VBCAST a2_bcast
+#define VXOR a2_xor
+#define VAND a2_and
+#define VPOPADD a2_popadd
+#define VSTORE a2_store
+#include "kbody.h"
+#undef FN
+#undef VT
+#undef VZERO
+#undef VLOAD
+#undef VBCAST
+#undef VXOR
+#undef VAND
+#undef VPOPADD
+#undef VSTORE
+#pragma GCC pop_options
+
+/* ---- AVX-512BW: one zmm, nibble-table popcount (vpshufb) + vpsadbw ---- */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,popcnt")
+static inline __m512i z_pc(__m512i v)
+{
+    const __m512i lut = _mm512_set4_epi32(0x04030302, 0x03020201, 0x03020201, 0x02010100);
+    const __m512i m = _mm512_set1_epi8(0x0f);
+    const __m512i c = _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_and_si512(v, m)),
+                                      _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m)));
+    return _mm512_sad_epu8(c, _mm512_setzero_si512());
+}
+static inline __m512i z_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(a, z_pc(b)); }
+static inline __m512i z_load(const uint64_t *q) { return _mm512_loadu_si512((const void *)q); }
+static inline __m512i z_bcast(uint64_t u) { return _mm512_set1_epi64((long long)u); }
+static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *)q, v); }
+#define FN(name) name##_avx512bw
+#define VT __m512i
+#define VZERO _mm512_setzero_si512
+#define VLOAD z_load
+#define VBCAST z_bcast
+#define VXOR _mm512_xor_si512
+#define VAND _mm512_and_si512
+#define VPOPADD z_popadd
+#define VSTORE z_store
+#include "kbody.h"
+#undef FN
+#undef VPOPADD
+#pragma GCC pop_options
+
+/* ---- AVX-512 VPOPCNTDQ (where the CPU has it): vpopcntq per lane ---- */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vpopcntdq,popcnt")
+static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(a, _mm512_popcnt_epi64(b)); }
+#define FN(name) name##_avx512popcnt
+#define VPOPADD zp_popadd
+#include "kbody.h"
+#undef FN
+#undef VT
+#undef VZERO
+#undef VLOAD
+#undef VBCAST
+#undef VXOR
+#undef VAND
+#undef VPOPADD
+#undef VSTORE
+#pragma GCC pop_options
+#endif
+
+/* Best ISA this CPU runs (what -1 picks). */
+int bv_best_isa(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
+        if (__builtin_cpu_supports("avx512vpopcntdq")) return BV_ISA_AVX512POPCNT;
+        return BV_ISA_AVX512BW;
+    }
+    if (__builtin_cpu_supports("avx2")) return BV_ISA_AVX2;
+#endif
+    return BV_ISA_PORTABLE;
+}
+
+int bv_struct_size(void) { return (int)sizeof(bv_conv_t); }
+
+/* Run one binary conv; isa = -1 picks the best. Returns 0, -1 (out of memory), -2 (bad ISA). */
+int bv_conv(const bv_conv_t *p, int isa)
+{
+    const int best = bv_best_isa();
+    if (isa < 0) isa = best;
+    if (isa > best) return -2;
+    switch (isa) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case BV_ISA_AVX512POPCNT: return conv_avx512popcnt(p);
+    case BV_ISA_AVX512BW: return conv_avx512bw(p);
+    case BV_ISA_AVX2: return conv_avx2(p);
+#endif
+    default: return conv_portable(p);
+    }
+}
+
+/* Pack real activations (any strides, NCHW indexing) into bits: bit = (x + shift[c]) >= 0
+ * (-0.0 -> 1, the RSign shift folded in when shift != NULL). Returns 1 if any value is NaN. */
+int bv_pack(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
+            const float *shift, uint64_t *out, int Wd, int nthreads)
+{
+    int nan = 0;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
+    for (long row = 0; row < (long)N * H; row++) {
+        const int n = (int)(row / H), y = (int)(row % H);
+        uint64_t *o = out + (size_t)row * W * Wd;
+        memset(o, 0, (size_t)W * Wd * 8);
+        for (int c = 0; c < C; c++) {
+            const float *r = x + n * sN + c * sC + y * sH;
+            const uint64_t bit = 1ULL << (c % 64);
+            const int j = c / 64;
+            if (shift) {
+                const float sh = shift[c];
+                for (int i = 0; i < W; i++) {
+                    const float v = r[i * sW] + sh;
+                    nan |= v != v;
+                    if (v >= 0.0f) o[(size_t)i * Wd + j] |= bit;
+                }
+            } else {
+                for (int i = 0; i < W; i++) {
+                    const float v = r[i * sW];
+                    nan |= v != v;
+                    if (v >= 0.0f) o[(size_t)i * Wd + j] |= bit;
+                }
+            }
+        }
+    }
+    return nan;
+}

@@ -1,0 +1,70 @@
+"""Bit packing of +/-1 values into uint64 words, channels innermost (SPEC.md "Values and bits").
+
+Bit 1 is +1 and bit 0 is -1; a real ``x`` packs to 1 when ``x >= 0`` (so -0.0 packs to 1,
+which a sign-bit packer gets wrong) and NaN is an error. Activations are laid out
+``(N, H, W, Wd)`` with ``Wd = ceil(C / 64)`` words per pixel, bit ``c % 64`` of word
+``c // 64`` holding channel ``c``; bits past ``C`` are 0 in activations and weights alike,
+so they never count as a mismatch. Words are stored in int64 tensors (torch has no full
+uint64 arithmetic); only their bits matter.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import BitvoteError
+from .build import lib
+
+__all__ = ["words", "pack", "pack_bools", "unpack"]
+
+
+def words(channels: int) -> int:
+    """Words per pixel for ``channels`` bits."""
+    return (int(channels) + 63) // 64
+
+
+def pack(x: torch.Tensor, shift: Optional[torch.Tensor] = None, threads: int = 1) -> torch.Tensor:
+    """Pack real activations ``(N, C, H, W)`` into ``(N, H, W, Wd)`` words, in C.
+
+    ``shift`` (per channel) is added before the sign, exactly as RSign's ``x + b`` does in
+    float32, so ReActNet's binarizer costs nothing extra.
+    """
+    if x.dim() != 4:
+        raise BitvoteError(f"pack expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+    x = x.detach().to(torch.float32)
+    N, C, H, W = x.shape
+    Wd = words(C)
+    out = torch.empty((N, H, W, Wd), dtype=torch.int64)
+    sh = None
+    if shift is not None:
+        sh = shift.detach().to(torch.float32).reshape(-1).contiguous()
+        if sh.numel() != C:
+            raise BitvoteError(f"pack: shift has {sh.numel()} entries for {C} channels")
+    sN, sC, sH, sW = x.stride()
+    nan = lib().bv_pack(x.data_ptr(), N, C, H, W, sN, sC, sH, sW,
+                        None if sh is None else sh.data_ptr(), out.data_ptr(), Wd, int(threads))
+    if nan:
+        raise BitvoteError("NaN in the input of a binarizer: NaN is not a bit (SPEC.md)")
+    return out
+
+
+def pack_bools(bits: torch.Tensor) -> torch.Tensor:
+    """Pack a bool tensor ``(..., C)`` (True = +1) into int64 words ``(..., Wd)``."""
+    b = bits.detach().cpu().numpy().astype(np.uint8)
+    C = b.shape[-1]
+    pad = words(C) * 64 - C
+    if pad:
+        b = np.concatenate([b, np.zeros(b.shape[:-1] + (pad,), np.uint8)], -1)
+    by = np.packbits(b, axis=-1, bitorder="little")
+    w = np.ascontiguousarray(by).view("<u8").view(np.int64)
+    return torch.from_numpy(w.copy())
+
+
+def unpack(w: torch.Tensor, channels: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bools`: int64 words ``(..., Wd)`` -> bools ``(..., channels)``."""
+    a = np.ascontiguousarray(w.detach().cpu().numpy().astype(np.int64)).view("<u8").view(np.uint8)
+    bits = np.unpackbits(a, axis=-1, bitorder="little")[..., :channels]
+    return torch.from_numpy(bits.astype(bool))

@@ -1,0 +1,124 @@
+"""The packed engine against plain references: the brute-force oracle and the PyTorch layers."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bitvote
+from bitvote.errors import BitvoteError
+from bitvote.nn import functional as BF
+from bitvote.voter import resolve
+
+engine = pytest.importorskip("bitvote.engine")
+from bitvote.engine import ISAS, PackedConv, best_isa, pack, pack_bools, unpack  # noqa: E402
+
+import oracle  # noqa: E402
+
+AVAILABLE = ISAS[: ISAS.index(best_isa()) + 1]
+
+
+def _specs(C, T):
+    n = C * T
+    out = ["popcount", "mv", "tap", f"cm:M{C}(M{T})" if T > 1 else "mv", f"P(M{C})" if T > 1 else "mv"]
+    for g in (2, 3, 4):
+        if n % g == 0:
+            out += [f"groups={g}", f"cgroups={g}"]
+        if C % g == 0:
+            out += [f"tap,groups={g}", f"tap,leaf={g}"]
+    if n >= 3:
+        a = n // 3
+        out.append(f"M2(M{a}, M{n - a})")
+    return out
+
+
+@st.composite
+def case(draw):
+    C = draw(st.integers(1, 140))
+    k = draw(st.sampled_from([1, 3]))
+    spec = draw(st.sampled_from(_specs(C, k * k)))
+    return dict(
+        C=C, k=k, spec=spec,
+        Co=draw(st.integers(1, 9)),
+        H=draw(st.integers(3, 5)), W=draw(st.integers(3, 5)),
+        stride=draw(st.sampled_from([1, 2])),
+        padding=draw(st.sampled_from([0, 1])),
+        pad_value=draw(st.sampled_from([0.0, 1.0, -1.0])),
+        tie=draw(st.sampled_from([1, -1, "first"])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case())
+def test_conv_matches_oracle_and_layer(c):
+    g = torch.Generator().manual_seed(c["seed"])
+    x = torch.randn(1, c["C"], c["H"], c["W"], generator=g)
+    w = torch.randn(c["Co"], c["C"], c["k"], c["k"], generator=g)
+    x[0, 0, 0, 0] = 0.0  # zero binarizes to +1
+    T = c["k"] ** 2
+    hier = resolve(c["spec"], c["C"] * T, T, c["tie"])
+    pc = PackedConv(w >= 0, c["stride"], c["padding"], c["pad_value"], hier)
+    if hier is None:
+        want = oracle.binary_conv(x, w, c["stride"], c["padding"], c["pad_value"])
+    else:
+        want = oracle.binary_conv(x, w, c["stride"], c["padding"], c["pad_value"],
+                                  levels=[list(lv.groups) for lv in hier.levels],
+                                  ties=[lv.tie for lv in hier.levels], root=hier.root, order=hier.order)
+    layer = BF.binary_conv2d(x, w, c["stride"], c["padding"], voter=hier, pad_value=c["pad_value"])
+    assert torch.equal(layer, want)
+    xw = pack(x)
+    for isa in AVAILABLE:
+        got = pc(xw, isa=isa)
+        assert torch.equal(got.float(), want), (isa, c)
+    if pc.is_vote:  # packed output bits are the votes
+        bits = pc.epilogue("bits")(xw, threads=2)
+        assert torch.equal(unpack(bits, c["Co"]).permute(0, 3, 1, 2), want > 0)
+
+
+def test_pack_sign_rules():
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 3.0, -2.0]).view(1, 6, 1, 1)
+    bits = unpack(pack(x), 6).flatten().tolist()
+    assert bits == [True, True, True, False, True, False]
+    with pytest.raises(BitvoteError, match="NaN"):
+        pack(torch.tensor([0.0, float("nan")]).view(1, 2, 1, 1))
+
+
+def test_pack_shift_and_strides():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 130, 5, 4, generator=g)
+    b = torch.randn(130, generator=g)
+    want = (x + b.view(1, -1, 1, 1)) >= 0
+    got = unpack(pack(x, b), 130).permute(0, 3, 1, 2)
+    assert torch.equal(got, want)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(pack(xcl), pack(x))
+    assert torch.equal(unpack(pack_bools(want.permute(0, 2, 3, 1)), 130), want.permute(0, 2, 3, 1))
+
+
+def test_threshold_and_affine_epilogues():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 70, 6, 6, generator=g)
+    w = torch.randn(9, 70, 3, 3, generator=g)
+    pc = PackedConv(w >= 0, 1, 1, 0.0, None)
+    s = pc(pack(x)).float()
+    a, b = torch.randn(9, generator=g), torch.randn(9, generator=g)
+    assert torch.allclose(pc.epilogue("affine", a=a, b=b)(pack(x)), s * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1))
+    thr = torch.randint(-20, 20, (9,), generator=g)
+    d = torch.tensor([1, -1, 0, 1, -1, 0, 1, 1, -1])
+    bits = unpack(pc.epilogue("bits", thr=thr, dir=d)(pack(x)), 9).permute(0, 3, 1, 2)
+    t, dd = thr.view(1, -1, 1, 1).float(), d.view(1, -1, 1, 1)
+    want = torch.where(dd > 0, s >= t, torch.where(dd < 0, s <= t, t != 0))
+    assert torch.equal(bits, want)
+
+
+def test_bad_inputs_are_errors():
+    pc = PackedConv(torch.ones(4, 8, 3, 3, dtype=torch.bool), 1, 1)
+    with pytest.raises(BitvoteError, match="packed"):
+        pc(torch.zeros(1, 4, 4, 2, dtype=torch.int64))
+    with pytest.raises(BitvoteError, match="epilogue"):
+        pc.epilogue("nope")
+    with pytest.raises(BitvoteError, match="thresholds"):
+        pc.epilogue("bits")
