@@ -123,12 +123,12 @@ def _binary_conv(conv: BinaryConv2d, bn: nn.BatchNorm2d, name: str, then_sign: b
     if conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]:
         raise BitvoteError(f"layer {name!r}: the engine needs equal strides and paddings in both directions")
     h = conv.hierarchy
-    w = conv.weight.detach()
+    w, alpha = conv.binary_weight()  # exactly the bits (and scale) the PyTorch forward uses
     node = {"name": name, "shape": list(w.shape), "wbits": _pack_weight(w), "stride": conv.stride[0],
             "padding": conv.padding[0], "pad_value": conv.pad_value, "hier": _hier_dict(h)}
     n = w[0].numel()
     if h is None:
-        alpha = w.abs().mean(dim=(1, 2, 3)) if conv.weight_scale else torch.ones(w.shape[0])
+        alpha = alpha if alpha is not None else torch.ones(w.shape[0])
         r = torch.arange(-n, n + 1, dtype=torch.float32)
         values = r.view(1, -1) * alpha.view(-1, 1)  # what the layer hands to BN: s * alpha
     elif h.root == "P":
@@ -190,6 +190,9 @@ def compile_model(model_or_path) -> Dict:
     """A trained model (or checkpoint path) -> engine graph dict (see the module docstring)."""
     model = load_model(model_or_path)
     kind = getattr(model, "kind", None)
+    bn = getattr(model, "config", {}).get("bn", "bn")
+    if bn != "bn":
+        raise BitvoteError(f"the engine compiles bn='bn' models only; this one has bn={bn!r}")
     if kind not in ("reactnet", "birealnet", "xnornet"):
         raise BitvoteError("the engine compiles the binary ResNet-18 family (reactnet18, birealnet18, "
                            f"xnornet18); got {type(model).__name__}{'/' + kind if kind else ''}")
