@@ -2,7 +2,8 @@
 
 Issue 2 item 5: a 256-channel 16x16 3x3 layer (batch 64 by default), popcount vs mv vs
 `tap` vs `tap,groups=4`. Goal: MV <= 1.15x popcount, HMV <= 1.5x. Ratios are what count:
-run on a quiet machine; rounds interleave the modes so drift hits them alike.
+run on a quiet machine; rounds interleave the modes so drift hits them alike. Each mode runs
+in fp32 and under CPU bf16 autocast (votes stay exact there: see binary_conv2d).
 
     python benchmarks/voter_speed.py [--batch 64] [--channels 256] [--size 16] [--rounds 5]
 """
@@ -43,32 +44,38 @@ def main():
     x = torch.randn(N, C, S, S, requires_grad=True)
     g = torch.randn(N, C, S, S)
 
-    def step(layer):
+    def step(layer, amp):
         x.grad = None
         layer.weight.grad = None
-        (layer(x) * g).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            y = layer(x)
+        (y.float() * g).sum().backward()
 
-    for v in voters:  # warm-up
-        step(layers[v])
-    times = {v: [] for v in voters}
+    modes = [(v, amp) for amp in (False, True) for v in voters]
+    for v, amp in modes:  # warm-up
+        step(layers[v], amp)
+    times = {m: [] for m in modes}
     for _ in range(args.rounds):
-        for v in voters:
+        for m in modes:
             t0 = time.perf_counter()
-            step(layers[v])
-            times[v].append(time.perf_counter() - t0)
-    base = statistics.median(times["popcount"]) if "popcount" in times else None
+            step(layers[m[0]], m[1])
+            times[m].append(time.perf_counter() - t0)
     rows = []
-    for v in voters:
-        ms = statistics.median(times[v]) * 1e3
-        rows.append({"voter": v, "resolved": layers[v].hierarchy.describe() if layers[v].hierarchy else "popcount",
-                     "ms": round(ms, 2), "ratio": round(ms / (base * 1e3), 3) if base else None})
+    for v, amp in modes:
+        ms = statistics.median(times[(v, amp)]) * 1e3
+        base = statistics.median(times[("popcount", amp)]) * 1e3 if ("popcount", amp) in times else None
+        fp32 = statistics.median(times[(v, False)]) * 1e3
+        rows.append({"voter": v, "precision": "bf16" if amp else "fp32",
+                     "resolved": layers[v].hierarchy.describe() if layers[v].hierarchy else "popcount",
+                     "ms": round(ms, 2), "ratio": round(ms / base, 3) if base else None,
+                     "vs_fp32": round(ms / fp32, 3)})
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"fwd+bwd, {C}ch {S}x{S} 3x3, batch {N}, {args.threads} threads, median of {args.rounds}")
-    print(f"{'voter':<16}{'resolved':<16}{'ms':>10}{'x popcount':>12}")
+    print(f"fwd+bwd, {C}ch {S}x{S} 3x3, batch {N}, {args.threads} threads, median of {args.rounds} interleaved rounds")
+    print(f"{'voter':<16}{'resolved':<16}{'precision':<11}{'ms':>9}{'x popcount':>12}{'x own fp32':>12}")
     for r in rows:
-        print(f"{r['voter']:<16}{r['resolved']:<16}{r['ms']:>10.1f}{r['ratio']:>12.2f}")
+        print(f"{r['voter']:<16}{r['resolved']:<16}{r['precision']:<11}{r['ms']:>9.1f}{r['ratio']:>12.2f}{r['vs_fp32']:>12.2f}")
 
 
 if __name__ == "__main__":

@@ -272,3 +272,18 @@ def test_first_tie_at_leaf_uses_first_valid_term():
     # Output (0,0) sees only x[0,0] at tap 3: -1 * 1... weight tap3 = -1, x = +1 -> -1
     assert y[0, 0, 0, 0].item() == -1
     assert eval_tree([1, 1, 1, -1], [False, False, False, True], [[4]], ["first"]) == -1
+
+
+@pytest.mark.parametrize("spec", ["mv", "tap", "tap,groups=4", "cgroups=2", "P(M9)", "M3(M1536)"])
+@pytest.mark.parametrize("tie", [1, "first"])
+def test_cpu_bf16_autocast_keeps_votes_exact(spec, tie):
+    """Under CPU autocast the +/-1 GEMMs run in bf16 (fp32 accumulation): sums above 256 round,
+    but never across zero, so every vote and tie equals the fp32 one (n = 4608 here)."""
+    torch.manual_seed(3)
+    layer = BinaryConv2d(512, 4, 3, 1, 1, voter=spec, tie=tie)
+    x = torch.randn(2, 512, 4, 4)
+    x[:, :, 1:3] = x[:, :1, 1:3]  # correlated inputs: large |s| and some exact ties
+    ref = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+    assert got.dtype == torch.float32 and torch.equal(got, ref)

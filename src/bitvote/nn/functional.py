@@ -186,10 +186,13 @@ def conv_leaf_sums(
         return s, (s if first else None), 1
 
     sums, first, dim = on(xb, wb, want_first)
+    sums = sums.float()
+    first = None if first is None else first.float()
     valid = None
     if zero_pad:
-        ones_x = torch.ones((1, C, H, W), dtype=xb.dtype, device=xb.device)
-        ones_w = torch.ones((1, C, kh, kw), dtype=wb.dtype, device=wb.device)
+        # Counts must be exact whatever precision the sums use: always fp32.
+        ones_x = torch.ones((1, C, H, W), dtype=torch.float32, device=xb.device)
+        ones_w = torch.ones((1, C, kh, kw), dtype=torch.float32, device=wb.device)
         valid, _, _ = on(ones_x, ones_w, False)
     if any(p != 1 for p in per_leaf):
         if first is not None:
@@ -199,6 +202,21 @@ def conv_leaf_sums(
         if valid is not None:
             valid = _segsum(valid, per_leaf, dim)
     return sums, valid, first, dim
+
+
+def _sign_exact_autocast_dtype(device_type: str) -> torch.dtype:
+    """The dtype for the +/-1 GEMMs behind a vote: fp32, or autocast's bf16/fp16 on the CPU.
+
+    +/-1 inputs are exact in bf16/fp16 and oneDNN accumulates their products in fp32, so the
+    rounded sums keep their sign and their zeros: votes and ties stay exact (SPEC.md asks for
+    votes and ties in fp32; they are taken in fp32 from these sums). Only the surrogate sees
+    rounded magnitudes. On CUDA, cuBLAS may reduce in low precision, so sums stay fp32 there.
+    """
+    if device_type == "cpu" and torch.is_autocast_enabled(device_type):
+        dt = torch.get_autocast_dtype(device_type)
+        if dt in (torch.bfloat16, torch.float16):
+            return dt
+    return torch.float32
 
 
 def _out_layout(y: torch.Tensor, dim: int) -> torch.Tensor:
@@ -238,16 +256,18 @@ def binary_conv2d(
         if alpha is not None:
             s = s * alpha.to(s.dtype).view(1, -1, 1, 1)
         return s
+    gemm_dtype = _sign_exact_autocast_dtype(x.device.type)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        xb, wb = xb.float(), wb.float()
+        xb, wb = xb.to(gemm_dtype), wb.to(gemm_dtype)
         if voter.is_mv and voter.levels[0].tie != "first":
             # Fast path: one leaf over every term is the plain convolution.
             s = F.conv2d(pad_binary(xb, padding, pad_value) if pad_value != 0 else xb, wb, None, stride,
-                         0 if pad_value != 0 else padding, dilation, groups)
+                         0 if pad_value != 0 else padding, dilation, groups).float()
             valid = None
             if float(pad_value) == 0.0 and any(p > 0 for p in _pair(padding)):
                 cin = xb.shape[1] // groups
-                valid = F.conv2d(torch.ones_like(xb[:1, :cin]), torch.ones_like(wb[:1]), None, stride, padding, dilation)
+                ones_x = torch.ones((1, cin) + tuple(xb.shape[2:]), device=xb.device)
+                valid = F.conv2d(ones_x, torch.ones((1,) + tuple(wb.shape[1:]), device=wb.device), None, stride, padding, dilation)
             return reduce_votes(voter, s.unsqueeze(1), None if valid is None else valid.unsqueeze(1),
                                 dim=1, surrogate=surrogate, sigma=sigma)
         outs = []
