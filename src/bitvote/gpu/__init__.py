@@ -14,7 +14,7 @@ import os
 
 from ..errors import BitvoteError
 
-__all__ = ["available", "interpreted", "require", "require_cuda"]
+__all__ = ["available", "interpreted", "require", "require_cuda", "require_device"]
 
 
 def interpreted() -> bool:
@@ -50,3 +50,11 @@ def require_cuda():
         raise BitvoteError(f"--device cuda: no CUDA device here (torch {torch.__version__}, "
                            f"torch.cuda.is_available() is False)")
     return "cuda"
+
+
+def require_device(device: str = "cuda"):
+    """The device the GPU path runs on for ``--device cuda``: ``cuda``, or ``cpu`` when the
+    kernels run in Triton's interpreter (``TRITON_INTERPRET=1``); else a one-line error."""
+    if device != "cuda":
+        raise BitvoteError(f"unknown device {device!r}: use cpu or cuda")
+    return require()
