@@ -64,8 +64,13 @@ def _run(args):
     from ..engine import graph as G
 
     eng = G.load(args.model)
+    if args.device != "cpu":
+        from ..gpu import require_device
+        from ..gpu.model import GpuEngineModel
+
+        eng = GpuEngineModel(eng.graph, require_device(args.device))
     x, y = load_data(args.data, args.limit)
-    logits = torch.cat([eng(x[i:i + args.batch], args.threads) for i in range(0, x.shape[0], args.batch)])
+    logits = torch.cat([eng(x[i:i + args.batch], args.threads).cpu() for i in range(0, x.shape[0], args.batch)])
     pred = logits.argmax(1)
     res = {"images": int(x.shape[0]), "predictions": pred.tolist()}
     if y is not None:
@@ -80,7 +85,11 @@ def _verify(args):
     from ..engine.verify import verify
 
     x, y = load_data(args.data, args.limit)
-    r = verify(args.checkpoint, x, y, threads=args.threads, eps=args.eps, atol=args.atol)
+    if args.device != "cpu":
+        from ..gpu import require_device
+
+        require_device(args.device)
+    r = verify(args.checkpoint, x, y, threads=args.threads, eps=args.eps, atol=args.atol, device=args.device)
     if args.json:
         print(json.dumps(r))
     else:
@@ -98,6 +107,10 @@ def _verify(args):
 
 
 def _bench(args):
+    if args.device != "cpu":
+        from ..gpu.bench import main as gpu_bench
+
+        return gpu_bench(args)
     from ..engine import bench as B
 
     rows = []
@@ -137,6 +150,7 @@ def add_parser(sub):
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the Triton GPU path (docs/gpu.md)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run)
 
@@ -147,6 +161,7 @@ def add_parser(sub):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eps", type=float, default=1e-4, help="a flip is explained by a pre-sign value within eps of 0")
     p.add_argument("--atol", type=float, default=1e-3, help="logit tolerance for images without flips")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: check the Triton GPU path")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_verify)
 
@@ -157,5 +172,7 @@ def add_parser(sub):
     p.add_argument("--threads", type=int, default=0, help="one thread count (default: 1 and 2)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="a few shapes, small model: checks that it runs")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: the Triton GPU path vs cuDNN fp32/TF32/fp16/bf16, batch 1 and 256 (docs/gpu.md)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)

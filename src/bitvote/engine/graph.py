@@ -276,12 +276,19 @@ class EngineModel:
         for b in graph["blocks"]:
             convs = []
             for c in b["convs"]:
-                pc = PackedConv(_unpack_weight(c["wbits"], c["shape"]), c["stride"], c["padding"], c["pad_value"],
-                                _hier_from(c["hier"]), c["name"])
-                pc.epilogue(c["epilogue"], a=c.get("a"), b=c.get("b"), thr=c.get("thr"), dir=c.get("dir"))
+                pc = self._make_conv(c)
                 convs.append(pc)
                 self.layers.append(pc)
             self.blocks.append((b, convs))
+
+    def _make_conv(self, c: Dict):
+        """One graph node -> a runnable conv (the GPU path overrides this and :meth:`_pack`)."""
+        pc = PackedConv(_unpack_weight(c["wbits"], c["shape"]), c["stride"], c["padding"], c["pad_value"],
+                        _hier_from(c["hier"]), c["name"])
+        return pc.epilogue(c["epilogue"], a=c.get("a"), b=c.get("b"), thr=c.get("thr"), dir=c.get("dir"))
+
+    def _pack(self, x, shift, threads):
+        return pack(x, shift, threads)
 
     @staticmethod
     def _shortcut(sc, x):
@@ -299,7 +306,7 @@ class EngineModel:
         x = F.conv2d(x.float(), g["stem"]["weight"], g["stem"]["bias"], g["stem"]["stride"], g["stem"]["padding"])
         for b, convs in self.blocks:
             if self.kind == "xnornet":
-                xw = pack(x, threads=threads)
+                xw = self._pack(x, None, threads)
                 if trace is not None:
                     trace.append(xw)
                 mid = convs[0](xw, threads, isa)  # packed bits: BN + sign folded into thresholds
@@ -307,7 +314,7 @@ class EngineModel:
                     trace.append(mid)
                 y = convs[1](mid, threads, isa)
             else:
-                xw = pack(x, b["shifts"][0], threads)
+                xw = self._pack(x, b["shifts"][0], threads)
                 if trace is not None:
                     trace.append(xw)
                 y = convs[0](xw, threads, isa)

@@ -28,10 +28,24 @@ __all__ = ["verify"]
 
 @torch.inference_mode()
 def verify(model_or_path, x: torch.Tensor, labels=None, threads: int = 1, eps: float = 1e-4,
-           atol: float = 1e-3, batch: int = 64) -> Dict:
-    """Check the engine against the model on images ``x``; returns counts (see module doc)."""
+           atol: float = 1e-3, batch: int = 64, device: str = "cpu") -> Dict:
+    """Check the engine against the model on images ``x``; returns counts (see module doc).
+
+    ``device="cuda"`` checks the GPU path (:mod:`bitvote.gpu`; under ``TRITON_INTERPRET=1`` its
+    kernels run interpreted on CPU tensors) the same way; the model runs
+    on the CPU and the GPU's packed words are compared as the CPU engine's words.
+    """
     model = load_model(model_or_path)
-    engine = EngineModel(compile_model(model))
+    if device == "cpu":
+        engine = EngineModel(compile_model(model))
+        epack, as64 = (lambda t: pack(t, threads=threads)), (lambda w: w)
+    else:
+        from ..gpu.conv import pack as gpack, to_engine_words
+        from ..gpu.model import GpuEngineModel
+
+        engine = GpuEngineModel(compile_model(model))  # cuda (the interpreter: cpu tensors)
+        epack = lambda t: gpack(t.to(engine.device))  # noqa: E731
+        as64 = lambda w: to_engine_words(w).cpu()  # noqa: E731
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryConv2d)]
     signs = [m for m in model.modules() if isinstance(m, Sign)]
     rep = {"images": 0, "layers": [{"name": n, "outputs": 0, "mismatches": 0} for n, _ in convs],
@@ -54,16 +68,16 @@ def verify(model_or_path, x: torch.Tensor, labels=None, threads: int = 1, eps: f
         for li, ((name, m), xin) in enumerate(zip(convs, conv_in)):
             want = BF.binary_conv2d(xin, m.latent_weight(), m.stride, m.padding, m.dilation, m.groups,
                                     voter=m.hierarchy, pad_value=m.pad_value, weight_scale=False)
-            got = engine.layers[li](pack(xin, threads=threads), threads, raw=True)
+            got = engine.layers[li](epack(xin), threads, raw=True).cpu()
             rep["layers"][li]["outputs"] += want.numel()
             rep["layers"][li]["mismatches"] += int((got.to(want.dtype) != want).sum())
         # 2. end to end, with flips traced
         trace = []
-        out = engine(xb, threads, trace=trace)
+        out = engine(xb, threads, trace=trace).cpu()
         n = xb.shape[0]
         flipped_img = torch.zeros(n, dtype=torch.bool)
         for li, (xin, pre) in enumerate(zip(conv_in, sign_in)):
-            mine = trace[li]
+            mine = as64(trace[li])
             theirs = pack(xin, threads=threads)
             diff = (mine ^ theirs) != 0  # (N, H, W, Wd) words with a flip
             if not diff.any():

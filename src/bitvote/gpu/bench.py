@@ -1,0 +1,181 @@
+"""``bitvote bench --device cuda``: the GPU path against cuDNN in the same run (issue 9, item 2).
+
+Per layer (the ReActNet-18 3x3 binary conv shapes of :data:`bitvote.engine.bench.LAYERS`,
+batch 1 and 256): the Triton binary conv from the real-valued input (packing included)
+through the fused epilogue (popcount -> BN-folded floats; MV and HMV ``tap`` -> packed vote
+bits), against cuDNN ``F.conv2d`` in fp32 (TF32 off), TF32, fp16 and bf16 (channels_last,
+the tensor-core layout) on the same shape. Whole model: images/s of the compiled graph on
+the GPU vs the model in PyTorch eager fp32 and bf16 autocast. Times are CUDA-event medians
+of ``reps`` runs after a warm-up. On the CPU (Triton's interpreter) the same code runs for
+the tests only: its timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from ..engine.bench import LAYERS
+from ..voter import resolve
+from .conv import GpuPackedConv, pack
+
+__all__ = ["bench_layers", "bench_model", "device_name"]
+
+
+def device_name(device) -> str:
+    d = torch.device(device)
+    return torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu (Triton interpreter: timings meaningless)"
+
+
+def _time(fn, reps: int, device) -> float:
+    """Median milliseconds of ``fn`` after one warm-up call."""
+    fn()
+    cuda = torch.device(device).type == "cuda"
+    ts = []
+    for _ in range(reps):
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            ts.append(a.elapsed_time(b))
+        else:
+            t = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+
+def bench_layers(device="cuda", batches=(1, 256), reps: int = 20, quick: bool = False, layers=None) -> List[Dict]:
+    """Per layer: Triton popcount / MV / HMV vs cuDNN fp32, TF32, fp16, bf16 (see module doc)."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    layers = layers if layers is not None else (LAYERS[::3] if quick else LAYERS)
+    rows = []
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        for name, ci, co, h, s in layers:
+            w = torch.randn(co, ci, 3, 3, device=dev)
+            a, b = torch.rand(co, device=dev), torch.randn(co, device=dev)
+            convs = {
+                "popcount": GpuPackedConv(w >= 0, s, 1, 0.0, None, name, device=dev).epilogue("affine", a=a, b=b),
+                "mv": GpuPackedConv(w >= 0, s, 1, 0.0, resolve("mv", ci * 9, 9), name, device=dev).epilogue("bits"),
+                "hmv_tap": GpuPackedConv(w >= 0, s, 1, 0.0, resolve("tap", ci * 9, 9), name,
+                                         device=dev).epilogue("bits"),
+            }
+            for nb in batches:
+                x = torch.randn(nb, ci, h, h, device=dev)
+                ho = (h + 2 - 3) // s + 1
+                macs = nb * co * ho * ho * ci * 9
+                row = {"layer": name, "batch": nb, "device": device_name(dev), "macs": macs}
+                with torch.inference_mode():
+                    for mode, pc in convs.items():
+                        row[f"{mode}_ms"] = _time(lambda: pc(pack(x, nan_flag=torch.zeros(1, dtype=torch.int32, device=dev))),
+                                                  reps, dev)
+                    xw = pack(x)
+                    row["popcount_packed_ms"] = _time(lambda: convs["popcount"](xw), reps, dev)
+                    if cuda:
+                        torch.backends.cudnn.allow_tf32 = False
+                    row["fp32_ms"] = _time(lambda: F.conv2d(x, w, None, s, 1), reps, dev)
+                    if cuda:
+                        torch.backends.cudnn.allow_tf32 = True
+                        row["tf32_ms"] = _time(lambda: F.conv2d(x, w, None, s, 1), reps, dev)
+                        for dt, key in ((torch.float16, "fp16_ms"), (torch.bfloat16, "bf16_ms")):
+                            xc = x.to(dt).contiguous(memory_format=torch.channels_last)
+                            wc = w.to(dt).contiguous(memory_format=torch.channels_last)
+                            row[key] = _time(lambda: F.conv2d(xc, wc, None, s, 1), reps, dev)
+                for k in ("fp32", "tf32", "fp16", "bf16"):
+                    if f"{k}_ms" in row:
+                        row[f"popcount_vs_{k}"] = row[f"{k}_ms"] / row["popcount_ms"]
+                row["popcount_gbmacs"] = macs / row["popcount_ms"] / 1e6
+                rows.append(row)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev_tf32
+    return rows
+
+
+def bench_model(name: str = "reactnet18", voter: str = "mv", batch: int = 256, reps: int = 10,
+                width: float = 1.0, device="cuda", size: int = 32) -> Dict:
+    """Whole model: images/s of the compiled graph on the GPU vs PyTorch eager fp32 / bf16."""
+    from .. import models
+    from ..engine.graph import compile_model
+    from .model import GpuEngineModel
+
+    dev = torch.device(device)
+    model = models.create(name, voter=voter, width=width).eval()
+    engine = GpuEngineModel(compile_model(model), dev)
+    model = model.to(dev)
+    x = torch.randn(batch, 3, size, size, device=dev)
+
+    def eager():
+        with torch.inference_mode():
+            return model(x)
+
+    def eager_bf16():
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
+            return model(x)
+
+    ms_g = _time(lambda: engine(x), reps, dev)
+    ms_t = _time(eager, reps, dev)
+    row = {"model": name, "voter": voter, "width": width, "batch": batch, "device": device_name(dev),
+           "gpu_engine_img_s": batch / ms_g * 1e3, "torch_fp32_img_s": batch / ms_t * 1e3}
+    if dev.type == "cuda":
+        row["torch_bf16_img_s"] = batch / _time(eager_bf16, reps, dev) * 1e3
+    return row
+
+
+def format_rows(rows: List[Dict]) -> List[str]:
+    out = []
+    for r in rows:
+        if "gpu_engine_img_s" in r:
+            line = (f"model {r['model']} ({r['voter']}, width {r['width']}) batch {r['batch']}: "
+                    f"GPU engine {r['gpu_engine_img_s']:.0f} img/s, torch fp32 {r['torch_fp32_img_s']:.0f} img/s")
+            if "torch_bf16_img_s" in r:
+                line += f", torch bf16 {r['torch_bf16_img_s']:.0f} img/s"
+            out.append(line + f"  [{r['device']}]")
+        else:
+            ref = "  ".join(f"{k} {r[k + '_ms']:.3f}" for k in ("fp32", "tf32", "fp16", "bf16") if k + "_ms" in r)
+            out.append(f"{r['layer']:<12} b{r['batch']:<4} popcount {r['popcount_ms']:.3f} (packed in "
+                       f"{r['popcount_packed_ms']:.3f})  mv {r['mv_ms']:.3f}  hmv {r['hmv_tap_ms']:.3f} ms | "
+                       f"cuDNN {ref} ms | {r['popcount_gbmacs']:.0f} G binary MAC/s")
+    return out
+
+
+def main(args) -> int:
+    """``bitvote bench --device cuda [--layers] [--model M] [--quick] [--json]``.
+
+    Timings need a real GPU: the interpreter is refused here unless ``--quick`` (the tests).
+    """
+    import json
+
+    from . import interpreted, require, require_cuda
+
+    dev = require() if (interpreted() and args.quick) else require_cuda()
+    require()  # triton present
+    want_layers = args.layers or not args.model
+    rows = []
+    reps = args.reps if args.reps != 5 else 20  # the CPU default (5) is short for CUDA-event medians
+    if dev == "cpu":  # interpreter smoke run: one tiny shape, one rep
+        rows += bench_layers(dev, batches=(1,), reps=1, layers=[("tiny", 8, 8, 4, 1)])
+        if args.model:
+            rows.append(bench_model(args.model, args.voter, batch=1, reps=1, width=0.0625, device=dev, size=8))
+    else:
+        if want_layers:
+            rows += bench_layers(dev, batches=(1, 256), reps=reps, quick=args.quick)
+        if args.model:
+            for nb in ((64,) if args.quick else (1, 256)):
+                rows.append(bench_model(args.model, args.voter, batch=nb, reps=max(3, reps // 2),
+                                        width=0.25 if args.quick else 1.0, device=dev))
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(f"device: {device_name(dev)}; times in ms (CUDA-event medians), binary convs from real inputs "
+              f"(packing timed) unless 'packed'")
+        for line in format_rows(rows):
+            print(line)
+    return 0
