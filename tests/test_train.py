@@ -201,12 +201,21 @@ def test_demo_tiny(data, tmp_path, capsys):
 # bad input: one line naming the input, non-zero exit, no traceback
 
 
-def _bad(args, tmp_path, match):
-    r = _cli(args, {"BITVOTE_CACHE": str(tmp_path / "cache")})
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bitvote: error:"), r.stderr
+def _bad(args, tmp_path, match, capsys=None):
+    """Run the CLI (in-process when ``capsys`` is given, else as a subprocess) and check the error."""
+    if capsys is not None:
+        from bitvote.cli import main
+
+        capsys.readouterr()
+        rc = main(args)
+        err = capsys.readouterr().err
+    else:
+        r = _cli(args, {"BITVOTE_CACHE": str(tmp_path / "cache")})
+        rc, err = r.returncode, r.stderr
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bitvote: error:"), err
     assert match in lines[0], lines[0]
 
 
@@ -220,33 +229,34 @@ def test_bad_model_and_voter(data, tmp_path):
     _bad(_train_args(data, tmp_path / "b", "--voter", "M3(M7"), tmp_path, "M3(M7")
 
 
-def test_bad_data_folders(tmp_path):
+def test_bad_data_folders(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path / "cache"))
     _bad(_train_args(tmp_path / "nope", tmp_path / "a"), tmp_path, str(tmp_path / "nope"))
     bad = tmp_path / "bad"
     (bad / "train" / "x").mkdir(parents=True)
-    _bad(_train_args(bad, tmp_path / "b"), tmp_path, "malformed image folder")
+    _bad(_train_args(bad, tmp_path / "b"), tmp_path, "malformed image folder", capsys)
     py = tmp_path / "py" / "cifar-10-batches-py"
     py.mkdir(parents=True)
     (py / "data_batch_1").write_bytes(b"not a pickle")
-    _bad(_train_args(py, tmp_path / "c"), tmp_path, "data_batch_1")
+    _bad(_train_args(py, tmp_path / "c"), tmp_path, "data_batch_1", capsys)
 
 
-def test_bad_checkpoints(data, tmp_path):
+def test_bad_checkpoints(data, tmp_path, capsys):
     train(_cfg(data, tmp_path / "r", epochs=1))
     good = tmp_path / "r" / "last.pt"
     blob = good.read_bytes()
     trunc = tmp_path / "trunc.pt"
     trunc.write_bytes(blob[: len(blob) // 2])
-    _bad(["eval", str(trunc), "--data", str(data)], tmp_path, "trunc.pt")
-    _bad(["eval", str(tmp_path / "none.pt"), "--data", str(data)], tmp_path, "none.pt")
+    _bad(["eval", str(trunc), "--data", str(data)], tmp_path, "trunc.pt")  # one real subprocess
+    _bad(["eval", str(tmp_path / "none.pt"), "--data", str(data)], tmp_path, "none.pt", capsys)
     # a checkpoint whose weights belong to another model
     ck = torch.load(good, weights_only=True)
     ck["config"]["name"] = "birealnet18"
     other = tmp_path / "other.pt"
     torch.save(ck, other)
-    _bad(["eval", str(other), "--data", str(data)], tmp_path, "other.pt")
+    _bad(["eval", str(other), "--data", str(data)], tmp_path, "other.pt", capsys)
     # --init / --resume from a run of another model
-    _bad(_train_args(data, tmp_path / "x", "--model", "resnet18", "--init", str(good)), tmp_path, "reactnet18")
-    _bad(_train_args(data, tmp_path / "r", "--model", "resnet18", "--resume"), tmp_path, "reactnet18")
+    _bad(_train_args(data, tmp_path / "x", "--model", "resnet18", "--init", str(good)), tmp_path, "reactnet18", capsys)
+    _bad(_train_args(data, tmp_path / "r", "--model", "resnet18", "--resume"), tmp_path, "reactnet18", capsys)
     # an existing run without --resume
-    _bad(_train_args(data, tmp_path / "r"), tmp_path, "--resume")
+    _bad(_train_args(data, tmp_path / "r"), tmp_path, "--resume", capsys)

@@ -31,7 +31,9 @@ def format_table(rows) -> str:
 
 def run_demo(data=None, out="runs/demo", device="cpu", threads=None, download=True, quiet=False, **overrides) -> dict:
     """Train the demo baseline (or reuse it) and print the result; returns ``{stage: result}``."""
-    cfg = TrainConfig(**{**DEMO, **overrides}, data=data, out=str(Path(out) / "baseline"), resume=True,
+    opts = {**DEMO, **overrides}
+    opts.setdefault("eval_every", opts["epochs"])  # test once, at the end: minutes count here
+    cfg = TrainConfig(**opts, data=data, out=str(Path(out) / "baseline"), resume=True,
                       device=device, threads=threads, download=download, quiet=quiet)
     results = {"baseline": train(cfg)}
     rows = [(f"ReActNet-18 (width {cfg.width}, popcount)", results["baseline"])]

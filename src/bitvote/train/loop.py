@@ -239,7 +239,8 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
     dev = _device(cfg.device)
 
     train_set = D.subset(D.load(cfg.dataset, "train", cfg.data, device=dev, download=cfg.download), cfg.subset, cfg.seed)
-    test_set = D.subset(D.load(cfg.dataset, "test", cfg.data, device=dev, download=False), cfg.test_subset, cfg.seed)
+    # test subsets use seed 0: every run (and `bitvote eval --test-subset`) sees the same images
+    test_set = D.subset(D.load(cfg.dataset, "test", cfg.data, device=dev, download=False), cfg.test_subset)
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
