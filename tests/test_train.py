@@ -260,3 +260,35 @@ def test_bad_checkpoints(data, tmp_path, capsys):
     _bad(_train_args(data, tmp_path / "r", "--model", "resnet18", "--resume"), tmp_path, "reactnet18", capsys)
     # an existing run without --resume
     _bad(_train_args(data, tmp_path / "r"), tmp_path, "--resume", capsys)
+
+
+def test_train_cifar100_and_image_folder(tmp_path, monkeypatch):
+    from test_data import make_image_folder
+
+    monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path / "cache"))
+    make_cifar_python(tmp_path / "c100", "cifar100", n_train=100, n_test=100)
+    res = train(_cfg(tmp_path / "c100", tmp_path / "r100", dataset="cifar100", epochs=1, batch_size=50))
+    assert res["dataset"] == "cifar100" and res["n"] == 100
+    assert load_checkpoint(tmp_path / "r100" / "last.pt")["config"]["num_classes"] == 100
+    make_image_folder(tmp_path / "imgs")
+    res = train(_cfg(tmp_path / "imgs", tmp_path / "rimg", epochs=1, model="birealnet18", voter="tap"))
+    assert res["n"] == 20 and res["voter"] == "tap"
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    from bitvote.train.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    s = Tty()
+    p = Progress(epochs=3, steps=10, stream=s)
+    p.update(0, 5, 1.23, 0.5, 99.0, 125.0, force=True)
+    p.epoch_end({"epoch": 1, "train_loss": 1.0, "train_acc": 50.0, "test_top1": 40.0, "test_top5": 90.0,
+                 "images_per_s": 99.0, "epoch_s": 10.0}, 20.0)
+    text = s.getvalue()
+    assert text.startswith("\repoch 1/3 [##########..........] 5/10 loss 1.230 acc 50.0% 99 img/s ETA 2:05")
+    assert "test top1 40.00%" in text and text.endswith("\n")
