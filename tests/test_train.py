@@ -292,3 +292,17 @@ def test_progress_bar_on_a_terminal():
     text = s.getvalue()
     assert text.startswith("\repoch 1/3 [##########..........] 5/10 loss 1.230 acc 50.0% 99 img/s ETA 2:05")
     assert "test top1 40.00%" in text and text.endswith("\n")
+
+
+def test_model_checkpoint_round_trip(tmp_path):
+    from bitvote.train import load_model, model_checkpoint, save_checkpoint, set_binary_weights
+
+    m = models.create("reactnet18", width=0.125, voter="tap", pad_value=1)
+    save_checkpoint(tmp_path / "m.pt", model_checkpoint(m, dataset="cifar10"))
+    m2, ck = load_model(tmp_path / "m.pt")
+    assert ck["config"] == m.config and m2.config["voter"] == "tap"
+    _same_state(m.state_dict(), m2.state_dict())
+    s1 = set_binary_weights(models.create("reactnet18", width=0.125), False)
+    save_checkpoint(tmp_path / "s1.pt", model_checkpoint(s1))
+    m3, _ = load_model(tmp_path / "s1.pt")
+    assert all(not l.binary_weights for _, l in models.voter_layers(m3))

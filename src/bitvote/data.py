@@ -261,7 +261,10 @@ def _download(root: Path, spec: _Spec) -> Path:
             for m in tar.getmembers():
                 if m.name.startswith(("/", "..")) or ".." in Path(m.name).parts or not (m.isfile() or m.isdir()):
                     raise BitvoteError(f"refusing to unpack {archive}: unsafe member {m.name!r}")
-            tar.extractall(tmp)
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.12 and security backports
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp)
         if not (tmp / spec.folder).is_dir():
             raise BitvoteError(f"archive {archive} holds no {spec.folder}/")
         os.replace(tmp / spec.folder, root / spec.folder)

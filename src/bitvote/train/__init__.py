@@ -7,9 +7,10 @@ checkpoints), :mod:`.optim` (Adam, ReActNet's weight-decay rule, LR schedules), 
 """
 
 from .checkpoint import load as load_checkpoint
-from .checkpoint import load_model, set_binary_weights
+from .checkpoint import load_model, model_checkpoint, save as save_checkpoint, set_binary_weights
 from .kd import distribution_loss
 from .loop import TrainConfig, evaluate, evaluate_checkpoint, train
 
 __all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_checkpoint", "load_model",
+           "model_checkpoint", "save_checkpoint",
            "set_binary_weights", "distribution_loss"]

@@ -18,7 +18,8 @@ import torch.nn as nn
 from ..data import atomic_write_bytes
 from ..errors import BitvoteError
 
-__all__ = ["save", "load", "load_model", "model_from_checkpoint", "set_binary_weights", "FORMAT"]
+__all__ = ["save", "load", "load_model", "model_from_checkpoint", "model_checkpoint", "set_binary_weights",
+           "FORMAT"]
 
 FORMAT = "bitvote-checkpoint/1"
 
@@ -37,6 +38,12 @@ def binary_weights(model: nn.Module) -> bool:
     from ..nn.layers import VoterLayer
 
     return all(m.binary_weights for m in model.modules() if isinstance(m, VoterLayer))
+
+
+def model_checkpoint(model: nn.Module, **extra) -> dict:
+    """The smallest valid checkpoint of ``model`` (what ``convert`` writes), plus ``extra`` keys."""
+    return {"format": FORMAT, "model": model.state_dict(), "config": dict(model.config),
+            "binary_weights": binary_weights(model), **extra}
 
 
 def save(path, state: dict) -> None:

@@ -215,6 +215,12 @@ def _resumed_config(cfg: TrainConfig, ck: dict, path) -> TrainConfig:
     return TrainConfig(**merged)
 
 
+def _write_logs(out: Path, history, result) -> None:
+    write_csv(out / "log.csv", history)
+    if result:
+        D.atomic_write_bytes(out / "result.json", (json.dumps(result, indent=1) + "\n").encode())
+
+
 def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
     """Run (or resume) a training run; returns the final test metrics and where things are.
 
@@ -230,6 +236,7 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
         cfg = _resumed_config(cfg, ck, last)
         if ck.get("finished"):
             res = ck.get("result") or {}
+            _write_logs(out, ck.get("history") or [], res)  # in case a kill came right after last.pt
             if not cfg.quiet:
                 print(f"bitvote: {out} is already finished: top1 {res.get('top1', 0):.2f}%", file=sys.stderr)
             return res
@@ -282,15 +289,13 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
     t_start = time.monotonic()
 
     def state(finished=False, result=None) -> dict:
-        return {
-            "format": C.FORMAT, "model": model.state_dict(), "config": dict(model.config),
-            "binary_weights": C.binary_weights(model), "dataset": cfg.dataset,
-            "optimizer": opt.state_dict(),
-            "scheduler": {"kind": cfg.schedule, "base_lr": cfg.lr, "total_steps": total},
-            "epoch": epoch, "batch": batch, "step": gstep, "rng": _rng_state(dev), "data_seed": cfg.seed,
-            "args": cfg.to_dict(), "history": history, "best_top1": best, "epoch_stats": dict(stats),
-            "wall_s": wall0 + time.monotonic() - t_start, "finished": finished, "result": result,
-        }
+        return C.model_checkpoint(
+            model, dataset=cfg.dataset, optimizer=opt.state_dict(),
+            scheduler={"kind": cfg.schedule, "base_lr": cfg.lr, "total_steps": total},
+            epoch=epoch, batch=batch, step=gstep, rng=_rng_state(dev), data_seed=cfg.seed,
+            args=cfg.to_dict(), history=history, best_top1=best, epoch_stats=dict(stats),
+            wall_s=wall0 + time.monotonic() - t_start, finished=finished, result=result,
+        )
 
     last_ckpt_t = time.monotonic()
     steps_run = 0
@@ -361,14 +366,13 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
                       "train_images": N, "wall_s": row["wall_s"], "out": str(out),
                       "last": str(last), "best": str(out / "best.pt")}
         st = state(finished, result)
-        C.save(last, st)
-        if improved:
+        if improved:  # best.pt before last.pt: a kill in between replays the epoch and rewrites both
             C.save(out / "best.pt", st)
+        C.save(last, st)
         last_ckpt_t = time.monotonic()
-        write_csv(out / "log.csv", history)
+        _write_logs(out, history, result)
         remaining = (cfg.epochs - epoch) * row["epoch_s"]
         prog.epoch_end(row, remaining)
         if finished:
-            D.atomic_write_bytes(out / "result.json", (json.dumps(result, indent=1) + "\n").encode())
             return result
     return ck.get("result") or {}  # pragma: no cover - a finished run returns above
