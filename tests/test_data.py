@@ -4,8 +4,6 @@ Also holds the tiny fake-dataset writers that the training tests import.
 """
 
 import hashlib
-import io
-import os
 import pickle
 import tarfile
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -215,6 +214,24 @@ def _resumed_config(cfg: TrainConfig, ck: dict, path) -> TrainConfig:
     return TrainConfig(**merged)
 
 
+def _step(model, teacher, opt, x, y, lr, label_smoothing, dev):
+    """One optimizer step: cross-entropy, or the distribution loss against ``teacher``."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with _autocast(dev):
+        logits = model(x)
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            loss = distribution_loss(logits, t_logits)
+        else:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach()
+
+
 def _write_logs(out: Path, history, result) -> None:
     write_csv(out / "log.csv", history)
     if result:
@@ -258,7 +275,7 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
     model.to(dev).train()
     teacher = None
     if cfg.teacher:
-        teacher, tck = C.load_model(cfg.teacher, dev)
+        teacher, _ = C.load_model(cfg.teacher, dev)
         if teacher.config["num_classes"] != train_set.num_classes:
             raise BitvoteError(f"--teacher {cfg.teacher} has {teacher.config['num_classes']} classes, "
                                f"{cfg.dataset} has {train_set.num_classes}")
@@ -307,25 +324,13 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
             x = D.augment(train_set.x[idx.to(dev)], dy[idx], dx[idx], flip[idx])
             x = D.normalize(x, cfg.dataset)
             y = train_set.y[idx.to(dev)]
-            lr = lr_at(gstep, total, cfg.lr, cfg.schedule)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with _autocast(dev):
-                logits = model(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-                    loss = distribution_loss(logits, t_logits)
-                else:
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, logits = _step(model, teacher, opt, x, y, lr_at(gstep, total, cfg.lr, cfg.schedule),
+                                 cfg.label_smoothing, dev)
             batch += 1
             gstep += 1
             steps_run += 1
-            stats["loss"] += float(loss.detach()) * len(idx)
-            stats["correct"] += float((logits.detach().argmax(1) == y).sum())
+            stats["loss"] += float(loss) * len(idx)
+            stats["correct"] += float((logits.argmax(1) == y).sum())
             stats["seen"] += len(idx)
             elapsed = stats["time"] + time.monotonic() - t_epoch
             ips = stats["seen"] / max(elapsed, 1e-9)
