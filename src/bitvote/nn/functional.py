@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..binarize import binarize, binarize_weight
+from ..errors import BitvoteError
 from ..voter import CM, Hierarchy, _first_nonzero, _segsum, reduce_votes
 
 __all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary"]
@@ -238,14 +239,23 @@ def binary_conv2d(
     input_surrogate="ste",
     surrogate="approxsign",
     sigma="fanin",
+    binary_weights: bool = True,
 ) -> torch.Tensor:
     """Binary convolution per SPEC.md: binarize ``x`` and ``weight``, then popcount or vote.
 
     ``voter=None`` returns the sums ``s`` (times the per-channel ``mean|W|`` when
     ``weight_scale``); a :class:`~bitvote.voter.Hierarchy` returns +/-1 votes (or a ``P``
     root's count), computed in fp32 even under autocast so that sums and ties are exact.
+    ``binary_weights=False`` keeps the real weights (step 1 of two-step training: binary
+    activations, real weights); only a popcount output is defined then (SPEC.md).
     """
     xb = binarize(x, input_surrogate)
+    if not binary_weights:
+        if voter is not None:
+            raise BitvoteError("a voter needs binary weights: this layer has real weights (step 1 of two-step training)")
+        if float(pad_value) == 0.0:
+            return F.conv2d(xb, weight.to(xb.dtype), None, stride, padding, dilation, groups)
+        return F.conv2d(pad_binary(xb, padding, pad_value), weight.to(xb.dtype), None, stride, 0, dilation, groups)
     wb, alpha = binarize_weight(weight, weight_scale)
     if voter is None:
         ph, pw = _pair(padding)

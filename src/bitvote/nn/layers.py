@@ -31,6 +31,19 @@ class VoterLayer:
 
     #: qualified name inside a model, set by the model so errors can name the layer
     layer_name: str = "layer"
+    #: False in step 1 of two-step training: binary activations, real weights, popcount only
+    _binary_weights: bool = True
+
+    @property
+    def binary_weights(self) -> bool:
+        return self._binary_weights
+
+    @binary_weights.setter
+    def binary_weights(self, value: bool) -> None:
+        if not value and self.hierarchy is not None:
+            raise BitvoteError(f"{self.layer_name}: a voter ({self.voter}) needs binary weights; "
+                               "real weights (step 1) allow only popcount")
+        self._binary_weights = bool(value)
 
     standardize = False
 
@@ -81,9 +94,13 @@ class VoterLayer:
         if tie is None:
             tie = getattr(self, "tie", 1)
         spec = parse_spec(voter)
+        hierarchy = resolve(spec, self.terms, self.taps, parse_tie(tie), self.layer_name)
+        if hierarchy is not None and not self._binary_weights:
+            raise BitvoteError(f"{self.layer_name}: voter {spec.text!r} needs binary weights; "
+                               "real weights (step 1) allow only popcount")
         self.tie = parse_tie(tie)
         self.voter_spec = spec
-        self.hierarchy: Hierarchy | None = resolve(spec, self.terms, self.taps, self.tie, self.layer_name)
+        self.hierarchy: Hierarchy | None = hierarchy
 
     @property
     def voter(self) -> str:
@@ -159,6 +176,7 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
             x, self.latent_weight(), self.stride, self.padding, self.dilation, self.groups,
             voter=self.hierarchy, pad_value=self.pad_value, weight_scale=self.weight_scale,
             input_surrogate=self.input_surrogate, surrogate=self.surrogate, sigma=self.sigma,
+            binary_weights=self._binary_weights,
         )
 
     def extra_repr(self) -> str:
@@ -170,6 +188,8 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
             s += ", weight_scale=True"
         if self.standardize:
             s += ", standardize=True"
+        if not self._binary_weights:
+            s += ", binary_weights=False"
         return s
 
 
@@ -212,6 +232,7 @@ class BinaryLinear(nn.Linear, VoterLayer):
         y = BF.binary_conv2d(
             x4, w4, voter=self.hierarchy, weight_scale=self.weight_scale,
             input_surrogate=self.input_surrogate, surrogate=self.surrogate, sigma=self.sigma,
+            binary_weights=self._binary_weights,
         )
         return y.reshape(*lead, self.out_features)
 

@@ -1,0 +1,111 @@
+"""``bitvote train``, ``bitvote eval`` and ``bitvote demo``: thin wrappers over :mod:`bitvote.train`."""
+
+from __future__ import annotations
+
+import json
+
+
+def _opt_float(s):
+    return None if s is None else float(s)
+
+
+def add_parser(sub):
+    p = sub.add_parser("train", help="train a model on CIFAR-10/100 (resumable)")
+    p.add_argument("--model", help="model name (default reactnet18, or the --init checkpoint's)")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
+    p.add_argument("--data", help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data; downloads when missing)")
+    p.add_argument("--voter", help="voter spec (default popcount, or the --init checkpoint's)")
+    p.add_argument("--tie", help="tie rule: 1, -1, first, or a root-first list")
+    p.add_argument("--surrogate", choices=["approxsign", "ste"], help="the vote's backward")
+    p.add_argument("--sigma", help="the vote's surrogate width rule (e.g. fanin)")
+    p.add_argument("--pad-value", type=float, help="padding of binary activations: 0, 1 or -1")
+    p.add_argument("--width", type=float, help="channel width multiplier (default 1.0)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--wd", type=float, help="weight decay on conv/linear weights (default 1e-5 in step 1, else 0)")
+    p.add_argument("--schedule", default="linear", choices=["linear", "cosine", "constant"])
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--step", type=int, default=2, choices=[1, 2],
+                   help="1: binary activations, real weights; 2: binary weights too (default)")
+    p.add_argument("--subset", type=int, help="train on a fixed random subset of N images")
+    p.add_argument("--test-subset", type=int, help="evaluate on a fixed random subset of N test images")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="run folder: last.pt, best.pt, log.csv, result.json")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (starts fresh if there is none)")
+    p.add_argument("--init", help="start from this checkpoint's weights (e.g. step 1's best.pt)")
+    p.add_argument("--teacher", help="distill from this checkpoint (ReActNet's distribution loss)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--ckpt-every", type=float, default=120.0, help="mid-epoch checkpoint every S seconds")
+    p.add_argument("--ckpt-every-steps", type=int, default=0, help="mid-epoch checkpoint every N steps")
+    p.add_argument("--no-download", action="store_true", help="never download the dataset")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on its dataset's test split")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--test-subset", type=int, help="evaluate a fixed random subset of N test images")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("demo", help="the main job: train a small ReActNet-18 on CIFAR-10 in a few CPU minutes")
+    p.add_argument("--data", help="data root (default $BITVOTE_DATA, else download)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-download", action="store_true")
+    p.set_defaults(func=_demo)
+
+
+def _train(args):
+    from ..train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=args.model, dataset=args.dataset, data=args.data, voter=args.voter, tie=args.tie,
+        surrogate=args.surrogate, sigma=args.sigma, pad_value=args.pad_value, width=args.width,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, wd=args.wd, schedule=args.schedule,
+        label_smoothing=args.label_smoothing, step=args.step, subset=args.subset, test_subset=args.test_subset,
+        eval_every=args.eval_every, seed=args.seed, device=args.device, out=args.out, resume=args.resume,
+        init=args.init, teacher=args.teacher, threads=args.threads, ckpt_every_s=args.ckpt_every,
+        ckpt_every_steps=args.ckpt_every_steps, download=not args.no_download, quiet=args.quiet,
+    )
+    res = train(cfg)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res.get('model')} ({res.get('voter')}): top1 {res.get('top1', 0):.2f}% top5 {res.get('top5', 0):.2f}% "
+              f"on {res.get('n')} {res.get('dataset')} test images; checkpoints in {args.out}")
+    return 0
+
+
+def _eval(args):
+    import torch
+
+    from ..train import evaluate_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.test_subset,
+                              download=not args.no_download)
+    if args.json:
+        keys = ("top1", "top5", "model", "voter", "dataset", "n", "width", "step", "checkpoint")
+        print(json.dumps({k: res[k] for k in keys}))
+    else:
+        print(f"{res['model']} (width {res['width']}, voter {res['voter']}) on {res['n']} {res['dataset']} test images: "
+              f"top1 {res['top1']:.2f}%  top5 {res['top5']:.2f}%")
+    return 0
+
+
+def _demo(args):
+    from ..train.demo import run_demo
+
+    run_demo(args.data, args.out, args.device, args.threads, download=not args.no_download)
+    return 0

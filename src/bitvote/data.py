@@ -1,0 +1,327 @@
+"""CIFAR-10/100 as uint8 tensors on the training device, with batched augmentation.
+
+Like airbench, the whole split lives on the device as one ``(N, 3, 32, 32)`` uint8 tensor;
+pad-4 random crop, horizontal flip and normalization are a few batched tensor ops (one
+gather), never a per-image Python loop. Three sources, tried in this order under a root:
+
+1. the official python-format folders ``cifar-10-batches-py`` / ``cifar-100-python``;
+2. an image-folder tree ``train/<class>/*``, ``test/<class>/*`` (classes sorted by name give
+   the labels), decoded once with Pillow and cached as ``.npz`` under :func:`cache_dir`;
+3. the official archive, downloaded into the root and verified by its MD5 before use.
+
+The root is ``--data PATH``, else ``$BITVOTE_DATA``, else ``~/.cache/bitvote/data``.
+Augmentation is a pure function of ``(seed, epoch, sample index)`` so that a resumed or
+sharded run sees exactly the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from .errors import BitvoteError
+
+__all__ = ["Split", "DATASETS", "load", "data_root", "cache_dir", "augment", "normalize",
+           "epoch_plan", "atomic_write_bytes"]
+
+IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    classes: int
+    folder: str  # official python-format folder name
+    url: str
+    md5: str  # of the archive, as published next to it
+    train_files: tuple
+    test_files: tuple
+    label_key: bytes
+    mean: tuple
+    std: tuple
+
+
+DATASETS = {
+    "cifar10": _Spec(10, "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                     "c58f30108f718f92721af3b95e74349a", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                     ("test_batch",), b"labels", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": _Spec(100, "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                      "eb9058c3a382ffc7106e4002c42a8d85", ("train",), ("test",), b"fine_labels",
+                      (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass
+class Split:
+    """One split on its device: ``x`` uint8 (N, 3, 32, 32), ``y`` int64 (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    dataset: str
+    source: str  # where it came from, for logs and results
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return DATASETS[self.dataset].classes
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device), self.dataset, self.source)
+
+
+# ---------------------------------------------------------------------------------------------
+# where things live
+
+
+def data_root(path=None) -> Path:
+    """The data root: ``path``, else ``$BITVOTE_DATA``, else ``~/.cache/bitvote/data``."""
+    if path:
+        return Path(path).expanduser()
+    if os.environ.get("BITVOTE_DATA"):
+        return Path(os.environ["BITVOTE_DATA"]).expanduser()
+    return Path.home() / ".cache" / "bitvote" / "data"
+
+
+def cache_dir() -> Path:
+    """Where decoded image folders are cached: ``$BITVOTE_CACHE`` or ``~/.cache/bitvote``.
+
+    Never inside the data folder: shared dataset folders are often read-only.
+    """
+    return Path(os.environ.get("BITVOTE_CACHE") or Path.home() / ".cache" / "bitvote").expanduser()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old one or the whole new one: temp, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load(dataset: str, split: str, root=None, *, device="cpu", download: bool = True) -> Split:
+    """Load ``split`` ("train" or "test") of ``dataset`` from ``root`` onto ``device``."""
+    if dataset not in DATASETS:
+        raise BitvoteError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise BitvoteError(f"unknown split {split!r}: choose train or test")
+    spec = DATASETS[dataset]
+    root = data_root(root)
+    if root.exists() and not root.is_dir():
+        raise BitvoteError(f"data path {root} is a file, not a folder")
+    official = _find_official(root, spec)
+    if official is not None:
+        x, y = _read_official(official, spec, split)
+        source = str(official)
+    elif (root / "train").is_dir() or (root / "test").is_dir():
+        x, y = _read_image_folder(root, split, spec)
+        source = str(root)
+    else:
+        if not download:
+            raise BitvoteError(f"no {dataset} data under {root}: expected {spec.folder}/ or train/ and test/ "
+                               "class folders (download disabled)")
+        official = _download(root, spec)
+        x, y = _read_official(official, spec, split)
+        source = str(official)
+    return Split(torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device), dataset, source)
+
+
+def _find_official(root: Path, spec: _Spec) -> Optional[Path]:
+    for cand in (root, root / spec.folder):
+        if cand.name == spec.folder and cand.is_dir():
+            return cand
+    return None
+
+
+def _unpickle(path: Path):
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise BitvoteError(f"malformed CIFAR folder: {path} is missing") from None
+    except Exception as e:
+        raise BitvoteError(f"malformed CIFAR file {path}: {type(e).__name__}") from None
+
+
+def _read_official(folder: Path, spec: _Spec, split: str):
+    xs, ys = [], []
+    for name in spec.train_files if split == "train" else spec.test_files:
+        d = _unpickle(folder / name)
+        try:
+            x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(d[spec.label_key], dtype=np.int64)
+        except Exception:
+            raise BitvoteError(f"malformed CIFAR file {folder / name}: no 32x32x3 data / labels") from None
+        if len(x) != len(y) or (len(y) and (y.min() < 0 or y.max() >= spec.classes)):
+            raise BitvoteError(f"malformed CIFAR file {folder / name}: labels do not match the images")
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _listing(root: Path, split: str, classes: int) -> List[tuple]:
+    """``[(class_index, path)]`` of an image-folder split, checked against the class count."""
+    top = root / split
+    if not top.is_dir():
+        raise BitvoteError(f"malformed image folder {root}: {split}/ is missing")
+    names = sorted(p.name for p in top.iterdir() if p.is_dir())
+    if len(names) != classes:
+        raise BitvoteError(f"malformed image folder {top}: {len(names)} class folders, expected {classes}")
+    files = []
+    for i, name in enumerate(names):
+        imgs = sorted(p for p in (top / name).iterdir() if p.suffix.lower() in IMG_EXT)
+        if not imgs:
+            raise BitvoteError(f"malformed image folder {top / name}: no images")
+        files += [(i, p) for p in imgs]
+    return files
+
+
+def _read_image_folder(root: Path, split: str, spec: _Spec):
+    files = _listing(root, split, spec.classes)
+    # The cache key covers the folder, its files and their sizes/mtimes: edits invalidate it.
+    h = hashlib.sha1(str(root.resolve()).encode())
+    for i, p in files:
+        st = p.stat()
+        h.update(f"{i}/{p.name}/{st.st_size}/{st.st_mtime_ns}".encode())
+    cache = cache_dir() / "image-folders" / f"{split}-{h.hexdigest()[:16]}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache) as z:
+                return z["x"], z["y"]
+        except Exception:
+            pass  # a damaged cache is rebuilt below
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        raise BitvoteError("reading an image folder needs Pillow: pip install pillow") from None
+    x = np.empty((len(files), 3, 32, 32), np.uint8)
+    y = np.fromiter((i for i, _ in files), np.int64, len(files))
+    for k, (_, p) in enumerate(files):
+        try:
+            with Image.open(p) as im:
+                a = np.asarray(im.convert("RGB"))
+        except Exception:
+            raise BitvoteError(f"cannot decode image {p}") from None
+        if a.shape != (32, 32, 3):
+            raise BitvoteError(f"image {p} is {a.shape[1]}x{a.shape[0]}, expected 32x32")
+        x[k] = a.transpose(2, 0, 1)
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=y)
+    atomic_write_bytes(cache, buf.getvalue())
+    return x, y
+
+
+def _download(root: Path, spec: _Spec) -> Path:
+    """Fetch the official archive, check its MD5, unpack it atomically into ``root``."""
+    archive = root / Path(spec.url).name
+    if not archive.exists():
+        try:
+            with urllib.request.urlopen(spec.url, timeout=60) as r:
+                data = r.read()
+        except Exception as e:
+            reason = getattr(e, "reason", e)
+            raise BitvoteError(f"no {spec.folder} under {root} and downloading {spec.url} failed ({reason}): "
+                               "pass --data with the data") from None
+        atomic_write_bytes(archive, data)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    if md5 != spec.md5:
+        archive.unlink()
+        raise BitvoteError(f"downloaded {archive.name} has MD5 {md5}, expected {spec.md5}: removed it, try again")
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    try:
+        with tarfile.open(archive) as tar:
+            for m in tar.getmembers():
+                if m.name.startswith(("/", "..")) or ".." in Path(m.name).parts or not (m.isfile() or m.isdir()):
+                    raise BitvoteError(f"refusing to unpack {archive}: unsafe member {m.name!r}")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.12 and security backports
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp)
+        if not (tmp / spec.folder).is_dir():
+            raise BitvoteError(f"archive {archive} holds no {spec.folder}/")
+        os.replace(tmp / spec.folder, root / spec.folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root / spec.folder
+
+
+def subset(split: Split, n: Optional[int], seed: int = 0) -> Split:
+    """A fixed random subset of ``n`` samples (the same for every run with this seed)."""
+    if not n or n >= len(split):
+        return split
+    if n < 1:
+        raise BitvoteError(f"--subset must be positive, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(split), generator=g)[:n].sort().values.to(split.x.device)
+    return Split(split.x[idx], split.y[idx], split.dataset, split.source)
+
+
+# ---------------------------------------------------------------------------------------------
+# order and augmentation
+
+
+def _gen(seed: int, epoch: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7 + stream)
+
+
+def epoch_plan(n: int, seed: int, epoch: int):
+    """Data order and augmentation of one epoch: ``(perm, dy, dx, flip)`` on the CPU.
+
+    ``dy``/``dx`` (crop offsets in [0, 8]) and ``flip`` are indexed by *sample* index, so a
+    sample's augmentation depends only on (seed, epoch, index), not on batching or sharding.
+    """
+    perm = torch.randperm(n, generator=_gen(seed, epoch, 0))
+    g = _gen(seed, epoch, 1)
+    crops = torch.randint(0, 9, (2, n), generator=g)
+    flip = torch.randint(0, 2, (n,), generator=g).bool()
+    return perm, crops[0], crops[1], flip
+
+
+def augment(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Pad-``pad`` (zeros) random crop + horizontal flip of a uint8 batch, as one gather."""
+    B, C, H, W = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dev = x.device
+    ar_h = torch.arange(H, device=dev)
+    ar_w = torch.arange(W, device=dev)
+    rows = dy.to(dev)[:, None] + ar_h  # (B, H)
+    cols = torch.where(flip.to(dev)[:, None], W - 1 - ar_w, ar_w) + dx.to(dev)[:, None]  # (B, W)
+    b = torch.arange(B, device=dev)[:, None, None, None]
+    c = torch.arange(C, device=dev)[None, :, None, None]
+    return xp[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def normalize(x: torch.Tensor, dataset: str, dtype=torch.float32) -> torch.Tensor:
+    """uint8 -> float, per-channel mean/std of ``dataset``."""
+    spec = DATASETS[dataset]
+    mean = torch.tensor(spec.mean, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    std = torch.tensor(spec.std, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    return (x.to(dtype) - mean) / std

@@ -1,0 +1,383 @@
+"""The training run: ``train(TrainConfig)`` and ``evaluate(model, split)``.
+
+One run writes into ``out``: ``last.pt`` (each epoch, and mid-epoch every ``ckpt_every_s``
+seconds or ``ckpt_every_steps`` steps), ``best.pt`` (best test top-1), ``log.csv`` (one row
+per epoch) and ``result.json`` when it finishes — every file atomically. Everything that
+decides the next step (weights, BN statistics, optimizer, step, data order, augmentation,
+RNG states) is in ``last.pt`` or is a pure function of (seed, epoch, index), so
+``resume=True`` continues bit for bit where the run stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import data as D
+from ..errors import BitvoteError
+from . import checkpoint as C
+from .kd import distribution_loss
+from .optim import SCHEDULES, lr_at, make_optimizer
+from .progress import Progress, write_csv
+
+__all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint"]
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a run; ``None`` means "the default" (or the ``init`` checkpoint's value)."""
+
+    model: Optional[str] = None  # default: the init checkpoint's model, else reactnet18
+    dataset: str = "cifar10"
+    data: Optional[str] = None  # root; None: $BITVOTE_DATA or ~/.cache/bitvote/data
+    voter: Optional[str] = None  # default: the init checkpoint's voter, else popcount
+    tie: Optional[str] = None
+    surrogate: Optional[str] = None  # the vote's backward: approxsign | ste
+    sigma: Optional[str] = None  # the vote's surrogate width rule
+    pad_value: Optional[float] = None
+    width: Optional[float] = None  # default: the init checkpoint's width, else 1.0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    wd: Optional[float] = None  # default: 1e-5 in step 1, else 0 (ReActNet)
+    schedule: str = "linear"
+    label_smoothing: float = 0.0
+    step: int = 2  # 1: binary activations, real weights; 2: binary weights too
+    subset: Optional[int] = None  # train on a fixed random subset of N images
+    test_subset: Optional[int] = None  # evaluate on a fixed random subset of N test images
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "runs/train"
+    resume: bool = False
+    init: Optional[str] = None  # start from this checkpoint's weights
+    teacher: Optional[str] = None  # distill from this checkpoint (ReActNet's distribution loss)
+    threads: Optional[int] = None
+    ckpt_every_s: float = 120.0
+    ckpt_every_steps: int = 0
+    download: bool = True
+    quiet: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: options that must agree between ``--resume`` and the run found in ``out``
+_IDENTITY = ("model", "dataset", "width", "voter")
+#: options a resumed run may change: where things are, not what is computed
+_RUNTIME = ("data", "device", "threads", "ckpt_every_s", "ckpt_every_steps", "download", "quiet", "resume")
+
+
+class _Killed(Exception):
+    """Raised by the test hook ``_stop_after`` to simulate a kill."""
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BitvoteError("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise BitvoteError(f"unknown device {name!r}: choose cpu or cuda")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA (the voters compute in fp32 regardless); plain fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: D.Split, batch_size: int = 500) -> dict:
+    """Top-1 / top-5 accuracy (percent) of ``model`` on ``split``; restores the training mode."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    correct1 = correct5 = 0
+    k = min(5, split.num_classes)
+    for i in range(0, len(split), batch_size):
+        x = D.normalize(split.x[i : i + batch_size].to(dev), split.dataset)
+        y = split.y[i : i + batch_size].to(dev)
+        with _autocast(dev):
+            out = model(x)
+        top = out.float().topk(k, 1).indices
+        hit = top == y[:, None]
+        correct1 += int(hit[:, 0].sum())
+        correct5 += int(hit.any(1).sum())
+    model.train(was)
+    n = len(split)
+    return {"top1": 100.0 * correct1 / max(n, 1), "top5": 100.0 * correct5 / max(n, 1), "n": n}
+
+
+def evaluate_checkpoint(path, data=None, device="cpu", batch_size=500, test_subset=None, download=True) -> dict:
+    """What ``bitvote eval`` prints: accuracy of a checkpoint on its dataset's test split."""
+    dev = _device(device)
+    model, ck = C.load_model(path, dev)
+    dataset = (ck.get("args") or {}).get("dataset") or ck.get("dataset") or "cifar10"
+    test = D.subset(D.load(dataset, "test", data, device=dev, download=download), test_subset)
+    if test.num_classes != model.config["num_classes"]:
+        raise BitvoteError(f"checkpoint {path} has {model.config['num_classes']} classes, {dataset} has {test.num_classes}")
+    res = evaluate(model, test, batch_size)
+    return {**res, "model": model.config["name"], "voter": model.config["voter"], "dataset": dataset,
+            "width": model.config["width"], "step": 1 if not C.binary_weights(model) else 2, "checkpoint": str(path)}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _build_model(cfg: TrainConfig, num_classes: int):
+    """The model for a fresh run: from ``cfg``, defaults filled from the ``init`` checkpoint."""
+    from .. import models
+
+    init = C.load(cfg.init) if cfg.init else None
+    base = dict(init["config"]) if init else {}
+    name = cfg.model or base.get("name") or "reactnet18"
+    if init and name != base.get("name"):
+        raise BitvoteError(f"--init {cfg.init} holds a {base.get('name')} model, not {name}")
+    width = cfg.width if cfg.width is not None else base.get("width", 1.0)
+    if init and float(width) != float(base.get("width")):
+        raise BitvoteError(f"--init {cfg.init} has width {base.get('width')}, not {width}")
+    if init and base.get("num_classes") != num_classes:
+        raise BitvoteError(f"--init {cfg.init} has {base.get('num_classes')} classes, {cfg.dataset} has {num_classes}")
+    voter = cfg.voter or base.get("voter") or "popcount"
+    if cfg.step == 1 and voter != "popcount":
+        raise BitvoteError(f"--step 1 trains real weights: a voter ({voter}) needs binary weights, use --voter popcount")
+    opts = {k: v for k, v in base.items() if k not in ("name", "num_classes", "voter", "width")}
+    for k in ("tie", "surrogate", "sigma", "pad_value"):
+        if getattr(cfg, k) is not None:
+            opts[k] = getattr(cfg, k)
+    model = models.create(name, num_classes=num_classes, voter="popcount", width=width, **opts)
+    if cfg.step == 1:
+        C.set_binary_weights(model, False)
+    if init:
+        try:
+            model.load_state_dict(init["model"])
+        except RuntimeError:
+            raise BitvoteError(f"--init {cfg.init}: its weights do not fit {name} (damaged or another model)") from None
+    if voter != "popcount" or isinstance(voter, dict):
+        models.set_voter(model, voter, opts.get("tie"))
+    return model
+
+
+def _check(cfg: TrainConfig):
+    if cfg.step not in (1, 2):
+        raise BitvoteError(f"--step must be 1 or 2, got {cfg.step}")
+    if cfg.schedule not in SCHEDULES:
+        raise BitvoteError(f"unknown schedule {cfg.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    for k in ("epochs", "batch_size", "eval_every"):
+        if getattr(cfg, k) < 1:
+            raise BitvoteError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(cfg, k)}")
+    if not cfg.lr > 0:
+        raise BitvoteError(f"--lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise BitvoteError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+
+
+def _rng_state(device) -> dict:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
+def _set_rng_state(st: dict, device) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    if device.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"], device)
+
+
+def _resumed_config(cfg: TrainConfig, ck: dict, path) -> TrainConfig:
+    saved = dict(ck.get("args") or {})
+    for k in _IDENTITY:
+        mine = getattr(cfg, k)
+        if mine is not None and saved.get(k) is not None and mine != saved[k]:
+            if k == "width" and float(mine) == float(saved[k]):
+                continue
+            raise BitvoteError(f"--resume: {path} is a run with {k} {saved[k]!r}, not {mine!r}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged = {k: v for k, v in saved.items() if k in known}
+    for k in _RUNTIME:
+        merged[k] = getattr(cfg, k)
+    merged["out"] = cfg.out
+    return TrainConfig(**merged)
+
+
+def _step(model, teacher, opt, x, y, lr, label_smoothing, dev):
+    """One optimizer step: cross-entropy, or the distribution loss against ``teacher``."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with _autocast(dev):
+        logits = model(x)
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            loss = distribution_loss(logits, t_logits)
+        else:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach()
+
+
+def _write_logs(out: Path, history, result) -> None:
+    write_csv(out / "log.csv", history)
+    if result:
+        D.atomic_write_bytes(out / "result.json", (json.dumps(result, indent=1) + "\n").encode())
+
+
+def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
+    """Run (or resume) a training run; returns the final test metrics and where things are.
+
+    ``_stop_after`` (tests only) raises after that many global steps, like a kill would.
+    """
+    out = Path(cfg.out)
+    last = out / "last.pt"
+    ck = None
+    if last.exists():
+        if not cfg.resume:
+            raise BitvoteError(f"{out} already holds a run (last.pt): pass --resume to continue it or choose another --out")
+        ck = C.load(last)
+        cfg = _resumed_config(cfg, ck, last)
+        if ck.get("finished"):
+            res = ck.get("result") or {}
+            _write_logs(out, ck.get("history") or [], res)  # in case a kill came right after last.pt
+            if not cfg.quiet:
+                print(f"bitvote: {out} is already finished: top1 {res.get('top1', 0):.2f}%", file=sys.stderr)
+            return res
+    _check(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dev = _device(cfg.device)
+
+    train_set = D.subset(D.load(cfg.dataset, "train", cfg.data, device=dev, download=cfg.download), cfg.subset, cfg.seed)
+    # test subsets use seed 0: every run (and `bitvote eval --test-subset`) sees the same images
+    test_set = D.subset(D.load(cfg.dataset, "test", cfg.data, device=dev, download=False), cfg.test_subset)
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    if ck is not None:
+        model = C.model_from_checkpoint(ck, last)
+    else:
+        model = _build_model(cfg, train_set.num_classes)
+    model.to(dev).train()
+    teacher = None
+    if cfg.teacher:
+        teacher, _ = C.load_model(cfg.teacher, dev)
+        if teacher.config["num_classes"] != train_set.num_classes:
+            raise BitvoteError(f"--teacher {cfg.teacher} has {teacher.config['num_classes']} classes, "
+                               f"{cfg.dataset} has {train_set.num_classes}")
+    wd = cfg.wd if cfg.wd is not None else (1e-5 if cfg.step == 1 else 0.0)
+    opt = make_optimizer(model, cfg.lr, wd)
+
+    N, B = len(train_set), cfg.batch_size
+    steps = max(1, N // B)  # drop_last, as ReActNet / AB-BNN; a tiny subset still gets one batch
+    total = cfg.epochs * steps
+    epoch, batch, gstep = 0, 0, 0
+    history, best = [], -1.0
+    stats = {"loss": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
+    wall0 = 0.0
+    if ck is not None:
+        opt.load_state_dict(ck["optimizer"])
+        epoch, batch, gstep = ck["epoch"], ck["batch"], ck["step"]
+        history, best = list(ck.get("history") or []), float(ck.get("best_top1", -1.0))
+        stats = dict(ck.get("epoch_stats") or stats)
+        wall0 = float(ck.get("wall_s", 0.0))
+        _set_rng_state(ck["rng"], dev)
+
+    prog = Progress(cfg.epochs, steps, quiet=cfg.quiet)
+    if not cfg.quiet:
+        where = f"resuming {last} at epoch {epoch + 1}, batch {batch}" if ck is not None else f"writing {out}"
+        prog.note(f"bitvote train: {model.config['name']} width {model.config['width']} voter {model.config['voter']} "
+                  f"step {cfg.step} on {cfg.dataset} ({N} train / {len(test_set)} test images, {dev}); {where}")
+
+    t_start = time.monotonic()
+
+    def state(finished=False, result=None) -> dict:
+        return C.model_checkpoint(
+            model, dataset=cfg.dataset, optimizer=opt.state_dict(),
+            scheduler={"kind": cfg.schedule, "base_lr": cfg.lr, "total_steps": total},
+            epoch=epoch, batch=batch, step=gstep, rng=_rng_state(dev), data_seed=cfg.seed,
+            args=cfg.to_dict(), history=history, best_top1=best, epoch_stats=dict(stats),
+            wall_s=wall0 + time.monotonic() - t_start, finished=finished, result=result,
+        )
+
+    last_ckpt_t = time.monotonic()
+    steps_run = 0
+    while epoch < cfg.epochs:
+        perm, dy, dx, flip = D.epoch_plan(N, cfg.seed, epoch)
+        t_epoch = time.monotonic()
+        while batch < steps:
+            idx = perm[batch * B : (batch + 1) * B]
+            x = D.augment(train_set.x[idx.to(dev)], dy[idx], dx[idx], flip[idx])
+            x = D.normalize(x, cfg.dataset)
+            y = train_set.y[idx.to(dev)]
+            loss, logits = _step(model, teacher, opt, x, y, lr_at(gstep, total, cfg.lr, cfg.schedule),
+                                 cfg.label_smoothing, dev)
+            batch += 1
+            gstep += 1
+            steps_run += 1
+            stats["loss"] += float(loss) * len(idx)
+            stats["correct"] += float((logits.argmax(1) == y).sum())
+            stats["seen"] += len(idx)
+            elapsed = stats["time"] + time.monotonic() - t_epoch
+            ips = stats["seen"] / max(elapsed, 1e-9)
+            prog.update(epoch, batch, stats["loss"] / stats["seen"], stats["correct"] / stats["seen"], ips,
+                        (total - gstep) * B / max(ips, 1e-9))
+            now = time.monotonic()
+            due = (cfg.ckpt_every_steps and gstep % cfg.ckpt_every_steps == 0) or now - last_ckpt_t >= cfg.ckpt_every_s
+            if due and batch < steps:
+                stats["time"] += now - t_epoch
+                t_epoch = now
+                C.save(last, state())
+                last_ckpt_t = time.monotonic()
+            if _stop_after is not None and steps_run >= _stop_after:
+                raise _Killed(f"stopped after {steps_run} steps")
+        # end of epoch
+        stats["time"] += time.monotonic() - t_epoch
+        row = {"epoch": epoch + 1, "step": gstep, "lr": lr_at(gstep - 1, total, cfg.lr, cfg.schedule),
+               "train_loss": stats["loss"] / max(stats["seen"], 1),
+               "train_acc": 100.0 * stats["correct"] / max(stats["seen"], 1),
+               "images_per_s": stats["seen"] / max(stats["time"], 1e-9), "epoch_s": stats["time"],
+               "test_top1": None, "test_top5": None}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            ev = evaluate(model, test_set)
+            row["test_top1"], row["test_top5"] = ev["top1"], ev["top5"]
+        epoch, batch = epoch + 1, 0
+        stats = {"loss": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
+        row["wall_s"] = wall0 + time.monotonic() - t_start
+        history.append(row)
+        improved = row["test_top1"] is not None and row["test_top1"] > best
+        if improved:
+            best = row["test_top1"]
+        finished = epoch == cfg.epochs
+        result = None
+        if finished:
+            result = {"top1": row["test_top1"], "top5": row["test_top5"], "best_top1": best,
+                      "model": model.config["name"], "voter": model.config["voter"], "width": model.config["width"],
+                      "dataset": cfg.dataset, "n": len(test_set), "epochs": cfg.epochs, "step": cfg.step,
+                      "train_images": N, "wall_s": row["wall_s"], "out": str(out),
+                      "last": str(last), "best": str(out / "best.pt")}
+        st = state(finished, result)
+        if improved:  # best.pt before last.pt: a kill in between replays the epoch and rewrites both
+            C.save(out / "best.pt", st)
+        C.save(last, st)
+        last_ckpt_t = time.monotonic()
+        _write_logs(out, history, result)
+        remaining = (cfg.epochs - epoch) * row["epoch_s"]
+        prog.epoch_end(row, remaining)
+        if finished:
+            return result
+    return ck.get("result") or {}  # pragma: no cover - a finished run returns above
