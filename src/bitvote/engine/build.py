@@ -46,7 +46,7 @@ class ConvArgs(ctypes.Structure):
         ("lev_nodes", _P), ("lev_groups", _P), ("lev_tie", _P),
         ("outmode", _I), ("Wdo", _I), ("out", _P),
         ("a", _P), ("b", _P), ("thr", _P), ("dir", _P),
-        ("nthreads", _I),
+        ("nthreads", _I), ("kind", _I),
     ]
 
 

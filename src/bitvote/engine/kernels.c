@@ -40,7 +40,12 @@ typedef struct {
     const float *a, *b;                       /* AFFINE: r*a+b; SELECT: r>0 ? a : b */
     const int32_t *thr, *dir;                 /* BITS: dir>0: r>=thr, dir<0: r<=thr, 0: thr!=0 */
     int32_t nthreads;
+    int32_t kind;                             /* BV_KIND_*: which kernel the leaf layout allows */
 } bv_conv_t;
+
+/* Leaf layouts with a dense kernel: one leaf of every term (popcount, MV), or one leaf per
+ * tap holding all its channels (HMV `tap`). Anything else runs on the segment kernel. */
+enum { BV_KIND_SEGMENTS = 0, BV_KIND_ONE_LEAF = 1, BV_KIND_TAP_LEAVES = 2 };
 
 /* One majority voter (SPEC.md): s > 0 -> +1, s < 0 -> -1; no valid input -> abstain (0),
  * or the tie value at the root (+1 under 'first'); else the tie rule. */
@@ -83,8 +88,8 @@ static inline void bv_emit(const bv_conv_t *p, long pix, int n, int rem, int o, 
     const size_t nchw = ((size_t)n * p->Co + o) * (size_t)(p->Ho * p->Wo) + rem;
     switch (p->outmode) {
     case BV_OUT_INT: ((int32_t *)p->out)[nchw] = r; break;
-    case BV_OUT_AFFINE: ((float *)p->out)[nchw] = (float)r * p->a[o] + p->b[o]; break;
-    case BV_OUT_SELECT: ((float *)p->out)[nchw] = r > 0 ? p->a[o] : p->b[o]; break;
+    case BV_OUT_AFFINE: ((float *)p->out)[(size_t)pix * p->Co + o] = (float)r * p->a[o] + p->b[o]; break;
+    case BV_OUT_SELECT: ((float *)p->out)[(size_t)pix * p->Co + o] = r > 0 ? p->a[o] : p->b[o]; break;
     default: {
         const int d = p->dir[o];
         const int bit = d > 0 ? r >= p->thr[o] : d < 0 ? r <= p->thr[o] : p->thr[o] != 0;
@@ -111,7 +116,16 @@ static inline void p_store(uint64_t *q, bv_v8 v) { memcpy(q, v.l, 64); }
 #define VAND p_and
 #define VPOPADD p_popadd
 #define VSTORE p_store
+static inline bv_v8 p_add(bv_v8 a, bv_v8 b) { for (int i = 0; i < 8; i++) a.l[i] += b.l[i]; return a; }
+#define VPOPACC p_popadd
+#define VFLUSH p_add
+#define BV_CHUNK (1 << 30)
+#define BV_CBMAX 4
 #include "kbody.h"
+#undef VPOPACC
+#undef VFLUSH
+#undef BV_CHUNK
+#undef BV_CBMAX
 #undef FN
 #undef VT
 #undef VZERO
@@ -143,6 +157,22 @@ static inline bv_a2 a2_xor(bv_a2 a, bv_a2 b) { a.lo = _mm256_xor_si256(a.lo, b.l
 static inline bv_a2 a2_and(bv_a2 a, bv_a2 b) { a.lo = _mm256_and_si256(a.lo, b.lo); a.hi = _mm256_and_si256(a.hi, b.hi); return a; }
 static inline bv_a2 a2_popadd(bv_a2 a, bv_a2 b) { a.lo = _mm256_add_epi64(a.lo, a2_pc(b.lo)); a.hi = _mm256_add_epi64(a.hi, a2_pc(b.hi)); return a; }
 static inline void a2_store(uint64_t *q, bv_a2 v) { _mm256_storeu_si256((__m256i *)q, v.lo); _mm256_storeu_si256((__m256i *)(q + 4), v.hi); }
+/* byte-lane nibble counts (<= 8 per byte and word: 31 words fit a byte), folded by vpsadbw */
+static inline __m256i a2_pc8(__m256i v)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, m)),
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m)));
+}
+static inline bv_a2 a2_popacc(bv_a2 a, bv_a2 b) { a.lo = _mm256_add_epi8(a.lo, a2_pc8(b.lo)); a.hi = _mm256_add_epi8(a.hi, a2_pc8(b.hi)); return a; }
+static inline bv_a2 a2_flush(bv_a2 a, bv_a2 b)
+{
+    a.lo = _mm256_add_epi64(a.lo, _mm256_sad_epu8(b.lo, _mm256_setzero_si256()));
+    a.hi = _mm256_add_epi64(a.hi, _mm256_sad_epu8(b.hi, _mm256_setzero_si256()));
+    return a;
+}
 #define FN(name) name##_avx2
 #define VT bv_a2
 #define VZERO a2_zero
@@ -152,7 +182,15 @@ static inline void a2_store(uint64_t *q, bv_a2 v) { _mm256_storeu_si256((__m256i
 #define VAND a2_and
 #define VPOPADD a2_popadd
 #define VSTORE a2_store
+#define VPOPACC a2_popacc
+#define VFLUSH a2_flush
+#define BV_CHUNK 31
+#define BV_CBMAX 2
 #include "kbody.h"
+#undef VPOPACC
+#undef VFLUSH
+#undef BV_CHUNK
+#undef BV_CBMAX
 #undef FN
 #undef VT
 #undef VZERO
@@ -176,6 +214,15 @@ static inline __m512i z_pc(__m512i v)
     return _mm512_sad_epu8(c, _mm512_setzero_si512());
 }
 static inline __m512i z_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(a, z_pc(b)); }
+/* byte-lane nibble counts (<= 8 per byte and word: 31 words fit a byte), folded by vpsadbw */
+static inline __m512i z_popacc(__m512i a, __m512i v)
+{
+    const __m512i lut = _mm512_set4_epi32(0x04030302, 0x03020201, 0x03020201, 0x02010100);
+    const __m512i m = _mm512_set1_epi8(0x0f);
+    return _mm512_add_epi8(a, _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_and_si512(v, m)),
+                                              _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m))));
+}
+static inline __m512i z_flush(__m512i a, __m512i b) { return _mm512_add_epi64(a, _mm512_sad_epu8(b, _mm512_setzero_si512())); }
 static inline __m512i z_load(const uint64_t *q) { return _mm512_loadu_si512((const void *)q); }
 static inline __m512i z_bcast(uint64_t u) { return _mm512_set1_epi64((long long)u); }
 static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *)q, v); }
@@ -188,9 +235,16 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 #define VAND _mm512_and_si512
 #define VPOPADD z_popadd
 #define VSTORE z_store
+#define VPOPACC z_popacc
+#define VFLUSH z_flush
+#define BV_CHUNK 31
+#define BV_CBMAX 8
 #include "kbody.h"
 #undef FN
 #undef VPOPADD
+#undef VPOPACC
+#undef VFLUSH
+#undef BV_CHUNK
 #pragma GCC pop_options
 
 /* ---- AVX-512 VPOPCNTDQ (where the CPU has it): vpopcntq per lane ---- */
@@ -199,7 +253,14 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(a, _mm512_popcnt_epi64(b)); }
 #define FN(name) name##_avx512popcnt
 #define VPOPADD zp_popadd
+#define VPOPACC zp_popadd
+#define VFLUSH _mm512_add_epi64
+#define BV_CHUNK (1 << 30)
 #include "kbody.h"
+#undef VPOPACC
+#undef VFLUSH
+#undef BV_CHUNK
+#undef BV_CBMAX
 #undef FN
 #undef VT
 #undef VZERO
@@ -236,11 +297,11 @@ int bv_conv(const bv_conv_t *p, int isa)
     if (isa > best) return -2;
     switch (isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    case BV_ISA_AVX512POPCNT: return conv_avx512popcnt(p);
-    case BV_ISA_AVX512BW: return conv_avx512bw(p);
-    case BV_ISA_AVX2: return conv_avx2(p);
+    case BV_ISA_AVX512POPCNT: return p->kind ? conv_dense_avx512popcnt(p) : conv_avx512popcnt(p);
+    case BV_ISA_AVX512BW: return p->kind ? conv_dense_avx512bw(p) : conv_avx512bw(p);
+    case BV_ISA_AVX2: return p->kind ? conv_dense_avx2(p) : conv_avx2(p);
 #endif
-    default: return conv_portable(p);
+    default: return p->kind ? conv_dense_portable(p) : conv_portable(p);
     }
 }
 
