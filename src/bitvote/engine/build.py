@@ -110,7 +110,7 @@ def lib() -> ctypes.CDLL:
     L.bv_best_isa.restype = ctypes.c_int
     L.bv_struct_size.restype = ctypes.c_int
     L.bv_pack.argtypes = [_P, _I, _I, _I, _I, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
-                          _P, _P, _I, _I]
+                          _P, _P, _I, _I, _I]
     L.bv_pack.restype = ctypes.c_int
     if L.bv_struct_size() != ctypes.sizeof(ConvArgs):  # pragma: no cover - a build mismatch
         raise RuntimeError("kernels.c and build.ConvArgs disagree on the argument struct")

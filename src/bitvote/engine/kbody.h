@@ -174,7 +174,7 @@ static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o
         unsigned m = 0;
         for (int l = 0; l < nl; l++) {
             const int d = dir[l];
-            const unsigned bit = d > 0 ? r[l] >= thr[l] : d < 0 ? r[l] <= thr[l] : thr[l] != 0;
+            const unsigned bit = ((d > 0) & (r[l] >= thr[l])) | ((d < 0) & (r[l] <= thr[l])) | ((d == 0) & (thr[l] != 0));
             m |= bit << l;
         }
         ((uint8_t *)p->out)[(size_t)pix * p->Wdo * 8 + o0 / 8] = (uint8_t)m;
@@ -197,7 +197,7 @@ static inline __attribute__((always_inline)) void FN(tile)(const uint64_t *const
             for (int j = 0; j < Wd; j++) {
                 const VT xb = VBCAST(xp[j]);
                 for (int c = 0; c < CB; c++) a8[c] = VPOPACC(a8[c], VXOR(xb, VLOAD(wt + c * ws + (size_t)j * 8)));
-                if (++k == BV_CHUNK) {
+                if (BV_CHUNK < (1 << 30) && ++k == BV_CHUNK) {
                     for (int c = 0; c < CB; c++) { a64[c] = VFLUSH(a64[c], a8[c]); a8[c] = VZERO(); }
                     k = 0;
                 }
@@ -246,6 +246,7 @@ static int FN(conv_dense)(const bv_conv_t *p)
     const int pertap = p->kind == BV_KIND_TAP_LEAVES, LT = pertap ? T : 1;
     const long npix = (long)p->N * HoWo;
     const int need_first = p->voter && p->lev_tie[0] == 0;
+    const int mv1 = p->voter && !pertap && p->nlev == 1; /* a plain MV: vote = sign, tie rule */
     const int C = p->leaf_size[0] / (pertap ? 1 : T); /* channels: leaf sizes are C*T or C */
     const size_t ws = (size_t)T * Wd * 8;             /* words of one channel block */
     int CB = BV_CBMAX;
@@ -317,6 +318,23 @@ static int FN(conv_dense)(const bv_conv_t *p)
                             if (!p->voter) {
                                 const int32_t cn = cnts[0];
                                 for (int q = 0; q < 8; q++) r[q] = cn - 2 * (int32_t)mism[c * 8 + q];
+                            } else if (mv1) { /* one leaf, one level: the vote, ties from tv */
+                                const int32_t cn = cnts[0];
+                                int ties = 0;
+                                for (int q = 0; q < 8; q++) {
+                                    const int32_t sq = cn - 2 * (int32_t)mism[c * 8 + q];
+                                    r[q] = (sq > 0) - (sq < 0);
+                                    ties += sq == 0;
+                                }
+                                if (ties) {
+                                    const int tie = p->lev_tie[0];
+                                    for (int q = 0; q < 8; q++) {
+                                        if (r[q]) continue;
+                                        if (cn == 0 || tie != 0) { r[q] = tie == 0 ? 1 : tie; continue; }
+                                        const uint64_t *ww = wg + (size_t)c * ws + (size_t)t1 * Wd * 8;
+                                        r[q] = ((tp[t1][0] ^ ww[q]) & 1) ? -1 : 1;
+                                    }
+                                }
                             } else {
                                 for (int l = 0; l < LT; l++) {
                                     const int32_t cn = pertap ? lcnt[l] : cnts[0];

@@ -305,10 +305,13 @@ int bv_conv(const bv_conv_t *p, int isa)
     }
 }
 
-/* Pack real activations (any strides, NCHW indexing) into bits: bit = (x + shift[c]) >= 0
- * (-0.0 -> 1, the RSign shift folded in when shift != NULL). Returns 1 if any value is NaN. */
-int bv_pack(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
-            const float *shift, uint64_t *out, int Wd, int nthreads)
+/* ---- the packer: real activations -> bits, bit = (x + shift[c]) >= 0 (-0.0 -> 1, NaN flagged) ----
+ * Any strides run the portable loop; NCHW rows (sW == 1) and channels-last pixels (sC == 1)
+ * have AVX-512 packers: a compare of 16 floats gives a 16-bit mask, which either becomes 16
+ * bits of one word (channels-last) or sets bit c in the words of 16 pixels with a masked OR
+ * (NCHW), so no float is read twice and no bit is set one at a time. */
+static int bv_pack_portable(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
+                            const float *shift, uint64_t *out, int Wd, int nthreads)
 {
     int nan = 0;
 #pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
@@ -318,23 +321,114 @@ int bv_pack(const float *x, int N, int C, int H, int W, long sN, long sC, long s
         memset(o, 0, (size_t)W * Wd * 8);
         for (int c = 0; c < C; c++) {
             const float *r = x + n * sN + c * sC + y * sH;
-            const uint64_t bit = 1ULL << (c % 64);
-            const int j = c / 64;
+            const int j = c / 64, b = c % 64;
             if (shift) {
                 const float sh = shift[c];
                 for (int i = 0; i < W; i++) {
                     const float v = r[i * sW] + sh;
                     nan |= v != v;
-                    if (v >= 0.0f) o[(size_t)i * Wd + j] |= bit;
+                    o[(size_t)i * Wd + j] |= (uint64_t)(v >= 0.0f) << b;
                 }
             } else {
                 for (int i = 0; i < W; i++) {
                     const float v = r[i * sW];
                     nan |= v != v;
-                    if (v >= 0.0f) o[(size_t)i * Wd + j] |= bit;
+                    o[(size_t)i * Wd + j] |= (uint64_t)(v >= 0.0f) << b;
                 }
             }
         }
     }
     return nan;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw")
+/* NCHW with contiguous rows: runs of L pixels (a whole plane when rows are contiguous too). */
+static int bv_pack_nchw_avx512(const float *x, int N, int C, int H, int W, long sN, long sC, long sH,
+                               const float *shift, uint64_t *out, int Wd, int nthreads)
+{
+    const int plane = sH == W || H == 1;
+    const long nrun = plane ? N : (long)N * H, L = plane ? (long)H * W : W;
+    const long nblk = (L + 15) / 16;
+    int nan = 0;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
+    for (long it = 0; it < nrun * nblk; it++) {
+        const long run = it / nblk, i0 = (it % nblk) * 16;
+        const float *src = plane ? x + run * sN : x + (run / H) * sN + (run % H) * sH;
+        const long pix0 = run * L + i0;
+        const __mmask16 mk = L - i0 >= 16 ? 0xffff : (__mmask16)((1u << (L - i0)) - 1);
+        const __m512i idx = _mm512_setr_epi64(0, Wd, 2L * Wd, 3L * Wd, 4L * Wd, 5L * Wd, 6L * Wd, 7L * Wd);
+        __mmask16 bad = 0;
+        for (int j = 0; j < Wd; j++) {
+            __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+            const int c1 = C < 64 * j + 64 ? C : 64 * j + 64;
+            for (int c = 64 * j; c < c1; c++) {
+                __m512 v = _mm512_maskz_loadu_ps(mk, src + c * sC + i0);
+                if (shift) v = _mm512_add_ps(v, _mm512_set1_ps(shift[c]));
+                const __mmask16 m = _mm512_mask_cmp_ps_mask(mk, v, _mm512_setzero_ps(), _CMP_GE_OQ);
+                bad |= _mm512_mask_cmp_ps_mask(mk, v, v, _CMP_UNORD_Q);
+                const __m512i bit = _mm512_set1_epi64((long long)(1ULL << (c & 63)));
+                lo = _mm512_mask_or_epi64(lo, (__mmask8)m, lo, bit);
+                hi = _mm512_mask_or_epi64(hi, (__mmask8)(m >> 8), hi, bit);
+            }
+            uint64_t *o = out + pix0 * Wd + j;
+            if (Wd == 1) {
+                _mm512_mask_storeu_epi64(o, (__mmask8)mk, lo);
+                _mm512_mask_storeu_epi64(o + 8, (__mmask8)(mk >> 8), hi);
+            } else {
+                _mm512_mask_i64scatter_epi64(o, (__mmask8)mk, idx, lo, 8);
+                _mm512_mask_i64scatter_epi64(o + 8 * Wd, (__mmask8)(mk >> 8), idx, hi, 8);
+            }
+        }
+        nan |= bad != 0;
+    }
+    return nan;
+}
+
+/* Channels-last (sC == 1): 64 channels of one pixel are 4 compares -> one word. */
+static int bv_pack_nhwc_avx512(const float *x, int N, int C, int H, int W, long sN, long sH, long sW,
+                               const float *shift, uint64_t *out, int Wd, int nthreads)
+{
+    int nan = 0;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
+    for (long pix = 0; pix < (long)N * H * W; pix++) {
+        const long n = pix / ((long)H * W), rem = pix % ((long)H * W);
+        const float *src = x + n * sN + (rem / W) * sH + (rem % W) * sW;
+        __mmask16 bad = 0;
+        for (int j = 0; j < Wd; j++) {
+            uint64_t word = 0;
+            for (int q = 0; q < 4; q++) {
+                const int c0 = 64 * j + 16 * q;
+                if (c0 >= C) break;
+                const __mmask16 mk = C - c0 >= 16 ? 0xffff : (__mmask16)((1u << (C - c0)) - 1);
+                __m512 v = _mm512_maskz_loadu_ps(mk, src + c0);
+                if (shift) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, shift + c0));
+                word |= (uint64_t)_mm512_mask_cmp_ps_mask(mk, v, _mm512_setzero_ps(), _CMP_GE_OQ) << (16 * q);
+                bad |= _mm512_mask_cmp_ps_mask(mk, v, v, _CMP_UNORD_Q);
+            }
+            out[pix * Wd + j] = word;
+        }
+        nan |= bad != 0;
+    }
+    return nan;
+}
+#pragma GCC pop_options
+#endif
+
+/* Pack (any strides, NCHW indexing) into (N, H, W, Wd) words; shift may be NULL. isa = -1
+ * picks the best. Returns 1 if any value is NaN. */
+int bv_pack(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
+            const float *shift, uint64_t *out, int Wd, int nthreads, int isa)
+{
+    if (isa < 0) isa = bv_best_isa();
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (isa >= BV_ISA_AVX512BW && C > 0) {
+        if (sC == 1)
+            return bv_pack_nhwc_avx512(x, N, C, H, W, sN, sH, sW, shift, out, Wd, nthreads);
+        if (sW == 1)
+            return bv_pack_nchw_avx512(x, N, C, H, W, sN, sC, sH, shift, out, Wd, nthreads);
+    }
+#endif
+    return bv_pack_portable(x, N, C, H, W, sN, sC, sH, sW, shift, out, Wd, nthreads);
 }
