@@ -297,6 +297,9 @@ class EngineModel:
         every binary layer, in order, for verify."""
         g = self.graph
         x = F.conv2d(x.float(), g["stem"]["weight"], g["stem"]["bias"], g["stem"]["stride"], g["stem"]["padding"])
+        # channels-last throughout: the binary convs' float epilogues write it, the packer reads
+        # it contiguously, and PyTorch's elementwise ops stay on their fast path (no mixed layouts)
+        x = x.contiguous(memory_format=torch.channels_last)
         for b, convs in self.blocks:
             if self.kind == "xnornet":
                 xw = pack(x, threads=threads)
