@@ -47,6 +47,7 @@ class ConvArgs(ctypes.Structure):
         ("outmode", _I), ("Wdo", _I), ("out", _P),
         ("a", _P), ("b", _P), ("thr", _P), ("dir", _P),
         ("nthreads", _I), ("kind", _I),
+        ("post", _I), ("res", _P), ("si", _P), ("pw", _P), ("so", _P),
     ]
 
 

@@ -125,6 +125,20 @@ class PackedConv:
         self.root_p = root_p
         self.epilogue("int")
 
+    def fuse_rprelu(self, shift_in, prelu, shift_out) -> "PackedConv":
+        """Fuse a block's RPReLU into the float epilogue: ``prelu(y + shift_in, w) + shift_out``
+        per channel, after the residual (if one is passed to the call), in PyTorch's order."""
+        def vec(v):
+            t = torch.as_tensor(v).detach().to(torch.float32).reshape(-1).contiguous()
+            if t.numel() == 1:
+                t = t.expand(self.Co).contiguous()
+            if t.numel() != self.Co:
+                raise BitvoteError(f"layer {self.name!r}: RPReLU vector has {t.numel()} entries for {self.Co} channels")
+            return t
+        self.rprelu = (vec(shift_in), vec(prelu), vec(shift_out))
+        self._args = {}
+        return self
+
     def use_segments(self, on: bool = True) -> "PackedConv":
         """Force the general segment kernel (``on``) or go back to the layer's best kernel; tests
         run both on the same layer."""
@@ -169,11 +183,13 @@ class PackedConv:
         self.dir = vec(dir, torch.int32, 1)
         return self
 
-    def __call__(self, xw: torch.Tensor, threads: int = 1, isa=None, raw: bool = False) -> torch.Tensor:
+    def __call__(self, xw: torch.Tensor, threads: int = 1, isa=None, raw: bool = False,
+                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Run on packed input words ``(N, H, W, Wd)``; the output follows the epilogue.
 
         ``raw=True`` returns the integer result (``"int"``) whatever the epilogue: what
-        verify compares with the PyTorch layer.
+        verify compares with the PyTorch layer. ``residual`` ``(N, Co, Ho, Wo)`` (float
+        epilogues only) is added to the output, before a fused RPReLU (:meth:`fuse_rprelu`).
         """
         mode = "int" if raw else self.mode
         if xw.dim() != 4 or xw.shape[3] != self.Wd or xw.dtype != torch.int64:
@@ -193,11 +209,20 @@ class PackedConv:
         else:
             Wdo = 0
             out = torch.empty((N, Ho, Wo, self.Co), dtype=torch.float32)
+        res = None
+        if residual is not None and mode in ("affine", "select"):
+            if tuple(residual.shape) != (N, self.Co, Ho, Wo):
+                raise BitvoteError(f"layer {self.name!r}: residual {tuple(residual.shape)} does not match the "
+                                   f"output {(N, self.Co, Ho, Wo)}")
+            res = residual.detach().to(torch.float32).permute(0, 2, 3, 1).contiguous()
         key = (mode, N, H, W, int(threads))
         p = self._args.get(key) if hasattr(self, "_args") else None
         if p is None:
             p = self._make_args(mode, N, H, W, Ho, Wo, Wdo, threads)
         p.x, p.out = xw.data_ptr(), out.data_ptr()
+        if mode in ("affine", "select"):
+            p.res = 0 if res is None else res.data_ptr()
+            p.post = (0 if res is None else 1) | (2 if getattr(self, "rprelu", None) is not None else 0)
         rc = lib().bv_conv(ctypes.byref(p), isa_id(isa))
         if rc != 0:
             raise MemoryError(f"bitvote kernel failed on layer {self.name!r} (code {rc})")
@@ -221,5 +246,8 @@ class PackedConv:
             a=self.a.data_ptr(), b=self.b.data_ptr(), thr=self.thr.data_ptr(), dir=self.dir.data_ptr(),
             nthreads=int(threads), kind=self.kind,
         )
+        rp = getattr(self, "rprelu", None)
+        if rp is not None:
+            p.si, p.pw, p.so = (t.data_ptr() for t in rp)
         self._args[(mode, N, H, W, int(threads))] = p
         return p

@@ -281,6 +281,9 @@ class EngineModel:
                 pc.epilogue(c["epilogue"], a=c.get("a"), b=c.get("b"), thr=c.get("thr"), dir=c.get("dir"))
                 convs.append(pc)
                 self.layers.append(pc)
+            act = b.get("act")
+            if act is not None:  # RPReLU fused into the float epilogue of the block's last conv
+                convs[-1].fuse_rprelu(act["shift_in"], act["prelu"], act["shift_out"])
             self.blocks.append((b, convs))
 
     @staticmethod
@@ -289,7 +292,7 @@ class EngineModel:
             return x
         if sc["pool"]:
             x = F.avg_pool2d(x, 2, sc["pool"])
-        return F.conv2d(x, sc["weight"], sc["bias"], sc["stride"])
+        return F.conv2d(x, sc["weight"], sc["bias"], sc["stride"]).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, threads: int = 1, trace: Optional[list] = None, isa=None) -> torch.Tensor:
@@ -308,16 +311,13 @@ class EngineModel:
                 mid = convs[0](xw, threads, isa)  # packed bits: BN + sign folded into thresholds
                 if trace is not None:
                     trace.append(mid)
-                y = convs[1](mid, threads, isa)
+                y = convs[1](mid, threads, isa, residual=self._shortcut(b["shortcut"], x))
             else:
                 xw = pack(x, b["shifts"][0], threads)
                 if trace is not None:
                     trace.append(xw)
-                y = convs[0](xw, threads, isa)
-            y = y + self._shortcut(b["shortcut"], x)
-            act = b.get("act")
-            if act is not None:
-                y = F.prelu(y + act["shift_in"].view(1, -1, 1, 1), act["prelu"]) + act["shift_out"].view(1, -1, 1, 1)
+                # the shortcut add and RPReLU run in the conv's epilogue (same float ops, same order)
+                y = convs[0](xw, threads, isa, residual=self._shortcut(b["shortcut"], x))
             x = y
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return F.linear(x, g["fc"]["weight"], g["fc"]["bias"])

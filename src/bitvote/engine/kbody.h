@@ -142,6 +142,22 @@ static void FN(reduce8)(const bv_conv_t *p, const int32_t *sums, const int32_t *
     for (int q = 0; q < 8; q++) r[q] = va[q];
 }
 
+/* bv_post on nl consecutive floats (channels o0.., element index i0..) */
+static inline void FN(post8)(const bv_conv_t *p, size_t i0, int o0, int nl, float *q)
+{
+    if (p->post & 1) {
+        const float *res = p->res + i0;
+        for (int l = 0; l < nl; l++) q[l] = q[l] + res[l];
+    }
+    if (p->post & 2) {
+        const float *si = p->si + o0, *pw = p->pw + o0, *so = p->so + o0;
+        for (int l = 0; l < nl; l++) {
+            const float v = q[l] + si[l];
+            q[l] = (v > 0.0f ? v : pw[l] * v) + so[l];
+        }
+    }
+}
+
 /* Emit 8 lanes (channels o0 .. o0+nl-1) of output pixel pix. */
 static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o0, int nl, const int32_t *r)
 {
@@ -158,6 +174,7 @@ static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o
             for (int l = 0; l < 8; l++) q[l] = (float)r[l] * a[l] + b[l];
         else
             for (int l = 0; l < nl; l++) q[l] = (float)r[l] * a[l] + b[l];
+        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, q);
         break;
     }
     case BV_OUT_SELECT: {
@@ -167,6 +184,7 @@ static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o
             for (int l = 0; l < 8; l++) q[l] = r[l] > 0 ? a[l] : b[l];
         else
             for (int l = 0; l < nl; l++) q[l] = r[l] > 0 ? a[l] : b[l];
+        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, q);
         break;
     }
     default: {

@@ -41,7 +41,23 @@ typedef struct {
     const int32_t *thr, *dir;                 /* BITS: dir>0: r>=thr, dir<0: r<=thr, 0: thr!=0 */
     int32_t nthreads;
     int32_t kind;                             /* BV_KIND_*: which kernel the leaf layout allows */
+    int32_t post;                             /* float outputs: 1 add res, 2 RPReLU (si, pw, so) */
+    const float *res;                         /* residual, channels-last like the output */
+    const float *si, *pw, *so;                /* RPReLU: v + si -> prelu(pw) -> + so */
 } bv_conv_t;
+
+/* The fused tail of a block on one float output, in PyTorch's order and rounding:
+ * y + shortcut, then prelu(y + shift_in, w) + shift_out. */
+static inline float bv_post(const bv_conv_t *p, size_t i, int o, float v)
+{
+    if (p->post & 1) v = v + p->res[i];
+    if (p->post & 2) {
+        v = v + p->si[o];
+        v = v > 0.0f ? v : p->pw[o] * v;
+        v = v + p->so[o];
+    }
+    return v;
+}
 
 /* Leaf layouts with a dense kernel: one leaf of every term (popcount, MV), or one leaf per
  * tap holding all its channels (HMV `tap`). Anything else runs on the segment kernel. */
@@ -88,8 +104,16 @@ static inline void bv_emit(const bv_conv_t *p, long pix, int n, int rem, int o, 
     const size_t nchw = ((size_t)n * p->Co + o) * (size_t)(p->Ho * p->Wo) + rem;
     switch (p->outmode) {
     case BV_OUT_INT: ((int32_t *)p->out)[nchw] = r; break;
-    case BV_OUT_AFFINE: ((float *)p->out)[(size_t)pix * p->Co + o] = (float)r * p->a[o] + p->b[o]; break;
-    case BV_OUT_SELECT: ((float *)p->out)[(size_t)pix * p->Co + o] = r > 0 ? p->a[o] : p->b[o]; break;
+    case BV_OUT_AFFINE: {
+        const size_t i = (size_t)pix * p->Co + o;
+        ((float *)p->out)[i] = bv_post(p, i, o, (float)r * p->a[o] + p->b[o]);
+        break;
+    }
+    case BV_OUT_SELECT: {
+        const size_t i = (size_t)pix * p->Co + o;
+        ((float *)p->out)[i] = bv_post(p, i, o, r > 0 ? p->a[o] : p->b[o]);
+        break;
+    }
     default: {
         const int d = p->dir[o];
         const int bit = d > 0 ? r >= p->thr[o] : d < 0 ? r <= p->thr[o] : p->thr[o] != 0;
