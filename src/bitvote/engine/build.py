@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import BitvoteError
 
-__all__ = ["lib", "ISAS", "best_isa", "isa_id", "ConvArgs"]
+__all__ = ["lib", "ISAS", "best_isa", "active_isa", "isa_id", "ConvArgs"]
 
 _HERE = Path(__file__).parent
 _SOURCES = ("kernels.c", "kbody.h")
@@ -124,6 +124,12 @@ def lib() -> ctypes.CDLL:
 def best_isa() -> str:
     """The fastest kernel variant this CPU runs (what the engine uses unless told otherwise)."""
     return ISAS[lib().bv_best_isa()]
+
+
+def active_isa() -> str:
+    """The ISA the engine runs by default: ``$BITVOTE_ISA`` if set, else :func:`best_isa`."""
+    i = isa_id(None)
+    return best_isa() if i < 0 else ISAS[i]
 
 
 def isa_id(isa) -> int:
