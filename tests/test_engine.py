@@ -122,3 +122,89 @@ def test_bad_inputs_are_errors():
         pc.epilogue("nope")
     with pytest.raises(BitvoteError, match="thresholds"):
         pc.epilogue("bits")
+
+
+# --- the dense kernel (one leaf / one leaf per tap) against the segment kernel and the oracle ---
+
+@st.composite
+def dense_case(draw):
+    C = draw(st.sampled_from([1, 7, 63, 64, 65, 130]))
+    k = draw(st.sampled_from([1, 3]))
+    T = k * k
+    specs = ["popcount", "mv", "tap"] + ([f"P(M{C})"] if T > 1 and C > 1 else [])
+    return dict(
+        C=C, k=k, spec=draw(st.sampled_from(specs)),
+        Co=draw(st.sampled_from([1, 8, 13, 40, 72])),  # partial blocks, every register tile size
+        N=draw(st.integers(1, 2)), H=draw(st.integers(2, 6)), W=draw(st.integers(2, 6)),
+        stride=draw(st.sampled_from([1, 2])), padding=draw(st.sampled_from([0, 1])),
+        pad_value=draw(st.sampled_from([0.0, 1.0, -1.0])),
+        tie=draw(st.sampled_from([1, -1, "first"])), ties=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dense_case())
+def test_dense_kernel_matches_segments_and_oracle(c):
+    g = torch.Generator().manual_seed(c["seed"])
+    x = torch.randn(c["N"], c["C"], c["H"], c["W"], generator=g)
+    w = torch.randn(c["Co"], c["C"], c["k"], c["k"], generator=g)
+    if c["ties"]:  # half the channels agree everywhere: many exact ties
+        x[:, : c["C"] // 2] = 1.0
+        w[:, : c["C"] // 2] = 1.0
+    T = c["k"] ** 2
+    hier = resolve(c["spec"], c["C"] * T, T, c["tie"])
+    pc = PackedConv(w >= 0, c["stride"], c["padding"], c["pad_value"], hier)
+    if c["H"] + 2 * c["padding"] < c["k"] or c["W"] + 2 * c["padding"] < c["k"]:
+        return
+    assert pc.kind in (1, 2)
+    if hier is None:
+        want = oracle.binary_conv(x, w, c["stride"], c["padding"], c["pad_value"])
+    else:
+        want = oracle.binary_conv(x, w, c["stride"], c["padding"], c["pad_value"],
+                                  levels=[list(lv.groups) for lv in hier.levels],
+                                  ties=[lv.tie for lv in hier.levels], root=hier.root, order=hier.order)
+    xw = pack(x)
+    seg = pc.use_segments()(xw, isa="portable")
+    pc.use_segments(False)
+    assert torch.equal(seg.float(), want)
+    a, b = torch.randn(c["Co"], generator=g), torch.randn(c["Co"], generator=g)
+    for isa in AVAILABLE:
+        for th in (1, 2):
+            assert torch.equal(pc.epilogue("int")(xw, th, isa).float(), want), (isa, th)
+            af = pc.epilogue("affine", a=a, b=b)(xw, th, isa)
+            assert torch.equal(af, want * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)), (isa, th)
+            if pc.is_vote:
+                sel = pc.epilogue("select", a=a, b=b)(xw, th, isa)
+                assert torch.equal(sel, torch.where(want > 0, a.view(1, -1, 1, 1), b.view(1, -1, 1, 1)))
+                bits = pc.epilogue("bits")(xw, th, isa)
+                assert torch.equal(unpack(bits, c["Co"]).permute(0, 3, 1, 2), want > 0), (isa, th)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced_rows", "permuted"])
+def test_pack_layouts_and_isas_agree(layout):
+    g = torch.Generator().manual_seed(3)
+    for N, C, H, W in [(2, 130, 5, 19), (1, 17, 1, 3), (3, 64, 4, 4), (1, 1, 7, 33)]:
+        base = torch.randn(N, C, H, W + 2, generator=g)
+        base[base.abs() < 0.2] = 0.0
+        base[base.abs() < 0.1] = -0.0
+        if layout == "nchw":
+            x = base[..., :W].contiguous()
+        elif layout == "channels_last":
+            x = base[..., :W].contiguous(memory_format=torch.channels_last)
+        elif layout == "sliced_rows":
+            x = base[..., 1:W + 1]
+        else:
+            x = base[..., :W].permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+        sh = torch.randn(C, generator=g)
+        for shift in (None, sh):
+            want = x >= 0 if shift is None else (x + shift.view(1, -1, 1, 1)) >= 0
+            for isa in AVAILABLE:
+                for th in (1, 2):
+                    got = unpack(pack(x, shift, th, isa=isa), C).permute(0, 3, 1, 2)
+                    assert torch.equal(got, want), (layout, isa, th, (N, C, H, W))
+        y = x.clone()
+        y[-1, C - 1, H - 1, W - 1] = float("nan")
+        for isa in AVAILABLE:
+            with pytest.raises(BitvoteError, match="NaN"):
+                pack(y, isa=isa)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..voter import resolve
-from .build import best_isa, lib
+from .build import active_isa, lib
 from .conv import PackedConv
 from .pack import pack
 
@@ -71,8 +71,8 @@ def bench_layers(batches=(1, 32), threads=(1, 2), reps: int = 5, quick: bool = F
                     ho = (h + 2 - 3) // s + 1
                     macs = nb * co * ho * ho * ci * 9
                     rows.append({"layer": name, "batch": nb, "threads": th, "ms": ms, "fp32_ms": fp,
-                                 "speedup": fp / ms, "gbmacs": macs / ms / 1e6, "isa": best_isa(),
-                                 "input": "real (packing timed)"})
+                                 "speedup": fp / ms, "gbmacs": macs / ms / 1e6, "isa": active_isa(),
+                                 "input": "real NCHW (packing timed)", "output": "floats, channels-last"})
     finally:
         torch.set_num_threads(prev)
     return rows
@@ -94,7 +94,8 @@ def bench_epilogues(batch: int = 32, threads: int = 1, reps: int = 5, quick: boo
             ho = (h + 2 - 3) // s + 1
             rows.append({"layer": name, "batch": batch, "threads": threads, "epilogue": mode,
                          "voter": "popcount" if hier is None else hier.describe(), "ms": ms,
-                         "gbmacs": batch * co * ho * ho * ci * 9 / ms / 1e6, "input": "packed bits"})
+                         "gbmacs": batch * co * ho * ho * ci * 9 / ms / 1e6, "input": "packed bits",
+                         "isa": active_isa()})
     return rows
 
 
@@ -120,4 +121,4 @@ def bench_model(name: str = "reactnet18", voter: str = "mv", batch: int = 32, th
         torch.set_num_threads(prev)
     return {"model": name, "voter": voter, "width": width, "batch": batch, "threads": threads,
             "engine_img_s": batch / ms_e * 1e3, "torch_img_s": batch / ms_t * 1e3, "speedup": ms_t / ms_e,
-            "isa": best_isa(), "openmp": bool(lib().openmp)}
+            "isa": active_isa(), "openmp": bool(lib().openmp)}

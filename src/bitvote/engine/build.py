@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import BitvoteError
 
-__all__ = ["lib", "ISAS", "best_isa", "isa_id", "ConvArgs"]
+__all__ = ["lib", "ISAS", "best_isa", "active_isa", "isa_id", "ConvArgs"]
 
 _HERE = Path(__file__).parent
 _SOURCES = ("kernels.c", "kbody.h")
@@ -46,7 +46,8 @@ class ConvArgs(ctypes.Structure):
         ("lev_nodes", _P), ("lev_groups", _P), ("lev_tie", _P),
         ("outmode", _I), ("Wdo", _I), ("out", _P),
         ("a", _P), ("b", _P), ("thr", _P), ("dir", _P),
-        ("nthreads", _I),
+        ("nthreads", _I), ("kind", _I),
+        ("post", _I), ("res", _P), ("si", _P), ("pw", _P), ("so", _P),
     ]
 
 
@@ -110,7 +111,7 @@ def lib() -> ctypes.CDLL:
     L.bv_best_isa.restype = ctypes.c_int
     L.bv_struct_size.restype = ctypes.c_int
     L.bv_pack.argtypes = [_P, _I, _I, _I, _I, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
-                          _P, _P, _I, _I]
+                          _P, _P, _I, _I, _I]
     L.bv_pack.restype = ctypes.c_int
     if L.bv_struct_size() != ctypes.sizeof(ConvArgs):  # pragma: no cover - a build mismatch
         raise RuntimeError("kernels.c and build.ConvArgs disagree on the argument struct")
@@ -123,6 +124,12 @@ def lib() -> ctypes.CDLL:
 def best_isa() -> str:
     """The fastest kernel variant this CPU runs (what the engine uses unless told otherwise)."""
     return ISAS[lib().bv_best_isa()]
+
+
+def active_isa() -> str:
+    """The ISA the engine runs by default: ``$BITVOTE_ISA`` if set, else :func:`best_isa`."""
+    i = isa_id(None)
+    return best_isa() if i < 0 else ISAS[i]
 
 
 def isa_id(isa) -> int:

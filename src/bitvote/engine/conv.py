@@ -8,8 +8,10 @@ kernel counts XOR mismatches per leaf, takes ``s = valid - 2 * mismatches`` and 
 keeps the sum (popcount) or votes through the levels, and finally emits one of:
 
 * ``"int"``    the integer result (sum, vote +/-1, or a ``P`` root's count) as int32 NCHW;
-* ``"affine"`` ``r * a[o] + b[o]`` as float32 NCHW (weight scale and BN folded in);
+* ``"affine"`` ``r * a[o] + b[o]`` as float32 (weight scale and BN folded in);
 * ``"select"`` ``a[o]`` where the vote is +1, ``b[o]`` where it is -1 (BN after a voter);
+  both float outputs are ``(N, Co, Ho, Wo)`` tensors in channels-last memory (what the
+  kernel writes contiguously and what the packer reads fastest);
 * ``"bits"``   packed output bits ``(N, Ho, Wo, Wdo)``: ``r >= thr[o]`` (``dir = 1``),
   ``r <= thr[o]`` (``dir = -1``) or a constant (``dir = 0``): votes (``thr = 1``) or BN + sign
   folded into integer thresholds.
@@ -109,11 +111,42 @@ class PackedConv:
             groups = [g for lv in hier.levels[1:] for g in lv.groups]
             ties = [0 if lv.tie == "first" else int(lv.tie) for lv in hier.levels]
             root_p = int(hier.root == "P")
+        # which kernel: 1 = one leaf (popcount, MV), 2 = one leaf per tap with all its channels
+        # (tap-major HMV `tap`), 0 = the general segment kernel
+        if hier is None or len(hier.leaf_sizes) == 1:
+            self.kind = 1
+        elif hier.order != CM and T > 1 and tuple(hier.leaf_sizes) == (C,) * T:
+            self.kind = 2
+        else:
+            self.kind = 0
         self.lev_nodes = _arr(nodes, torch.int32)
         self.lev_groups = _arr(groups, torch.int32)
         self.lev_tie = _arr(ties, torch.int32)
         self.root_p = root_p
         self.epilogue("int")
+
+    def fuse_rprelu(self, shift_in, prelu, shift_out) -> "PackedConv":
+        """Fuse a block's RPReLU into the float epilogue: ``prelu(y + shift_in, w) + shift_out``
+        per channel, after the residual (if one is passed to the call), in PyTorch's order."""
+        def vec(v):
+            t = torch.as_tensor(v).detach().to(torch.float32).reshape(-1).contiguous()
+            if t.numel() == 1:
+                t = t.expand(self.Co).contiguous()
+            if t.numel() != self.Co:
+                raise BitvoteError(f"layer {self.name!r}: RPReLU vector has {t.numel()} entries for {self.Co} channels")
+            return t
+        self.rprelu = (vec(shift_in), vec(prelu), vec(shift_out))
+        self._args = {}
+        return self
+
+    def use_segments(self, on: bool = True) -> "PackedConv":
+        """Force the general segment kernel (``on``) or go back to the layer's best kernel; tests
+        run both on the same layer."""
+        if not hasattr(self, "_kind"):
+            self._kind = self.kind
+        self.kind = 0 if on else self._kind
+        self._args = {}
+        return self
 
     @property
     def is_vote(self) -> bool:
@@ -144,16 +177,19 @@ class PackedConv:
                 raise BitvoteError(f"layer {self.name!r}: bit output needs a voter or thresholds")
             thr, dir = 1, 1
         self.mode = mode
+        self._args = {}
         self.a, self.b = vec(a, torch.float32, 1.0), vec(b, torch.float32, 0.0)
         self.thr = vec(thr, torch.int32, 0)
         self.dir = vec(dir, torch.int32, 1)
         return self
 
-    def __call__(self, xw: torch.Tensor, threads: int = 1, isa=None, raw: bool = False) -> torch.Tensor:
+    def __call__(self, xw: torch.Tensor, threads: int = 1, isa=None, raw: bool = False,
+                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Run on packed input words ``(N, H, W, Wd)``; the output follows the epilogue.
 
         ``raw=True`` returns the integer result (``"int"``) whatever the epilogue: what
-        verify compares with the PyTorch layer.
+        verify compares with the PyTorch layer. ``residual`` ``(N, Co, Ho, Wo)`` (float
+        epilogues only) is added to the output, before a fused RPReLU (:meth:`fuse_rprelu`).
         """
         mode = "int" if raw else self.mode
         if xw.dim() != 4 or xw.shape[3] != self.Wd or xw.dtype != torch.int64:
@@ -167,11 +203,37 @@ class PackedConv:
         if mode == "bits":
             Wdo = words(self.Co)
             out = torch.empty((N, Ho, Wo, Wdo), dtype=torch.int64)
+        elif mode == "int":
+            Wdo = 0
+            out = torch.empty((N, self.Co, Ho, Wo), dtype=torch.int32)
         else:
             Wdo = 0
-            out = torch.empty((N, self.Co, Ho, Wo), dtype=torch.int32 if mode == "int" else torch.float32)
+            out = torch.empty((N, Ho, Wo, self.Co), dtype=torch.float32)
+        res = None
+        if residual is not None and mode in ("affine", "select"):
+            if tuple(residual.shape) != (N, self.Co, Ho, Wo):
+                raise BitvoteError(f"layer {self.name!r}: residual {tuple(residual.shape)} does not match the "
+                                   f"output {(N, self.Co, Ho, Wo)}")
+            res = residual.detach().to(torch.float32).permute(0, 2, 3, 1).contiguous()
+        key = (mode, N, H, W, int(threads))
+        p = self._args.get(key) if hasattr(self, "_args") else None
+        if p is None:
+            p = self._make_args(mode, N, H, W, Ho, Wo, Wdo, threads)
+        p.x, p.out = xw.data_ptr(), out.data_ptr()
+        if mode in ("affine", "select"):
+            p.res = 0 if res is None else res.data_ptr()
+            p.post = (0 if res is None else 1) | (2 if getattr(self, "rprelu", None) is not None else 0)
+        rc = lib().bv_conv(ctypes.byref(p), isa_id(isa))
+        if rc != 0:
+            raise MemoryError(f"bitvote kernel failed on layer {self.name!r} (code {rc})")
+        return out.permute(0, 3, 1, 2) if mode in ("affine", "select") else out
+
+    def _make_args(self, mode, N, H, W, Ho, Wo, Wdo, threads):
+        """The kernel's argument struct for one input shape, cached (the call only sets x, out)."""
+        if not hasattr(self, "_args") or len(self._args) > 16:
+            self._args = {}
         p = ConvArgs(
-            x=xw.data_ptr(), N=N, H=H, W=W, Wd=self.Wd,
+            x=0, N=N, H=H, W=W, Wd=self.Wd,
             w=self.w.data_ptr(), Co=self.Co, kh=self.kh, kw=self.kw, stride=self.stride, pad=self.padding,
             padmode=int(self.pad_value), Ho=Ho, Wo=Wo, padpix=self.padpix.data_ptr(),
             S=self.n_segments, masked=self.masked,
@@ -180,11 +242,12 @@ class PackedConv:
             L=self.leaf_size.numel(), leaf_size=self.leaf_size.data_ptr(),
             voter=int(self.hier is not None), nlev=self.lev_nodes.numel(), root_p=self.root_p,
             lev_nodes=self.lev_nodes.data_ptr(), lev_groups=self.lev_groups.data_ptr(), lev_tie=self.lev_tie.data_ptr(),
-            outmode=_OUT[mode], Wdo=Wdo, out=out.data_ptr(),
+            outmode=_OUT[mode], Wdo=Wdo, out=0,
             a=self.a.data_ptr(), b=self.b.data_ptr(), thr=self.thr.data_ptr(), dir=self.dir.data_ptr(),
-            nthreads=int(threads),
+            nthreads=int(threads), kind=self.kind,
         )
-        rc = lib().bv_conv(ctypes.byref(p), isa_id(isa))
-        if rc != 0:
-            raise MemoryError(f"bitvote kernel failed on layer {self.name!r} (code {rc})")
-        return out
+        rp = getattr(self, "rprelu", None)
+        if rp is not None:
+            p.si, p.pw, p.so = (t.data_ptr() for t in rp)
+        self._args[(mode, N, H, W, int(threads))] = p
+        return p

@@ -279,6 +279,9 @@ class EngineModel:
                 pc = self._make_conv(c)
                 convs.append(pc)
                 self.layers.append(pc)
+            act = b.get("act")
+            if act is not None:  # RPReLU fused into the float epilogue of the block's last conv
+                convs[-1].fuse_rprelu(act["shift_in"], act["prelu"], act["shift_out"])
             self.blocks.append((b, convs))
 
     def _make_conv(self, c: Dict):
@@ -296,7 +299,7 @@ class EngineModel:
             return x
         if sc["pool"]:
             x = F.avg_pool2d(x, 2, sc["pool"])
-        return F.conv2d(x, sc["weight"], sc["bias"], sc["stride"])
+        return F.conv2d(x, sc["weight"], sc["bias"], sc["stride"]).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, threads: int = 1, trace: Optional[list] = None, isa=None) -> torch.Tensor:
@@ -304,6 +307,9 @@ class EngineModel:
         every binary layer, in order, for verify."""
         g = self.graph
         x = F.conv2d(x.float(), g["stem"]["weight"], g["stem"]["bias"], g["stem"]["stride"], g["stem"]["padding"])
+        # channels-last throughout: the binary convs' float epilogues write it, the packer reads
+        # it contiguously, and PyTorch's elementwise ops stay on their fast path (no mixed layouts)
+        x = x.contiguous(memory_format=torch.channels_last)
         for b, convs in self.blocks:
             if self.kind == "xnornet":
                 xw = self._pack(x, None, threads)
@@ -312,16 +318,13 @@ class EngineModel:
                 mid = convs[0](xw, threads, isa)  # packed bits: BN + sign folded into thresholds
                 if trace is not None:
                     trace.append(mid)
-                y = convs[1](mid, threads, isa)
+                y = convs[1](mid, threads, isa, residual=self._shortcut(b["shortcut"], x))
             else:
                 xw = self._pack(x, b["shifts"][0], threads)
                 if trace is not None:
                     trace.append(xw)
-                y = convs[0](xw, threads, isa)
-            y = y + self._shortcut(b["shortcut"], x)
-            act = b.get("act")
-            if act is not None:
-                y = F.prelu(y + act["shift_in"].view(1, -1, 1, 1), act["prelu"]) + act["shift_out"].view(1, -1, 1, 1)
+                # the shortcut add and RPReLU run in the conv's epilogue (same float ops, same order)
+                y = convs[0](xw, threads, isa, residual=self._shortcut(b["shortcut"], x))
             x = y
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return F.linear(x, g["fc"]["weight"], g["fc"]["bias"])

@@ -95,3 +95,289 @@ static int FN(conv)(const bv_conv_t *p)
     }
     return failed ? -1 : 0;
 }
+
+/* ---- the dense kernel: one leaf (popcount, MV) or one leaf per tap (HMV `tap`) ----------
+ * Extra macros: VPOPACC(acc, v) adds popcount(v) to a partial accumulator (byte lanes for the
+ * nibble table), VFLUSH(acc64, acc) folds a partial accumulator into 64-bit lanes, at most
+ * every BV_CHUNK words; BV_CBMAX: channel blocks (of 8) held in registers at once.
+ * Work items are (group of CB channel blocks, tile of BV_PT output pixels), group-major, so
+ * a group's weights stay in L1 while a thread sweeps its pixels; each loaded input word is
+ * XORed with the CB weight vectors of the group. Results are reduced 8 lanes at a time
+ * (reduce8) and emitted with contiguous per-pixel stores (emit8). */
+
+/* Votes of 8 lanes through the levels; cnts are per leaf (the same for every lane). */
+static void FN(reduce8)(const bv_conv_t *p, const int32_t *sums, const int32_t *cnts,
+                        const int32_t *firsts, int32_t *va, int32_t *vb, int32_t *r)
+{
+    const int last = p->nlev - 1, t0 = p->lev_tie[0];
+    if (last == 0) {
+        for (int q = 0; q < 8; q++) r[q] = bv_vote(sums[q], cnts[0], firsts[q], t0, 1);
+        return;
+    }
+    for (int l = 0; l < p->L; l++)
+        for (int q = 0; q < 8; q++) va[l * 8 + q] = bv_vote(sums[l * 8 + q], cnts[l], firsts[l * 8 + q], t0, 0);
+    const int32_t *g = p->lev_groups;
+    for (int li = 1; li <= last; li++) {
+        int pos = 0;
+        const int tie = p->lev_tie[li];
+        for (int k = 0; k < p->lev_nodes[li]; k++) {
+            int32_t s[8] = {0}, c[8] = {0}, f[8] = {0};
+            for (int i = 0; i < g[k]; i++)
+                for (int q = 0; q < 8; q++) {
+                    const int v = va[(pos + i) * 8 + q];
+                    s[q] += v;
+                    c[q] += v != 0;
+                    f[q] = f[q] ? f[q] : v;
+                }
+            pos += g[k];
+            if (li == last && p->root_p) {
+                for (int q = 0; q < 8; q++) r[q] = s[q];
+                return;
+            }
+            for (int q = 0; q < 8; q++) vb[k * 8 + q] = bv_vote(s[q], c[q], f[q], tie, li == last);
+        }
+        g += p->lev_nodes[li];
+        int32_t *t = va; va = vb; vb = t;
+    }
+    for (int q = 0; q < 8; q++) r[q] = va[q];
+}
+
+/* bv_post on nl consecutive floats (channels o0.., element index i0..) */
+static inline void FN(post8)(const bv_conv_t *p, size_t i0, int o0, int nl, float *q)
+{
+    if (p->post & 1) {
+        const float *res = p->res + i0;
+        for (int l = 0; l < nl; l++) q[l] = q[l] + res[l];
+    }
+    if (p->post & 2) {
+        const float *si = p->si + o0, *pw = p->pw + o0, *so = p->so + o0;
+        for (int l = 0; l < nl; l++) {
+            const float v = q[l] + si[l];
+            q[l] = (v > 0.0f ? v : pw[l] * v) + so[l];
+        }
+    }
+}
+
+/* Emit 8 lanes (channels o0 .. o0+nl-1) of output pixel pix. */
+static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o0, int nl, const int32_t *r)
+{
+    switch (p->outmode) {
+    case BV_OUT_INT: {
+        int32_t *q = (int32_t *)p->out + ((size_t)n * p->Co + o0) * (size_t)(p->Ho * p->Wo) + rem;
+        for (int l = 0; l < nl; l++) q[(size_t)l * p->Ho * p->Wo] = r[l];
+        break;
+    }
+    case BV_OUT_AFFINE: {
+        float *q = (float *)p->out + (size_t)pix * p->Co + o0;
+        const float *a = p->a + o0, *b = p->b + o0;
+        if (nl == 8)
+            for (int l = 0; l < 8; l++) q[l] = (float)r[l] * a[l] + b[l];
+        else
+            for (int l = 0; l < nl; l++) q[l] = (float)r[l] * a[l] + b[l];
+        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, q);
+        break;
+    }
+    case BV_OUT_SELECT: {
+        float *q = (float *)p->out + (size_t)pix * p->Co + o0;
+        const float *a = p->a + o0, *b = p->b + o0;
+        if (nl == 8)
+            for (int l = 0; l < 8; l++) q[l] = r[l] > 0 ? a[l] : b[l];
+        else
+            for (int l = 0; l < nl; l++) q[l] = r[l] > 0 ? a[l] : b[l];
+        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, q);
+        break;
+    }
+    default: {
+        const int32_t *thr = p->thr + o0, *dir = p->dir + o0;
+        unsigned m = 0;
+        for (int l = 0; l < nl; l++) {
+            const int d = dir[l];
+            const unsigned bit = ((d > 0) & (r[l] >= thr[l])) | ((d < 0) & (r[l] <= thr[l])) | ((d == 0) & (thr[l] != 0));
+            m |= bit << l;
+        }
+        ((uint8_t *)p->out)[(size_t)pix * p->Wdo * 8 + o0 / 8] = (uint8_t)m;
+    }
+    }
+}
+
+/* Mismatch counts of one pixel against CB channel blocks: mism[(leaf * CB + c) * 8 + lane]. */
+static inline __attribute__((always_inline)) void FN(tile)(const uint64_t *const *tp, const int T, const int Wd,
+                                                           const uint64_t *wg, const size_t ws, const int CB,
+                                                           const int pertap, uint64_t *mism)
+{
+    VT a8[BV_CBMAX], a64[BV_CBMAX];
+    for (int c = 0; c < CB; c++) { a8[c] = VZERO(); a64[c] = VZERO(); }
+    int k = 0;
+    for (int t = 0; t < T; t++) {
+        const uint64_t *xp = tp[t];
+        if (xp) {
+            const uint64_t *wt = wg + (size_t)t * Wd * 8;
+            for (int j = 0; j < Wd; j++) {
+                const VT xb = VBCAST(xp[j]);
+                for (int c = 0; c < CB; c++) a8[c] = VPOPACC(a8[c], VXOR(xb, VLOAD(wt + c * ws + (size_t)j * 8)));
+                if (BV_CHUNK < (1 << 30) && ++k == BV_CHUNK) {
+                    for (int c = 0; c < CB; c++) { a64[c] = VFLUSH(a64[c], a8[c]); a8[c] = VZERO(); }
+                    k = 0;
+                }
+            }
+        }
+        if (pertap) {
+            for (int c = 0; c < CB; c++) {
+                VSTORE(mism + ((size_t)t * CB + c) * 8, VFLUSH(a64[c], a8[c]));
+                a8[c] = VZERO(); a64[c] = VZERO();
+            }
+            k = 0;
+        }
+    }
+    if (!pertap)
+        for (int c = 0; c < CB; c++) VSTORE(mism + (size_t)c * 8, VFLUSH(a64[c], a8[c]));
+}
+
+static void FN(tiles)(const uint64_t *const *tp, int T, int Wd, const uint64_t *wg, size_t ws, int CB,
+                      int pertap, uint64_t *mism)
+{
+#define BV_TCASE(cb) case cb: { if (pertap) FN(tile)(tp, T, Wd, wg, ws, cb, 1, mism); \
+                                else FN(tile)(tp, T, Wd, wg, ws, cb, 0, mism); } break;
+    switch (CB) {
+#if BV_CBMAX >= 8
+    BV_TCASE(8)
+#endif
+#if BV_CBMAX >= 4
+    BV_TCASE(4)
+#endif
+#if BV_CBMAX >= 2
+    BV_TCASE(2)
+#endif
+    default: BV_TCASE(1)
+    }
+#undef BV_TCASE
+}
+
+#ifndef BV_PT
+#define BV_PT 32
+#define BV_WGROUP_BYTES 16384
+#endif
+
+static int FN(conv_dense)(const bv_conv_t *p)
+{
+    const int T = p->kh * p->kw, Wd = p->Wd, HoWo = p->Ho * p->Wo, Cob = (p->Co + 7) / 8;
+    const int pertap = p->kind == BV_KIND_TAP_LEAVES, LT = pertap ? T : 1;
+    const long npix = (long)p->N * HoWo;
+    const int need_first = p->voter && p->lev_tie[0] == 0;
+    const int mv1 = p->voter && !pertap && p->nlev == 1; /* a plain MV: vote = sign, tie rule */
+    const int C = p->leaf_size[0] / (pertap ? 1 : T); /* channels: leaf sizes are C*T or C */
+    const size_t ws = (size_t)T * Wd * 8;             /* words of one channel block */
+    int CB = BV_CBMAX;
+    while (CB > 1 && (CB > Cob || (size_t)CB * ws * 8 > BV_WGROUP_BYTES)) CB /= 2;
+    const int ncg = (Cob + CB - 1) / CB;
+    const int nth = p->nthreads > 0 ? p->nthreads : 1;
+    int PT = BV_PT;
+    while (PT > 1 && (long)ncg * ((npix + PT - 1) / PT) < 4L * nth) PT /= 2;
+    const long npt = (npix + PT - 1) / PT, nitems = (long)ncg * npt;
+    const int bytes_out = p->outmode == BV_OUT_BITS ? p->Wdo * 8 : 0;
+    int failed = 0;
+#pragma omp parallel num_threads(nth)
+    {
+        const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
+        long *toff = malloc((size_t)T * sizeof(long));
+        uint64_t *mism = malloc((size_t)LT * CB * 8 * sizeof(uint64_t));
+        int32_t *buf = malloc((size_t)LT * 8 * 5 * sizeof(int32_t) + 64);
+        int32_t cnts[1];
+        if (!tp || !toff || !mism || !buf) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            int32_t *sums = buf, *firsts = buf + LT * 8, *va = buf + 2 * LT * 8, *vb = buf + 3 * LT * 8;
+            int32_t *lcnt = buf + 4 * LT * 8;
+            int32_t r[8];
+            for (int ky = 0; ky < p->kh; ky++)
+                for (int kx = 0; kx < p->kw; kx++) toff[ky * p->kw + kx] = ((long)ky * p->W + kx) * Wd;
+#pragma omp for schedule(static)
+            for (long it = 0; it < nitems; it++) {
+                const int cg = (int)(it / npt);
+                const long p0 = (it % npt) * PT, p1 = p0 + PT < npix ? p0 + PT : npix;
+                const int cb0 = cg * CB, cbn = Cob - cb0 < CB ? Cob - cb0 : CB;
+                for (long pix = p0; pix < p1; pix++) {
+                    const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
+                    const int oy = rem / p->Wo, ox = rem % p->Wo;
+                    const int iy0 = oy * p->stride - p->pad, ix0 = ox * p->stride - p->pad;
+                    int nval = T, t1 = 0;
+                    if (iy0 >= 0 && iy0 + p->kh <= p->H && ix0 >= 0 && ix0 + p->kw <= p->W) {
+                        const uint64_t *base = p->x + (((size_t)n * p->H + iy0) * p->W + ix0) * Wd;
+                        for (int t = 0; t < T; t++) tp[t] = base + toff[t];
+                    } else {
+                        nval = 0; t1 = -1;
+                        for (int ky = 0; ky < p->kh; ky++)
+                            for (int kx = 0; kx < p->kw; kx++) {
+                                const int iy = iy0 + ky, ix = ix0 + kx, t = ky * p->kw + kx;
+                                if (iy >= 0 && iy < p->H && ix >= 0 && ix < p->W) {
+                                    tp[t] = p->x + (((size_t)n * p->H + iy) * p->W + ix) * Wd;
+                                    nval++;
+                                    if (t1 < 0) t1 = t;
+                                } else {
+                                    tp[t] = p->padmode ? p->padpix : NULL;
+                                }
+                            }
+                        if (p->padmode) { nval = T; t1 = 0; }
+                    }
+                    if (pertap)
+                        for (int t = 0; t < T; t++) lcnt[t] = tp[t] ? C : 0;
+                    else
+                        cnts[0] = nval * C;
+                    /* channel blocks cb0 .. cb0+cbn-1, in register tiles of a power of two */
+                    for (int done = 0; done < cbn;) {
+                        int tcb = CB;
+                        while (tcb > cbn - done) tcb /= 2;
+                        const int cbs = cb0 + done;
+                        const uint64_t *wg = p->w + (size_t)cbs * ws;
+                        FN(tiles)(tp, T, Wd, wg, ws, tcb, pertap, mism);
+                        for (int c = 0; c < tcb; c++) {
+                            const int o0 = (cbs + c) * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+                            if (!p->voter) {
+                                const int32_t cn = cnts[0];
+                                for (int q = 0; q < 8; q++) r[q] = cn - 2 * (int32_t)mism[c * 8 + q];
+                            } else if (mv1) { /* one leaf, one level: the vote, ties from tv */
+                                const int32_t cn = cnts[0];
+                                int ties = 0;
+                                for (int q = 0; q < 8; q++) {
+                                    const int32_t sq = cn - 2 * (int32_t)mism[c * 8 + q];
+                                    r[q] = (sq > 0) - (sq < 0);
+                                    ties += sq == 0;
+                                }
+                                if (ties) {
+                                    const int tie = p->lev_tie[0];
+                                    for (int q = 0; q < 8; q++) {
+                                        if (r[q]) continue;
+                                        if (cn == 0 || tie != 0) { r[q] = tie == 0 ? 1 : tie; continue; }
+                                        const uint64_t *ww = wg + (size_t)c * ws + (size_t)t1 * Wd * 8;
+                                        r[q] = ((tp[t1][0] ^ ww[q]) & 1) ? -1 : 1;
+                                    }
+                                }
+                            } else {
+                                for (int l = 0; l < LT; l++) {
+                                    const int32_t cn = pertap ? lcnt[l] : cnts[0];
+                                    for (int q = 0; q < 8; q++) sums[l * 8 + q] = cn - 2 * (int32_t)mism[((size_t)l * tcb + c) * 8 + q];
+                                }
+                                if (need_first)
+                                    for (int l = 0; l < LT; l++) {
+                                        const int t = pertap ? l : t1;
+                                        const uint64_t xw = t >= 0 && tp[t] ? tp[t][0] : 0;
+                                        const uint64_t *ww = wg + (size_t)c * ws + (size_t)t * Wd * 8;
+                                        for (int q = 0; q < 8; q++)
+                                            firsts[l * 8 + q] = t >= 0 && tp[t] ? ((((xw ^ ww[q]) & 1) ? -1 : 1)) : 0;
+                                    }
+                                FN(reduce8)(p, sums, pertap ? lcnt : cnts, firsts, va, vb, r);
+                            }
+                            FN(emit8)(p, pix, n, rem, o0, nl, r);
+                        }
+                        done += tcb;
+                    }
+                    if (bytes_out && cg == ncg - 1)
+                        memset((uint8_t *)p->out + (size_t)pix * bytes_out + Cob, 0, (size_t)(bytes_out - Cob));
+                }
+            }
+        }
+        free(tp); free(toff); free(mism); free(buf);
+    }
+    return failed ? -1 : 0;
+}

@@ -40,7 +40,28 @@ typedef struct {
     const float *a, *b;                       /* AFFINE: r*a+b; SELECT: r>0 ? a : b */
     const int32_t *thr, *dir;                 /* BITS: dir>0: r>=thr, dir<0: r<=thr, 0: thr!=0 */
     int32_t nthreads;
+    int32_t kind;                             /* BV_KIND_*: which kernel the leaf layout allows */
+    int32_t post;                             /* float outputs: 1 add res, 2 RPReLU (si, pw, so) */
+    const float *res;                         /* residual, channels-last like the output */
+    const float *si, *pw, *so;                /* RPReLU: v + si -> prelu(pw) -> + so */
 } bv_conv_t;
+
+/* The fused tail of a block on one float output, in PyTorch's order and rounding:
+ * y + shortcut, then prelu(y + shift_in, w) + shift_out. */
+static inline float bv_post(const bv_conv_t *p, size_t i, int o, float v)
+{
+    if (p->post & 1) v = v + p->res[i];
+    if (p->post & 2) {
+        v = v + p->si[o];
+        v = v > 0.0f ? v : p->pw[o] * v;
+        v = v + p->so[o];
+    }
+    return v;
+}
+
+/* Leaf layouts with a dense kernel: one leaf of every term (popcount, MV), or one leaf per
+ * tap holding all its channels (HMV `tap`). Anything else runs on the segment kernel. */
+enum { BV_KIND_SEGMENTS = 0, BV_KIND_ONE_LEAF = 1, BV_KIND_TAP_LEAVES = 2 };
 
 /* One majority voter (SPEC.md): s > 0 -> +1, s < 0 -> -1; no valid input -> abstain (0),
  * or the tie value at the root (+1 under 'first'); else the tie rule. */
@@ -83,8 +104,16 @@ static inline void bv_emit(const bv_conv_t *p, long pix, int n, int rem, int o, 
     const size_t nchw = ((size_t)n * p->Co + o) * (size_t)(p->Ho * p->Wo) + rem;
     switch (p->outmode) {
     case BV_OUT_INT: ((int32_t *)p->out)[nchw] = r; break;
-    case BV_OUT_AFFINE: ((float *)p->out)[nchw] = (float)r * p->a[o] + p->b[o]; break;
-    case BV_OUT_SELECT: ((float *)p->out)[nchw] = r > 0 ? p->a[o] : p->b[o]; break;
+    case BV_OUT_AFFINE: {
+        const size_t i = (size_t)pix * p->Co + o;
+        ((float *)p->out)[i] = bv_post(p, i, o, (float)r * p->a[o] + p->b[o]);
+        break;
+    }
+    case BV_OUT_SELECT: {
+        const size_t i = (size_t)pix * p->Co + o;
+        ((float *)p->out)[i] = bv_post(p, i, o, r > 0 ? p->a[o] : p->b[o]);
+        break;
+    }
     default: {
         const int d = p->dir[o];
         const int bit = d > 0 ? r >= p->thr[o] : d < 0 ? r <= p->thr[o] : p->thr[o] != 0;
@@ -111,7 +140,16 @@ static inline void p_store(uint64_t *q, bv_v8 v) { memcpy(q, v.l, 64); }
 #define VAND p_and
 #define VPOPADD p_popadd
 #define VSTORE p_store
+static inline bv_v8 p_add(bv_v8 a, bv_v8 b) { for (int i = 0; i < 8; i++) a.l[i] += b.l[i]; return a; }
+#define VPOPACC p_popadd
+#define VFLUSH p_add
+#define BV_CHUNK (1 << 30)
+#define BV_CBMAX 4
 #include "kbody.h"
+#undef VPOPACC
+#undef VFLUSH
+#undef BV_CHUNK
+#undef BV_CBMAX
 #undef FN
 #undef VT
 #undef VZERO
@@ -143,6 +181,22 @@ static inline bv_a2 a2_xor(bv_a2 a, bv_a2 b) { a.lo = _mm256_xor_si256(a.lo, b.l
 static inline bv_a2 a2_and(bv_a2 a, bv_a2 b) { a.lo = _mm256_and_si256(a.lo, b.lo); a.hi = _mm256_and_si256(a.hi, b.hi); return a; }
 static inline bv_a2 a2_popadd(bv_a2 a, bv_a2 b) { a.lo = _mm256_add_epi64(a.lo, a2_pc(b.lo)); a.hi = _mm256_add_epi64(a.hi, a2_pc(b.hi)); return a; }
 static inline void a2_store(uint64_t *q, bv_a2 v) { _mm256_storeu_si256((__m256i *)q, v.lo); _mm256_storeu_si256((__m256i *)(q + 4), v.hi); }
+/* byte-lane nibble counts (<= 8 per byte and word: 31 words fit a byte), folded by vpsadbw */
+static inline __m256i a2_pc8(__m256i v)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, m)),
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m)));
+}
+static inline bv_a2 a2_popacc(bv_a2 a, bv_a2 b) { a.lo = _mm256_add_epi8(a.lo, a2_pc8(b.lo)); a.hi = _mm256_add_epi8(a.hi, a2_pc8(b.hi)); return a; }
+static inline bv_a2 a2_flush(bv_a2 a, bv_a2 b)
+{
+    a.lo = _mm256_add_epi64(a.lo, _mm256_sad_epu8(b.lo, _mm256_setzero_si256()));
+    a.hi = _mm256_add_epi64(a.hi, _mm256_sad_epu8(b.hi, _mm256_setzero_si256()));
+    return a;
+}
 #define FN(name) name##_avx2
 #define VT bv_a2
 #define VZERO a2_zero
@@ -152,7 +206,15 @@ static inline void a2_store(uint64_t *q, bv_a2 v) { _mm256_storeu_si256((__m256i
 #define VAND a2_and
 #define VPOPADD a2_popadd
 #define VSTORE a2_store
+#define VPOPACC a2_popacc
+#define VFLUSH a2_flush
+#define BV_CHUNK 31
+#define BV_CBMAX 2
 #include "kbody.h"
+#undef VPOPACC
+#undef VFLUSH
+#undef BV_CHUNK
+#undef BV_CBMAX
 #undef FN
 #undef VT
 #undef VZERO
@@ -176,6 +238,15 @@ static inline __m512i z_pc(__m512i v)
     return _mm512_sad_epu8(c, _mm512_setzero_si512());
 }
 static inline __m512i z_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(a, z_pc(b)); }
+/* byte-lane nibble counts (<= 8 per byte and word: 31 words fit a byte), folded by vpsadbw */
+static inline __m512i z_popacc(__m512i a, __m512i v)
+{
+    const __m512i lut = _mm512_set4_epi32(0x04030302, 0x03020201, 0x03020201, 0x02010100);
+    const __m512i m = _mm512_set1_epi8(0x0f);
+    return _mm512_add_epi8(a, _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_and_si512(v, m)),
+                                              _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m))));
+}
+static inline __m512i z_flush(__m512i a, __m512i b) { return _mm512_add_epi64(a, _mm512_sad_epu8(b, _mm512_setzero_si512())); }
 static inline __m512i z_load(const uint64_t *q) { return _mm512_loadu_si512((const void *)q); }
 static inline __m512i z_bcast(uint64_t u) { return _mm512_set1_epi64((long long)u); }
 static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *)q, v); }
@@ -188,9 +259,16 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 #define VAND _mm512_and_si512
 #define VPOPADD z_popadd
 #define VSTORE z_store
+#define VPOPACC z_popacc
+#define VFLUSH z_flush
+#define BV_CHUNK 31
+#define BV_CBMAX 8
 #include "kbody.h"
 #undef FN
 #undef VPOPADD
+#undef VPOPACC
+#undef VFLUSH
+#undef BV_CHUNK
 #pragma GCC pop_options
 
 /* ---- AVX-512 VPOPCNTDQ (where the CPU has it): vpopcntq per lane ---- */
@@ -199,7 +277,14 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(a, _mm512_popcnt_epi64(b)); }
 #define FN(name) name##_avx512popcnt
 #define VPOPADD zp_popadd
+#define VPOPACC zp_popadd
+#define VFLUSH _mm512_add_epi64
+#define BV_CHUNK (1 << 30)
 #include "kbody.h"
+#undef VPOPACC
+#undef VFLUSH
+#undef BV_CHUNK
+#undef BV_CBMAX
 #undef FN
 #undef VT
 #undef VZERO
@@ -236,18 +321,21 @@ int bv_conv(const bv_conv_t *p, int isa)
     if (isa > best) return -2;
     switch (isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    case BV_ISA_AVX512POPCNT: return conv_avx512popcnt(p);
-    case BV_ISA_AVX512BW: return conv_avx512bw(p);
-    case BV_ISA_AVX2: return conv_avx2(p);
+    case BV_ISA_AVX512POPCNT: return p->kind ? conv_dense_avx512popcnt(p) : conv_avx512popcnt(p);
+    case BV_ISA_AVX512BW: return p->kind ? conv_dense_avx512bw(p) : conv_avx512bw(p);
+    case BV_ISA_AVX2: return p->kind ? conv_dense_avx2(p) : conv_avx2(p);
 #endif
-    default: return conv_portable(p);
+    default: return p->kind ? conv_dense_portable(p) : conv_portable(p);
     }
 }
 
-/* Pack real activations (any strides, NCHW indexing) into bits: bit = (x + shift[c]) >= 0
- * (-0.0 -> 1, the RSign shift folded in when shift != NULL). Returns 1 if any value is NaN. */
-int bv_pack(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
-            const float *shift, uint64_t *out, int Wd, int nthreads)
+/* ---- the packer: real activations -> bits, bit = (x + shift[c]) >= 0 (-0.0 -> 1, NaN flagged) ----
+ * Any strides run the portable loop; NCHW rows (sW == 1) and channels-last pixels (sC == 1)
+ * have AVX-512 packers: a compare of 16 floats gives a 16-bit mask, which either becomes 16
+ * bits of one word (channels-last) or sets bit c in the words of 16 pixels with a masked OR
+ * (NCHW), so no float is read twice and no bit is set one at a time. */
+static int bv_pack_portable(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
+                            const float *shift, uint64_t *out, int Wd, int nthreads)
 {
     int nan = 0;
 #pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
@@ -257,23 +345,114 @@ int bv_pack(const float *x, int N, int C, int H, int W, long sN, long sC, long s
         memset(o, 0, (size_t)W * Wd * 8);
         for (int c = 0; c < C; c++) {
             const float *r = x + n * sN + c * sC + y * sH;
-            const uint64_t bit = 1ULL << (c % 64);
-            const int j = c / 64;
+            const int j = c / 64, b = c % 64;
             if (shift) {
                 const float sh = shift[c];
                 for (int i = 0; i < W; i++) {
                     const float v = r[i * sW] + sh;
                     nan |= v != v;
-                    if (v >= 0.0f) o[(size_t)i * Wd + j] |= bit;
+                    o[(size_t)i * Wd + j] |= (uint64_t)(v >= 0.0f) << b;
                 }
             } else {
                 for (int i = 0; i < W; i++) {
                     const float v = r[i * sW];
                     nan |= v != v;
-                    if (v >= 0.0f) o[(size_t)i * Wd + j] |= bit;
+                    o[(size_t)i * Wd + j] |= (uint64_t)(v >= 0.0f) << b;
                 }
             }
         }
     }
     return nan;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw")
+/* NCHW with contiguous rows: runs of L pixels (a whole plane when rows are contiguous too). */
+static int bv_pack_nchw_avx512(const float *x, int N, int C, int H, int W, long sN, long sC, long sH,
+                               const float *shift, uint64_t *out, int Wd, int nthreads)
+{
+    const int plane = sH == W || H == 1;
+    const long nrun = plane ? N : (long)N * H, L = plane ? (long)H * W : W;
+    const long nblk = (L + 15) / 16;
+    int nan = 0;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
+    for (long it = 0; it < nrun * nblk; it++) {
+        const long run = it / nblk, i0 = (it % nblk) * 16;
+        const float *src = plane ? x + run * sN : x + (run / H) * sN + (run % H) * sH;
+        const long pix0 = run * L + i0;
+        const __mmask16 mk = L - i0 >= 16 ? 0xffff : (__mmask16)((1u << (L - i0)) - 1);
+        const __m512i idx = _mm512_setr_epi64(0, Wd, 2L * Wd, 3L * Wd, 4L * Wd, 5L * Wd, 6L * Wd, 7L * Wd);
+        __mmask16 bad = 0;
+        for (int j = 0; j < Wd; j++) {
+            __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+            const int c1 = C < 64 * j + 64 ? C : 64 * j + 64;
+            for (int c = 64 * j; c < c1; c++) {
+                __m512 v = _mm512_maskz_loadu_ps(mk, src + c * sC + i0);
+                if (shift) v = _mm512_add_ps(v, _mm512_set1_ps(shift[c]));
+                const __mmask16 m = _mm512_mask_cmp_ps_mask(mk, v, _mm512_setzero_ps(), _CMP_GE_OQ);
+                bad |= _mm512_mask_cmp_ps_mask(mk, v, v, _CMP_UNORD_Q);
+                const __m512i bit = _mm512_set1_epi64((long long)(1ULL << (c & 63)));
+                lo = _mm512_mask_or_epi64(lo, (__mmask8)m, lo, bit);
+                hi = _mm512_mask_or_epi64(hi, (__mmask8)(m >> 8), hi, bit);
+            }
+            uint64_t *o = out + pix0 * Wd + j;
+            if (Wd == 1) {
+                _mm512_mask_storeu_epi64(o, (__mmask8)mk, lo);
+                _mm512_mask_storeu_epi64(o + 8, (__mmask8)(mk >> 8), hi);
+            } else {
+                _mm512_mask_i64scatter_epi64(o, (__mmask8)mk, idx, lo, 8);
+                _mm512_mask_i64scatter_epi64(o + 8 * Wd, (__mmask8)(mk >> 8), idx, hi, 8);
+            }
+        }
+        nan |= bad != 0;
+    }
+    return nan;
+}
+
+/* Channels-last (sC == 1): 64 channels of one pixel are 4 compares -> one word. */
+static int bv_pack_nhwc_avx512(const float *x, int N, int C, int H, int W, long sN, long sH, long sW,
+                               const float *shift, uint64_t *out, int Wd, int nthreads)
+{
+    int nan = 0;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
+    for (long pix = 0; pix < (long)N * H * W; pix++) {
+        const long n = pix / ((long)H * W), rem = pix % ((long)H * W);
+        const float *src = x + n * sN + (rem / W) * sH + (rem % W) * sW;
+        __mmask16 bad = 0;
+        for (int j = 0; j < Wd; j++) {
+            uint64_t word = 0;
+            for (int q = 0; q < 4; q++) {
+                const int c0 = 64 * j + 16 * q;
+                if (c0 >= C) break;
+                const __mmask16 mk = C - c0 >= 16 ? 0xffff : (__mmask16)((1u << (C - c0)) - 1);
+                __m512 v = _mm512_maskz_loadu_ps(mk, src + c0);
+                if (shift) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, shift + c0));
+                word |= (uint64_t)_mm512_mask_cmp_ps_mask(mk, v, _mm512_setzero_ps(), _CMP_GE_OQ) << (16 * q);
+                bad |= _mm512_mask_cmp_ps_mask(mk, v, v, _CMP_UNORD_Q);
+            }
+            out[pix * Wd + j] = word;
+        }
+        nan |= bad != 0;
+    }
+    return nan;
+}
+#pragma GCC pop_options
+#endif
+
+/* Pack (any strides, NCHW indexing) into (N, H, W, Wd) words; shift may be NULL. isa = -1
+ * picks the best. Returns 1 if any value is NaN. */
+int bv_pack(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
+            const float *shift, uint64_t *out, int Wd, int nthreads, int isa)
+{
+    if (isa < 0) isa = bv_best_isa();
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (isa >= BV_ISA_AVX512BW && C > 0) {
+        if (sC == 1)
+            return bv_pack_nhwc_avx512(x, N, C, H, W, sN, sH, sW, shift, out, Wd, nthreads);
+        if (sW == 1)
+            return bv_pack_nchw_avx512(x, N, C, H, W, sN, sC, sH, shift, out, Wd, nthreads);
+    }
+#endif
+    return bv_pack_portable(x, N, C, H, W, sN, sC, sH, sW, shift, out, Wd, nthreads);
 }

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import BitvoteError
-from .build import lib
+from .build import isa_id, lib
 
 __all__ = ["words", "pack", "pack_bools", "unpack"]
 
@@ -26,11 +26,13 @@ def words(channels: int) -> int:
     return (int(channels) + 63) // 64
 
 
-def pack(x: torch.Tensor, shift: Optional[torch.Tensor] = None, threads: int = 1) -> torch.Tensor:
+def pack(x: torch.Tensor, shift: Optional[torch.Tensor] = None, threads: int = 1, isa=None) -> torch.Tensor:
     """Pack real activations ``(N, C, H, W)`` into ``(N, H, W, Wd)`` words, in C.
 
     ``shift`` (per channel) is added before the sign, exactly as RSign's ``x + b`` does in
-    float32, so ReActNet's binarizer costs nothing extra.
+    float32, so ReActNet's binarizer costs nothing extra. Any memory layout works; NCHW and
+    channels-last (what the engine's float epilogues emit) have vector packers (``isa``: as
+    for the conv, default the best).
     """
     if x.dim() != 4:
         raise BitvoteError(f"pack expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
@@ -45,7 +47,7 @@ def pack(x: torch.Tensor, shift: Optional[torch.Tensor] = None, threads: int = 1
             raise BitvoteError(f"pack: shift has {sh.numel()} entries for {C} channels")
     sN, sC, sH, sW = x.stride()
     nan = lib().bv_pack(x.data_ptr(), N, C, H, W, sN, sC, sH, sW,
-                        None if sh is None else sh.data_ptr(), out.data_ptr(), Wd, int(threads))
+                        None if sh is None else sh.data_ptr(), out.data_ptr(), Wd, int(threads), isa_id(isa))
     if nan:
         raise BitvoteError("NaN in the input of a binarizer: NaN is not a bit (SPEC.md)")
     return out
