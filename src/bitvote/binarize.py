@@ -42,15 +42,26 @@ CHECK_NAN = True
 
 
 def check_finite(x: torch.Tensor, what: str = "input") -> None:
-    """NaN has no bit (SPEC.md): refuse it instead of silently voting -1."""
-    if CHECK_NAN and x.is_floating_point() and torch.isnan(x).any():
+    """NaN has no bit (SPEC.md): refuse it instead of silently voting -1.
+
+    One reduction: a NaN anywhere makes the sum NaN; only a non-finite sum (NaN, or infs)
+    pays for the exact element-wise look.
+    """
+    if not (CHECK_NAN and x.is_floating_point() and x.numel()):
+        return
+    if not torch.isfinite(x.sum()) and torch.isnan(x).any():
         raise BitvoteError(f"NaN in the {what} of a binarizer: NaN is not a bit (SPEC.md)")
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:
-    """+1 where ``x >= 0`` (zero and -0.0 included), else -1; same dtype as ``x``."""
-    one = torch.ones((), dtype=x.dtype, device=x.device)
-    return torch.where(x >= 0, one, -one)
+    """+1 where ``x >= 0`` (zero and -0.0 included), else -1; same dtype as ``x``.
+
+    ``sign(sign(x) + 1/2)`` maps {-1, 0, +1} to {-1, +1, +1}: in place, about twice as fast
+    as ``torch.where`` on the CPU.
+    """
+    if not x.is_floating_point():
+        return torch.where(x >= 0, 1, -1).to(x.dtype)
+    return torch.sign(x).add_(0.5).sign_()
 
 
 class Surrogate:
