@@ -217,9 +217,33 @@ class GpuPackedConv:
         if xw.device != self.device:
             raise BitvoteError(f"layer {self.name!r}: input on {xw.device}, layer on {self.device}")
 
-    def __call__(self, xw: torch.Tensor, threads: int = 1, isa=None, raw: bool = False) -> torch.Tensor:
+    rprelu = None
+
+    def fuse_rprelu(self, shift_in, prelu, shift_out) -> "GpuPackedConv":
+        """The CPU engine's fused RPReLU (after the residual), applied here as PyTorch ops in
+        the same order as the model: ``prelu(y + shift_in) + shift_out`` per channel."""
+        dev = self.device
+        self.rprelu = tuple(torch.as_tensor(v).detach().to(torch.float32).reshape(1, -1, 1, 1).to(dev)
+                            for v in (shift_in, prelu, shift_out))
+        return self
+
+    def __call__(self, xw: torch.Tensor, threads: int = 1, isa=None, raw: bool = False,
+                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Run on packed int32 words ``(N, H, W, Wd)``; ``threads``/``isa`` are ignored (the CPU
-        engine's signature). ``raw=True``: the integer result whatever the epilogue."""
+        engine's signature). ``raw=True``: the integer result whatever the epilogue.
+        ``residual`` and a fused RPReLU apply to float epilogues, as in the CPU engine."""
+        out = self._run(xw, raw)
+        if raw or self.mode not in ("affine", "select"):
+            return out
+        if residual is not None:
+            out = out + residual.to(out.device, torch.float32)
+        if self.rprelu is not None:
+            si, w, so = self.rprelu
+            y = out + si
+            out = torch.where(y >= 0, y, w * y) + so
+        return out
+
+    def _run(self, xw: torch.Tensor, raw: bool) -> torch.Tensor:
         K = _k()
         self._check(xw)
         mode = "int" if raw else self.mode
