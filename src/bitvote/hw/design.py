@@ -98,7 +98,7 @@ def make_design(n: int, voter="mv", k: int = 1, tie="1", pad: str = "+1", epilog
     if epilogue not in EPILOGUES:
         raise BitvoteError(f"--epilogue {epilogue!r}: use threshold or bn")
     spec = str(voter).replace("{C}", str(n // taps))
-    if kind == "xnor":
+    if kind == "xnor" or spec.strip().lower() == "xnor":
         return Design(n, k, "xnor", None, pad="+1", xnor=True, kind="xnor")
     vs = parse_spec(spec)
     tie = parse_tie(tie)
