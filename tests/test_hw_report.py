@@ -11,7 +11,7 @@ from bitvote.hw.report import load_results
 need_yosys = pytest.mark.skipif(not shutil.which("yosys"),
                                 reason="yosys not installed and could not be installed here (.ci/run: apt-get install -y yosys iverilog)")
 
-W = 0.0625  # 4..32 channels: n = 36..288, quick to synthesize
+W = 0.03125  # 2..16 channels: n = 18..144, quick to synthesize
 
 
 def _write(tmp_path):
@@ -22,7 +22,7 @@ def _write(tmp_path):
     a = tmp_path / "reproduce.json"
     a.write_text(json.dumps({"rows": rows}))
     b = tmp_path / "eval.json"  # the `bitvote eval --json` object
-    b.write_text(json.dumps({"top1": 70.0, "top5": 97.0, "model": "reactnet18", "voter": "M(M4)", "width": W}))
+    b.write_text(json.dumps({"top1": 70.0, "top5": 97.0, "model": "reactnet18", "voter": "tap", "width": W}))
     return a, b
 
 
@@ -31,7 +31,7 @@ def test_load_results_formats(tmp_path):
     c = tmp_path / "list.json"
     c.write_text(json.dumps([{"model": "reactnet18", "voter": "mv", "top1": 1}]))
     rows = load_results([a, b, c])
-    assert [r["voter"] for r in rows] == ["popcount", "mv", "M(M4)", "mv"]
+    assert [r["voter"] for r in rows] == ["popcount", "mv", "tap", "mv"]
 
 
 @need_yosys
@@ -42,11 +42,12 @@ def test_report_table_and_plot(tmp_path, monkeypatch, capsys):
     assert main(["hw", "report", str(a), str(b), "--plot", str(png), "--json", str(js)]) == 0
     out = capsys.readouterr().out
     assert "**popcount** (baseline)" in out and "popcount + unfolded BN (baseline)" in out
-    assert "mv (converted)" in out and "| M(M4) |" in out
+    assert "mv (converted)" in out and "| tap |" in out
     rep = {r["label"]: r for r in json.loads(js.read_text())}
-    base, mv, tap = rep["popcount"], rep["mv (converted)"], rep["M(M4)"]
+    base, mv, tap = rep["popcount"], rep["mv (converted)"], rep["tap"]
     assert base["vs_baseline"] == 0 and base["bn_area_T"] > base["area_T"]
-    assert abs(mv["vs_baseline"]) < 0.08  # exact MV costs about what popcount + threshold does
+    # exact MV costs at most what popcount + threshold does (the compare is a larger share at tiny n)
+    assert -0.2 < mv["vs_baseline"] <= 0.03
     assert tap["area_T"] < mv["area_T"]
     assert mv["xnor_T"] == base["xnor_T"] > 0
     try:
