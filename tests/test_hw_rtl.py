@@ -130,6 +130,10 @@ def test_cli_synth_and_check(tmp_path, monkeypatch, capsys):
     assert main(["hw", "synth", "--n", "64", "--voter", "mv", "M(M16)", "--no-xnor"]) == 0
     out = capsys.readouterr().out
     assert "est. transistors" in out and "bv_M4_M16" in out
+    assert main(["hw", "synth", "--n", "64", "--voter", "popcount", "mv", "--no-xnor", "--epilogue", "threshold", "bn",
+                 "--table"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline popcount + runtime threshold" in out and "bv_pcbn_64_noxnor" in out and "| +0 % |" in out
     if shutil.which("iverilog"):
         assert main(["hw", "check", "--n", "64", "--voter", "M(M16)", "--pad", "zero", "--tie", "first,-1",
                      "--vectors", "100"]) == 0

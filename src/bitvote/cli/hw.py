@@ -16,7 +16,7 @@ def _design_args(p, many=False):
     p.add_argument("--tie", default="1", help="tie rule: 1, -1, first, or root-first list like first,1,-1")
     p.add_argument("--pad", default="+1", choices=["zero", "+1", "-1"],
                    help="zero adds the per-term valid port (abstention); +1/-1: every term valid (default +1)")
-    p.add_argument("--epilogue", default="threshold", choices=["threshold", "bn"],
+    p.add_argument("--epilogue", default=["threshold"] if many else "threshold", choices=["threshold", "bn"], nargs=nargs,
                    help="popcount only: + runtime threshold (BN folded) or + unfolded BN multiply-add")
     p.add_argument("--no-xnor", action="store_true", help="leave out the XNOR array (the design takes z = XNOR outputs)")
 
@@ -45,6 +45,8 @@ def add_parser(sub):
     _design_args(p, many=True)
     p.add_argument("--timeout", type=float, default=None, help="seconds per design")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--table", action="store_true",
+                   help="print a markdown table per n, relative to popcount + threshold when it is in the set")
     p.set_defaults(func=_synth)
 
     p = hs.add_parser("check", help="simulate the RTL with iverilog and compare with bitvote.voter")
@@ -89,7 +91,15 @@ def _designs(args):
 
     ns = args.n if isinstance(args.n, list) else [args.n]
     vs = args.voter if isinstance(args.voter, list) else [args.voter]
-    return [make_design(n, v, args.k, args.tie, args.pad, args.epilogue, not args.no_xnor) for n in ns for v in vs]
+    eps = args.epilogue if isinstance(args.epilogue, list) else [args.epilogue]
+    out = []
+    for n in ns:
+        for v in vs:
+            for i, ep in enumerate(eps):
+                d = make_design(n, v, args.k, args.tie, args.pad, ep, not args.no_xnor)
+                if d.kind == "popcount" or i == 0:  # the epilogue only changes popcount designs
+                    out.append(d)
+    return out
 
 
 def _rtl(args):
@@ -111,16 +121,20 @@ def _rtl(args):
 def _synth(args):
     from ..hw.synth import synth
 
+    from ..hw.synth import format_table
+
     rows = []
     for d in _designs(args):
         r = synth(d, args.timeout)
         rows.append(r)
-        if not args.json:
+        if not (args.json or args.table):
             print(f"{d.name:<34} n={d.n:<5} cells {r['cells']:>6}  depth {r['depth_gates']:>3}  "
                   f"est. transistors {r['transistors']:>7}  depth(cmos) {r['depth_cmos']:>3}   {d.describe()}")
             sys.stdout.flush()
     if args.json:
         print(json.dumps(rows, indent=1))
+    elif args.table:
+        print(format_table(rows))
     return 0
 
 

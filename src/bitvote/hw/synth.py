@@ -26,7 +26,7 @@ from .check import require_tool
 from .design import Design
 from .rtl import generate
 
-__all__ = ["SCRIPT", "synth", "synth_verilog", "cache_dir", "yosys_version"]
+__all__ = ["SCRIPT", "synth", "synth_verilog", "cache_dir", "yosys_version", "format_table"]
 
 SCRIPT = """\
 read_verilog {src}
@@ -120,3 +120,31 @@ def synth(d: Design, timeout: Optional[float] = None, use_cache: bool = True) ->
 def netlist_path(res: dict) -> Path:
     """The cached gate netlist (generic gates) of a synthesis result, for ``hw check --netlist``."""
     return cache_dir() / f"{res['top']}-{res['key']}_gates.v"
+
+
+def format_table(rows) -> str:
+    """Markdown, one table per n; deltas against popcount + threshold of the same n if present."""
+    out = []
+    for n in sorted({r["n"] for r in rows}):
+        rs = [r for r in rows if r["n"] == n]
+        base = next((r for r in rs if r["design"].startswith("bv_pcthr_")), None)
+        title = f"**n = {n}**"
+        if base:
+            title += f" (baseline popcount + runtime threshold: {base['transistors']} T, depth {base['depth_gates']}/{base['depth_cmos']})"
+        xnor = next((r for r in rs if r["design"].startswith("bv_xnor_")), None)
+        out += [title, "", "| design | what | cells | depth (gates) | est. transistors | depth (cmos) | T vs baseline | "
+                "depth vs baseline | T with XNOR array | vs baseline |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rs:
+            dt = dd = tx = dx = ""
+            if base and r is not xnor:
+                dt = f"{100 * (r['transistors'] / base['transistors'] - 1):+.0f} %"
+                dd = f"{100 * (r['depth_cmos'] / base['depth_cmos'] - 1):+.0f} %"
+                if xnor and r["design"].endswith("_noxnor"):
+                    tx = r["transistors"] + xnor["transistors"]
+                    dx = f"{100 * (tx / (base['transistors'] + xnor['transistors']) - 1):+.0f} %"
+            what = r["describe"].split(", n = ")[0]
+            out.append(f"| `{r['design']}` | {what} | {r['cells']} | {r['depth_gates']} | {r['transistors']} | "
+                       f"{r['depth_cmos']} | {dt} | {dd} | {tx} | {dx} |")
+        out.append("")
+    return "\n".join(out)
