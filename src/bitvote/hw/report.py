@@ -73,9 +73,9 @@ def model_cost(model_name: str, voter: str, width: float = 1.0, tie="1", num_cla
         layer = by_name[row["layer"]]
         d = layer_design(layer, epilogue=epilogue)
         if d.name not in designs:
-            if log:
-                log(f"synthesizing {d.describe()}")
             designs[d.name] = synth(d, timeout)
+            if log and not designs[d.name]["cached"]:
+                log(f"synthesized {d.describe()}")
         xd = make_design(d.n, kind="xnor")
         if xd.name not in designs:
             designs[xd.name] = synth(xd, timeout)
@@ -115,11 +115,14 @@ def build_report(rows: List[dict], timeout: Optional[float] = None, log=None) ->
 
 
 def _pareto(rows: List[dict]) -> List[dict]:
-    """Rows not beaten on both area (lower) and top-1 (higher)."""
+    """Per (model, width): rows not beaten on both area (lower) and top-1 (higher)."""
     front = []
-    for r in sorted(rows, key=lambda r: (r["area_T"], -r["top1"])):
-        if not front or r["top1"] > front[-1]["top1"]:
-            front.append(r)
+    for key in sorted({(r["model"], r["width"]) for r in rows}):
+        best = None
+        for r in sorted((r for r in rows if (r["model"], r["width"]) == key), key=lambda r: (r["area_T"], -r["top1"])):
+            if best is None or r["top1"] > best:
+                front.append(r)
+                best = r["top1"]
     return front
 
 
@@ -150,23 +153,31 @@ def plot_report(rep: List[dict], path) -> Tuple[bool, str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return False, "no plot: matplotlib is not installed (pip install 'bitvote[plot]'); the table above is complete"
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    groups = sorted({(r["model"], r["width"]) for r in rep})
+    color = {g: plt.cm.tab10(i % 10) for i, g in enumerate(groups)}
+    front = _pareto(rep)
+    for g in groups:
+        f = [r for r in front if (r["model"], r["width"]) == g]
+        ax.plot([r["area_T"] / 1e6 for r in f], [r["top1"] for r in f], "--", lw=1, color=color[g],
+                label=f"{g[0]} x{g[1]:g}: Pareto front")
     for r in rep:
-        x = r["area_T"] / 1e6
+        x, c = r["area_T"] / 1e6, color[(r["model"], r["width"])]
         if r["baseline"]:
-            ax.scatter([x], [r["top1"]], marker="s", s=60, color="black", zorder=3)
-            ax.annotate("popcount + threshold", (x, r["top1"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax.scatter([x], [r["top1"]], marker="s", s=60, color=c, edgecolors="black", zorder=3)
+            ax.annotate(f"{r['label']}: popcount + threshold", (x, r["top1"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7)
             if r["bn_area_T"]:
                 xb = r["bn_area_T"] / 1e6
-                ax.scatter([xb], [r["top1"]], marker="D", s=50, facecolors="none", edgecolors="black", zorder=3)
-                ax.annotate("popcount + BN", (xb, r["top1"]), textcoords="offset points", xytext=(5, -10), fontsize=8)
+                ax.scatter([xb], [r["top1"]], marker="D", s=45, facecolors="none", edgecolors=c, zorder=3)
+                ax.annotate(f"{r['label']}: popcount + BN", (xb, r["top1"]), textcoords="offset points",
+                            xytext=(-5, -11), fontsize=7, ha="right")
         else:
-            ax.scatter([x], [r["top1"]], marker="o", s=40, zorder=3)
-            ax.annotate(r["label"], (x, r["top1"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
-    front = _pareto(rep)
-    ax.plot([r["area_T"] / 1e6 for r in front], [r["top1"] for r in front], "--", color="gray", lw=1, label="Pareto front")
+            ax.scatter([x], [r["top1"]], marker="o", s=40, color=c, zorder=3)
+            ax.annotate(r["label"], (x, r["top1"]), textcoords="offset points", xytext=(5, -3), fontsize=7)
     models_ = sorted({f"{r['model']} x{r['width']:g}" for r in rep})
-    ax.set_xlabel("voter / popcount area per image (million transistors, unit-gate estimate)")
+    ax.set_xlabel("voter / popcount area per image (million transistors, unit-gate estimate)\n"
+                  "squares: popcount + threshold baseline, diamonds: popcount + unfolded BN, dots: voters", fontsize=8)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs voter area: " + ", ".join(models_), fontsize=9)
     ax.grid(alpha=0.3)

@@ -77,7 +77,7 @@ def synth_verilog(verilog: str, top: str, timeout: Optional[float] = None, use_c
     entry = cdir / f"{top}-{key}.json"
     netlist = cdir / f"{top}-{key}_gates.v"
     if use_cache and entry.exists() and netlist.exists():
-        return json.loads(entry.read_text())
+        return dict(json.loads(entry.read_text()), cached=True)
     cdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bitvote-synth-") as tmp:
         t = Path(tmp)
@@ -107,7 +107,7 @@ def synth_verilog(verilog: str, top: str, timeout: Optional[float] = None, use_c
     tmp_entry = entry.with_suffix(".tmp")
     tmp_entry.write_text(json.dumps(res, indent=1))
     os.replace(tmp_entry, entry)  # atomic: a shared cache never holds half a file
-    return res
+    return dict(res, cached=False)
 
 
 def synth(d: Design, timeout: Optional[float] = None, use_cache: bool = True) -> dict:
