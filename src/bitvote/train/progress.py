@@ -1,7 +1,8 @@
 """Progress on stderr and the per-epoch CSV log.
 
 On a terminal one line is redrawn in place (epoch, batch, loss, accuracy, images/s, ETA); in a
-log file or pipe the bar degrades to one line per epoch, so logs stay readable.
+log file or pipe it becomes a plain line every ``log_every`` seconds (default 60) plus one per
+epoch, so logs stay readable and a long epoch is never silent.
 """
 
 from __future__ import annotations
@@ -27,18 +28,26 @@ def fmt_time(s: float) -> str:
 
 
 class Progress:
-    def __init__(self, epochs: int, steps: int, stream=None, quiet: bool = False):
+    def __init__(self, epochs: int, steps: int, stream=None, quiet: bool = False, log_every: float = 60.0):
         self.epochs, self.steps = epochs, steps
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.quiet = quiet
-        self._last = 0.0
+        self.log_every = log_every
+        self._last = time.monotonic()
 
     def update(self, epoch: int, batch: int, loss: float, acc: float, ips: float, eta_s: float, force=False):
-        """Redraw the bar (terminal only, at most 5 times a second)."""
-        if self.quiet or not self.tty:
+        """Redraw the bar (terminal: at most 5 times a second; elsewhere: a line every log_every s)."""
+        if self.quiet:
             return
         now = time.monotonic()
+        if not self.tty:
+            if now - self._last >= self.log_every:
+                self._last = now
+                self.stream.write(f"epoch {epoch + 1}/{self.epochs} step {batch}/{self.steps} loss {loss:.3f} "
+                                  f"acc {100 * acc:.1f}% {ips:.0f} img/s ETA {fmt_time(eta_s)}\n")
+                self.stream.flush()
+            return
         if not force and now - self._last < 0.2:
             return
         self._last = now
