@@ -44,7 +44,9 @@ class Variant:
         return cls(cin, cout, k, stride, padding, bias=False)
 
     def bconv(self, cin, cout, k, stride=1, padding=0, **kw) -> BinaryConv2d:
-        return BinaryConv2d(cin, cout, k, stride, padding, weight_scale=True, standardize=self.free, **kw)
+        # A Sign/RSign precedes every binary conv in these models: the layer gets +/-1 already.
+        return BinaryConv2d(cin, cout, k, stride, padding, weight_scale=True, standardize=self.free,
+                            input_surrogate=None, **kw)
 
     def gain(self, c: int) -> nn.Module:
         return Gain(c) if self.free else nn.Identity()

@@ -249,7 +249,9 @@ def binary_conv2d(
     ``binary_weights=False`` keeps the real weights (step 1 of two-step training: binary
     activations, real weights); only a popcount output is defined then (SPEC.md).
     """
-    xb = binarize(x, input_surrogate)
+    # input_surrogate=None: the caller hands over +/-1 already (a Sign/RSign right before the
+    # layer, as in every bitvote model); binarizing again would change nothing but cost passes.
+    xb = x if input_surrogate is None else binarize(x, input_surrogate)
     if not binary_weights:
         if voter is not None:
             raise BitvoteError("a voter needs binary weights: this layer has real weights (step 1 of two-step training)")

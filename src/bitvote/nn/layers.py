@@ -74,7 +74,7 @@ class VoterLayer:
 
     def _init_voter(self, voter, tie, surrogate, sigma, input_surrogate):
         self.surrogate = get_surrogate(surrogate)
-        self.input_surrogate = get_surrogate(input_surrogate)
+        self.input_surrogate = None if input_surrogate is None else get_surrogate(input_surrogate)
         self.sigma = check_sigma(sigma)
         self.set_voter(voter, tie)
 
@@ -120,7 +120,8 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
     """Binary 2-D convolution: +/-1 activations and weights, popcount or (H)MV output.
 
     ``forward(x)`` binarizes ``x`` (``x >= 0`` -> +1) with ``input_surrogate`` (default the
-    clipped STE, which passes gradients of inputs already at +/-1 unchanged) and the weight
+    clipped STE, which passes gradients of inputs already at +/-1 unchanged; ``None`` declares
+    that ``x`` is already +/-1, as in the models where a Sign/RSign precedes the layer) and the weight
     with the clamp-STE, then returns a float tensor: the sums ``s`` for ``popcount`` (times
     the per-output-channel ``mean|W|`` when ``weight_scale``), +1/-1 for ``mv`` and HMV specs,
     a count of votes for a ``P`` root.
@@ -188,6 +189,8 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
             s += ", weight_scale=True"
         if self.standardize:
             s += ", standardize=True"
+        if self.input_surrogate is None:
+            s += ", input=binary"
         if not self._binary_weights:
             s += ", binary_weights=False"
         return s
