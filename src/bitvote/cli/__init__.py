@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import BitvoteError
@@ -37,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the raw command line, for commands that relaunch themselves (train --nproc)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
@@ -46,7 +49,9 @@ def main(argv=None) -> int:
     except BitvoteError as e:
         if args.debug:
             raise
-        print(f"bitvote: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
+        where = f" (rank {rank})" if rank != "0" else ""  # under torchrun every rank may report
+        print(f"bitvote: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bitvote: interrupted", file=sys.stderr)

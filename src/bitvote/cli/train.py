@@ -19,9 +19,10 @@ def add_parser(sub):
     p.add_argument("--surrogate", choices=["approxsign", "ste"], help="the vote's backward")
     p.add_argument("--sigma", help="the vote's surrogate width rule (e.g. fanin)")
     p.add_argument("--pad-value", type=float, help="padding of binary activations: 0, 1 or -1")
+    p.add_argument("--bn", choices=["bn", "none", "free"], help="normalization form (default bn, or the --init checkpoint's)")
     p.add_argument("--width", type=float, help="channel width multiplier (default 1.0)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="the global batch, split over --nproc processes")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--wd", type=float, help="weight decay on conv/linear weights (default 1e-5 in step 1, else 0)")
     p.add_argument("--schedule", default="linear", choices=["linear", "cosine", "constant"])
@@ -40,9 +41,14 @@ def add_parser(sub):
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--ckpt-every", type=float, default=120.0, help="mid-epoch checkpoint every S seconds")
     p.add_argument("--ckpt-every-steps", type=int, default=0, help="mid-epoch checkpoint every N steps")
+    p.add_argument("--stop-after-steps", type=int, default=0,
+                   help="end this invocation after N steps with last.pt written; --resume continues")
     p.add_argument("--no-download", action="store_true", help="never download the dataset")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--nproc", type=int, help="launch N processes on this machine (torchrun --standalone "
+                   "--nproc_per_node N -m bitvote train ...): DDP, gloo on the CPU, nccl on CUDA")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA only)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on its dataset's test split")
@@ -65,21 +71,51 @@ def add_parser(sub):
     p.set_defaults(func=_demo)
 
 
+def _without_nproc(argv):
+    """The command line minus ``--nproc N``: what each launched worker runs."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def _train(args):
+    from ..errors import BitvoteError
     from ..train import TrainConfig, train
+    from ..train.distributed import env_world, launch
+    from ..train.loop import _check, _device
 
     cfg = TrainConfig(
         model=args.model, dataset=args.dataset, data=args.data, voter=args.voter, tie=args.tie,
-        surrogate=args.surrogate, sigma=args.sigma, pad_value=args.pad_value, width=args.width,
+        surrogate=args.surrogate, sigma=args.sigma, pad_value=args.pad_value, bn=args.bn, width=args.width,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, wd=args.wd, schedule=args.schedule,
         label_smoothing=args.label_smoothing, step=args.step, subset=args.subset, test_subset=args.test_subset,
         eval_every=args.eval_every, seed=args.seed, device=args.device, out=args.out, resume=args.resume,
         init=args.init, teacher=args.teacher, threads=args.threads, ckpt_every_s=args.ckpt_every,
         ckpt_every_steps=args.ckpt_every_steps, download=not args.no_download, quiet=args.quiet,
+        sync_bn=args.sync_bn, stop_after_steps=args.stop_after_steps,
     )
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise BitvoteError(f"--nproc must be at least 1, got {args.nproc}")
+        if env_world()[1] > 1:
+            raise BitvoteError("--nproc inside torchrun: torchrun already started the processes")
+        if args.nproc > 1:
+            _check(cfg)  # the cheap mistakes fail once, here, not once per worker
+            _device(cfg.device)
+            return launch(args.nproc, _without_nproc(args.argv), args.debug)
     res = train(cfg)
+    if env_world()[0] != 0:
+        return 0  # under torchrun, rank 0 reports
     if args.json:
         print(json.dumps(res))
+    elif not res.get("finished", True):
+        pass  # stopped by --stop-after-steps: train() said so on stderr
     else:
         print(f"{res.get('model')} ({res.get('voter')}): top1 {res.get('top1', 0):.2f}% top5 {res.get('top5', 0):.2f}% "
               f"on {res.get('n')} {res.get('dataset')} test images; checkpoints in {args.out}")

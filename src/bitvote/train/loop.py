@@ -6,12 +6,18 @@ per epoch) and ``result.json`` when it finishes — every file atomically. Every
 decides the next step (weights, BN statistics, optimizer, step, data order, augmentation,
 RNG states) is in ``last.pt`` or is a pure function of (seed, epoch, index), so
 ``resume=True`` continues bit for bit where the run stopped.
+
+Launched by torchrun, the same function is one rank of a DistributedDataParallel run
+(:mod:`.distributed`): ``batch_size`` stays the global batch, and only rank 0 writes.
+A non-finite loss stops the run with one line naming the step; ``last.pt`` keeps the last
+good state.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import sys
 import time
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 from .. import data as D
 from ..errors import BitvoteError
 from . import checkpoint as C
+from . import distributed as Dist
 from .kd import distribution_loss
 from .optim import SCHEDULES, lr_at, make_optimizer
 from .progress import Progress, write_csv
@@ -46,9 +53,10 @@ class TrainConfig:
     surrogate: Optional[str] = None  # the vote's backward: approxsign | ste
     sigma: Optional[str] = None  # the vote's surrogate width rule
     pad_value: Optional[float] = None
+    bn: Optional[str] = None  # bn | none | free (default: the init checkpoint's, else bn)
     width: Optional[float] = None  # default: the init checkpoint's width, else 1.0
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch, whatever the number of processes
     lr: float = 1e-3
     wd: Optional[float] = None  # default: 1e-5 in step 1, else 0 (ReActNet)
     schedule: str = "linear"
@@ -68,15 +76,18 @@ class TrainConfig:
     ckpt_every_steps: int = 0
     download: bool = True
     quiet: bool = False
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    stop_after_steps: int = 0  # end this invocation after N steps with last.pt written (0: run to the end)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 #: options that must agree between ``--resume`` and the run found in ``out``
-_IDENTITY = ("model", "dataset", "width", "voter")
+_IDENTITY = ("model", "dataset", "width", "voter", "bn")
 #: options a resumed run may change: where things are, not what is computed
-_RUNTIME = ("data", "device", "threads", "ckpt_every_s", "ckpt_every_steps", "download", "quiet", "resume")
+_RUNTIME = ("data", "device", "threads", "ckpt_every_s", "ckpt_every_steps", "download", "quiet", "resume",
+            "sync_bn", "stop_after_steps")
 
 
 class _Killed(Exception):
@@ -84,10 +95,15 @@ class _Killed(Exception):
 
 
 def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BitvoteError("--device cuda: no CUDA device is available")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise BitvoteError(f"unknown device {name!r}: choose cpu or cuda")
+    name = str(name)
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise BitvoteError(f"unknown device {name!r}: choose cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise BitvoteError(f"--device {name}: no CUDA device is available")
+        if ":" in name and int(name[5:]) >= n:
+            raise BitvoteError(f"--device {name}: this machine has {n} CUDA device(s)")
     return torch.device(name)
 
 
@@ -98,9 +114,24 @@ def _autocast(device: torch.device):
     return nullcontext()
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, split: D.Split, batch_size: int = 500) -> dict:
     """Top-1 / top-5 accuracy (percent) of ``model`` on ``split``; restores the training mode."""
+    c1, c5, n = _counts(model, split, batch_size)
+    return {"top1": 100.0 * c1 / max(n, 1), "top5": 100.0 * c5 / max(n, 1), "n": n}
+
+
+def _evaluate_world(model, split: D.Split, world, dev, batch_size: int = 500) -> dict:
+    """:func:`evaluate` with the test split sharded over the ranks (the same numbers on every rank)."""
+    if not world.active:
+        return evaluate(model, split, batch_size)
+    part = D.Split(split.x[world.rank :: world.size], split.y[world.rank :: world.size], split.dataset, split.source)
+    c1, c5, n = Dist.all_sum(list(_counts(model, part, batch_size)), world, dev)
+    return {"top1": 100.0 * c1 / max(n, 1), "top5": 100.0 * c5 / max(n, 1), "n": int(n)}
+
+
+@torch.no_grad()
+def _counts(model: nn.Module, split: D.Split, batch_size: int) -> tuple:
+    """``(top-1 hits, top-5 hits, n)`` of ``model`` on ``split``."""
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -116,8 +147,7 @@ def evaluate(model: nn.Module, split: D.Split, batch_size: int = 500) -> dict:
         correct1 += int(hit[:, 0].sum())
         correct5 += int(hit.any(1).sum())
     model.train(was)
-    n = len(split)
-    return {"top1": 100.0 * correct1 / max(n, 1), "top5": 100.0 * correct5 / max(n, 1), "n": n}
+    return correct1, correct5, len(split)
 
 
 def evaluate_checkpoint(path, data=None, device="cpu", batch_size=500, test_subset=None, download=True) -> dict:
@@ -154,7 +184,7 @@ def _build_model(cfg: TrainConfig, num_classes: int):
     if cfg.step == 1 and voter != "popcount":
         raise BitvoteError(f"--step 1 trains real weights: a voter ({voter}) needs binary weights, use --voter popcount")
     opts = {k: v for k, v in base.items() if k not in ("name", "num_classes", "voter", "width")}
-    for k in ("tie", "surrogate", "sigma", "pad_value"):
+    for k in ("tie", "surrogate", "sigma", "pad_value", "bn"):
         if getattr(cfg, k) is not None:
             opts[k] = getattr(cfg, k)
     model = models.create(name, num_classes=num_classes, voter="popcount", width=width, **opts)
@@ -178,8 +208,18 @@ def _check(cfg: TrainConfig):
     for k in ("epochs", "batch_size", "eval_every"):
         if getattr(cfg, k) < 1:
             raise BitvoteError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(cfg, k)}")
-    if not cfg.lr > 0:
-        raise BitvoteError(f"--lr must be positive, got {cfg.lr}")
+    if not 0 < cfg.lr < math.inf:
+        raise BitvoteError(f"--lr must be a positive finite number, got {cfg.lr}")
+    for k in ("subset", "test_subset", "threads"):
+        if getattr(cfg, k) is not None and getattr(cfg, k) < 1:
+            raise BitvoteError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(cfg, k)}")
+    for k in ("ckpt_every_steps", "stop_after_steps"):
+        if getattr(cfg, k) < 0:
+            raise BitvoteError(f"--{k.replace('_', '-')} must be 0 (off) or positive, got {getattr(cfg, k)}")
+    if not 0 <= cfg.ckpt_every_s < math.inf:
+        raise BitvoteError(f"--ckpt-every must be a number of seconds >= 0, got {cfg.ckpt_every_s}")
+    if cfg.wd is not None and not 0 <= cfg.wd < math.inf:
+        raise BitvoteError(f"--wd must be a non-negative finite number, got {cfg.wd}")
     if not 0 <= cfg.label_smoothing < 1:
         raise BitvoteError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
 
@@ -214,8 +254,11 @@ def _resumed_config(cfg: TrainConfig, ck: dict, path) -> TrainConfig:
     return TrainConfig(**merged)
 
 
-def _step(model, teacher, opt, x, y, lr, label_smoothing, dev):
-    """One optimizer step: cross-entropy, or the distribution loss against ``teacher``."""
+def _step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0):
+    """One optimizer step: cross-entropy, or the distribution loss against ``teacher``.
+
+    ``scale`` weights this rank's mean loss by its share of the global batch (1.0 alone).
+    """
     for g in opt.param_groups:
         g["lr"] = lr
     with _autocast(dev):
@@ -227,7 +270,7 @@ def _step(model, teacher, opt, x, y, lr, label_smoothing, dev):
         else:
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * scale if scale != 1.0 else loss).backward()
     opt.step()
     return loss.detach(), logits.detach()
 
@@ -238,12 +281,38 @@ def _write_logs(out: Path, history, result) -> None:
         D.atomic_write_bytes(out / "result.json", (json.dumps(result, indent=1) + "\n").encode())
 
 
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Temp files of writes that a kill interrupted (``.last.pt.XXXX.tmp``): never read, so delete them."""
+    for t in out.glob(".*.tmp"):
+        try:
+            t.unlink()
+        except OSError:
+            pass
+
+
 def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
     """Run (or resume) a training run; returns the final test metrics and where things are.
 
+    Under torchrun each process calls this and becomes one rank of the run. A run stopped by
+    ``stop_after_steps`` returns ``{"finished": False, "step": ..., "last": ...}``.
     ``_stop_after`` (tests only) raises after that many global steps, like a kill would.
     """
+    dev = _device(cfg.device)
+    world, dev = Dist.setup(dev)
+    try:
+        return _train(cfg, world, dev, _stop_after)
+    finally:
+        world.close()
+
+
+def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise BitvoteError(f"--out {out} is a file, not a folder")
     last = out / "last.pt"
     ck = None
     if last.exists():
@@ -253,18 +322,32 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
         cfg = _resumed_config(cfg, ck, last)
         if ck.get("finished"):
             res = ck.get("result") or {}
-            _write_logs(out, ck.get("history") or [], res)  # in case a kill came right after last.pt
-            if not cfg.quiet:
+            if world.main:
+                _write_logs(out, ck.get("history") or [], res)  # in case a kill came right after last.pt
+            if not cfg.quiet and world.main:
                 print(f"bitvote: {out} is already finished: top1 {res.get('top1', 0):.2f}%", file=sys.stderr)
             return res
     _check(cfg)
+    if world.active and cfg.batch_size < world.size:
+        raise BitvoteError(f"--batch-size {cfg.batch_size} (the global batch) is smaller than the {world.size} processes")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dev = _device(cfg.device)
+    # every rank checked last.pt before rank 0 may write one (DDP's constructor also waits)
+    world.barrier()
+    if world.main and out.is_dir():
+        _remove_stale_temps(out)
 
-    train_set = D.subset(D.load(cfg.dataset, "train", cfg.data, device=dev, download=cfg.download), cfg.subset, cfg.seed)
-    # test subsets use seed 0: every run (and `bitvote eval --test-subset`) sees the same images
-    test_set = D.subset(D.load(cfg.dataset, "test", cfg.data, device=dev, download=False), cfg.test_subset)
+    def load_data():
+        tr = D.subset(D.load(cfg.dataset, "train", cfg.data, device=dev, download=cfg.download), cfg.subset, cfg.seed)
+        # test subsets use seed 0: every run (and `bitvote eval --test-subset`) sees the same images
+        return tr, D.subset(D.load(cfg.dataset, "test", cfg.data, device=dev, download=False), cfg.test_subset)
+
+    first = world.local_rank == 0  # one process per machine may download; the others wait for it
+    if first:
+        train_set, test_set = load_data()
+    world.barrier()
+    if not first:
+        train_set, test_set = load_data()
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -273,6 +356,7 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
     else:
         model = _build_model(cfg, train_set.num_classes)
     model.to(dev).train()
+    net = Dist.wrap(model, world, dev, cfg.sync_bn)  # what the step calls; `model` is what is saved
     teacher = None
     if cfg.teacher:
         teacher, _ = C.load_model(cfg.teacher, dev)
@@ -289,6 +373,7 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
     history, best = [], -1.0
     stats = {"loss": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
     wall0 = 0.0
+    saved_step = None  # the step of the last checkpoint this run can fall back to
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
         epoch, batch, gstep = ck["epoch"], ck["batch"], ck["step"]
@@ -296,12 +381,15 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
         stats = dict(ck.get("epoch_stats") or stats)
         wall0 = float(ck.get("wall_s", 0.0))
         _set_rng_state(ck["rng"], dev)
+        saved_step = gstep
 
-    prog = Progress(cfg.epochs, steps, quiet=cfg.quiet)
-    if not cfg.quiet:
+    quiet = cfg.quiet or not world.main
+    prog = Progress(cfg.epochs, steps, quiet=quiet)
+    if not quiet:
         where = f"resuming {last} at epoch {epoch + 1}, batch {batch}" if ck is not None else f"writing {out}"
+        procs = f", {world.size} processes ({world.backend}), global batch {B}" if world.active else ""
         prog.note(f"bitvote train: {model.config['name']} width {model.config['width']} voter {model.config['voter']} "
-                  f"step {cfg.step} on {cfg.dataset} ({N} train / {len(test_set)} test images, {dev}); {where}")
+                  f"step {cfg.step} on {cfg.dataset} ({N} train / {len(test_set)} test images, {dev}{procs}); {where}")
 
     t_start = time.monotonic()
 
@@ -312,7 +400,26 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
             epoch=epoch, batch=batch, step=gstep, rng=_rng_state(dev), data_seed=cfg.seed,
             args=cfg.to_dict(), history=history, best_top1=best, epoch_stats=dict(stats),
             wall_s=wall0 + time.monotonic() - t_start, finished=finished, result=result,
+            world_size=world.size,
         )
+
+    def diverged(what: str):
+        kept = f"kept the last good checkpoint {last} (step {saved_step})" if saved_step is not None \
+            else "no checkpoint was written yet"
+        return BitvoteError(f"training diverged at step {gstep} (epoch {epoch + 1}, batch {batch}): {what}; "
+                            f"{kept}; try a lower --lr")
+
+    def save(paths, st_args=()) -> None:
+        """Checkpoint (rank 0 writes; every rank takes part in the buffer sync)."""
+        nonlocal saved_step
+        Dist.sync_buffers(model, world)
+        if not _finite(model):
+            raise diverged("the weights are not finite")
+        if world.main:
+            st = state(*st_args)
+            for p in paths:
+                C.save(p, st)
+        saved_step = gstep
 
     last_ckpt_t = time.monotonic()
     steps_run = 0
@@ -320,31 +427,48 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
         perm, dy, dx, flip = D.epoch_plan(N, cfg.seed, epoch)
         t_epoch = time.monotonic()
         while batch < steps:
-            idx = perm[batch * B : (batch + 1) * B]
+            idx = Dist.shard(perm[batch * B : (batch + 1) * B], world)
             x = D.augment(train_set.x[idx.to(dev)], dy[idx], dx[idx], flip[idx])
             x = D.normalize(x, cfg.dataset)
             y = train_set.y[idx.to(dev)]
-            loss, logits = _step(model, teacher, opt, x, y, lr_at(gstep, total, cfg.lr, cfg.schedule),
-                                 cfg.label_smoothing, dev)
+            n_global = min(B, N)
+            loss, logits = _step(net, teacher, opt, x, y, lr_at(gstep, total, cfg.lr, cfg.schedule),
+                                 cfg.label_smoothing, dev, Dist.loss_scale(len(idx), n_global, world))
             batch += 1
             gstep += 1
             steps_run += 1
-            stats["loss"] += float(loss) * len(idx)
-            stats["correct"] += float((logits.argmax(1) == y).sum())
-            stats["seen"] += len(idx)
+            if world.active:
+                l_sum, c_sum, n_sum = Dist.all_sum([float(loss) * len(idx), float((logits.argmax(1) == y).sum()),
+                                                    len(idx)], world, dev)
+                step_loss = l_sum / max(n_sum, 1)
+            else:
+                step_loss = float(loss)
+                l_sum, c_sum, n_sum = step_loss * len(idx), float((logits.argmax(1) == y).sum()), len(idx)
+            if not math.isfinite(step_loss):
+                raise diverged(f"the loss is {step_loss}")
+            stats["loss"] += l_sum
+            stats["correct"] += c_sum
+            stats["seen"] += int(n_sum)
             elapsed = stats["time"] + time.monotonic() - t_epoch
             ips = stats["seen"] / max(elapsed, 1e-9)
             prog.update(epoch, batch, stats["loss"] / stats["seen"], stats["correct"] / stats["seen"], ips,
                         (total - gstep) * B / max(ips, 1e-9))
             now = time.monotonic()
+            stop = bool(cfg.stop_after_steps) and steps_run >= cfg.stop_after_steps
             due = (cfg.ckpt_every_steps and gstep % cfg.ckpt_every_steps == 0) or now - last_ckpt_t >= cfg.ckpt_every_s
-            if due and batch < steps:
+            if world.active:  # ranks must agree on a time-based checkpoint: rank 0's clock decides
+                flag = torch.tensor([int(bool(due))], device=dev)
+                torch.distributed.broadcast(flag, 0)
+                due = bool(flag.item())
+            if (due or stop) and batch < steps:
                 stats["time"] += now - t_epoch
                 t_epoch = now
-                C.save(last, state())
+                save([last])
                 last_ckpt_t = time.monotonic()
             if _stop_after is not None and steps_run >= _stop_after:
                 raise _Killed(f"stopped after {steps_run} steps")
+            if stop and batch < steps:
+                return _stopped(cfg, world, last, epoch, batch, gstep)
         # end of epoch
         stats["time"] += time.monotonic() - t_epoch
         row = {"epoch": epoch + 1, "step": gstep, "lr": lr_at(gstep - 1, total, cfg.lr, cfg.schedule),
@@ -353,7 +477,8 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
                "images_per_s": stats["seen"] / max(stats["time"], 1e-9), "epoch_s": stats["time"],
                "test_top1": None, "test_top5": None}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            ev = evaluate(model, test_set)
+            Dist.sync_buffers(model, world)
+            ev = _evaluate_world(model, test_set, world, dev)
             row["test_top1"], row["test_top5"] = ev["top1"], ev["top5"]
         epoch, batch = epoch + 1, 0
         stats = {"loss": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
@@ -370,14 +495,24 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
                       "dataset": cfg.dataset, "n": len(test_set), "epochs": cfg.epochs, "step": cfg.step,
                       "train_images": N, "wall_s": row["wall_s"], "out": str(out),
                       "last": str(last), "best": str(out / "best.pt")}
-        st = state(finished, result)
-        if improved:  # best.pt before last.pt: a kill in between replays the epoch and rewrites both
-            C.save(out / "best.pt", st)
-        C.save(last, st)
+        # best.pt before last.pt: a kill in between replays the epoch and rewrites both
+        save(([out / "best.pt"] if improved else []) + [last], (finished, result))
         last_ckpt_t = time.monotonic()
-        _write_logs(out, history, result)
+        if world.main:
+            _write_logs(out, history, result)
         remaining = (cfg.epochs - epoch) * row["epoch_s"]
         prog.epoch_end(row, remaining)
         if finished:
+            world.barrier()  # no rank leaves before rank 0 has written the final files
             return result
+        if cfg.stop_after_steps and steps_run >= cfg.stop_after_steps:
+            return _stopped(cfg, world, last, epoch, batch, gstep)
     return ck.get("result") or {}  # pragma: no cover - a finished run returns above
+
+
+def _stopped(cfg, world, last, epoch, batch, gstep) -> dict:
+    world.barrier()
+    if not cfg.quiet and world.main:
+        print(f"bitvote: stopped after {cfg.stop_after_steps} steps at step {gstep}; "
+              f"continue with --resume (reads {last})", file=sys.stderr)
+    return {"finished": False, "step": gstep, "epoch": epoch, "batch": batch, "last": str(last), "out": str(Path(last).parent)}
