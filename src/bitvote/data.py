@@ -23,6 +23,7 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BITVOTE_CACHE") or Path.home() / ".cache" / "bitvote").expanduser()
 
 
+def _test_write_delay() -> float:
+    """``$BITVOTE_TEST_WRITE_DELAY`` seconds of sleep inside each atomic write: a test hook that
+    makes the write slow enough for a randomly timed kill to land inside it."""
+    try:
+        return max(float(os.environ.get("BITVOTE_TEST_WRITE_DELAY") or 0), 0.0)
+    except ValueError:
+        return 0.0
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old one or the whole new one: temp, fsync, rename."""
     path = Path(path)
@@ -112,10 +122,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+        delay = _test_write_delay()
         with os.fdopen(fd, "wb") as f:
+            if delay:  # widen the window a kill can land in (fault-tolerance test only)
+                f.write(data[: len(data) // 2])
+                f.flush()
+                time.sleep(delay)
+                data = data[len(data) // 2 :]
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if delay:
+            time.sleep(delay)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
