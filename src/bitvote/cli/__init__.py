@@ -18,8 +18,15 @@ from ..errors import BitvoteError
 COMMAND_MODULES = ["info", "train", "convert", "engine", "hw"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line like every other error (``--help`` has the rest)."""
+
+    def error(self, message):
+        self.exit(2, f"bitvote: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bitvote",
         description="Binary neural networks with majority voters: train, convert, run packed, cost in hardware.",
     )

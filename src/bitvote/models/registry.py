@@ -88,6 +88,9 @@ def set_voter(model: nn.Module, voter: VoterMap = "popcount", tie=None, **layer_
     from ..binarize import get_surrogate
     from ..voter import check_sigma
 
+    if not voter_layers(model) and voter != "popcount":
+        name = getattr(model, "config", {}).get("name", type(model).__name__)
+        raise BitvoteError(f"model {name} has no voter layers: voter {_voter_plain(voter)!r} has nothing to act on")
     if isinstance(voter, Mapping):
         for pattern in voter:
             if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in voter_layers(model)):

@@ -10,6 +10,8 @@ the schedule, epoch / batch / global step, every random-generator state and the 
 from __future__ import annotations
 
 import io
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,8 +61,13 @@ def load(path) -> dict:
     if not path.is_file():
         raise BitvoteError(f"checkpoint {path} does not exist")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says what matters
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            raise BitvoteError(f"checkpoint {path} holds Python objects, not only tensors and plain types: "
+                               "refused to load it (unpickling them could run code)") from None
         kind = "truncated or corrupt" if path.stat().st_size else "empty"
         raise BitvoteError(f"checkpoint {path} is {kind} ({type(e).__name__})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:

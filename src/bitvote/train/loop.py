@@ -403,11 +403,13 @@ def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
             world_size=world.size,
         )
 
-    def diverged(what: str):
+    def diverged(what: str, at: Optional[int] = None):
+        """The one-line error of a non-finite run (``at``: the 1-based step that failed)."""
+        at = gstep if at is None else at
         kept = f"kept the last good checkpoint {last} (step {saved_step})" if saved_step is not None \
             else "no checkpoint was written yet"
-        return BitvoteError(f"training diverged at step {gstep} (epoch {epoch + 1}, batch {batch}): {what}; "
-                            f"{kept}; try a lower --lr")
+        return BitvoteError(f"training diverged at step {at} (epoch {epoch + 1}): {what}; {kept}; "
+                            f"try a lower --lr")
 
     def save(paths, st_args=()) -> None:
         """Checkpoint (rank 0 writes; every rank takes part in the buffer sync)."""
@@ -432,8 +434,15 @@ def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
             x = D.normalize(x, cfg.dataset)
             y = train_set.y[idx.to(dev)]
             n_global = min(B, N)
-            loss, logits = _step(net, teacher, opt, x, y, lr_at(gstep, total, cfg.lr, cfg.schedule),
-                                 cfg.label_smoothing, dev, Dist.loss_scale(len(idx), n_global, world))
+            try:
+                loss, logits = _step(net, teacher, opt, x, y, lr_at(gstep, total, cfg.lr, cfg.schedule),
+                                     cfg.label_smoothing, dev, Dist.loss_scale(len(idx), n_global, world))
+            except (BitvoteError, RuntimeError) as e:  # e.g. "NaN in the input of a binarizer"
+                if not _finite(model):
+                    raise diverged("the weights are not finite", gstep + 1) from None
+                if "overflow" in str(e):  # Adam's step size lr / (1 - beta1^t) overflows float32
+                    raise diverged(f"the update overflows ({e})", gstep + 1) from None
+                raise
             batch += 1
             gstep += 1
             steps_run += 1
