@@ -2,8 +2,8 @@
 
 One module per job: :mod:`.loop` (the run), :mod:`.checkpoint` (atomic, ``weights_only``
 checkpoints), :mod:`.optim` (Adam, ReActNet's weight-decay rule, LR schedules), :mod:`.kd`
-(ReActNet's distribution loss), :mod:`.progress` (progress bar, CSV log), :mod:`.demo`
-(the README's main job).
+(ReActNet's distribution loss), :mod:`.progress` (progress bar, CSV log), :mod:`.distributed`
+(torchrun / DDP glue), :mod:`.demo` (the README's main job).
 """
 
 from .checkpoint import load as load_checkpoint
