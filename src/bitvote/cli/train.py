@@ -39,6 +39,9 @@ def add_parser(sub):
     p.add_argument("--init", help="start from this checkpoint's weights (e.g. step 1's best.pt)")
     p.add_argument("--teacher", help="distill from this checkpoint (ReActNet's distribution loss)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast on the CPU too (CUDA always uses it); votes and ties stay exact")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow to start on the CPU)")
     p.add_argument("--ckpt-every", type=float, default=120.0, help="mid-epoch checkpoint every S seconds")
     p.add_argument("--ckpt-every-steps", type=int, default=0, help="mid-epoch checkpoint every N steps")
     p.add_argument("--stop-after-steps", type=int, default=0,
@@ -98,7 +101,7 @@ def _train(args):
         eval_every=args.eval_every, seed=args.seed, device=args.device, out=args.out, resume=args.resume,
         init=args.init, teacher=args.teacher, threads=args.threads, ckpt_every_s=args.ckpt_every,
         ckpt_every_steps=args.ckpt_every_steps, download=not args.no_download, quiet=args.quiet,
-        sync_bn=args.sync_bn, stop_after_steps=args.stop_after_steps,
+        sync_bn=args.sync_bn, stop_after_steps=args.stop_after_steps, amp=args.amp, compile=args.compile,
     )
     if args.nproc is not None:
         if args.nproc < 1:

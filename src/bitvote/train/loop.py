@@ -77,6 +77,8 @@ class TrainConfig:
     download: bool = True
     quiet: bool = False
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    amp: bool = False  # bf16 autocast on the CPU too (CUDA always trains in bf16); votes stay exact
+    compile: bool = False  # torch.compile the model (worth it on CUDA; slow to start on the CPU)
     stop_after_steps: int = 0  # end this invocation after N steps with last.pt written (0: run to the end)
 
     def to_dict(self) -> dict:
@@ -87,7 +89,7 @@ class TrainConfig:
 _IDENTITY = ("model", "dataset", "width", "voter", "bn")
 #: options a resumed run may change: where things are, not what is computed
 _RUNTIME = ("data", "device", "threads", "ckpt_every_s", "ckpt_every_steps", "download", "quiet", "resume",
-            "sync_bn", "stop_after_steps")
+            "sync_bn", "stop_after_steps", "amp", "compile")
 
 
 class _Killed(Exception):
@@ -107,10 +109,11 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA (the voters compute in fp32 regardless); plain fp32 on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(device: torch.device, amp: bool = False):
+    """bf16 autocast on CUDA, and on the CPU with ``amp`` (fp32 otherwise). Votes and ties stay
+    exact either way (see :func:`bitvote.nn.functional.binary_conv2d`)."""
+    if device.type == "cuda" or amp:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -254,14 +257,16 @@ def _resumed_config(cfg: TrainConfig, ck: dict, path) -> TrainConfig:
     return TrainConfig(**merged)
 
 
-def _step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0):
+def _step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0, amp=False):
     """One optimizer step: cross-entropy, or the distribution loss against ``teacher``.
 
     ``scale`` weights this rank's mean loss by its share of the global batch (1.0 alone).
     """
     for g in opt.param_groups:
         g["lr"] = lr
-    with _autocast(dev):
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)  # the model is channels_last on CUDA
+    with _autocast(dev, amp):
         logits = model(x)
         if teacher is not None:
             with torch.no_grad():
@@ -356,7 +361,11 @@ def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
     else:
         model = _build_model(cfg, train_set.num_classes)
     model.to(dev).train()
+    if dev.type == "cuda":  # cuDNN's fast layout for bf16 convs; inputs follow in _step
+        model = model.to(memory_format=torch.channels_last)
     net = Dist.wrap(model, world, dev, cfg.sync_bn)  # what the step calls; `model` is what is saved
+    if cfg.compile:
+        net = torch.compile(net)
     teacher = None
     if cfg.teacher:
         teacher, _ = C.load_model(cfg.teacher, dev)
@@ -436,7 +445,7 @@ def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
             n_global = min(B, N)
             try:
                 loss, logits = _step(net, teacher, opt, x, y, lr_at(gstep, total, cfg.lr, cfg.schedule),
-                                     cfg.label_smoothing, dev, Dist.loss_scale(len(idx), n_global, world))
+                                     cfg.label_smoothing, dev, Dist.loss_scale(len(idx), n_global, world), cfg.amp)
             except (BitvoteError, RuntimeError) as e:  # e.g. "NaN in the input of a binarizer"
                 if not _finite(model):
                     raise diverged("the weights are not finite", gstep + 1) from None
