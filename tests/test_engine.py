@@ -128,7 +128,8 @@ def test_bad_inputs_are_errors():
 
 @st.composite
 def dense_case(draw):
-    C = draw(st.sampled_from([1, 7, 63, 64, 65, 130]))
+    # 260 channels x 9 taps = 45 words: Harley-Seal groups of 8, the 4-word step and a rest word
+    C = draw(st.sampled_from([1, 7, 63, 64, 65, 130, 260]))
     k = draw(st.sampled_from([1, 3]))
     T = k * k
     specs = ["popcount", "mv", "tap"] + ([f"P(M{C})"] if T > 1 and C > 1 else [])
@@ -208,3 +209,22 @@ def test_pack_layouts_and_isas_agree(layout):
         for isa in AVAILABLE:
             with pytest.raises(BitvoteError, match="NaN"):
                 pack(y, isa=isa)
+
+
+@pytest.mark.parametrize("C", [512, 1800])  # 72 words (groups of 8 only); 261 words (> 248: the plain tile)
+def test_dense_wide_layers_all_isas_agree(C):
+    g = torch.Generator().manual_seed(C)
+    x = torch.randn(2, C, 4, 3, generator=g)
+    w = torch.randn(16, C, 3, 3, generator=g)
+    xw = pack(x)
+    for pad_value in (0.0, 1.0):
+        for spec in ("popcount", "mv"):
+            hier = None if spec == "popcount" else resolve(spec, C * 9, 9)
+            pc = PackedConv(w >= 0, 1, 1, pad_value, hier)
+            want = pc.use_segments()(xw, isa="portable")
+            pc.use_segments(False)
+            a, b = torch.randn(16, generator=g), torch.randn(16, generator=g)
+            for isa in AVAILABLE:
+                assert torch.equal(pc.epilogue("int")(xw, 1, isa), want), (isa, pad_value, spec)
+                af = pc.epilogue("affine", a=a, b=b)(xw, 2, isa)
+                assert torch.equal(af, want.float() * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)), isa

@@ -92,6 +92,11 @@ class PackedConv:
         if cob * 8 != Co:
             ww = torch.cat([ww, torch.zeros(cob * 8 - Co, T, Wd, dtype=torch.int64)])
         self.w = ww.view(cob, 8, T, Wd).permute(0, 2, 3, 1).contiguous()
+        # popcount of each tap's weight words per output channel (cob, T, 8): the mismatches a
+        # zero-padded tap adds when the kernel feeds it zero words (Harley-Seal tile)
+        wu = self.w.view(torch.uint8).view(cob, T, Wd, 8, 8)
+        pc8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+        self.wpc = pc8[wu.long()].sum(dim=(2, 4)).to(torch.int32).contiguous()
         chmask = [((1 << min(64, C - 64 * j)) - 1) for j in range(Wd)]
         self.padpix = _arr([_i64(m) if self.pad_value > 0 else 0 for m in chmask], torch.int64)
         segs = segments(C, T, hier)
@@ -244,7 +249,7 @@ class PackedConv:
             lev_nodes=self.lev_nodes.data_ptr(), lev_groups=self.lev_groups.data_ptr(), lev_tie=self.lev_tie.data_ptr(),
             outmode=_OUT[mode], Wdo=Wdo, out=0,
             a=self.a.data_ptr(), b=self.b.data_ptr(), thr=self.thr.data_ptr(), dir=self.dir.data_ptr(),
-            nthreads=int(threads), kind=self.kind,
+            nthreads=int(threads), kind=self.kind, wpc=self.wpc.data_ptr(),
         )
         rp = getattr(self, "rprelu", None)
         if rp is not None:

@@ -200,6 +200,56 @@ static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o
     }
 }
 
+#ifdef BV_VEPI
+/* The common epilogues on 8 lanes in vector registers (AVX-512 ISAs): popcount (r = s) or a
+ * plain MV without a tie in these lanes (r = sign(s)), to affine / select floats (+ the fused
+ * residual / RPReLU, same float ops in the same order as bv_post) or bits. Returns 0 where
+ * the scalar emit8 must run instead (int output, a tie under MV). */
+static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, const uint64_t *mm, int vote)
+{
+    const __m256i z = _mm256_setzero_si256();
+    const __m256i s = _mm256_sub_epi32(_mm256_set1_epi32(cn),
+                                       _mm256_slli_epi32(_mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)mm)), 1));
+    __m256i r = s;
+    if (vote) {
+        if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(s, z))) return 0;
+        r = _mm256_blendv_epi8(_mm256_set1_epi32(-1), _mm256_set1_epi32(1), _mm256_cmpgt_epi32(s, z));
+    }
+    __m256 v;
+    switch (p->outmode) {
+    case BV_OUT_AFFINE:
+        v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(r), _mm256_loadu_ps(p->a + o0)), _mm256_loadu_ps(p->b + o0));
+        break;
+    case BV_OUT_SELECT:
+        v = _mm256_blendv_ps(_mm256_loadu_ps(p->b + o0), _mm256_loadu_ps(p->a + o0),
+                             _mm256_castsi256_ps(_mm256_cmpgt_epi32(r, z)));
+        break;
+    case BV_OUT_BITS: {
+        const __m256i thr = _mm256_loadu_si256((const __m256i *)(p->thr + o0));
+        const __m256i d = _mm256_loadu_si256((const __m256i *)(p->dir + o0));
+        const __m256i ge = _mm256_andnot_si256(_mm256_cmpgt_epi32(thr, r), _mm256_cmpgt_epi32(d, z));
+        const __m256i le = _mm256_andnot_si256(_mm256_cmpgt_epi32(r, thr), _mm256_cmpgt_epi32(z, d));
+        const __m256i cst = _mm256_andnot_si256(_mm256_cmpeq_epi32(thr, z), _mm256_cmpeq_epi32(d, z));
+        const int m = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_or_si256(_mm256_or_si256(ge, le), cst)));
+        ((uint8_t *)p->out)[(size_t)pix * p->Wdo * 8 + o0 / 8] = (uint8_t)m;
+        return 1;
+    }
+    default:
+        return 0;
+    }
+    const size_t i0 = (size_t)pix * p->Co + o0;
+    if (p->post & 1) v = _mm256_add_ps(v, _mm256_loadu_ps(p->res + i0));
+    if (p->post & 2) {
+        v = _mm256_add_ps(v, _mm256_loadu_ps(p->si + o0));
+        const __m256 pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
+        v = _mm256_blendv_ps(_mm256_mul_ps(_mm256_loadu_ps(p->pw + o0), v), v, pos);
+        v = _mm256_add_ps(v, _mm256_loadu_ps(p->so + o0));
+    }
+    _mm256_storeu_ps((float *)p->out + i0, v);
+    return 1;
+}
+#endif
+
 /* Mismatch counts of one pixel against CB channel blocks: mism[(leaf * CB + c) * 8 + lane]. */
 static inline __attribute__((always_inline)) void FN(tile)(const uint64_t *const *tp, const int T, const int Wd,
                                                            const uint64_t *wg, const size_t ws, const int CB,
@@ -253,6 +303,71 @@ static void FN(tiles)(const uint64_t *const *tp, int T, int Wd, const uint64_t *
 #undef BV_TCASE
 }
 
+#ifdef BV_HS
+/* Harley-Seal carry-save popcount for the nibble-table ISA (one leaf): the NW mismatch
+ * vectors of a pixel (word k at xb[xo[k]] against weights wg + k*8) go through carry-save
+ * adders (BV_CSA: two vpternlogq) in groups of 8, so only one vector in 8 (the "eights"
+ * carry) is popcounted in the loop; ones/twos/fours are counted once per pixel with weighted
+ * nibble tables. ~3.5 vector ops per word instead of 8. Byte lanes: eights <= 8 per group
+ * (NW <= 248), the final sum <= 8 + 16 + 32 + 3 * 8. */
+static inline __attribute__((always_inline)) void FN(tile_hs)(const uint64_t *xb, const long *xo, const int NW,
+                                                              const uint64_t *wg, const size_t ws, const int CB,
+                                                              uint64_t *mism)
+{
+    VT o1[4], o2[4], o4[4], a8[4], rs[4];
+    for (int c = 0; c < CB; c++) { o1[c] = VZERO(); o2[c] = VZERO(); o4[c] = VZERO(); a8[c] = VZERO(); rs[c] = VZERO(); }
+    int k = 0;
+    for (; k + 8 <= NW; k += 8) {
+        VT x[8];
+        for (int i = 0; i < 8; i++) x[i] = VBCAST(xb[xo[k + i]]);
+        for (int c = 0; c < CB; c++) {
+            const uint64_t *w = wg + c * ws + (size_t)k * 8;
+            VT t2a, t2b, t4a, t4b, t8;
+            BV_CSA(o1[c], t2a, o1[c], VXOR(x[0], VLOAD(w)), VXOR(x[1], VLOAD(w + 8)));
+            BV_CSA(o1[c], t2b, o1[c], VXOR(x[2], VLOAD(w + 16)), VXOR(x[3], VLOAD(w + 24)));
+            BV_CSA(o2[c], t4a, o2[c], t2a, t2b);
+            BV_CSA(o1[c], t2a, o1[c], VXOR(x[4], VLOAD(w + 32)), VXOR(x[5], VLOAD(w + 40)));
+            BV_CSA(o1[c], t2b, o1[c], VXOR(x[6], VLOAD(w + 48)), VXOR(x[7], VLOAD(w + 56)));
+            BV_CSA(o2[c], t4b, o2[c], t2a, t2b);
+            BV_CSA(o4[c], t8, o4[c], t4a, t4b);
+            a8[c] = BV_PC8ADD(a8[c], t8);
+        }
+    }
+    if (k + 4 <= NW) {
+        VT x[4];
+        for (int i = 0; i < 4; i++) x[i] = VBCAST(xb[xo[k + i]]);
+        for (int c = 0; c < CB; c++) {
+            const uint64_t *w = wg + c * ws + (size_t)k * 8;
+            VT t2a, t2b, t4;
+            BV_CSA(o1[c], t2a, o1[c], VXOR(x[0], VLOAD(w)), VXOR(x[1], VLOAD(w + 8)));
+            BV_CSA(o1[c], t2b, o1[c], VXOR(x[2], VLOAD(w + 16)), VXOR(x[3], VLOAD(w + 24)));
+            BV_CSA(o2[c], t4, o2[c], t2a, t2b);
+            a8[c] = BV_PC8ADD(a8[c], VAND(o4[c], t4)); /* half adder into fours */
+            o4[c] = VXOR(o4[c], t4);
+        }
+        k += 4;
+    }
+    for (; k < NW; k++) {
+        const VT x = VBCAST(xb[xo[k]]);
+        for (int c = 0; c < CB; c++) rs[c] = BV_PC8ADD(rs[c], VXOR(x, VLOAD(wg + c * ws + (size_t)k * 8)));
+    }
+    for (int c = 0; c < CB; c++) VSTORE(mism + (size_t)c * 8, BV_HSFOLD(o1[c], o2[c], o4[c], a8[c], rs[c]));
+}
+
+static void FN(tiles_hs)(const uint64_t *xb, const long *xo, int NW, const uint64_t *wg, size_t ws, int CB,
+                         uint64_t *mism)
+{
+    for (int c0 = 0; c0 < CB; c0 += 4) {
+        const int n = CB - c0 < 4 ? CB - c0 : 4;
+        const uint64_t *w = wg + (size_t)c0 * ws;
+        uint64_t *m = mism + (size_t)c0 * 8;
+        if (n == 4) FN(tile_hs)(xb, xo, NW, w, ws, 4, m);
+        else if (n == 2) FN(tile_hs)(xb, xo, NW, w, ws, 2, m);
+        else FN(tile_hs)(xb, xo, NW, w, ws, 1, m);
+    }
+}
+#endif
+
 #ifndef BV_PT
 #define BV_PT 32
 #define BV_WGROUP_BYTES 16384
@@ -275,15 +390,21 @@ static int FN(conv_dense)(const bv_conv_t *p)
     while (PT > 1 && (long)ncg * ((npix + PT - 1) / PT) < 4L * nth) PT /= 2;
     const long npt = (npix + PT - 1) / PT, nitems = (long)ncg * npt;
     const int bytes_out = p->outmode == BV_OUT_BITS ? p->Wdo * 8 : 0;
+    const int NW = T * Wd;
+#ifdef BV_HS
+    const int hs = !pertap && NW <= 248 && p->wpc; /* Harley-Seal tile (nibble ISA, one leaf) */
+#endif
     int failed = 0;
 #pragma omp parallel num_threads(nth)
     {
         const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
         long *toff = malloc((size_t)T * sizeof(long));
+        long *xo_full = malloc((size_t)NW * 2 * sizeof(long)), *xo_id = xo_full + NW; /* interior / border word offsets */
+        uint64_t *xv = malloc((size_t)NW * sizeof(uint64_t));                    /* a border pixel's words */
         uint64_t *mism = malloc((size_t)LT * CB * 8 * sizeof(uint64_t));
         int32_t *buf = malloc((size_t)LT * 8 * 5 * sizeof(int32_t) + 64);
         int32_t cnts[1];
-        if (!tp || !toff || !mism || !buf) {
+        if (!tp || !toff || !mism || !buf || !xo_full || !xv) {
 #pragma omp atomic write
             failed = 1;
         } else {
@@ -292,6 +413,8 @@ static int FN(conv_dense)(const bv_conv_t *p)
             int32_t r[8];
             for (int ky = 0; ky < p->kh; ky++)
                 for (int kx = 0; kx < p->kw; kx++) toff[ky * p->kw + kx] = ((long)ky * p->W + kx) * Wd;
+            for (int t = 0; t < T; t++)
+                for (int j = 0; j < Wd; j++) { xo_full[t * Wd + j] = toff[t] + j; xo_id[t * Wd + j] = t * Wd + j; }
 #pragma omp for schedule(static)
             for (long it = 0; it < nitems; it++) {
                 const int cg = (int)(it / npt);
@@ -302,9 +425,12 @@ static int FN(conv_dense)(const bv_conv_t *p)
                     const int oy = rem / p->Wo, ox = rem % p->Wo;
                     const int iy0 = oy * p->stride - p->pad, ix0 = ox * p->stride - p->pad;
                     int nval = T, t1 = 0;
+                    const uint64_t *xb = NULL; /* HS: word k of the pixel is xb[xo[k]] */
+                    const long *xo = xo_full;
                     if (iy0 >= 0 && iy0 + p->kh <= p->H && ix0 >= 0 && ix0 + p->kw <= p->W) {
                         const uint64_t *base = p->x + (((size_t)n * p->H + iy0) * p->W + ix0) * Wd;
                         for (int t = 0; t < T; t++) tp[t] = base + toff[t];
+                        xb = base;
                     } else {
                         nval = 0; t1 = -1;
                         for (int ky = 0; ky < p->kh; ky++)
@@ -319,6 +445,13 @@ static int FN(conv_dense)(const bv_conv_t *p)
                                 }
                             }
                         if (p->padmode) { nval = T; t1 = 0; }
+#ifdef BV_HS
+                        if (hs) { /* zero words for zero-padded taps; their mismatches (popcount(w)) come off below */
+                            for (int t = 0; t < T; t++)
+                                for (int j = 0; j < Wd; j++) xv[t * Wd + j] = tp[t] ? tp[t][j] : 0;
+                            xb = xv; xo = xo_id;
+                        }
+#endif
                     }
                     if (pertap)
                         for (int t = 0; t < T; t++) lcnt[t] = tp[t] ? C : 0;
@@ -330,9 +463,26 @@ static int FN(conv_dense)(const bv_conv_t *p)
                         while (tcb > cbn - done) tcb /= 2;
                         const int cbs = cb0 + done;
                         const uint64_t *wg = p->w + (size_t)cbs * ws;
+#ifdef BV_HS
+                        if (hs) {
+                            FN(tiles_hs)(xb, xo, NW, wg, ws, tcb, mism);
+                            if (nval < T && !p->padmode)
+                                for (int t = 0; t < T; t++) {
+                                    if (tp[t]) continue;
+                                    for (int c = 0; c < tcb; c++) {
+                                        const int32_t *wp = p->wpc + ((size_t)(cbs + c) * T + t) * 8;
+                                        for (int q = 0; q < 8; q++) mism[c * 8 + q] -= (uint64_t)wp[q];
+                                    }
+                                }
+                        } else
+#endif
                         FN(tiles)(tp, T, Wd, wg, ws, tcb, pertap, mism);
                         for (int c = 0; c < tcb; c++) {
                             const int o0 = (cbs + c) * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+#ifdef BV_VEPI
+                            if (nl == 8 && (!p->voter || mv1) && FN(vepi)(p, pix, o0, cnts[0], mism + (size_t)c * 8, p->voter))
+                                continue;
+#endif
                             if (!p->voter) {
                                 const int32_t cn = cnts[0];
                                 for (int q = 0; q < 8; q++) r[q] = cn - 2 * (int32_t)mism[c * 8 + q];
@@ -377,7 +527,7 @@ static int FN(conv_dense)(const bv_conv_t *p)
                 }
             }
         }
-        free(tp); free(toff); free(mism); free(buf);
+        free(tp); free(toff); free(mism); free(buf); free(xo_full); free(xv);
     }
     return failed ? -1 : 0;
 }

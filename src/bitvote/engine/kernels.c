@@ -44,6 +44,7 @@ typedef struct {
     int32_t post;                             /* float outputs: 1 add res, 2 RPReLU (si, pw, so) */
     const float *res;                         /* residual, channels-last like the output */
     const float *si, *pw, *so;                /* RPReLU: v + si -> prelu(pw) -> + so */
+    const int32_t *wpc;                       /* (Co/8, T, 8) popcount of each tap's weight words, or NULL */
 } bv_conv_t;
 
 /* The fused tail of a block on one float output, in PyTorch's order and rounding:
@@ -263,7 +264,35 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 #define VFLUSH z_flush
 #define BV_CHUNK 31
 #define BV_CBMAX 8
+/* Harley-Seal: carry-save adders (sum = a^b^c, carry = majority) as vpternlogq */
+#define BV_HS 1
+#define BV_VEPI 1
+#define BV_CSA(s, cy, a, b, c) do { const __m512i a_ = (a), b_ = (b), c_ = (c); \
+        (cy) = _mm512_ternarylogic_epi64(a_, b_, c_, 0xE8); (s) = _mm512_ternarylogic_epi64(a_, b_, c_, 0x96); } while (0)
+#define BV_PC8ADD z_popacc
+static inline __m512i z_pcw(__m512i v, __m512i lut)
+{
+    const __m512i m = _mm512_set1_epi8(0x0f);
+    return _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_and_si512(v, m)),
+                           _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m)));
+}
+/* ones + 2 twos + 4 fours + rest (weighted nibble tables, byte lanes) + 8 * eights */
+static inline __m512i z_hsfold(__m512i o1, __m512i o2, __m512i o4, __m512i a8, __m512i rs)
+{
+    const __m512i l1 = _mm512_set4_epi32(0x04030302, 0x03020201, 0x03020201, 0x02010100);
+    const __m512i l2 = _mm512_set4_epi32(0x08060604, 0x06040402, 0x06040402, 0x04020200);
+    const __m512i l4 = _mm512_set4_epi32(0x100C0C08, 0x0C080804, 0x0C080804, 0x08040400);
+    const __m512i by = _mm512_add_epi8(_mm512_add_epi8(z_pcw(o1, l1), z_pcw(o2, l2)), _mm512_add_epi8(z_pcw(o4, l4), rs));
+    const __m512i z = _mm512_setzero_si512();
+    return _mm512_add_epi64(_mm512_sad_epu8(by, z), _mm512_slli_epi64(_mm512_sad_epu8(a8, z), 3));
+}
+#define BV_HSFOLD z_hsfold
 #include "kbody.h"
+#undef BV_HS
+#undef BV_VEPI
+#undef BV_CSA
+#undef BV_PC8ADD
+#undef BV_HSFOLD
 #undef FN
 #undef VPOPADD
 #undef VPOPACC
@@ -280,7 +309,9 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #define VPOPACC zp_popadd
 #define VFLUSH _mm512_add_epi64
 #define BV_CHUNK (1 << 30)
+#define BV_VEPI 1
 #include "kbody.h"
+#undef BV_VEPI
 #undef VPOPACC
 #undef VFLUSH
 #undef BV_CHUNK
