@@ -228,3 +228,28 @@ def test_dense_wide_layers_all_isas_agree(C):
                 assert torch.equal(pc.epilogue("int")(xw, 1, isa), want), (isa, pad_value, spec)
                 af = pc.epilogue("affine", a=a, b=b)(xw, 2, isa)
                 assert torch.equal(af, want.float() * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)), isa
+
+
+@pytest.mark.parametrize("spec", ["popcount", "mv"])
+def test_fused_residual_rprelu_matches_torch_exactly(spec):
+    """The fused block tail (y + shortcut, prelu(y + si) + so) is bit-identical to PyTorch's ops,
+    on every ISA (vector and scalar epilogues), with full and partial channel blocks."""
+    g = torch.Generator().manual_seed(11)
+    for C, Co in ((70, 16), (64, 13)):
+        x = torch.randn(2, C, 5, 4, generator=g)
+        w = torch.randn(Co, C, 3, 3, generator=g)
+        hier = None if spec == "popcount" else resolve(spec, C * 9, 9)
+        pc = PackedConv(w >= 0, 1, 1, 0.0, hier)
+        xw = pack(x)
+        r = pc.epilogue("int")(xw, 1, "portable").float()
+        a, b = torch.randn(Co, generator=g), torch.randn(Co, generator=g)
+        res = torch.randn(2, Co, 5, 4, generator=g)
+        si, pw, so = (torch.randn(Co, generator=g) for _ in range(3))
+        v = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+        y = r * v(a) + v(b) if spec == "popcount" else torch.where(r > 0, v(a), v(b))
+        want = torch.nn.functional.prelu((y + res) + v(si), pw) + v(so)
+        pc.epilogue("affine" if spec == "popcount" else "select", a=a, b=b).fuse_rprelu(si, pw, so)
+        for isa in AVAILABLE:
+            for th in (1, 2):
+                got = pc(xw, th, isa, residual=res)
+                assert torch.equal(got, want), (isa, th, C, Co)
