@@ -283,7 +283,7 @@ static inline __attribute__((always_inline)) void FN(tile)(const uint64_t *const
         for (int c = 0; c < CB; c++) VSTORE(mism + (size_t)c * 8, VFLUSH(a64[c], a8[c]));
 }
 
-static void FN(tiles)(const uint64_t *const *tp, int T, int Wd, const uint64_t *wg, size_t ws, int CB,
+static inline __attribute__((always_inline)) void FN(tiles)(const uint64_t *const *tp, int T, int Wd, const uint64_t *wg, size_t ws, int CB,
                       int pertap, uint64_t *mism)
 {
 #define BV_TCASE(cb) case cb: { if (pertap) FN(tile)(tp, T, Wd, wg, ws, cb, 1, mism); \
@@ -354,7 +354,7 @@ static inline __attribute__((always_inline)) void FN(tile_hs)(const uint64_t *xb
     for (int c = 0; c < CB; c++) VSTORE(mism + (size_t)c * 8, BV_HSFOLD(o1[c], o2[c], o4[c], a8[c], rs[c]));
 }
 
-static void FN(tiles_hs)(const uint64_t *xb, const long *xo, int NW, const uint64_t *wg, size_t ws, int CB,
+static inline __attribute__((always_inline)) void FN(tiles_hs)(const uint64_t *xb, const long *xo, int NW, const uint64_t *wg, size_t ws, int CB,
                          uint64_t *mism)
 {
     for (int c0 = 0; c0 < CB; c0 += 4) {
@@ -420,9 +420,12 @@ static int FN(conv_dense)(const bv_conv_t *p)
                 const int cg = (int)(it / npt);
                 const long p0 = (it % npt) * PT, p1 = p0 + PT < npix ? p0 + PT : npix;
                 const int cb0 = cg * CB, cbn = Cob - cb0 < CB ? Cob - cb0 : CB;
-                for (long pix = p0; pix < p1; pix++) {
-                    const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
-                    const int oy = rem / p->Wo, ox = rem % p->Wo;
+                int n = (int)(p0 / HoWo), rem = (int)(p0 % HoWo), oy = rem / p->Wo, ox = rem % p->Wo;
+                for (long pix = p0; pix < p1; pix++, rem++, ox++) { /* (n, oy, ox) stepped, no divisions */
+                    if (ox == p->Wo) {
+                        ox = 0;
+                        if (++oy == p->Ho) { oy = 0; rem = 0; n++; }
+                    }
                     const int iy0 = oy * p->stride - p->pad, ix0 = ox * p->stride - p->pad;
                     int nval = T, t1 = 0;
                     const uint64_t *xb = NULL; /* HS: word k of the pixel is xb[xo[k]] */
