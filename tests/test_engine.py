@@ -253,3 +253,25 @@ def test_fused_residual_rprelu_matches_torch_exactly(spec):
             for th in (1, 2):
                 got = pc(xw, th, isa, residual=res)
                 assert torch.equal(got, want), (isa, th, C, Co)
+
+
+def test_recycled_outputs_never_overwrite_kept_results():
+    """Outputs reuse their memory only once no tensor (or view) of the last one is alive."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(16, 64, 3, 3, generator=g)
+    pc = PackedConv(w >= 0, 1, 1, 0.0, None).epilogue("affine", a=torch.rand(16, generator=g), b=torch.randn(16, generator=g))
+    xs = [torch.randn(2, 64, 5, 5, generator=g) for _ in range(3)]
+    ref = [pc(pack(x)).clone() for x in xs]
+    kept = pc(pack(xs[0]))
+    view = pc(pack(xs[1]))[0, :3]  # only a view of the second result survives
+    third = pc(pack(xs[2]))
+    assert torch.equal(kept, ref[0]) and torch.equal(view, ref[1][0, :3]) and torch.equal(third, ref[2])
+    assert kept.data_ptr() != third.data_ptr()
+    del kept, view, third
+    a = pc(pack(xs[0]))
+    ptr = a.data_ptr()
+    del a
+    assert pc(pack(xs[1])).data_ptr() == ptr or not hasattr(torch._C, "_storage_Use_Count")
+    p1 = pack(xs[0])
+    p2 = pack(xs[1])  # p1 still alive: a different buffer
+    assert p1.data_ptr() != p2.data_ptr() and torch.equal(p1, pack(xs[0]).clone())

@@ -27,7 +27,7 @@ import torch
 from ..errors import BitvoteError
 from ..voter import CM, Hierarchy
 from .build import ConvArgs, isa_id, lib
-from .pack import pack_bools, words
+from .pack import pack_bools, recycled, words
 
 __all__ = ["PackedConv", "segments"]
 
@@ -205,15 +205,17 @@ class PackedConv:
         Ho, Wo = self.out_size(H, W)
         if Ho < 1 or Wo < 1:
             raise BitvoteError(f"layer {self.name!r}: input {H}x{W} is too small for the kernel")
+        if not hasattr(self, "_bufs"):
+            self._bufs = {}
         if mode == "bits":
             Wdo = words(self.Co)
-            out = torch.empty((N, Ho, Wo, Wdo), dtype=torch.int64)
+            out = recycled(self._bufs, "bits", (N, Ho, Wo, Wdo), torch.int64)
         elif mode == "int":
             Wdo = 0
             out = torch.empty((N, self.Co, Ho, Wo), dtype=torch.int32)
         else:
             Wdo = 0
-            out = torch.empty((N, Ho, Wo, self.Co), dtype=torch.float32)
+            out = recycled(self._bufs, "float", (N, Ho, Wo, self.Co), torch.float32)
         res = None
         if residual is not None and mode in ("affine", "select"):
             if tuple(residual.shape) != (N, self.Co, Ho, Wo):

@@ -304,6 +304,9 @@ static inline __attribute__((always_inline)) void FN(tiles)(const uint64_t *cons
 }
 
 #ifdef BV_HS
+#ifndef BV_HSCB
+#define BV_HSCB 4
+#endif
 /* Harley-Seal carry-save popcount for the nibble-table ISA (one leaf): the NW mismatch
  * vectors of a pixel (word k at xb[xo[k]] against weights wg + k*8) go through carry-save
  * adders (BV_CSA: two vpternlogq) in groups of 8, so only one vector in 8 (the "eights"
@@ -357,8 +360,8 @@ static inline __attribute__((always_inline)) void FN(tile_hs)(const uint64_t *xb
 static inline __attribute__((always_inline)) void FN(tiles_hs)(const uint64_t *xb, const long *xo, int NW, const uint64_t *wg, size_t ws, int CB,
                          uint64_t *mism)
 {
-    for (int c0 = 0; c0 < CB; c0 += 4) {
-        const int n = CB - c0 < 4 ? CB - c0 : 4;
+    for (int c0 = 0; c0 < CB; c0 += BV_HSCB) {
+        const int n = CB - c0 < BV_HSCB ? CB - c0 : BV_HSCB;
         const uint64_t *w = wg + (size_t)c0 * ws;
         uint64_t *m = mism + (size_t)c0 * 8;
         if (n == 4) FN(tile_hs)(xb, xo, NW, w, ws, 4, m);
