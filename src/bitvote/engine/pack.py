@@ -38,15 +38,14 @@ def recycled(cache: dict, key, shape, dtype) -> torch.Tensor:
     ``key`` last time once no tensor refers to it any more (results a caller keeps are never
     overwritten). Fresh pages cost the kernel's page faults: ~2 ms per 8 MB on the dev machine,
     as much as the 64-channel convs themselves."""
-    shape = tuple(int(s) for s in shape)
     with _LOCK:
         buf = cache.get(key)
-        if buf is None or tuple(buf.shape) != shape or buf.dtype != dtype or not _unreferenced(buf):
+        if buf is None or buf.shape != shape or buf.dtype != dtype or not _unreferenced(buf):
             if len(cache) > 32:
                 cache.clear()
             buf = torch.empty(shape, dtype=dtype)
             cache[key] = buf
-        return buf.view(shape)  # a new view: counts as a reference until the caller drops it
+        return buf.detach()  # a new tensor on the same memory: a reference until the caller drops it
 
 
 def words(channels: int) -> int:
@@ -64,7 +63,8 @@ def pack(x: torch.Tensor, shift: Optional[torch.Tensor] = None, threads: int = 1
     """
     if x.dim() != 4:
         raise BitvoteError(f"pack expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
-    x = x.detach().to(torch.float32)
+    if x.dtype != torch.float32:
+        x = x.float()
     N, C, H, W = x.shape
     Wd = words(C)
     out = recycled(_PACK_BUFS, (N, H, W, Wd), (N, H, W, Wd), torch.int64)
