@@ -418,7 +418,7 @@ static int FN(conv_dense)(const bv_conv_t *p)
                 for (int kx = 0; kx < p->kw; kx++) toff[ky * p->kw + kx] = ((long)ky * p->W + kx) * Wd;
             for (int t = 0; t < T; t++)
                 for (int j = 0; j < Wd; j++) { xo_full[t * Wd + j] = toff[t] + j; xo_id[t * Wd + j] = t * Wd + j; }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1) /* items are >= 32 pixels x CB blocks: a descheduled thread's items go to the other */
             for (long it = 0; it < nitems; it++) {
                 const int cg = (int)(it / npt);
                 const long p0 = (it % npt) * PT, p1 = p0 + PT < npix ? p0 + PT : npix;
