@@ -317,6 +317,24 @@ static inline __attribute__((always_inline)) void FN(tile_hs)(const uint64_t *xb
                                                               const uint64_t *wg, const size_t ws, const int CB,
                                                               uint64_t *mism)
 {
+#ifdef BV_HS9
+    if (NW == 9) { /* 3x3 taps of one word (64 channels): a carry-save tree 9 -> 1, 2, 4, 8 */
+        VT x[9];
+        for (int i = 0; i < 9; i++) x[i] = VBCAST(xb[xo[i]]);
+        for (int c = 0; c < CB; c++) {
+            const uint64_t *w = wg + c * ws;
+            VT s1, s2, s3, c1, c2, c3, ones, c4, s5, c5;
+            BV_CSA(s1, c1, VXOR(x[0], VLOAD(w)), VXOR(x[1], VLOAD(w + 8)), VXOR(x[2], VLOAD(w + 16)));
+            BV_CSA(s2, c2, VXOR(x[3], VLOAD(w + 24)), VXOR(x[4], VLOAD(w + 32)), VXOR(x[5], VLOAD(w + 40)));
+            BV_CSA(s3, c3, VXOR(x[6], VLOAD(w + 48)), VXOR(x[7], VLOAD(w + 56)), VXOR(x[8], VLOAD(w + 64)));
+            BV_CSA(ones, c4, s1, s2, s3);
+            BV_CSA(s5, c5, c1, c2, c3);
+            const VT c6 = VAND(s5, c4);
+            VSTORE(mism + (size_t)c * 8, BV_HS9FOLD(ones, VXOR(s5, c4), VXOR(c5, c6), VAND(c5, c6)));
+        }
+        return;
+    }
+#endif
     VT o1[4], o2[4], o4[4], a8[4], rs[4];
     for (int c = 0; c < CB; c++) { o1[c] = VZERO(); o2[c] = VZERO(); o4[c] = VZERO(); a8[c] = VZERO(); rs[c] = VZERO(); }
     int k = 0;

@@ -287,12 +287,26 @@ static inline __m512i z_hsfold(__m512i o1, __m512i o2, __m512i o4, __m512i a8, _
     return _mm512_add_epi64(_mm512_sad_epu8(by, z), _mm512_slli_epi64(_mm512_sad_epu8(a8, z), 3));
 }
 #define BV_HSFOLD z_hsfold
+/* ones + 2 twos + 4 fours + 8 eights of a 9-word tree: bytes <= 8 * 15 */
+static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
+{
+    const __m512i l1 = _mm512_set4_epi32(0x04030302, 0x03020201, 0x03020201, 0x02010100);
+    const __m512i l2 = _mm512_set4_epi32(0x08060604, 0x06040402, 0x06040402, 0x04020200);
+    const __m512i l4 = _mm512_set4_epi32(0x100C0C08, 0x0C080804, 0x0C080804, 0x08040400);
+    const __m512i l8 = _mm512_set4_epi32(0x20181810, 0x18101008, 0x18101008, 0x10080800);
+    const __m512i by = _mm512_add_epi8(_mm512_add_epi8(z_pcw(o1, l1), z_pcw(o2, l2)), _mm512_add_epi8(z_pcw(o4, l4), z_pcw(o8, l8)));
+    return _mm512_sad_epu8(by, _mm512_setzero_si512());
+}
+#define BV_HS9 1
+#define BV_HS9FOLD z_hs9fold
 #include "kbody.h"
 #undef BV_HS
 #undef BV_VEPI
 #undef BV_CSA
 #undef BV_PC8ADD
 #undef BV_HSFOLD
+#undef BV_HS9
+#undef BV_HS9FOLD
 #undef FN
 #undef VPOPADD
 #undef VPOPACC
