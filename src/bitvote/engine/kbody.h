@@ -392,6 +392,7 @@ static inline __attribute__((always_inline)) void FN(tiles_hs)(const uint64_t *x
 #ifndef BV_PT
 #define BV_PT 32
 #define BV_WGROUP_BYTES 16384
+#define BV_GROUP_BYTES 32768
 #endif
 
 static int FN(conv_dense)(const bv_conv_t *p)
@@ -405,7 +406,11 @@ static int FN(conv_dense)(const bv_conv_t *p)
     const size_t ws = (size_t)T * Wd * 8;             /* words of one channel block */
     int CB = BV_CBMAX;
     while (CB > 1 && (CB > Cob || (size_t)CB * ws * 8 > BV_WGROUP_BYTES)) CB /= 2;
-    const int ncg = (Cob + CB - 1) / CB;
+    /* a work item's channel group: G >= CB blocks whose weights stay in L1 (<= BV_GROUP_BYTES),
+     * swept in register tiles of CB, so a pixel's setup (taps, borders) is paid once per G */
+    int G = CB;
+    while (G * 2 <= Cob && (size_t)G * 2 * ws * 8 <= BV_GROUP_BYTES) G *= 2;
+    const int ncg = (Cob + G - 1) / G;
     const int nth = p->nthreads > 0 ? p->nthreads : 1;
     int PT = BV_PT;
     while (PT > 1 && (long)ncg * ((npix + PT - 1) / PT) < 4L * nth) PT /= 2;
@@ -440,7 +445,7 @@ static int FN(conv_dense)(const bv_conv_t *p)
             for (long it = 0; it < nitems; it++) {
                 const int cg = (int)(it / npt);
                 const long p0 = (it % npt) * PT, p1 = p0 + PT < npix ? p0 + PT : npix;
-                const int cb0 = cg * CB, cbn = Cob - cb0 < CB ? Cob - cb0 : CB;
+                const int cb0 = cg * G, cbn = Cob - cb0 < G ? Cob - cb0 : G;
                 int n = (int)(p0 / HoWo), rem = (int)(p0 % HoWo), oy = rem / p->Wo, ox = rem % p->Wo;
                 for (long pix = p0; pix < p1; pix++, rem++, ox++) { /* (n, oy, ox) stepped, no divisions */
                     if (ox == p->Wo) {
