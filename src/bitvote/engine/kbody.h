@@ -303,6 +303,48 @@ static inline __attribute__((always_inline)) void FN(tiles)(const uint64_t *cons
 #undef BV_TCASE
 }
 
+#if defined(BV_HS9) || defined(BV_POP9)
+#define BV_FLAT 1
+/* 3x3 taps of one word (64 channels): the 9 words of a pixel against CB blocks, weights at
+ * constant offsets (a block is 9 * 8 words), no per-word loop. */
+static inline __attribute__((always_inline)) void FN(tile9)(const uint64_t *xb, const long *xo, const uint64_t *wg,
+                                                           const int CB, uint64_t *mism)
+{
+    VT x[9];
+    for (int i = 0; i < 9; i++) x[i] = VBCAST(xb[xo[i]]);
+    for (int c = 0; c < CB; c++) {
+        const uint64_t *w = wg + c * 72;
+#ifdef BV_HS9 /* a carry-save tree 9 -> ones, twos, fours, eights, one weighted-table fold */
+        VT s1, s2, s3, c1, c2, c3, ones, c4, s5, c5;
+        BV_CSA(s1, c1, VXOR(x[0], VLOAD(w)), VXOR(x[1], VLOAD(w + 8)), VXOR(x[2], VLOAD(w + 16)));
+        BV_CSA(s2, c2, VXOR(x[3], VLOAD(w + 24)), VXOR(x[4], VLOAD(w + 32)), VXOR(x[5], VLOAD(w + 40)));
+        BV_CSA(s3, c3, VXOR(x[6], VLOAD(w + 48)), VXOR(x[7], VLOAD(w + 56)), VXOR(x[8], VLOAD(w + 64)));
+        BV_CSA(ones, c4, s1, s2, s3);
+        BV_CSA(s5, c5, c1, c2, c3);
+        const VT c6 = VAND(s5, c4);
+        VSTORE(mism + (size_t)c * 8, BV_HS9FOLD(ones, VXOR(s5, c4), VXOR(c5, c6), VAND(c5, c6)));
+#else /* vector popcount per word, added as a tree */
+        VT a[9];
+        for (int i = 0; i < 9; i++) a[i] = VPOPADD(VZERO(), VXOR(x[i], VLOAD(w + 8 * i)));
+        VSTORE(mism + (size_t)c * 8, BV_ADD64(BV_ADD64(BV_ADD64(a[0], a[1]), BV_ADD64(a[2], a[3])),
+                                              BV_ADD64(BV_ADD64(a[4], a[5]), BV_ADD64(BV_ADD64(a[6], a[7]), a[8]))));
+#endif
+    }
+}
+
+static inline __attribute__((always_inline)) void FN(tiles9)(const uint64_t *xb, const long *xo, const uint64_t *wg,
+                                                            int CB, uint64_t *mism)
+{
+    switch (CB) {
+    case 8: FN(tile9)(xb, xo, wg, 8, mism); break;
+    case 4: FN(tile9)(xb, xo, wg, 4, mism); break;
+    case 2: FN(tile9)(xb, xo, wg, 2, mism); break;
+    default:
+        for (int c = 0; c < CB; c++) FN(tile9)(xb, xo, wg + (size_t)c * 72, 1, mism + (size_t)c * 8);
+    }
+}
+#endif
+
 #ifdef BV_HS
 #ifndef BV_HSCB
 #define BV_HSCB 4
@@ -317,24 +359,6 @@ static inline __attribute__((always_inline)) void FN(tile_hs)(const uint64_t *xb
                                                               const uint64_t *wg, const size_t ws, const int CB,
                                                               uint64_t *mism)
 {
-#ifdef BV_HS9
-    if (NW == 9) { /* 3x3 taps of one word (64 channels): a carry-save tree 9 -> 1, 2, 4, 8 */
-        VT x[9];
-        for (int i = 0; i < 9; i++) x[i] = VBCAST(xb[xo[i]]);
-        for (int c = 0; c < CB; c++) {
-            const uint64_t *w = wg + c * ws;
-            VT s1, s2, s3, c1, c2, c3, ones, c4, s5, c5;
-            BV_CSA(s1, c1, VXOR(x[0], VLOAD(w)), VXOR(x[1], VLOAD(w + 8)), VXOR(x[2], VLOAD(w + 16)));
-            BV_CSA(s2, c2, VXOR(x[3], VLOAD(w + 24)), VXOR(x[4], VLOAD(w + 32)), VXOR(x[5], VLOAD(w + 40)));
-            BV_CSA(s3, c3, VXOR(x[6], VLOAD(w + 48)), VXOR(x[7], VLOAD(w + 56)), VXOR(x[8], VLOAD(w + 64)));
-            BV_CSA(ones, c4, s1, s2, s3);
-            BV_CSA(s5, c5, c1, c2, c3);
-            const VT c6 = VAND(s5, c4);
-            VSTORE(mism + (size_t)c * 8, BV_HS9FOLD(ones, VXOR(s5, c4), VXOR(c5, c6), VAND(c5, c6)));
-        }
-        return;
-    }
-#endif
     VT o1[4], o2[4], o4[4], a8[4], rs[4];
     for (int c = 0; c < CB; c++) { o1[c] = VZERO(); o2[c] = VZERO(); o4[c] = VZERO(); a8[c] = VZERO(); rs[c] = VZERO(); }
     int k = 0;
@@ -417,8 +441,14 @@ static int FN(conv_dense)(const bv_conv_t *p)
     const long npt = (npix + PT - 1) / PT, nitems = (long)ncg * npt;
     const int bytes_out = p->outmode == BV_OUT_BITS ? p->Wdo * 8 : 0;
     const int NW = T * Wd;
+#ifdef BV_FLAT
+    /* one leaf whose pixel words are read as a flat stream (xb[xo[k]], zero words for zero-padded
+     * taps, corrected below): the 9-word tile, or Harley-Seal (nibble ISA, up to 248 words) */
 #ifdef BV_HS
-    const int hs = !pertap && NW <= 248 && p->wpc; /* Harley-Seal tile (nibble ISA, one leaf) */
+    const int flat = !pertap && p->wpc && NW <= 248;
+#else
+    const int flat = !pertap && p->wpc && NW == 9;
+#endif
 #endif
     int failed = 0;
 #pragma omp parallel num_threads(nth)
@@ -474,8 +504,8 @@ static int FN(conv_dense)(const bv_conv_t *p)
                                 }
                             }
                         if (p->padmode) { nval = T; t1 = 0; }
-#ifdef BV_HS
-                        if (hs) { /* zero words for zero-padded taps; their mismatches (popcount(w)) come off below */
+#ifdef BV_FLAT
+                        if (flat) { /* zero words for zero-padded taps; their mismatches (popcount(w)) come off below */
                             for (int t = 0; t < T; t++)
                                 for (int j = 0; j < Wd; j++) xv[t * Wd + j] = tp[t] ? tp[t][j] : 0;
                             xb = xv; xo = xo_id;
@@ -492,9 +522,12 @@ static int FN(conv_dense)(const bv_conv_t *p)
                         while (tcb > cbn - done) tcb /= 2;
                         const int cbs = cb0 + done;
                         const uint64_t *wg = p->w + (size_t)cbs * ws;
+#ifdef BV_FLAT
+                        if (flat) {
+                            if (NW == 9) FN(tiles9)(xb, xo, wg, tcb, mism);
 #ifdef BV_HS
-                        if (hs) {
-                            FN(tiles_hs)(xb, xo, NW, wg, ws, tcb, mism);
+                            else FN(tiles_hs)(xb, xo, NW, wg, ws, tcb, mism);
+#endif
                             if (nval < T && !p->padmode)
                                 for (int t = 0; t < T; t++) {
                                     if (tp[t]) continue;

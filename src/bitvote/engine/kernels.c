@@ -299,6 +299,7 @@ static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
 }
 #define BV_HS9 1
 #define BV_HS9FOLD z_hs9fold
+#define BV_ADD64 _mm512_add_epi64
 #include "kbody.h"
 #undef BV_HS
 #undef BV_VEPI
@@ -307,6 +308,8 @@ static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
 #undef BV_HSFOLD
 #undef BV_HS9
 #undef BV_HS9FOLD
+#undef BV_ADD64
+#undef BV_FLAT
 #undef FN
 #undef VPOPADD
 #undef VPOPACC
@@ -324,8 +327,13 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #define VFLUSH _mm512_add_epi64
 #define BV_CHUNK (1 << 30)
 #define BV_VEPI 1
+#define BV_POP9 1
+#define BV_ADD64 _mm512_add_epi64
 #include "kbody.h"
 #undef BV_VEPI
+#undef BV_POP9
+#undef BV_ADD64
+#undef BV_FLAT
 #undef VPOPACC
 #undef VFLUSH
 #undef BV_CHUNK
