@@ -211,9 +211,12 @@ static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, con
     const __m256i s = _mm256_sub_epi32(_mm256_set1_epi32(cn),
                                        _mm256_slli_epi32(_mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)mm)), 1));
     __m256i r = s;
-    if (vote) {
-        if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(s, z))) return 0;
+    if (vote) { /* sign(s); a tie takes the fixed tie value (+1/-1); 'first' ties go to emit8 */
+        const __m256i tie = _mm256_cmpeq_epi32(s, z);
+        const int tv = p->lev_tie[0];
+        if (_mm256_movemask_epi8(tie) && (tv == 0 || cn == 0)) return 0;
         r = _mm256_blendv_epi8(_mm256_set1_epi32(-1), _mm256_set1_epi32(1), _mm256_cmpgt_epi32(s, z));
+        r = _mm256_blendv_epi8(r, _mm256_set1_epi32(tv), tie);
     }
     __m256 v;
     switch (p->outmode) {
