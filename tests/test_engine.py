@@ -253,6 +253,10 @@ def test_fused_residual_rprelu_matches_torch_exactly(spec):
             for th in (1, 2):
                 got = pc(xw, th, isa, residual=res)
                 assert torch.equal(got, want), (isa, th, C, Co)
+                # written over the residual (channels-last), each element read before it is written
+                r2 = res.clone().contiguous(memory_format=torch.channels_last)
+                got = pc(xw, th, isa, residual=r2, inplace=True)
+                assert torch.equal(got, want) and got.data_ptr() == r2.data_ptr(), (isa, th, C, Co)
 
 
 def test_recycled_outputs_never_overwrite_kept_results():

@@ -167,24 +167,16 @@ static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o
         for (int l = 0; l < nl; l++) q[(size_t)l * p->Ho * p->Wo] = r[l];
         break;
     }
-    case BV_OUT_AFFINE: {
-        float *q = (float *)p->out + (size_t)pix * p->Co + o0;
+    case BV_OUT_AFFINE:
+    case BV_OUT_SELECT: { /* computed locally, then stored: the output may be the residual itself */
+        float *q = (float *)p->out + (size_t)pix * p->Co + o0, v[8];
         const float *a = p->a + o0, *b = p->b + o0;
-        if (nl == 8)
-            for (int l = 0; l < 8; l++) q[l] = (float)r[l] * a[l] + b[l];
+        if (p->outmode == BV_OUT_AFFINE)
+            for (int l = 0; l < nl; l++) v[l] = (float)r[l] * a[l] + b[l];
         else
-            for (int l = 0; l < nl; l++) q[l] = (float)r[l] * a[l] + b[l];
-        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, q);
-        break;
-    }
-    case BV_OUT_SELECT: {
-        float *q = (float *)p->out + (size_t)pix * p->Co + o0;
-        const float *a = p->a + o0, *b = p->b + o0;
-        if (nl == 8)
-            for (int l = 0; l < 8; l++) q[l] = r[l] > 0 ? a[l] : b[l];
-        else
-            for (int l = 0; l < nl; l++) q[l] = r[l] > 0 ? a[l] : b[l];
-        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, q);
+            for (int l = 0; l < nl; l++) v[l] = r[l] > 0 ? a[l] : b[l];
+        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, v);
+        for (int l = 0; l < nl; l++) q[l] = v[l];
         break;
     }
     default: {
