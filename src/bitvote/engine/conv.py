@@ -206,9 +206,11 @@ class PackedConv:
         if xw.dim() != 4 or xw.shape[3] != self.Wd or xw.dtype != torch.int64:
             raise BitvoteError(f"layer {self.name!r}: expected packed int64 input (N, H, W, {self.Wd}), "
                                f"got {xw.dtype} {tuple(xw.shape)}")
-        xw = xw.contiguous()
+        if not xw.is_contiguous():
+            xw = xw.contiguous()
         N, H, W, _ = xw.shape
-        Ho, Wo = self.out_size(H, W)
+        Ho = (H + 2 * self.padding - self.kh) // self.stride + 1
+        Wo = (W + 2 * self.padding - self.kw) // self.stride + 1
         if Ho < 1 or Wo < 1:
             raise BitvoteError(f"layer {self.name!r}: input {H}x{W} is too small for the kernel")
         if not hasattr(self, "_bufs"):
