@@ -451,7 +451,8 @@ static int bv_pack_nchw_avx512(const float *x, int N, int C, int H, int W, long 
             for (int c = 64 * j; c < c1; c++) {
                 const __m512i bit = _mm512_set1_epi64((long long)(1ULL << (c & 63)));
                 const __m512 sh = _mm512_set1_ps(shift ? shift[c] : 0.0f);
-                for (int u = 0; u < nu; u++) {
+                for (int u = 0; u < 4; u++) { /* constant trip count: lo/hi stay in registers; mk = 0 past the run */
+                    _mm_prefetch((const char *)(src + c * sC + i0 + 64 + 16 * u), _MM_HINT_T0); /* the next item's line */
                     __m512 v = _mm512_maskz_loadu_ps(mk[u], src + c * sC + i0 + 16 * u);
                     if (shift) v = _mm512_add_ps(v, sh);
                     const __mmask16 m = _mm512_mask_cmp_ps_mask(mk[u], v, _mm512_setzero_ps(), _CMP_GE_OQ);
