@@ -194,9 +194,10 @@ static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o
 
 #ifdef BV_VEPI
 /* The common epilogues on 8 lanes in vector registers (AVX-512 ISAs): popcount (r = s) or a
- * plain MV without a tie in these lanes (r = sign(s)), to affine / select floats (+ the fused
+ * plain MV (r = sign(s), a fixed tie value inline), to affine / select floats (+ the fused
  * residual / RPReLU, same float ops in the same order as bv_post) or bits. Returns 0 where
- * the scalar emit8 must run instead (int output, a tie under MV). */
+ * the scalar emit8 must run instead (int output, a 'first' tie in these lanes). */
+static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r);
 static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, const uint64_t *mm, int vote)
 {
     const __m256i z = _mm256_setzero_si256();
@@ -210,6 +211,37 @@ static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, con
         r = _mm256_blendv_epi8(_mm256_set1_epi32(-1), _mm256_set1_epi32(1), _mm256_cmpgt_epi32(s, z));
         r = _mm256_blendv_epi8(r, _mm256_set1_epi32(tv), tie);
     }
+    return FN(vemit)(p, pix, o0, r);
+}
+
+/* HMV `tap` (one leaf per tap, one root over all taps) with fixed tie values (+1/-1) at both
+ * levels, on 8 lanes: a zero-padded tap abstains, a tap's tie takes tie0, the root's tie1.
+ * mm: this block's mismatches of tap t at mm[t * stride]. Returns 0 where emit8 must run. */
+static inline int FN(vtap)(const bv_conv_t *p, long pix, int o0, int T, const int32_t *lcnt, const uint64_t *mm,
+                           size_t stride)
+{
+    if (p->nlev != 2 || p->root_p || p->L != T || p->lev_nodes[1] != 1 || p->lev_tie[0] == 0 || p->lev_tie[1] == 0)
+        return 0;
+    const __m256i z = _mm256_setzero_si256(), one = _mm256_set1_epi32(1), mone = _mm256_set1_epi32(-1);
+    const __m256i t0 = _mm256_set1_epi32(p->lev_tie[0]);
+    __m256i S = z;
+    for (int t = 0; t < T; t++) {
+        if (lcnt[t] == 0) continue; /* abstains */
+        const __m256i m = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm + (size_t)t * stride)));
+        const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(lcnt[t]), _mm256_slli_epi32(m, 1));
+        __m256i v = _mm256_blendv_epi8(mone, one, _mm256_cmpgt_epi32(sv, z));
+        v = _mm256_blendv_epi8(v, t0, _mm256_cmpeq_epi32(sv, z));
+        S = _mm256_add_epi32(S, v);
+    }
+    __m256i r = _mm256_blendv_epi8(mone, one, _mm256_cmpgt_epi32(S, z));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(p->lev_tie[1]), _mm256_cmpeq_epi32(S, z));
+    return FN(vemit)(p, pix, o0, r);
+}
+
+/* r (8 lanes) to the float / bit output, with the fused residual and RPReLU. */
+static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r)
+{
+    const __m256i z = _mm256_setzero_si256();
     __m256 v;
     switch (p->outmode) {
     case BV_OUT_AFFINE:
@@ -538,6 +570,8 @@ static int FN(conv_dense)(const bv_conv_t *p)
                             const int o0 = (cbs + c) * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
 #ifdef BV_VEPI
                             if (nl == 8 && (!p->voter || mv1) && FN(vepi)(p, pix, o0, cnts[0], mism + (size_t)c * 8, p->voter))
+                                continue;
+                            if (nl == 8 && pertap && FN(vtap)(p, pix, o0, T, lcnt, mism + (size_t)c * 8, (size_t)tcb * 8))
                                 continue;
 #endif
                             if (!p->voter) {
