@@ -128,7 +128,8 @@ def test_bad_inputs_are_errors():
 
 @st.composite
 def dense_case(draw):
-    C = draw(st.sampled_from([1, 7, 63, 64, 65, 130]))
+    # 260 channels x 9 taps = 45 words: Harley-Seal groups of 8, the 4-word step and a rest word
+    C = draw(st.sampled_from([1, 7, 63, 64, 65, 130, 260]))
     k = draw(st.sampled_from([1, 3]))
     T = k * k
     specs = ["popcount", "mv", "tap"] + ([f"P(M{C})"] if T > 1 and C > 1 else [])
@@ -208,3 +209,73 @@ def test_pack_layouts_and_isas_agree(layout):
         for isa in AVAILABLE:
             with pytest.raises(BitvoteError, match="NaN"):
                 pack(y, isa=isa)
+
+
+@pytest.mark.parametrize("C", [512, 1800])  # 72 words (groups of 8 only); 261 words (> 248: the plain tile)
+def test_dense_wide_layers_all_isas_agree(C):
+    g = torch.Generator().manual_seed(C)
+    x = torch.randn(2, C, 4, 3, generator=g)
+    w = torch.randn(16, C, 3, 3, generator=g)
+    xw = pack(x)
+    for pad_value in (0.0, 1.0):
+        for spec in ("popcount", "mv"):
+            hier = None if spec == "popcount" else resolve(spec, C * 9, 9)
+            pc = PackedConv(w >= 0, 1, 1, pad_value, hier)
+            want = pc.use_segments()(xw, isa="portable")
+            pc.use_segments(False)
+            a, b = torch.randn(16, generator=g), torch.randn(16, generator=g)
+            for isa in AVAILABLE:
+                assert torch.equal(pc.epilogue("int")(xw, 1, isa), want), (isa, pad_value, spec)
+                af = pc.epilogue("affine", a=a, b=b)(xw, 2, isa)
+                assert torch.equal(af, want.float() * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)), isa
+
+
+@pytest.mark.parametrize("spec", ["popcount", "mv"])
+def test_fused_residual_rprelu_matches_torch_exactly(spec):
+    """The fused block tail (y + shortcut, prelu(y + si) + so) is bit-identical to PyTorch's ops,
+    on every ISA (vector and scalar epilogues), with full and partial channel blocks."""
+    g = torch.Generator().manual_seed(11)
+    for C, Co in ((70, 16), (64, 13)):
+        x = torch.randn(2, C, 5, 4, generator=g)
+        w = torch.randn(Co, C, 3, 3, generator=g)
+        hier = None if spec == "popcount" else resolve(spec, C * 9, 9)
+        pc = PackedConv(w >= 0, 1, 1, 0.0, hier)
+        xw = pack(x)
+        r = pc.epilogue("int")(xw, 1, "portable").float()
+        a, b = torch.randn(Co, generator=g), torch.randn(Co, generator=g)
+        res = torch.randn(2, Co, 5, 4, generator=g)
+        si, pw, so = (torch.randn(Co, generator=g) for _ in range(3))
+        v = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+        y = r * v(a) + v(b) if spec == "popcount" else torch.where(r > 0, v(a), v(b))
+        want = torch.nn.functional.prelu((y + res) + v(si), pw) + v(so)
+        pc.epilogue("affine" if spec == "popcount" else "select", a=a, b=b).fuse_rprelu(si, pw, so)
+        for isa in AVAILABLE:
+            for th in (1, 2):
+                got = pc(xw, th, isa, residual=res)
+                assert torch.equal(got, want), (isa, th, C, Co)
+                # written over the residual (channels-last), each element read before it is written
+                r2 = res.clone().contiguous(memory_format=torch.channels_last)
+                got = pc(xw, th, isa, residual=r2, inplace=True)
+                assert torch.equal(got, want) and got.data_ptr() == r2.data_ptr(), (isa, th, C, Co)
+
+
+def test_recycled_outputs_never_overwrite_kept_results():
+    """Outputs reuse their memory only once no tensor (or view) of the last one is alive."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(16, 64, 3, 3, generator=g)
+    pc = PackedConv(w >= 0, 1, 1, 0.0, None).epilogue("affine", a=torch.rand(16, generator=g), b=torch.randn(16, generator=g))
+    xs = [torch.randn(2, 64, 5, 5, generator=g) for _ in range(3)]
+    ref = [pc(pack(x)).clone() for x in xs]
+    kept = pc(pack(xs[0]))
+    view = pc(pack(xs[1]))[0, :3]  # only a view of the second result survives
+    third = pc(pack(xs[2]))
+    assert torch.equal(kept, ref[0]) and torch.equal(view, ref[1][0, :3]) and torch.equal(third, ref[2])
+    assert kept.data_ptr() != third.data_ptr()
+    del kept, view, third
+    a = pc(pack(xs[0]))
+    ptr = a.data_ptr()
+    del a
+    assert pc(pack(xs[1])).data_ptr() == ptr or not hasattr(torch._C, "_storage_Use_Count")
+    p1 = pack(xs[0])
+    p2 = pack(xs[1])  # p1 still alive: a different buffer
+    assert p1.data_ptr() != p2.data_ptr() and torch.equal(p1, pack(xs[0]).clone())

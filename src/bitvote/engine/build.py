@@ -48,6 +48,7 @@ class ConvArgs(ctypes.Structure):
         ("a", _P), ("b", _P), ("thr", _P), ("dir", _P),
         ("nthreads", _I), ("kind", _I),
         ("post", _I), ("res", _P), ("si", _P), ("pw", _P), ("so", _P),
+        ("wpc", _P),
     ]
 
 
@@ -132,6 +133,9 @@ def active_isa() -> str:
     return best_isa() if i < 0 else ISAS[i]
 
 
+_ISA_OK: dict = {}  # names already checked against this CPU -> index
+
+
 def isa_id(isa) -> int:
     """``None``/"auto" -> -1 (best), else the index of a name in :data:`ISAS`."""
     if isa is None or isa == "auto":
@@ -139,9 +143,13 @@ def isa_id(isa) -> int:
         if not env:
             return -1
         isa = env
+    i = _ISA_OK.get(isa)
+    if i is not None:
+        return i
     if isa not in ISAS:
         raise BitvoteError(f"unknown ISA {isa!r}: choose one of auto, {', '.join(ISAS)}")
     i = ISAS.index(isa)
     if i > lib().bv_best_isa():
         raise BitvoteError(f"ISA {isa!r} is not supported by this CPU (best: {best_isa()})")
+    _ISA_OK[isa] = i
     return i

@@ -27,7 +27,7 @@ import torch
 from ..errors import BitvoteError
 from ..voter import CM, Hierarchy
 from .build import ConvArgs, isa_id, lib
-from .pack import pack_bools, words
+from .pack import pack_bools, recycled, words
 
 __all__ = ["PackedConv", "segments"]
 
@@ -92,6 +92,11 @@ class PackedConv:
         if cob * 8 != Co:
             ww = torch.cat([ww, torch.zeros(cob * 8 - Co, T, Wd, dtype=torch.int64)])
         self.w = ww.view(cob, 8, T, Wd).permute(0, 2, 3, 1).contiguous()
+        # popcount of each tap's weight words per output channel (cob, T, 8): the mismatches a
+        # zero-padded tap adds when the kernel feeds it zero words (Harley-Seal tile)
+        wu = self.w.view(torch.uint8).view(cob, T, Wd, 8, 8)
+        pc8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+        self.wpc = pc8[wu.long()].sum(dim=(2, 4)).to(torch.int32).contiguous()
         chmask = [((1 << min(64, C - 64 * j)) - 1) for j in range(Wd)]
         self.padpix = _arr([_i64(m) if self.pad_value > 0 else 0 for m in chmask], torch.int64)
         segs = segments(C, T, hier)
@@ -183,38 +188,51 @@ class PackedConv:
         self.dir = vec(dir, torch.int32, 1)
         return self
 
+    #: the graph may let the output overwrite the residual (see ``inplace``)
+    inplace_residual = True
+
     def __call__(self, xw: torch.Tensor, threads: int = 1, isa=None, raw: bool = False,
-                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 residual: Optional[torch.Tensor] = None, inplace: bool = False) -> torch.Tensor:
         """Run on packed input words ``(N, H, W, Wd)``; the output follows the epilogue.
 
         ``raw=True`` returns the integer result (``"int"``) whatever the epilogue: what
         verify compares with the PyTorch layer. ``residual`` ``(N, Co, Ho, Wo)`` (float
         epilogues only) is added to the output, before a fused RPReLU (:meth:`fuse_rprelu`).
+        ``inplace=True`` writes the output over the residual's memory (when it is channels-last
+        float32; each element is read before it is written): one stream of memory traffic
+        fewer, for callers done with the residual (the graph's blocks).
         """
         mode = "int" if raw else self.mode
         if xw.dim() != 4 or xw.shape[3] != self.Wd or xw.dtype != torch.int64:
             raise BitvoteError(f"layer {self.name!r}: expected packed int64 input (N, H, W, {self.Wd}), "
                                f"got {xw.dtype} {tuple(xw.shape)}")
-        xw = xw.contiguous()
+        if not xw.is_contiguous():
+            xw = xw.contiguous()
         N, H, W, _ = xw.shape
-        Ho, Wo = self.out_size(H, W)
+        Ho = (H + 2 * self.padding - self.kh) // self.stride + 1
+        Wo = (W + 2 * self.padding - self.kw) // self.stride + 1
         if Ho < 1 or Wo < 1:
             raise BitvoteError(f"layer {self.name!r}: input {H}x{W} is too small for the kernel")
-        if mode == "bits":
-            Wdo = words(self.Co)
-            out = torch.empty((N, Ho, Wo, Wdo), dtype=torch.int64)
-        elif mode == "int":
-            Wdo = 0
-            out = torch.empty((N, self.Co, Ho, Wo), dtype=torch.int32)
-        else:
-            Wdo = 0
-            out = torch.empty((N, Ho, Wo, self.Co), dtype=torch.float32)
+        if not hasattr(self, "_bufs"):
+            self._bufs = {}
         res = None
         if residual is not None and mode in ("affine", "select"):
             if tuple(residual.shape) != (N, self.Co, Ho, Wo):
                 raise BitvoteError(f"layer {self.name!r}: residual {tuple(residual.shape)} does not match the "
                                    f"output {(N, self.Co, Ho, Wo)}")
             res = residual.detach().to(torch.float32).permute(0, 2, 3, 1).contiguous()
+        if res is not None and inplace:
+            Wdo = 0
+            out = res
+        elif mode == "bits":
+            Wdo = words(self.Co)
+            out = recycled(self._bufs, "bits", (N, Ho, Wo, Wdo), torch.int64)
+        elif mode == "int":
+            Wdo = 0
+            out = torch.empty((N, self.Co, Ho, Wo), dtype=torch.int32)
+        else:
+            Wdo = 0
+            out = recycled(self._bufs, "float", (N, Ho, Wo, self.Co), torch.float32)
         key = (mode, N, H, W, int(threads))
         p = self._args.get(key) if hasattr(self, "_args") else None
         if p is None:
@@ -244,7 +262,7 @@ class PackedConv:
             lev_nodes=self.lev_nodes.data_ptr(), lev_groups=self.lev_groups.data_ptr(), lev_tie=self.lev_tie.data_ptr(),
             outmode=_OUT[mode], Wdo=Wdo, out=0,
             a=self.a.data_ptr(), b=self.b.data_ptr(), thr=self.thr.data_ptr(), dir=self.dir.data_ptr(),
-            nthreads=int(threads), kind=self.kind,
+            nthreads=int(threads), kind=self.kind, wpc=self.wpc.data_ptr(),
         )
         rp = getattr(self, "rprelu", None)
         if rp is not None:

@@ -301,14 +301,26 @@ class EngineModel:
             x = F.avg_pool2d(x, 2, sc["pool"])
         return F.conv2d(x, sc["weight"], sc["bias"], sc["stride"]).contiguous(memory_format=torch.channels_last)
 
+    @staticmethod
+    def _conv(conv, xw, threads, isa, residual):
+        """A block's last conv with its residual; the output overwrites the residual where the
+        conv allows it (the block's float input is packed already: nothing reads it later; the
+        image itself never reaches here, the stem's output does)."""
+        if getattr(conv, "inplace_residual", False):
+            return conv(xw, threads, isa, residual=residual, inplace=True)
+        return conv(xw, threads, isa, residual=residual)
+
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, threads: int = 1, trace: Optional[list] = None, isa=None) -> torch.Tensor:
         """Logits for images ``x`` (N, 3, H, W). ``trace`` (a list) receives the packed input of
         every binary layer, in order, for verify."""
         g = self.graph
-        x = F.conv2d(x.float(), g["stem"]["weight"], g["stem"]["bias"], g["stem"]["stride"], g["stem"]["padding"])
         # channels-last throughout: the binary convs' float epilogues write it, the packer reads
-        # it contiguously, and PyTorch's elementwise ops stay on their fast path (no mixed layouts)
+        # it contiguously, and PyTorch's elementwise ops stay on their fast path (no mixed layouts).
+        # The stem reads a channels-last image (3 channels: a small copy) so that its 64-channel
+        # output is channels-last as computed, not copied (8 MB at batch 32, fresh pages each).
+        x = x.float().contiguous(memory_format=torch.channels_last)
+        x = F.conv2d(x, g["stem"]["weight"], g["stem"]["bias"], g["stem"]["stride"], g["stem"]["padding"])
         x = x.contiguous(memory_format=torch.channels_last)
         for b, convs in self.blocks:
             if self.kind == "xnornet":
@@ -318,13 +330,13 @@ class EngineModel:
                 mid = convs[0](xw, threads, isa)  # packed bits: BN + sign folded into thresholds
                 if trace is not None:
                     trace.append(mid)
-                y = convs[1](mid, threads, isa, residual=self._shortcut(b["shortcut"], x))
+                y = self._conv(convs[1], mid, threads, isa, self._shortcut(b["shortcut"], x))
             else:
                 xw = self._pack(x, b["shifts"][0], threads)
                 if trace is not None:
                     trace.append(xw)
                 # the shortcut add and RPReLU run in the conv's epilogue (same float ops, same order)
-                y = convs[0](xw, threads, isa, residual=self._shortcut(b["shortcut"], x))
+                y = self._conv(convs[0], xw, threads, isa, self._shortcut(b["shortcut"], x))
             x = y
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return F.linear(x, g["fc"]["weight"], g["fc"]["bias"])

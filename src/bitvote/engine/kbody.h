@@ -167,24 +167,16 @@ static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o
         for (int l = 0; l < nl; l++) q[(size_t)l * p->Ho * p->Wo] = r[l];
         break;
     }
-    case BV_OUT_AFFINE: {
-        float *q = (float *)p->out + (size_t)pix * p->Co + o0;
+    case BV_OUT_AFFINE:
+    case BV_OUT_SELECT: { /* computed locally, then stored: the output may be the residual itself */
+        float *q = (float *)p->out + (size_t)pix * p->Co + o0, v[8];
         const float *a = p->a + o0, *b = p->b + o0;
-        if (nl == 8)
-            for (int l = 0; l < 8; l++) q[l] = (float)r[l] * a[l] + b[l];
+        if (p->outmode == BV_OUT_AFFINE)
+            for (int l = 0; l < nl; l++) v[l] = (float)r[l] * a[l] + b[l];
         else
-            for (int l = 0; l < nl; l++) q[l] = (float)r[l] * a[l] + b[l];
-        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, q);
-        break;
-    }
-    case BV_OUT_SELECT: {
-        float *q = (float *)p->out + (size_t)pix * p->Co + o0;
-        const float *a = p->a + o0, *b = p->b + o0;
-        if (nl == 8)
-            for (int l = 0; l < 8; l++) q[l] = r[l] > 0 ? a[l] : b[l];
-        else
-            for (int l = 0; l < nl; l++) q[l] = r[l] > 0 ? a[l] : b[l];
-        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, q);
+            for (int l = 0; l < nl; l++) v[l] = r[l] > 0 ? a[l] : b[l];
+        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, v);
+        for (int l = 0; l < nl; l++) q[l] = v[l];
         break;
     }
     default: {
@@ -199,6 +191,91 @@ static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o
     }
     }
 }
+
+#ifdef BV_VEPI
+/* The common epilogues on 8 lanes in vector registers (AVX-512 ISAs): popcount (r = s) or a
+ * plain MV (r = sign(s), a fixed tie value inline), to affine / select floats (+ the fused
+ * residual / RPReLU, same float ops in the same order as bv_post) or bits. Returns 0 where
+ * the scalar emit8 must run instead (int output, a 'first' tie in these lanes). */
+static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r);
+static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, const uint64_t *mm, int vote)
+{
+    const __m256i z = _mm256_setzero_si256();
+    const __m256i s = _mm256_sub_epi32(_mm256_set1_epi32(cn),
+                                       _mm256_slli_epi32(_mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)mm)), 1));
+    __m256i r = s;
+    if (vote) { /* sign(s); a tie takes the fixed tie value (+1/-1); 'first' ties go to emit8 */
+        const __m256i tie = _mm256_cmpeq_epi32(s, z);
+        const int tv = p->lev_tie[0];
+        if (_mm256_movemask_epi8(tie) && (tv == 0 || cn == 0)) return 0;
+        r = _mm256_blendv_epi8(_mm256_set1_epi32(-1), _mm256_set1_epi32(1), _mm256_cmpgt_epi32(s, z));
+        r = _mm256_blendv_epi8(r, _mm256_set1_epi32(tv), tie);
+    }
+    return FN(vemit)(p, pix, o0, r);
+}
+
+/* HMV `tap` (one leaf per tap, one root over all taps) with fixed tie values (+1/-1) at both
+ * levels, on 8 lanes: a zero-padded tap abstains, a tap's tie takes tie0, the root's tie1.
+ * mm: this block's mismatches of tap t at mm[t * stride]. Returns 0 where emit8 must run. */
+static inline int FN(vtap)(const bv_conv_t *p, long pix, int o0, int T, const int32_t *lcnt, const uint64_t *mm,
+                           size_t stride)
+{
+    if (p->nlev != 2 || p->root_p || p->L != T || p->lev_nodes[1] != 1 || p->lev_tie[0] == 0 || p->lev_tie[1] == 0)
+        return 0;
+    const __m256i z = _mm256_setzero_si256(), one = _mm256_set1_epi32(1), mone = _mm256_set1_epi32(-1);
+    const __m256i t0 = _mm256_set1_epi32(p->lev_tie[0]);
+    __m256i S = z;
+    for (int t = 0; t < T; t++) {
+        if (lcnt[t] == 0) continue; /* abstains */
+        const __m256i m = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm + (size_t)t * stride)));
+        const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(lcnt[t]), _mm256_slli_epi32(m, 1));
+        __m256i v = _mm256_blendv_epi8(mone, one, _mm256_cmpgt_epi32(sv, z));
+        v = _mm256_blendv_epi8(v, t0, _mm256_cmpeq_epi32(sv, z));
+        S = _mm256_add_epi32(S, v);
+    }
+    __m256i r = _mm256_blendv_epi8(mone, one, _mm256_cmpgt_epi32(S, z));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(p->lev_tie[1]), _mm256_cmpeq_epi32(S, z));
+    return FN(vemit)(p, pix, o0, r);
+}
+
+/* r (8 lanes) to the float / bit output, with the fused residual and RPReLU. */
+static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r)
+{
+    const __m256i z = _mm256_setzero_si256();
+    __m256 v;
+    switch (p->outmode) {
+    case BV_OUT_AFFINE:
+        v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(r), _mm256_loadu_ps(p->a + o0)), _mm256_loadu_ps(p->b + o0));
+        break;
+    case BV_OUT_SELECT:
+        v = _mm256_blendv_ps(_mm256_loadu_ps(p->b + o0), _mm256_loadu_ps(p->a + o0),
+                             _mm256_castsi256_ps(_mm256_cmpgt_epi32(r, z)));
+        break;
+    case BV_OUT_BITS: {
+        const __m256i thr = _mm256_loadu_si256((const __m256i *)(p->thr + o0));
+        const __m256i d = _mm256_loadu_si256((const __m256i *)(p->dir + o0));
+        const __m256i ge = _mm256_andnot_si256(_mm256_cmpgt_epi32(thr, r), _mm256_cmpgt_epi32(d, z));
+        const __m256i le = _mm256_andnot_si256(_mm256_cmpgt_epi32(r, thr), _mm256_cmpgt_epi32(z, d));
+        const __m256i cst = _mm256_andnot_si256(_mm256_cmpeq_epi32(thr, z), _mm256_cmpeq_epi32(d, z));
+        const int m = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_or_si256(_mm256_or_si256(ge, le), cst)));
+        ((uint8_t *)p->out)[(size_t)pix * p->Wdo * 8 + o0 / 8] = (uint8_t)m;
+        return 1;
+    }
+    default:
+        return 0;
+    }
+    const size_t i0 = (size_t)pix * p->Co + o0;
+    if (p->post & 1) v = _mm256_add_ps(v, _mm256_loadu_ps(p->res + i0));
+    if (p->post & 2) {
+        v = _mm256_add_ps(v, _mm256_loadu_ps(p->si + o0));
+        const __m256 pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
+        v = _mm256_blendv_ps(_mm256_mul_ps(_mm256_loadu_ps(p->pw + o0), v), v, pos);
+        v = _mm256_add_ps(v, _mm256_loadu_ps(p->so + o0));
+    }
+    _mm256_storeu_ps((float *)p->out + i0, v);
+    return 1;
+}
+#endif
 
 /* Mismatch counts of one pixel against CB channel blocks: mism[(leaf * CB + c) * 8 + lane]. */
 static inline __attribute__((always_inline)) void FN(tile)(const uint64_t *const *tp, const int T, const int Wd,
@@ -233,7 +310,7 @@ static inline __attribute__((always_inline)) void FN(tile)(const uint64_t *const
         for (int c = 0; c < CB; c++) VSTORE(mism + (size_t)c * 8, VFLUSH(a64[c], a8[c]));
 }
 
-static void FN(tiles)(const uint64_t *const *tp, int T, int Wd, const uint64_t *wg, size_t ws, int CB,
+static inline __attribute__((always_inline)) void FN(tiles)(const uint64_t *const *tp, int T, int Wd, const uint64_t *wg, size_t ws, int CB,
                       int pertap, uint64_t *mism)
 {
 #define BV_TCASE(cb) case cb: { if (pertap) FN(tile)(tp, T, Wd, wg, ws, cb, 1, mism); \
@@ -253,9 +330,120 @@ static void FN(tiles)(const uint64_t *const *tp, int T, int Wd, const uint64_t *
 #undef BV_TCASE
 }
 
+#if defined(BV_HS9) || defined(BV_POP9)
+#define BV_FLAT 1
+/* 3x3 taps of one word (64 channels): the 9 words of a pixel against CB blocks, weights at
+ * constant offsets (a block is 9 * 8 words), no per-word loop. */
+static inline __attribute__((always_inline)) void FN(tile9)(const uint64_t *xb, const long *xo, const uint64_t *wg,
+                                                           const int CB, uint64_t *mism)
+{
+    VT x[9];
+    for (int i = 0; i < 9; i++) x[i] = VBCAST(xb[xo[i]]);
+    for (int c = 0; c < CB; c++) {
+        const uint64_t *w = wg + c * 72;
+#ifdef BV_HS9 /* a carry-save tree 9 -> ones, twos, fours, eights, one weighted-table fold */
+        VT s1, s2, s3, c1, c2, c3, ones, c4, s5, c5;
+        BV_CSA(s1, c1, VXOR(x[0], VLOAD(w)), VXOR(x[1], VLOAD(w + 8)), VXOR(x[2], VLOAD(w + 16)));
+        BV_CSA(s2, c2, VXOR(x[3], VLOAD(w + 24)), VXOR(x[4], VLOAD(w + 32)), VXOR(x[5], VLOAD(w + 40)));
+        BV_CSA(s3, c3, VXOR(x[6], VLOAD(w + 48)), VXOR(x[7], VLOAD(w + 56)), VXOR(x[8], VLOAD(w + 64)));
+        BV_CSA(ones, c4, s1, s2, s3);
+        BV_CSA(s5, c5, c1, c2, c3);
+        const VT c6 = VAND(s5, c4);
+        VSTORE(mism + (size_t)c * 8, BV_HS9FOLD(ones, VXOR(s5, c4), VXOR(c5, c6), VAND(c5, c6)));
+#else /* vector popcount per word, added as a tree */
+        VT a[9];
+        for (int i = 0; i < 9; i++) a[i] = VPOPADD(VZERO(), VXOR(x[i], VLOAD(w + 8 * i)));
+        VSTORE(mism + (size_t)c * 8, BV_ADD64(BV_ADD64(BV_ADD64(a[0], a[1]), BV_ADD64(a[2], a[3])),
+                                              BV_ADD64(BV_ADD64(a[4], a[5]), BV_ADD64(BV_ADD64(a[6], a[7]), a[8]))));
+#endif
+    }
+}
+
+static inline __attribute__((always_inline)) void FN(tiles9)(const uint64_t *xb, const long *xo, const uint64_t *wg,
+                                                            int CB, uint64_t *mism)
+{
+    switch (CB) {
+    case 8: FN(tile9)(xb, xo, wg, 8, mism); break;
+    case 4: FN(tile9)(xb, xo, wg, 4, mism); break;
+    case 2: FN(tile9)(xb, xo, wg, 2, mism); break;
+    default:
+        for (int c = 0; c < CB; c++) FN(tile9)(xb, xo, wg + (size_t)c * 72, 1, mism + (size_t)c * 8);
+    }
+}
+#endif
+
+#ifdef BV_HS
+#ifndef BV_HSCB
+#define BV_HSCB 4
+#endif
+/* Harley-Seal carry-save popcount for the nibble-table ISA (one leaf): the NW mismatch
+ * vectors of a pixel (word k at xb[xo[k]] against weights wg + k*8) go through carry-save
+ * adders (BV_CSA: two vpternlogq) in groups of 8, so only one vector in 8 (the "eights"
+ * carry) is popcounted in the loop; ones/twos/fours are counted once per pixel with weighted
+ * nibble tables. ~3.5 vector ops per word instead of 8. Byte lanes: eights <= 8 per group
+ * (NW <= 248), the final sum <= 8 + 16 + 32 + 3 * 8. */
+static inline __attribute__((always_inline)) void FN(tile_hs)(const uint64_t *xb, const long *xo, const int NW,
+                                                              const uint64_t *wg, const size_t ws, const int CB,
+                                                              uint64_t *mism)
+{
+    VT o1[4], o2[4], o4[4], a8[4], rs[4];
+    for (int c = 0; c < CB; c++) { o1[c] = VZERO(); o2[c] = VZERO(); o4[c] = VZERO(); a8[c] = VZERO(); rs[c] = VZERO(); }
+    int k = 0;
+    for (; k + 8 <= NW; k += 8) {
+        VT x[8];
+        for (int i = 0; i < 8; i++) x[i] = VBCAST(xb[xo[k + i]]);
+        for (int c = 0; c < CB; c++) {
+            const uint64_t *w = wg + c * ws + (size_t)k * 8;
+            VT t2a, t2b, t4a, t4b, t8;
+            BV_CSA(o1[c], t2a, o1[c], VXOR(x[0], VLOAD(w)), VXOR(x[1], VLOAD(w + 8)));
+            BV_CSA(o1[c], t2b, o1[c], VXOR(x[2], VLOAD(w + 16)), VXOR(x[3], VLOAD(w + 24)));
+            BV_CSA(o2[c], t4a, o2[c], t2a, t2b);
+            BV_CSA(o1[c], t2a, o1[c], VXOR(x[4], VLOAD(w + 32)), VXOR(x[5], VLOAD(w + 40)));
+            BV_CSA(o1[c], t2b, o1[c], VXOR(x[6], VLOAD(w + 48)), VXOR(x[7], VLOAD(w + 56)));
+            BV_CSA(o2[c], t4b, o2[c], t2a, t2b);
+            BV_CSA(o4[c], t8, o4[c], t4a, t4b);
+            a8[c] = BV_PC8ADD(a8[c], t8);
+        }
+    }
+    if (k + 4 <= NW) {
+        VT x[4];
+        for (int i = 0; i < 4; i++) x[i] = VBCAST(xb[xo[k + i]]);
+        for (int c = 0; c < CB; c++) {
+            const uint64_t *w = wg + c * ws + (size_t)k * 8;
+            VT t2a, t2b, t4;
+            BV_CSA(o1[c], t2a, o1[c], VXOR(x[0], VLOAD(w)), VXOR(x[1], VLOAD(w + 8)));
+            BV_CSA(o1[c], t2b, o1[c], VXOR(x[2], VLOAD(w + 16)), VXOR(x[3], VLOAD(w + 24)));
+            BV_CSA(o2[c], t4, o2[c], t2a, t2b);
+            a8[c] = BV_PC8ADD(a8[c], VAND(o4[c], t4)); /* half adder into fours */
+            o4[c] = VXOR(o4[c], t4);
+        }
+        k += 4;
+    }
+    for (; k < NW; k++) {
+        const VT x = VBCAST(xb[xo[k]]);
+        for (int c = 0; c < CB; c++) rs[c] = BV_PC8ADD(rs[c], VXOR(x, VLOAD(wg + c * ws + (size_t)k * 8)));
+    }
+    for (int c = 0; c < CB; c++) VSTORE(mism + (size_t)c * 8, BV_HSFOLD(o1[c], o2[c], o4[c], a8[c], rs[c]));
+}
+
+static inline __attribute__((always_inline)) void FN(tiles_hs)(const uint64_t *xb, const long *xo, int NW, const uint64_t *wg, size_t ws, int CB,
+                         uint64_t *mism)
+{
+    for (int c0 = 0; c0 < CB; c0 += BV_HSCB) {
+        const int n = CB - c0 < BV_HSCB ? CB - c0 : BV_HSCB;
+        const uint64_t *w = wg + (size_t)c0 * ws;
+        uint64_t *m = mism + (size_t)c0 * 8;
+        if (n == 4) FN(tile_hs)(xb, xo, NW, w, ws, 4, m);
+        else if (n == 2) FN(tile_hs)(xb, xo, NW, w, ws, 2, m);
+        else FN(tile_hs)(xb, xo, NW, w, ws, 1, m);
+    }
+}
+#endif
+
 #ifndef BV_PT
 #define BV_PT 32
 #define BV_WGROUP_BYTES 16384
+#define BV_GROUP_BYTES 32768
 #endif
 
 static int FN(conv_dense)(const bv_conv_t *p)
@@ -269,21 +457,37 @@ static int FN(conv_dense)(const bv_conv_t *p)
     const size_t ws = (size_t)T * Wd * 8;             /* words of one channel block */
     int CB = BV_CBMAX;
     while (CB > 1 && (CB > Cob || (size_t)CB * ws * 8 > BV_WGROUP_BYTES)) CB /= 2;
-    const int ncg = (Cob + CB - 1) / CB;
+    /* a work item's channel group: G >= CB blocks whose weights stay in L1 (<= BV_GROUP_BYTES),
+     * swept in register tiles of CB, so a pixel's setup (taps, borders) is paid once per G */
+    int G = CB;
+    while (G * 2 <= Cob && (size_t)G * 2 * ws * 8 <= BV_GROUP_BYTES) G *= 2;
+    const int ncg = (Cob + G - 1) / G;
     const int nth = p->nthreads > 0 ? p->nthreads : 1;
     int PT = BV_PT;
     while (PT > 1 && (long)ncg * ((npix + PT - 1) / PT) < 4L * nth) PT /= 2;
     const long npt = (npix + PT - 1) / PT, nitems = (long)ncg * npt;
     const int bytes_out = p->outmode == BV_OUT_BITS ? p->Wdo * 8 : 0;
+    const int NW = T * Wd;
+#ifdef BV_FLAT
+    /* one leaf whose pixel words are read as a flat stream (xb[xo[k]], zero words for zero-padded
+     * taps, corrected below): the 9-word tile, or Harley-Seal (nibble ISA, up to 248 words) */
+#ifdef BV_HS
+    const int flat = !pertap && p->wpc && NW <= 248;
+#else
+    const int flat = !pertap && p->wpc && NW == 9;
+#endif
+#endif
     int failed = 0;
 #pragma omp parallel num_threads(nth)
     {
         const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
         long *toff = malloc((size_t)T * sizeof(long));
+        long *xo_full = malloc((size_t)NW * 2 * sizeof(long)), *xo_id = xo_full + NW; /* interior / border word offsets */
+        uint64_t *xv = malloc((size_t)NW * sizeof(uint64_t));                    /* a border pixel's words */
         uint64_t *mism = malloc((size_t)LT * CB * 8 * sizeof(uint64_t));
         int32_t *buf = malloc((size_t)LT * 8 * 5 * sizeof(int32_t) + 64);
         int32_t cnts[1];
-        if (!tp || !toff || !mism || !buf) {
+        if (!tp || !toff || !mism || !buf || !xo_full || !xv) {
 #pragma omp atomic write
             failed = 1;
         } else {
@@ -292,19 +496,27 @@ static int FN(conv_dense)(const bv_conv_t *p)
             int32_t r[8];
             for (int ky = 0; ky < p->kh; ky++)
                 for (int kx = 0; kx < p->kw; kx++) toff[ky * p->kw + kx] = ((long)ky * p->W + kx) * Wd;
-#pragma omp for schedule(static)
+            for (int t = 0; t < T; t++)
+                for (int j = 0; j < Wd; j++) { xo_full[t * Wd + j] = toff[t] + j; xo_id[t * Wd + j] = t * Wd + j; }
+#pragma omp for schedule(dynamic, 1) /* items are >= 32 pixels x CB blocks: a descheduled thread's items go to the other */
             for (long it = 0; it < nitems; it++) {
                 const int cg = (int)(it / npt);
                 const long p0 = (it % npt) * PT, p1 = p0 + PT < npix ? p0 + PT : npix;
-                const int cb0 = cg * CB, cbn = Cob - cb0 < CB ? Cob - cb0 : CB;
-                for (long pix = p0; pix < p1; pix++) {
-                    const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
-                    const int oy = rem / p->Wo, ox = rem % p->Wo;
+                const int cb0 = cg * G, cbn = Cob - cb0 < G ? Cob - cb0 : G;
+                int n = (int)(p0 / HoWo), rem = (int)(p0 % HoWo), oy = rem / p->Wo, ox = rem % p->Wo;
+                for (long pix = p0; pix < p1; pix++, rem++, ox++) { /* (n, oy, ox) stepped, no divisions */
+                    if (ox == p->Wo) {
+                        ox = 0;
+                        if (++oy == p->Ho) { oy = 0; rem = 0; n++; }
+                    }
                     const int iy0 = oy * p->stride - p->pad, ix0 = ox * p->stride - p->pad;
                     int nval = T, t1 = 0;
+                    const uint64_t *xb = NULL; /* HS: word k of the pixel is xb[xo[k]] */
+                    const long *xo = xo_full;
                     if (iy0 >= 0 && iy0 + p->kh <= p->H && ix0 >= 0 && ix0 + p->kw <= p->W) {
                         const uint64_t *base = p->x + (((size_t)n * p->H + iy0) * p->W + ix0) * Wd;
                         for (int t = 0; t < T; t++) tp[t] = base + toff[t];
+                        xb = base;
                     } else {
                         nval = 0; t1 = -1;
                         for (int ky = 0; ky < p->kh; ky++)
@@ -319,6 +531,13 @@ static int FN(conv_dense)(const bv_conv_t *p)
                                 }
                             }
                         if (p->padmode) { nval = T; t1 = 0; }
+#ifdef BV_FLAT
+                        if (flat) { /* zero words for zero-padded taps; their mismatches (popcount(w)) come off below */
+                            for (int t = 0; t < T; t++)
+                                for (int j = 0; j < Wd; j++) xv[t * Wd + j] = tp[t] ? tp[t][j] : 0;
+                            xb = xv; xo = xo_id;
+                        }
+#endif
                     }
                     if (pertap)
                         for (int t = 0; t < T; t++) lcnt[t] = tp[t] ? C : 0;
@@ -330,9 +549,31 @@ static int FN(conv_dense)(const bv_conv_t *p)
                         while (tcb > cbn - done) tcb /= 2;
                         const int cbs = cb0 + done;
                         const uint64_t *wg = p->w + (size_t)cbs * ws;
+#ifdef BV_FLAT
+                        if (flat) {
+                            if (NW == 9) FN(tiles9)(xb, xo, wg, tcb, mism);
+#ifdef BV_HS
+                            else FN(tiles_hs)(xb, xo, NW, wg, ws, tcb, mism);
+#endif
+                            if (nval < T && !p->padmode)
+                                for (int t = 0; t < T; t++) {
+                                    if (tp[t]) continue;
+                                    for (int c = 0; c < tcb; c++) {
+                                        const int32_t *wp = p->wpc + ((size_t)(cbs + c) * T + t) * 8;
+                                        for (int q = 0; q < 8; q++) mism[c * 8 + q] -= (uint64_t)wp[q];
+                                    }
+                                }
+                        } else
+#endif
                         FN(tiles)(tp, T, Wd, wg, ws, tcb, pertap, mism);
                         for (int c = 0; c < tcb; c++) {
                             const int o0 = (cbs + c) * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+#ifdef BV_VEPI
+                            if (nl == 8 && (!p->voter || mv1) && FN(vepi)(p, pix, o0, cnts[0], mism + (size_t)c * 8, p->voter))
+                                continue;
+                            if (nl == 8 && pertap && FN(vtap)(p, pix, o0, T, lcnt, mism + (size_t)c * 8, (size_t)tcb * 8))
+                                continue;
+#endif
                             if (!p->voter) {
                                 const int32_t cn = cnts[0];
                                 for (int q = 0; q < 8; q++) r[q] = cn - 2 * (int32_t)mism[c * 8 + q];
@@ -377,7 +618,7 @@ static int FN(conv_dense)(const bv_conv_t *p)
                 }
             }
         }
-        free(tp); free(toff); free(mism); free(buf);
+        free(tp); free(toff); free(mism); free(buf); free(xo_full); free(xv);
     }
     return failed ? -1 : 0;
 }

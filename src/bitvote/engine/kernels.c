@@ -44,6 +44,7 @@ typedef struct {
     int32_t post;                             /* float outputs: 1 add res, 2 RPReLU (si, pw, so) */
     const float *res;                         /* residual, channels-last like the output */
     const float *si, *pw, *so;                /* RPReLU: v + si -> prelu(pw) -> + so */
+    const int32_t *wpc;                       /* (Co/8, T, 8) popcount of each tap's weight words, or NULL */
 } bv_conv_t;
 
 /* The fused tail of a block on one float output, in PyTorch's order and rounding:
@@ -263,7 +264,52 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 #define VFLUSH z_flush
 #define BV_CHUNK 31
 #define BV_CBMAX 8
+/* Harley-Seal: carry-save adders (sum = a^b^c, carry = majority) as vpternlogq */
+#define BV_HS 1
+#define BV_VEPI 1
+#define BV_CSA(s, cy, a, b, c) do { const __m512i a_ = (a), b_ = (b), c_ = (c); \
+        (cy) = _mm512_ternarylogic_epi64(a_, b_, c_, 0xE8); (s) = _mm512_ternarylogic_epi64(a_, b_, c_, 0x96); } while (0)
+#define BV_PC8ADD z_popacc
+static inline __m512i z_pcw(__m512i v, __m512i lut)
+{
+    const __m512i m = _mm512_set1_epi8(0x0f);
+    return _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_and_si512(v, m)),
+                           _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m)));
+}
+/* ones + 2 twos + 4 fours + rest (weighted nibble tables, byte lanes) + 8 * eights */
+static inline __m512i z_hsfold(__m512i o1, __m512i o2, __m512i o4, __m512i a8, __m512i rs)
+{
+    const __m512i l1 = _mm512_set4_epi32(0x04030302, 0x03020201, 0x03020201, 0x02010100);
+    const __m512i l2 = _mm512_set4_epi32(0x08060604, 0x06040402, 0x06040402, 0x04020200);
+    const __m512i l4 = _mm512_set4_epi32(0x100C0C08, 0x0C080804, 0x0C080804, 0x08040400);
+    const __m512i by = _mm512_add_epi8(_mm512_add_epi8(z_pcw(o1, l1), z_pcw(o2, l2)), _mm512_add_epi8(z_pcw(o4, l4), rs));
+    const __m512i z = _mm512_setzero_si512();
+    return _mm512_add_epi64(_mm512_sad_epu8(by, z), _mm512_slli_epi64(_mm512_sad_epu8(a8, z), 3));
+}
+#define BV_HSFOLD z_hsfold
+/* ones + 2 twos + 4 fours + 8 eights of a 9-word tree: bytes <= 8 * 15 */
+static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
+{
+    const __m512i l1 = _mm512_set4_epi32(0x04030302, 0x03020201, 0x03020201, 0x02010100);
+    const __m512i l2 = _mm512_set4_epi32(0x08060604, 0x06040402, 0x06040402, 0x04020200);
+    const __m512i l4 = _mm512_set4_epi32(0x100C0C08, 0x0C080804, 0x0C080804, 0x08040400);
+    const __m512i l8 = _mm512_set4_epi32(0x20181810, 0x18101008, 0x18101008, 0x10080800);
+    const __m512i by = _mm512_add_epi8(_mm512_add_epi8(z_pcw(o1, l1), z_pcw(o2, l2)), _mm512_add_epi8(z_pcw(o4, l4), z_pcw(o8, l8)));
+    return _mm512_sad_epu8(by, _mm512_setzero_si512());
+}
+#define BV_HS9 1
+#define BV_HS9FOLD z_hs9fold
+#define BV_ADD64 _mm512_add_epi64
 #include "kbody.h"
+#undef BV_HS
+#undef BV_VEPI
+#undef BV_CSA
+#undef BV_PC8ADD
+#undef BV_HSFOLD
+#undef BV_HS9
+#undef BV_HS9FOLD
+#undef BV_ADD64
+#undef BV_FLAT
 #undef FN
 #undef VPOPADD
 #undef VPOPACC
@@ -280,7 +326,14 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #define VPOPACC zp_popadd
 #define VFLUSH _mm512_add_epi64
 #define BV_CHUNK (1 << 30)
+#define BV_VEPI 1
+#define BV_POP9 1
+#define BV_ADD64 _mm512_add_epi64
 #include "kbody.h"
+#undef BV_VEPI
+#undef BV_POP9
+#undef BV_ADD64
+#undef BV_FLAT
 #undef VPOPACC
 #undef VFLUSH
 #undef BV_CHUNK
@@ -368,41 +421,55 @@ static int bv_pack_portable(const float *x, int N, int C, int H, int W, long sN,
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw")
-/* NCHW with contiguous rows: runs of L pixels (a whole plane when rows are contiguous too). */
+/* NCHW with contiguous rows: runs of L pixels (a whole plane when rows are contiguous too),
+ * in items of up to 64 pixels (4 x 16): each channel's 256 contiguous bytes are read at once,
+ * so the 64 channel streams of an item (one page each for 32x32 planes) are visited 4x less often. */
 static int bv_pack_nchw_avx512(const float *x, int N, int C, int H, int W, long sN, long sC, long sH,
                                const float *shift, uint64_t *out, int Wd, int nthreads)
 {
     const int plane = sH == W || H == 1;
     const long nrun = plane ? N : (long)N * H, L = plane ? (long)H * W : W;
-    const long nblk = (L + 15) / 16;
+    const long nblk = (L + 63) / 64;
     int nan = 0;
 #pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
     for (long it = 0; it < nrun * nblk; it++) {
-        const long run = it / nblk, i0 = (it % nblk) * 16;
+        const long run = it / nblk, i0 = (it % nblk) * 64;
         const float *src = plane ? x + run * sN : x + (run / H) * sN + (run % H) * sH;
         const long pix0 = run * L + i0;
-        const __mmask16 mk = L - i0 >= 16 ? 0xffff : (__mmask16)((1u << (L - i0)) - 1);
+        const int nu = (int)((L - i0 + 15) / 16 < 4 ? (L - i0 + 15) / 16 : 4);
+        __mmask16 mk[4];
+        for (int u = 0; u < 4; u++) {
+            const long left = L - i0 - 16 * u;
+            mk[u] = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+        }
         const __m512i idx = _mm512_setr_epi64(0, Wd, 2L * Wd, 3L * Wd, 4L * Wd, 5L * Wd, 6L * Wd, 7L * Wd);
         __mmask16 bad = 0;
         for (int j = 0; j < Wd; j++) {
-            __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+            __m512i lo[4], hi[4];
+            for (int u = 0; u < 4; u++) { lo[u] = _mm512_setzero_si512(); hi[u] = _mm512_setzero_si512(); }
             const int c1 = C < 64 * j + 64 ? C : 64 * j + 64;
             for (int c = 64 * j; c < c1; c++) {
-                __m512 v = _mm512_maskz_loadu_ps(mk, src + c * sC + i0);
-                if (shift) v = _mm512_add_ps(v, _mm512_set1_ps(shift[c]));
-                const __mmask16 m = _mm512_mask_cmp_ps_mask(mk, v, _mm512_setzero_ps(), _CMP_GE_OQ);
-                bad |= _mm512_mask_cmp_ps_mask(mk, v, v, _CMP_UNORD_Q);
                 const __m512i bit = _mm512_set1_epi64((long long)(1ULL << (c & 63)));
-                lo = _mm512_mask_or_epi64(lo, (__mmask8)m, lo, bit);
-                hi = _mm512_mask_or_epi64(hi, (__mmask8)(m >> 8), hi, bit);
+                const __m512 sh = _mm512_set1_ps(shift ? shift[c] : 0.0f);
+                for (int u = 0; u < 4; u++) { /* constant trip count: lo/hi stay in registers; mk = 0 past the run */
+                    _mm_prefetch((const char *)(src + c * sC + i0 + 64 + 16 * u), _MM_HINT_T0); /* the next item's line */
+                    __m512 v = _mm512_maskz_loadu_ps(mk[u], src + c * sC + i0 + 16 * u);
+                    if (shift) v = _mm512_add_ps(v, sh);
+                    const __mmask16 m = _mm512_mask_cmp_ps_mask(mk[u], v, _mm512_setzero_ps(), _CMP_GE_OQ);
+                    bad |= _mm512_mask_cmp_ps_mask(mk[u], v, v, _CMP_UNORD_Q);
+                    lo[u] = _mm512_mask_or_epi64(lo[u], (__mmask8)m, lo[u], bit);
+                    hi[u] = _mm512_mask_or_epi64(hi[u], (__mmask8)(m >> 8), hi[u], bit);
+                }
             }
-            uint64_t *o = out + pix0 * Wd + j;
-            if (Wd == 1) {
-                _mm512_mask_storeu_epi64(o, (__mmask8)mk, lo);
-                _mm512_mask_storeu_epi64(o + 8, (__mmask8)(mk >> 8), hi);
-            } else {
-                _mm512_mask_i64scatter_epi64(o, (__mmask8)mk, idx, lo, 8);
-                _mm512_mask_i64scatter_epi64(o + 8 * Wd, (__mmask8)(mk >> 8), idx, hi, 8);
+            for (int u = 0; u < nu; u++) {
+                uint64_t *o = out + (pix0 + 16 * u) * Wd + j;
+                if (Wd == 1) {
+                    _mm512_mask_storeu_epi64(o, (__mmask8)mk[u], lo[u]);
+                    _mm512_mask_storeu_epi64(o + 8, (__mmask8)(mk[u] >> 8), hi[u]);
+                } else {
+                    _mm512_mask_i64scatter_epi64(o, (__mmask8)mk[u], idx, lo[u], 8);
+                    _mm512_mask_i64scatter_epi64(o + 8 * Wd, (__mmask8)(mk[u] >> 8), idx, hi[u], 8);
+                }
             }
         }
         nan |= bad != 0;
@@ -416,9 +483,10 @@ static int bv_pack_nhwc_avx512(const float *x, int N, int C, int H, int W, long 
 {
     int nan = 0;
 #pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
-    for (long pix = 0; pix < (long)N * H * W; pix++) {
-        const long n = pix / ((long)H * W), rem = pix % ((long)H * W);
-        const float *src = x + n * sN + (rem / W) * sH + (rem % W) * sW;
+    for (long row = 0; row < (long)N * H; row++) {
+      const float *srow = x + (row / H) * sN + (row % H) * sH;
+      for (long pix = row * W; pix < (row + 1) * W; pix++) {
+        const float *src = srow + (pix - row * W) * sW;
         __mmask16 bad = 0;
         for (int j = 0; j < Wd; j++) {
             uint64_t word = 0;
@@ -434,6 +502,7 @@ static int bv_pack_nhwc_avx512(const float *x, int N, int C, int H, int W, long 
             out[pix * Wd + j] = word;
         }
         nan |= bad != 0;
+      }
     }
     return nan;
 }
