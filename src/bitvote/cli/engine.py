@@ -10,12 +10,13 @@ import torch
 from ..errors import BitvoteError
 
 
-def load_data(spec: str, limit: int = 0):
+def load_data(spec: str, limit: int = 0, num_classes: int = 10):
     """Images (and labels) for ``--data``.
 
     ``synthetic[:N]``: N random images (no labels; seeded). A ``.pt``/``.pth`` file: a tensor
     of images, or a dict with ``x``/``images`` and optionally ``y``/``labels``. Anything else
-    is handed to ``bitvote.data.load_eval(path)`` when that module exists (the data issue).
+    is a dataset root for :mod:`bitvote.data`: the test split of CIFAR-10 or CIFAR-100 (chosen
+    by the model's number of classes), normalized as in training.
     """
     x = y = None
     if spec.startswith("synthetic") or spec.startswith("random"):
@@ -34,14 +35,13 @@ def load_data(spec: str, limit: int = 0):
         if not torch.is_tensor(x) or x.dim() != 4:
             raise BitvoteError(f"data file {spec!r} holds no (N, C, H, W) image tensor")
     else:
-        try:
-            from .. import data as bdata  # the data issue's module, when merged
-        except ImportError:
-            raise BitvoteError(f"--data {spec!r}: pass a .pt file or synthetic:N "
-                               "(dataset folders need bitvote.data)") from None
-        if not hasattr(bdata, "load_eval"):
-            raise BitvoteError(f"--data {spec!r}: bitvote.data has no load_eval(); pass a .pt file or synthetic:N")
-        x, y = bdata.load_eval(spec)
+        from .. import data as D
+
+        dataset = "cifar100" if num_classes == 100 else "cifar10"
+        test = D.load(dataset, "test", spec, download=False)
+        if limit:
+            test = D.subset(test, limit)
+        x, y = D.normalize(test.x, dataset), test.y
     x = x.float()
     if limit:
         x = x[:limit]
@@ -69,7 +69,7 @@ def _run(args):
         from ..gpu.model import GpuEngineModel
 
         eng = GpuEngineModel(eng.graph, require_device(args.device))
-    x, y = load_data(args.data, args.limit)
+    x, y = load_data(args.data, args.limit, int(eng.graph.get("config", {}).get("num_classes", 10)))
     logits = torch.cat([eng(x[i:i + args.batch], args.threads).cpu() for i in range(0, x.shape[0], args.batch)])
     pred = logits.argmax(1)
     res = {"images": int(x.shape[0]), "predictions": pred.tolist()}
@@ -83,8 +83,10 @@ def _run(args):
 
 def _verify(args):
     from ..engine.verify import verify
+    from ..train.checkpoint import load as load_ckpt
 
-    x, y = load_data(args.data, args.limit)
+    num_classes = int((load_ckpt(args.checkpoint).get("config") or {}).get("num_classes", 10))
+    x, y = load_data(args.data, args.limit, num_classes)
     if args.device != "cpu":
         from ..gpu import require_device
 
