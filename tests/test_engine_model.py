@@ -77,3 +77,16 @@ def test_bench_rows_have_the_fields():
     rows = bench_layers(batches=(1,), threads=(1,), reps=1, quick=True)
     for r in rows:
         assert {"layer", "batch", "threads", "ms", "fp32_ms", "speedup", "gbmacs"} <= set(r)
+
+
+def test_engine_data_reads_dataset_folders(tmp_path, monkeypatch):
+    """`bitvote run/verify --data FOLDER` takes the test split through bitvote.data."""
+    from test_data import make_cifar_python
+
+    from bitvote.cli.engine import load_data
+
+    monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path / "cache"))
+    make_cifar_python(tmp_path, "cifar10", n_train=10, n_test=12)
+    x, y = load_data(str(tmp_path), limit=5, num_classes=10)
+    assert x.shape == (5, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (5,)
+    assert abs(float(x.mean())) < 3  # normalized, not raw 0..255
