@@ -177,7 +177,7 @@ class Protocol:
         self.log(f"{model}: training the popcount baseline ({self.p['epochs']} epochs)")
         res = self._train(model=model, width=self.p["width"], epochs=self.p["epochs"], lr=self.p["lr"],
                           out=str(self.out / model / "baseline"))
-        row = self.base_row(model, voter="popcount", tie=None, pad_value=None, resolved="popcount", mode="baseline",
+        row = self.base_row(model, voter="popcount", resolved="popcount", mode="baseline",
                             variant="baseline", status="ok", top1=res["top1"], top5=res["top5"], n=res["n"],
                             epochs=self.p["epochs"], wall_s=res.get("wall_s"), checkpoint=res["best"])
         return self.record(model, "baseline", row)
