@@ -41,7 +41,7 @@ def test_smoke_preset_writes_table_results_and_plot(data, tmp_path, capsys):
         pass
     table = (out / "table.md").read_text()
     assert "| Models | Top-1 (%) | Top-5 (%) |" in table and "| Models | Top-1 (%) | Top-5 (%) |" in printed
-    assert "width 0.125" in table and "1 epochs" in table
+    assert "width 0.125" in table and "popcount, 1 epoch," in table
     body = [ln for ln in table.splitlines() if ln.startswith("| ") and "Models" not in ln]
     # baseline + 3 voter row groups (mv, mv pad +1, tap,leaf=4) x (converted, recalibrated, retrained)
     assert len(body) == 10

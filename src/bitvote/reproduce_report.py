@@ -41,12 +41,16 @@ def header(rows: List[dict], p: dict) -> str:
     if n and not p.get("test_subset"):
         test = f"the full test split ({n} images)"
     return (f"{_dataset_label(rows, p)}, preset `{p['preset']}`: width {p['width']:g}, {sub}, tested on {test}. "
-            f"Baseline: popcount, {p['epochs']} epochs, Adam lr {p['lr']:g}, linear decay, batch {p['batch_size']}. "
+            f"Baseline: popcount, {_epochs(p['epochs'])}, Adam lr {p['lr']:g}, linear decay, batch {p['batch_size']}. "
             f"Converted: the baseline's weights with the voter swapped in; + BN recalibration: BN statistics "
-            f"re-estimated on {p['recalibrate']} training images. Retrained: from the baseline, {p['retrain_epochs']} "
-            f"epochs through the voter ({p['surrogate']}, sigma {p['sigma']}, lr {p['retrain_lr']:g}), the same budget "
+            f"re-estimated on {p['recalibrate']} training images. Retrained: from the baseline, {_epochs(p['retrain_epochs'])} "
+            f"through the voter ({p['surrogate']}, sigma {p['sigma']}, lr {p['retrain_lr']:g}), the same budget "
             f"for every row. Tie: +1 for MV, `first` for hierarchies unless stated. Each voter row names the "
             f"hierarchies it resolved to, layer by layer (distinct ones, in layer order).")
+
+
+def _epochs(n) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
 
 
 def _acc(v) -> str:
@@ -113,8 +117,8 @@ def plot(rows: List[dict], p: dict, path: Path) -> str:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("top-1 (%)")
     axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"{_dataset_label(rows, p)}, width {p['width']:g}, baseline {p['epochs']} epochs, "
-                 f"retrain {p['retrain_epochs']} epochs (preset {p['preset']})", fontsize=9)
+    fig.suptitle(f"{_dataset_label(rows, p)}, width {p['width']:g}, baseline {_epochs(p['epochs'])}, "
+                 f"retrain {_epochs(p['retrain_epochs'])} (preset {p['preset']})", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
