@@ -1,9 +1,9 @@
-"""``bitvote demo``: the README's main job, a few CPU minutes from install to an accuracy.
+"""``bitvote demo``: the README's main job, a small version of the seed's protocol in ~10 CPU minutes.
 
-It trains a reduced-width ReActNet-18 on a fixed subset of CIFAR-10 and prints a table of
-stages and the commands to go further. The run lives in ``out/<stage>`` and resumes, so a
-second ``bitvote demo`` reuses finished stages. Later stages (convert to a majority voter,
-retrain through it) append rows to ``STAGES``' output the same way.
+It trains a reduced-width ReActNet-18 on a fixed subset of CIFAR-10, swaps a majority voter
+into it (directly, then with BN re-estimated), retrains through the voter, does the same for
+one hierarchical voter, and prints the seed-style table. It is ``bitvote reproduce``'s
+``demo`` preset: every stage lives under ``out`` and is reused by a second ``bitvote demo``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from .loop import TrainConfig, train
-
 __all__ = ["DEMO", "run_demo", "format_table"]
 
-#: the demo's baseline: ~3 minutes on 2 CPU cores (most of it training)
+#: the demo's baseline recipe (see ``bitvote.reproduce.PRESETS["demo"]`` for the voter rows)
 DEMO = dict(model="reactnet18", dataset="cifar10", width=0.25, epochs=4, batch_size=128, lr=2e-3,
-            schedule="linear", subset=5000, test_subset=2000, seed=0)
+            schedule="linear", subset=5000, test_subset=1000, seed=0)
 
 
 def format_table(rows) -> str:
@@ -30,20 +28,24 @@ def format_table(rows) -> str:
 
 
 def run_demo(data=None, out="runs/demo", device="cpu", threads=None, download=True, quiet=False, **overrides) -> dict:
-    """Train the demo baseline (or reuse it) and print the result; returns ``{stage: result}``."""
-    opts = {**DEMO, **overrides}
-    opts.setdefault("eval_every", opts["epochs"])  # test once, at the end: minutes count here
-    cfg = TrainConfig(**opts, data=data, out=str(Path(out) / "baseline"), resume=True,
-                      device=device, threads=threads, download=download, quiet=quiet)
-    results = {"baseline": train(cfg)}
-    rows = [(f"ReActNet-18 (width {cfg.width}, popcount)", results["baseline"])]
+    """Run (or reuse) the demo protocol and print its table; returns ``{stage: row}``.
+
+    Stages: ``baseline``, then ``<voter>.<mode>`` for modes converted / recalibrated /
+    retrained. ``overrides`` change the preset (``width``, ``epochs``, ``subset``, ...).
+    """
+    from ..reproduce import reproduce
+
+    rows = reproduce("demo", data=data, out=out, device=device, threads=threads, download=download, quiet=quiet,
+                     **overrides)
+    res = {}
+    for r in rows:
+        res["baseline" if r["mode"] == "baseline" else f"{r['voter']}.{r['mode']}"] = r
     if not quiet:
         data_arg = f" --data {shlex.quote(str(data))}" if data else ""
-        print(f"\nCIFAR-10, {cfg.subset} training images, {cfg.epochs} epochs, "
-              f"tested on {cfg.test_subset} test images:\n")
-        print(format_table(rows))
+        base = res["baseline"]["checkpoint"]
         print("\nGo further:")
-        print(f"  bitvote eval {Path(out) / 'baseline' / 'best.pt'}{data_arg}")
-        print(f"  bitvote train --model reactnet18 --width 0.25 --epochs 30{data_arg} --out runs/reactnet18-w025")
+        print(f"  bitvote eval {base}{data_arg}")
+        print(f"  bitvote convert {base} --voter 'tap,groups=4' --tie first --recalibrate-bn 2000{data_arg}")
+        print(f"  bitvote reproduce --preset cpu{data_arg} --threads 1 --out runs/reproduce-cpu")
         sys.stdout.flush()
-    return results
+    return res

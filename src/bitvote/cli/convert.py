@@ -1,0 +1,66 @@
+"""``bitvote convert`` and ``bitvote reproduce``: thin wrappers over :mod:`bitvote.convert` and
+:mod:`bitvote.reproduce`."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub):
+    p = sub.add_parser("convert", help="swap a voter into a trained checkpoint; accuracy before and after")
+    p.add_argument("checkpoint")
+    p.add_argument("--voter", required=True, help="voter spec, e.g. mv, tap, groups=4, 'tap,leaf=16'")
+    p.add_argument("--tie", help="tie rule: 1, -1, first, or a root-first list (default: the checkpoint's, else 1)")
+    p.add_argument("--pad-value", type=float, help="padding of binary activations in the voter layers: 0, 1 or -1")
+    p.add_argument("--out", help="write the converted checkpoint here")
+    p.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                   help="re-estimate BN statistics on N training images after the swap (no gradients)")
+    p.add_argument("--data", help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
+    p.add_argument("--test-subset", type=int, help="evaluate on a fixed random subset of N test images")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("reproduce", help="the seed's results table: baseline, converted, recalibrated, retrained")
+    p.add_argument("--preset", default="smoke", help="smoke | cpu | full (default smoke)")
+    p.add_argument("--models", help="comma-separated models (default: the preset's)")
+    p.add_argument("--voters", nargs="+", help="voter specs, e.g. --voters mv 'tap,groups=4' (default: the preset's)")
+    p.add_argument("--tie", help="tie rule for every voter row (default: 1 for mv, first for hierarchies)")
+    p.add_argument("--data", help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
+    p.add_argument("--out", help="output folder (default runs/reproduce-PRESET)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_reproduce)
+
+
+def _convert(args):
+    import torch
+
+    from ..convert import _print_rows, convert_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = convert_checkpoint(args.checkpoint, args.voter, args.out, args.tie, args.pad_value, args.recalibrate_bn,
+                             args.data, args.device, args.test_subset, download=not args.no_download)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    n = res["rows"][0]["n"]
+    print(f"{res['model']} (width {res['width']:g}) on {n} {res['dataset']} test images:")
+    _print_rows(res)
+    if res["out"]:
+        print(f"converted checkpoint: {res['out']}")
+    return 0
+
+
+def _reproduce(args):
+    from ..reproduce import reproduce
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    reproduce(args.preset, models=models, voters=args.voters, data=args.data, out=args.out, tie=args.tie,
+              device=args.device, threads=args.threads, download=not args.no_download, quiet=args.quiet)
+    return 0

@@ -1,0 +1,127 @@
+"""Conversion: the same trained weights with a (hierarchical) majority voter swapped in.
+
+The seed's first experiment: take a popcount BNN, replace every voter layer's popcount by a
+voter, and measure how much accuracy survives. BN after a voter still holds the statistics of
+the popcount sums, so :func:`recalibrate_bn` re-estimates them on training images (no
+gradients): the cheap fix a user tries before retraining.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from . import data as D
+from .errors import BitvoteError
+from .models import set_voter, voter_layers
+
+__all__ = ["convert_model", "recalibrate_bn", "resolved", "convert_checkpoint"]
+
+
+def convert_model(model: nn.Module, voter, tie=None, pad_value=None) -> nn.Module:
+    """Swap ``voter`` into every voter layer of ``model`` in place (weights untouched)."""
+    opts = {} if pad_value is None else {"pad_value": pad_value}
+    if tie is None and str(voter).strip().lower() != "popcount":
+        tie = model.config.get("tie") if hasattr(model, "config") else None
+    set_voter(model, voter, tie, **opts)
+    return model
+
+
+def resolved(model: nn.Module) -> str:
+    """The distinct hierarchies the model's voter layers resolved to, in layer order.
+
+    E.g. ``M9(M2(M4)) / M9(M4(M4)) / M9(M8(M4)) / M9(M16(M4))`` for ``tap,leaf=4`` at width
+    0.125: a rule names leaf sizes only once it meets a layer's channel count.
+    """
+    seen = []
+    for _, layer in voter_layers(model):
+        h = getattr(layer, "hierarchy", None)
+        text = "popcount" if h is None else h.describe()
+        if text not in seen:
+            seen.append(text)
+    return " / ".join(seen)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, split: D.Split, n: int, batch_size: int = 250, seed: int = 0) -> nn.Module:
+    """Re-estimate every BN's running mean/var on ``n`` training images; no weight changes.
+
+    Running statistics are reset and averaged cumulatively (momentum ``None``) over
+    un-augmented, normalized images in train-mode BN, so the result is the plain average over
+    the ``n`` images and does not depend on the old statistics. The model ends in eval mode.
+    """
+    if n < 1:
+        raise BitvoteError(f"--recalibrate-bn needs a positive number of images, got {n}")
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model.eval()
+    sub = D.subset(split, n, seed)
+    dev = next(model.parameters()).device
+    model.eval()
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for i in range(0, len(sub), batch_size):
+            model(D.normalize(sub.x[i : i + batch_size].to(dev), sub.dataset))
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        model.eval()
+    return model
+
+
+def convert_checkpoint(ckpt, voter, out=None, tie=None, pad_value=None, recalibrate: int = 0, data=None,
+                       device="cpu", test_subset=None, evaluate_before=True, download=True, quiet=True) -> dict:
+    """Load ``ckpt``, evaluate, convert, evaluate, optionally recalibrate BN and evaluate; save.
+
+    Returns ``{"rows": [{"mode", "voter", "resolved", "top1", "top5", "n"}...], "out": path}``:
+    modes ``before`` (skipped if ``evaluate_before`` is False), ``converted``,
+    ``recalibrated``. ``out`` receives the final model (recalibrated when asked).
+    """
+    from .train import load_model, model_checkpoint, save_checkpoint
+    from .train.loop import _device, evaluate
+
+    dev = _device(device)
+    model, ck = load_model(ckpt, dev)
+    dataset = (ck.get("args") or {}).get("dataset") or ck.get("dataset") or "cifar10"
+    test = D.subset(D.load(dataset, "test", data, device=dev, download=download), test_subset)
+    if test.num_classes != model.config["num_classes"]:
+        raise BitvoteError(f"checkpoint {ckpt} has {model.config['num_classes']} classes, {dataset} has {test.num_classes}")
+    rows = []
+
+    def row(mode):
+        r = {"mode": mode, "voter": str(model.config["voter"]), "resolved": resolved(model), **evaluate(model, test)}
+        rows.append(r)
+        if not quiet:
+            print(f"{mode:>13}: {r['voter']} [{r['resolved']}] top1 {r['top1']:.2f}%  top5 {r['top5']:.2f}%", flush=True)
+
+    if evaluate_before:
+        row("before")
+    convert_model(model, voter, tie, pad_value)
+    row("converted")
+    if recalibrate:
+        train_split = D.load(dataset, "train", data, device=dev, download=download)
+        recalibrate_bn(model, train_split, recalibrate)
+        row("recalibrated")
+    if out is not None:
+        out = Path(out)
+        if out.resolve() == Path(ckpt).resolve():
+            raise BitvoteError(f"--out {out} is the input checkpoint: choose another file")
+        save_checkpoint(out, model_checkpoint(model, dataset=dataset, converted_from=str(ckpt),
+                                              recalibrated_bn=int(recalibrate or 0)))
+    return {"rows": rows, "out": None if out is None else str(out), "dataset": dataset, "model": model.config["name"],
+            "width": model.config["width"]}
+
+
+def _print_rows(res: dict, file=sys.stdout) -> None:
+    """Before/after table of :func:`convert_checkpoint`'s rows."""
+    print("| Stage | Voter | Resolved | Top-1 (%) | Top-5 (%) |\n|---|---|---|---|---|", file=file)
+    for r in res["rows"]:
+        print(f"| {r['mode']} | {r['voter']} | {r['resolved']} | {r['top1']:.2f} | {r['top5']:.2f} |", file=file)

@@ -1,0 +1,291 @@
+"""``bitvote reproduce``: the seed's results table from one command, at any scale.
+
+For each model: train the popcount baseline; then for each voter row convert it (evaluate),
+convert and re-estimate BN (evaluate), and retrain through the voter with one budget for every
+row (evaluate). Each finished stage is a small JSON file under ``DIR/stages`` (written
+atomically) and is skipped on a re-run; training stages resume mid-stage from their
+``last.pt``, so an interrupted reproduction continues where it stopped. The table, results
+and plot are written by :mod:`bitvote.reproduce_report`.
+
+Ties: an MV row uses the SPEC default ``+1``; hierarchies use ``first``. With ``+1`` at every
+level, deep hierarchies with small leaves vote nearly constant at conversion (ties compound
+toward +1), BN then divides by a near-zero batch variance and retraining explodes;
+``first`` is unbiased. ``tie=`` overrides it for every voter row.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from . import data as D
+from .errors import BitvoteError
+
+__all__ = ["PRESETS", "VoterRow", "voter_rows", "reproduce", "Protocol"]
+
+#: every preset: training scale, retraining budget (the same for every voter row) and the sweep
+PRESETS: Dict[str, dict] = {
+    # seconds on tiny data: what the test suite runs
+    "smoke": dict(models=("reactnet18",), voters=("mv", "tap,leaf=4"), width=0.125, subset=None, test_subset=None,
+                  batch_size=8, epochs=1, lr=2e-3, retrain_epochs=1, retrain_lr=1e-3, recalibrate=32,
+                  pad_variant=True),
+    # `bitvote demo`: ~10 CPU minutes, one MV row group and one HMV row group
+    "demo": dict(models=("reactnet18",), voters=("mv", "tap"), width=0.25, subset=5000, test_subset=1000,
+                 batch_size=128, epochs=4, lr=2e-3, retrain_epochs=1, retrain_lr=1e-3, recalibrate=1000,
+                 pad_variant=False),
+    # a few hours of a 2-core CPU on CIFAR-10 (~5 h, 1 thread); every training stage under an
+    # hour: hierarchies with tie `first` train at ~10-20 images/s at width 1/8 on this CPU
+    "cpu": dict(models=("reactnet18", "birealnet18"),
+                voters=("mv", "groups=4", "tap", "tap,groups=4", "tap,leaf=4"),
+                width=0.125, subset=10000, test_subset=2000, batch_size=128, epochs=15, lr=2e-3,
+                retrain_epochs=2, retrain_lr=1e-3, recalibrate=1000, pad_variant=True),
+    # paper scale, for a GPU (untested here): full width and data; the seed's slides do not
+    # state their epochs, 200 + 50 is a common CIFAR BNN schedule
+    "full": dict(models=("reactnet18", "birealnet18"),
+                 voters=("mv", "groups=4", "tap", "tap,groups=4", "tap,leaf=16"),
+                 width=1.0, subset=None, test_subset=None, batch_size=128, epochs=200, lr=1e-3,
+                 retrain_epochs=50, retrain_lr=5e-4, recalibrate=10000, pad_variant=True),
+}
+
+#: the keys that decide what a stage computes: a folder holds one protocol
+_PROTOCOL_KEYS = ("width", "subset", "test_subset", "batch_size", "epochs", "lr", "retrain_epochs", "retrain_lr",
+                  "recalibrate", "dataset", "seed", "surrogate", "sigma")
+
+MODES = ("baseline", "converted", "recalibrated", "retrained")
+
+
+@dataclass(frozen=True)
+class VoterRow:
+    """One voter row group: a spec, its tie, and the padding of its voter layers."""
+
+    spec: str
+    tie: str
+    pad_value: Optional[float] = None
+
+    @property
+    def slug(self) -> str:
+        """A folder name: ``tap_groups_4-tiefirst``, ``mv-tie1-pad1``."""
+        s = "".join(c if c.isalnum() else "_" for c in self.spec)
+        s += "-tie" + "".join(c if c.isalnum() else "_" for c in str(self.tie).replace("-", "m"))
+        if self.pad_value is not None:
+            s += f"-pad{self.pad_value:+g}".replace("+", "p").replace("-", "m")
+        return s
+
+    @property
+    def label(self) -> str:
+        pad = "" if self.pad_value is None else f", pad {self.pad_value:+g}"
+        return f"{self.spec} (tie {self.tie}{pad})"
+
+
+def voter_rows(specs: Sequence[str], tie: Optional[str] = None, pad_variant: bool = True) -> List[VoterRow]:
+    """Row groups for ``specs``: ``mv`` gets tie +1 (and a pad +1 twin), hierarchies tie ``first``."""
+    rows = []
+    for spec in specs:
+        spec = str(spec).strip()
+        if not spec:
+            continue
+        if spec.lower() == "popcount":
+            raise BitvoteError("--voters: popcount is the baseline, not a voter row")
+        t = tie if tie is not None else ("1" if spec.lower() == "mv" else "first")
+        rows.append(VoterRow(spec, str(t)))
+        if spec.lower() == "mv" and pad_variant:
+            rows.append(VoterRow(spec, str(t), 1.0))
+    if not rows:
+        raise BitvoteError("--voters: no voter given")
+    return rows
+
+
+def _is_divergence(e: BitvoteError) -> bool:
+    msg = str(e).lower()
+    return "diverged" in msg or "nan" in msg or "not finite" in msg or "non-finite" in msg
+
+
+class Protocol:
+    """One reproduction folder: stage files, the splits, and the stage runners."""
+
+    def __init__(self, out, params: dict, data=None, device="cpu", threads=None, download=True, quiet=False):
+        self.out = Path(out)
+        self.p = params
+        self.data, self.device, self.threads, self.download, self.quiet = data, device, threads, download, quiet
+        self._splits = {}
+
+    # -- stage files ---------------------------------------------------------------------------
+    def stage_path(self, model: str, key: str) -> Path:
+        return self.out / "stages" / model / f"{key}.json"
+
+    def done(self, model: str, key: str) -> Optional[dict]:
+        p = self.stage_path(model, key)
+        if p.is_file():
+            try:
+                return json.loads(p.read_text())
+            except json.JSONDecodeError:
+                return None  # cannot happen with atomic writes; recompute if it does
+        return None
+
+    def record(self, model: str, key: str, row: dict) -> dict:
+        D.atomic_write_bytes(self.stage_path(model, key), (json.dumps(row, indent=1) + "\n").encode())
+        return row
+
+    def check_folder(self) -> None:
+        """A folder holds one protocol: reusing stages of another scale would mix numbers."""
+        mine = {k: self.p.get(k) for k in _PROTOCOL_KEYS}
+        f = self.out / "protocol.json"
+        if f.is_file():
+            theirs = json.loads(f.read_text())
+            diff = [k for k in _PROTOCOL_KEYS if theirs.get(k) != mine[k]]
+            if diff:
+                raise BitvoteError(f"--out {self.out} holds a reproduction with other settings "
+                                   f"({', '.join(f'{k} {theirs.get(k)!r} != {mine[k]!r}' for k in diff)}): choose another --out")
+        else:
+            D.atomic_write_bytes(f, (json.dumps(mine, indent=1) + "\n").encode())
+
+    # -- data ----------------------------------------------------------------------------------
+    def split(self, name: str) -> D.Split:
+        if name not in self._splits:
+            s = D.load(self.p["dataset"], name, self.data, device=self.device, download=self.download)
+            self._splits[name] = D.subset(s, self.p["test_subset"]) if name == "test" else s
+        return self._splits[name]
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"bitvote reproduce: {msg}", file=sys.stderr, flush=True)
+
+    # -- rows ----------------------------------------------------------------------------------
+    def base_row(self, model: str, **kw) -> dict:
+        p = self.p
+        return {"model": model, "width": p["width"], "dataset": p["dataset"], "data": self.split("test").source,
+                "subset": p["subset"], "test_subset": p["test_subset"], "preset": p["preset"], **kw}
+
+    def _train(self, **kw) -> dict:
+        from .train import TrainConfig, train
+
+        cfg = TrainConfig(dataset=self.p["dataset"], data=self.data, subset=self.p["subset"],
+                          test_subset=self.p["test_subset"], batch_size=self.p["batch_size"], seed=self.p["seed"],
+                          device=self.device, threads=self.threads, download=self.download, resume=True,
+                          quiet=self.quiet, **kw)
+        cfg.eval_every = cfg.epochs  # test once, at the end: every row is measured the same way
+        return train(cfg)
+
+    def baseline(self, model: str) -> dict:
+        got = self.done(model, "baseline")
+        if got:
+            return got
+        self.log(f"{model}: training the popcount baseline ({self.p['epochs']} epochs)")
+        res = self._train(model=model, width=self.p["width"], epochs=self.p["epochs"], lr=self.p["lr"],
+                          out=str(self.out / model / "baseline"))
+        row = self.base_row(model, voter="popcount", resolved="popcount", mode="baseline",
+                            variant="baseline", status="ok", top1=res["top1"], top5=res["top5"], n=res["n"],
+                            epochs=self.p["epochs"], wall_s=res.get("wall_s"), checkpoint=res["best"])
+        return self.record(model, "baseline", row)
+
+    def converted(self, model: str, base: dict, vr: VoterRow) -> List[dict]:
+        """The converted and the BN-recalibrated rows (one model load, two stage files)."""
+        from .convert import convert_model, recalibrate_bn, resolved
+        from .train import load_model
+        from .train.loop import evaluate
+
+        keys = (f"{vr.slug}.converted", f"{vr.slug}.recalibrated")
+        got = [self.done(model, k) for k in keys]
+        if all(got):
+            return got
+        net, _ = load_model(base["checkpoint"], self.device)
+        convert_model(net, vr.spec, vr.tie, vr.pad_value)
+        common = dict(voter=vr.spec, tie=vr.tie, pad_value=vr.pad_value, label=vr.label, resolved=resolved(net),
+                      epochs=self.p["epochs"], status="ok")
+        t = time.monotonic()
+        ev = evaluate(net, self.split("test"))
+        rows = [self.record(model, keys[0], self.base_row(model, **common, mode="converted", variant="converted",
+                                                          top1=ev["top1"], top5=ev["top5"], n=ev["n"],
+                                                          wall_s=time.monotonic() - t))]
+        self.log(f"{model} {vr.label}: converted top1 {ev['top1']:.2f}")
+        t = time.monotonic()
+        recalibrate_bn(net, self.split("train"), self.p["recalibrate"], seed=self.p["seed"])
+        ev = evaluate(net, self.split("test"))
+        rows.append(self.record(model, keys[1], self.base_row(model, **common, mode="recalibrated",
+                                                               variant="recalibrated", top1=ev["top1"], top5=ev["top5"],
+                                                               n=ev["n"], recalibrate_images=self.p["recalibrate"],
+                                                               wall_s=time.monotonic() - t)))
+        self.log(f"{model} {vr.label}: + BN recalibration top1 {ev['top1']:.2f}")
+        return rows
+
+    def retrained(self, model: str, base: dict, vr: VoterRow, resolved_text: str) -> dict:
+        key = f"{vr.slug}.retrained"
+        got = self.done(model, key)
+        if got:
+            return got
+        self.log(f"{model} {vr.label}: retraining through the voter ({self.p['retrain_epochs']} epochs)")
+        common = dict(voter=vr.spec, tie=vr.tie, pad_value=vr.pad_value, label=vr.label, resolved=resolved_text,
+                      mode="retrained", variant="retrained", epochs=self.p["retrain_epochs"],
+                      surrogate=self.p["surrogate"], sigma=self.p["sigma"])
+        try:
+            res = self._train(init=base["checkpoint"], voter=vr.spec, tie=vr.tie, pad_value=vr.pad_value,
+                              surrogate=self.p["surrogate"], sigma=self.p["sigma"], epochs=self.p["retrain_epochs"],
+                              lr=self.p["retrain_lr"], out=str(self.out / model / vr.slug))
+        except BitvoteError as e:
+            if not _is_divergence(e):
+                raise
+            self.log(f"{model} {vr.label}: retraining diverged ({e})")
+            return self.record(model, key, self.base_row(model, **common, status="diverged", error=str(e),
+                                                         top1=None, top5=None, n=None))
+        return self.record(model, key, self.base_row(model, **common, status="ok", top1=res["top1"], top5=res["top5"],
+                                                     n=res["n"], wall_s=res.get("wall_s")))
+
+
+def _validate(models: Sequence[str], rows: Sequence[VoterRow], width: float) -> None:
+    """Fail before any training: unknown models, unknown or misfit voter specs, bad ties."""
+    from . import models as M
+
+    for name in models:
+        for vr in rows:
+            opts = {} if vr.pad_value is None else {"pad_value": vr.pad_value}
+            M.create(name, voter=vr.spec, width=width, tie=vr.tie, **opts)
+
+
+def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, voters: Optional[Sequence[str]] = None,
+              data=None, out=None, tie=None, device="cpu", threads=None, download=True, quiet=False,
+              print_table=True, **overrides) -> List[dict]:
+    """Run (or resume) the protocol; writes ``table.md``, ``results.json``, ``accuracy.png``.
+
+    Returns every row (diverged rows included, with ``top1`` None). ``overrides`` change preset
+    values (``width``, ``epochs``, ``subset``, ...): the folder's ``protocol.json`` then
+    records them, and a re-run with other values into the same folder is an error.
+    """
+    import torch
+
+    from . import reproduce_report as R
+    from .train.loop import _device
+
+    if preset not in PRESETS:
+        raise BitvoteError(f"unknown preset {preset!r}: choose one of {', '.join(k for k in PRESETS if k != 'demo')}")
+    p = dict(PRESETS[preset], preset=preset, dataset="cifar10", seed=0, surrogate="approxsign", sigma="fanin")
+    unknown = set(overrides) - set(p)
+    if unknown:
+        raise BitvoteError(f"unknown reproduce option(s): {', '.join(sorted(unknown))}")
+    p.update(overrides)
+    models = list(models or p["models"])
+    if voters is not None:  # accept "a;b" as well as a list
+        voters = [v for item in voters for v in str(item).split(";")]
+    rows_spec = voter_rows(voters or p["voters"], tie, p["pad_variant"])
+    _device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    _validate(models, rows_spec, p["width"])
+    out = Path(out or f"runs/reproduce-{preset}")
+    proto = Protocol(out, p, data, device, threads, download, quiet)
+    proto.split("test")  # a missing data folder fails here, before anything is written
+    proto.check_folder()
+    t0 = time.monotonic()
+    rows: List[dict] = []
+    for model in models:
+        base = proto.baseline(model)
+        rows.append(base)
+        for vr in rows_spec:
+            conv = proto.converted(model, base, vr)
+            rows.extend(conv)
+            rows.append(proto.retrained(model, base, vr, conv[0]["resolved"]))
+    R.write_all(out, rows, p, time.monotonic() - t0, print_table=print_table and not quiet, log=proto.log)
+    return rows
