@@ -83,9 +83,12 @@ def _run(args):
 
 def _verify(args):
     from ..engine.verify import verify
-    from ..train.checkpoint import load as load_ckpt
 
-    num_classes = int((load_ckpt(args.checkpoint).get("config") or {}).get("num_classes", 10))
+    try:  # only to pick CIFAR-10 or -100 for a dataset folder; verify() reports a bad file itself
+        ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        num_classes = int(((ck.get("config") if isinstance(ck, dict) else None) or {}).get("num_classes", 10))
+    except Exception:
+        num_classes = 10
     x, y = load_data(args.data, args.limit, num_classes)
     if args.device != "cpu":
         from ..gpu import require_device
