@@ -33,3 +33,23 @@ def test_amp_training_step_is_finite():
     loss, logits = _step(m, None, opt, x, y, 1e-3, 0.0, torch.device("cpu"), amp=True)
     assert torch.isfinite(loss) and logits.shape == (4, 10)
     assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+def test_agc_in_training_step_clips_unitwise():
+    """--agc: each unit's gradient is capped at clip * |unit|, the classifier untouched."""
+    from bitvote.nn import adaptive_clip_grad_
+    from bitvote.train.loop import _step
+
+    torch.manual_seed(0)
+    m = bitvote.models.create("reactnet18", width=0.125, bn="free")
+    params = [p for n, p in m.named_parameters() if not n.startswith("fc.")]
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)  # lr 0: the step leaves the weights, grads stay
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    _step(m, None, opt, x, y, 0.0, 0.0, torch.device("cpu"), agc=(1e-3, params))
+    from bitvote.nn.normfree import unitwise_norm
+
+    for p in params:
+        if p.grad is not None:
+            assert (unitwise_norm(p.grad) <= 1e-3 * unitwise_norm(p).clamp(min=1e-3) * 1.0001).all()
+    assert m.fc.weight.grad is not None
+    assert callable(adaptive_clip_grad_)

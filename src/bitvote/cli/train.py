@@ -39,6 +39,8 @@ def add_parser(sub):
     p.add_argument("--init", help="start from this checkpoint's weights (e.g. step 1's best.pt)")
     p.add_argument("--teacher", help="distill from this checkpoint (ReActNet's distribution loss)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--agc", type=float, metavar="CLIP",
+                   help="adaptive gradient clipping factor (default 0.04 for --bn free, else off; 0 turns it off)")
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast on the CPU too (CUDA always uses it); votes and ties stay exact")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow to start on the CPU)")
@@ -102,6 +104,7 @@ def _train(args):
         init=args.init, teacher=args.teacher, threads=args.threads, ckpt_every_s=args.ckpt_every,
         ckpt_every_steps=args.ckpt_every_steps, download=not args.no_download, quiet=args.quiet,
         sync_bn=args.sync_bn, stop_after_steps=args.stop_after_steps, amp=args.amp, compile=args.compile,
+        agc=args.agc,
     )
     if args.nproc is not None:
         if args.nproc < 1:

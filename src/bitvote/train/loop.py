@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from .. import data as D
 from ..errors import BitvoteError
 from . import checkpoint as C
+from ..nn.normfree import adaptive_clip_grad_
 from . import distributed as Dist
 from .kd import distribution_loss
 from .optim import SCHEDULES, lr_at, make_optimizer
@@ -77,6 +78,7 @@ class TrainConfig:
     download: bool = True
     quiet: bool = False
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    agc: Optional[float] = None  # adaptive gradient clipping factor; None: 0.04 for bn="free", else off
     amp: bool = False  # bf16 autocast on the CPU too (CUDA always trains in bf16); votes stay exact
     compile: bool = False  # torch.compile the model (worth it on CUDA; slow to start on the CPU)
     stop_after_steps: int = 0  # end this invocation after N steps with last.pt written (0: run to the end)
@@ -204,6 +206,8 @@ def _build_model(cfg: TrainConfig, num_classes: int):
 
 
 def _check(cfg: TrainConfig):
+    if cfg.agc is not None and not (math.isfinite(cfg.agc) and cfg.agc >= 0):
+        raise BitvoteError(f"--agc must be a non-negative number, got {cfg.agc}")
     if cfg.step not in (1, 2):
         raise BitvoteError(f"--step must be 1 or 2, got {cfg.step}")
     if cfg.schedule not in SCHEDULES:
@@ -257,7 +261,7 @@ def _resumed_config(cfg: TrainConfig, ck: dict, path) -> TrainConfig:
     return TrainConfig(**merged)
 
 
-def _step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0, amp=False):
+def _step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0, amp=False, agc=None):
     """One optimizer step: cross-entropy, or the distribution loss against ``teacher``.
 
     ``scale`` weights this rank's mean loss by its share of the global batch (1.0 alone).
@@ -276,6 +280,8 @@ def _step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0, amp=Fa
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     opt.zero_grad(set_to_none=True)
     (loss * scale if scale != 1.0 else loss).backward()
+    if agc is not None:  # (clip factor, parameters): unit-wise AGC, the classifier left out
+        adaptive_clip_grad_(agc[1], agc[0])
     opt.step()
     return loss.detach(), logits.detach()
 
@@ -373,6 +379,8 @@ def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
             raise BitvoteError(f"--teacher {cfg.teacher} has {teacher.config['num_classes']} classes, "
                                f"{cfg.dataset} has {train_set.num_classes}")
     wd = cfg.wd if cfg.wd is not None else (1e-5 if cfg.step == 1 else 0.0)
+    clip = cfg.agc if cfg.agc is not None else (0.04 if model.config.get("bn") == "free" else 0.0)
+    agc = (clip, [p for n, p in model.named_parameters() if not n.startswith("fc.")]) if clip > 0 else None
     opt = make_optimizer(model, cfg.lr, wd)
 
     N, B = len(train_set), cfg.batch_size
@@ -445,7 +453,8 @@ def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
             n_global = min(B, N)
             try:
                 loss, logits = _step(net, teacher, opt, x, y, lr_at(gstep, total, cfg.lr, cfg.schedule),
-                                     cfg.label_smoothing, dev, Dist.loss_scale(len(idx), n_global, world), cfg.amp)
+                                     cfg.label_smoothing, dev, Dist.loss_scale(len(idx), n_global, world), cfg.amp,
+                                     agc)
             except (BitvoteError, RuntimeError) as e:  # e.g. "NaN in the input of a binarizer"
                 if not _finite(model):
                     raise diverged("the weights are not finite", gstep + 1) from None
