@@ -25,6 +25,9 @@ def add_parser(sub):
 
     p = sub.add_parser("reproduce", help="the seed's results table: baseline, converted, recalibrated, retrained")
     p.add_argument("--preset", default="smoke", help="smoke | cpu | full (default smoke)")
+    p.add_argument("--table", choices=("seed", "appendix"), default="seed",
+                   help="seed: baseline / MV / HMV rows (default); appendix: the 4 models x BN / w/o BN / BN-free grid")
+    p.add_argument("--datasets", default="cifar10", help="appendix only: cifar10, cifar100 or both (comma-separated)")
     p.add_argument("--models", help="comma-separated models (default: the preset's)")
     p.add_argument("--voters", nargs="+", help="voter specs, e.g. --voters mv 'tap,groups=4' (default: the preset's)")
     p.add_argument("--tie", help="tie rule for every voter row (default: 1 for mv, first for hierarchies)")
@@ -61,6 +64,13 @@ def _reproduce(args):
     from ..reproduce import reproduce
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    if args.table == "appendix":
+        from ..appendix import reproduce_appendix
+
+        datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+        reproduce_appendix(args.preset, models=models, datasets=datasets, data=args.data, out=args.out,
+                           device=args.device, threads=args.threads, download=not args.no_download, quiet=args.quiet)
+        return 0
     reproduce(args.preset, models=models, voters=args.voters, data=args.data, out=args.out, tie=args.tie,
               device=args.device, threads=args.threads, download=not args.no_download, quiet=args.quiet)
     return 0
