@@ -90,3 +90,13 @@ def test_engine_data_reads_dataset_folders(tmp_path, monkeypatch):
     x, y = load_data(str(tmp_path), limit=5, num_classes=10)
     assert x.shape == (5, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (5,)
     assert abs(float(x.mean())) < 3  # normalized, not raw 0..255
+
+
+def test_engine_refuses_step1_checkpoint(tmp_path, capsys):
+    """A step-1 checkpoint has real weights: compiling its signs would be a silent wrong result."""
+    m = bitvote.models.create("reactnet18", width=0.125)
+    ck = tmp_path / "step1.pt"
+    torch.save({"model": m.state_dict(), "config": m.config, "binary_weights": False}, ck)
+    assert main(["compile", str(ck), "--out", str(tmp_path / "m.bvm")]) == 2
+    err = capsys.readouterr().err
+    assert "real weights" in err and "Traceback" not in err and err.count("\n") == 1

@@ -43,26 +43,13 @@ FORMAT = "bitvote-engine/1"
 
 def load_checkpoint(path) -> nn.Module:
     """Rebuild a model from a checkpoint ``{"model": state_dict, "config": model.config}``."""
-    from .. import models
+    from ..train import checkpoint as C
 
-    p = Path(path)
-    if not p.is_file():
-        raise BitvoteError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-        raise BitvoteError(f"checkpoint {str(path)!r} is not readable by torch.load: {str(e).splitlines()[0]}") from None
-    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
-        raise BitvoteError(f"checkpoint {str(path)!r} lacks 'model' and 'config' entries")
-    cfg = dict(ck["config"])
-    name = cfg.pop("name", None)
-    if name is None:
-        raise BitvoteError(f"checkpoint {str(path)!r}: its config has no model name")
-    model = models.create(name, **cfg)
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise BitvoteError(f"checkpoint {str(path)!r} does not match model {name!r}: {str(e).splitlines()[0]}") from None
+    ck = C.read(path)
+    model = C.model_from_checkpoint(ck, path)
+    if not C.binary_weights(model):
+        raise BitvoteError(f"checkpoint {path} has real weights (step 1 of two-step training): "
+                           "the engine runs binary weights; train step 2 first")
     return model.eval()
 
 

@@ -32,17 +32,9 @@ __all__ = ["model_from_checkpoint", "layer_units", "count_units", "layer_design"
 
 def model_from_checkpoint(path) -> nn.Module:
     """Rebuild a model from a checkpoint's ``config`` (weights are not needed to count units)."""
-    p = Path(path)
-    if not p.is_file():
-        raise BitvoteError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-        raise BitvoteError(f"checkpoint {str(path)!r} cannot be read: {type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
-    cfg = ck.get("config") if isinstance(ck, dict) else None
-    if not isinstance(cfg, dict) or "name" not in cfg:
-        raise BitvoteError(f"checkpoint {str(path)!r} has no 'config' with a model name")
-    cfg = dict(cfg)
+    from ..train.checkpoint import read
+
+    cfg = dict(read(path, require=("config",))["config"])
     opts = cfg.pop("options", None) or {}
     cfg.update(opts)
     name = cfg.pop("name")

@@ -55,8 +55,13 @@ def save(path, state: dict) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def load(path) -> dict:
-    """Load and check a bitvote checkpoint; every failure is one line naming the file."""
+def read(path, require=("model", "config")) -> dict:
+    """Read a checkpoint dict safely (``weights_only``); every failure is one line naming the file.
+
+    Lenient about provenance: any ``{"model": state_dict, "config": model.config}`` dict is
+    accepted (the engine and the hardware tools take such hand-made files too); :func:`load`
+    adds the check that ``bitvote train`` wrote it.
+    """
     path = Path(path)
     if not path.is_file():
         raise BitvoteError(f"checkpoint {path} does not exist")
@@ -70,7 +75,21 @@ def load(path) -> dict:
                                "refused to load it (unpickling them could run code)") from None
         kind = "truncated or corrupt" if path.stat().st_size else "empty"
         raise BitvoteError(f"checkpoint {path} is {kind} ({type(e).__name__})") from None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+    if not isinstance(ck, dict):
+        raise BitvoteError(f"{path} is not a bitvote checkpoint")
+    for key in require:
+        if key not in ck:
+            raise BitvoteError(f"checkpoint {path} has no {key!r}: not a bitvote checkpoint, or damaged")
+    cfg = ck.get("config")
+    if "config" in require and not (isinstance(cfg, dict) and cfg.get("name")):
+        raise BitvoteError(f"checkpoint {path} has no model config with a model name")
+    return ck
+
+
+def load(path) -> dict:
+    """:func:`read` a checkpoint that ``bitvote train`` / ``convert`` wrote."""
+    ck = read(path, require=())
+    if ck.get("format") != FORMAT:
         raise BitvoteError(f"{path} is not a bitvote checkpoint")
     for key in ("model", "config"):
         if key not in ck:
