@@ -6,7 +6,8 @@
 #   2. the Triton kernel tests compiled for the GPU (TRITON_INTERPRET=0)       170 s
 #   3. bitvote bench --device cuda --layers --model reactnet18 (vs cuDNN)       150 s
 #   4. benchmarks/gpu_train_speed.py (reactnet18 popcount/mv/tap vs resnet18)   120 s
-#   5. bitvote reproduce --preset gpu1, if that command exists                  100 s
+#   5. bitvote reproduce --preset gpu1 --minutes 1.4 (needs CIFAR-10 under $BITVOTE_DATA:
+#      the GPU machine cannot download it; without it this step prints one error line)  100 s
 # Everything printed goes to $OUT/gpu_check.log (./gpu_check.log without $OUT) and stdout.
 # It installs nothing (the GPU machine has no network; torch with CUDA ships triton).
 set -u
@@ -43,7 +44,8 @@ step 150 $PY -m bitvote bench --device cuda --layers --model reactnet18 --voter 
 step 120 $PY benchmarks/gpu_train_speed.py --steps 10 --rounds 2
 
 if $PY -m bitvote reproduce --help >/dev/null 2>&1; then
-    step 100 $PY -m bitvote reproduce --preset gpu1
+    step 100 $PY -m bitvote reproduce --preset gpu1 --device cuda --minutes 1.4 --no-download \
+        --out "${OUT:-.}/reproduce-gpu1"
 else
     echo "=== SKIPPED reproduce: 'bitvote reproduce' does not exist in this checkout"
 fi

@@ -124,3 +124,17 @@ def test_reproduce_bad_input_is_one_line(data, tmp_path, args, match):
     assert len(lines) == 1 and lines[0].startswith("bitvote: error:") and match in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "o" / "stages").exists()
+
+
+def test_time_budget_plans_epochs(data, tmp_path):
+    """gpu1's budget, run at toy scale on the CPU: epochs come from measured steps, kept in plan.json."""
+    out = tmp_path / "budget"
+    rows = reproduce("gpu1", models=["reactnet18"], voters=["mv"], data=str(data), out=str(out), threads=1,
+                     download=False, quiet=True, print_table=False, width=0.125, batch_size=8, minutes=0.05,
+                     recalibrate=8)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["epochs"] >= 1 and plan["retrain_epochs"] >= 1 and plan["baseline_epoch_s"] > 0
+    assert json.loads((out / "protocol.json").read_text())["epochs"] == plan["epochs"]
+    assert {r["mode"] for r in rows} == {"baseline", "converted", "recalibrated", "retrained"}
+    with pytest.raises(BitvoteError, match="--minutes"):
+        reproduce("gpu1", data=str(data), out=str(tmp_path / "b2"), quiet=True, download=False, minutes=None)

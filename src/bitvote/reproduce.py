@@ -49,7 +49,15 @@ PRESETS: Dict[str, dict] = {
                  voters=("mv", "groups=4", "tap", "tap,groups=4", "tap,leaf=16"),
                  width=1.0, subset=None, test_subset=None, batch_size=128, epochs=200, lr=1e-3,
                  retrain_epochs=50, retrain_lr=5e-4, recalibrate=10000, pad_variant=True),
+    # one GPU, a time budget (issue 9): full width and data; the epochs come from a measured
+    # step time so the whole protocol fits `minutes` (see plan_epochs). Untested on a GPU here.
+    "gpu1": dict(models=("reactnet18", "birealnet18"), voters=("mv", "tap"), width=1.0, subset=None,
+                 test_subset=None, batch_size=256, epochs=None, lr=2e-3, retrain_epochs=None, retrain_lr=1e-3,
+                 recalibrate=10000, pad_variant=False, minutes=10.0),
 }
+
+for _p in PRESETS.values():
+    _p.setdefault("minutes", None)  # a time budget replaces the epochs when given (plan_epochs)
 
 #: the keys that decide what a stage computes: a folder holds one protocol
 _PROTOCOL_KEYS = ("width", "subset", "test_subset", "batch_size", "epochs", "lr", "retrain_epochs", "retrain_lr",
@@ -235,6 +243,64 @@ class Protocol:
                                                      n=res["n"], wall_s=res.get("wall_s")))
 
 
+def _time_steps(model_name: str, voter: str, tie, p: dict, device, steps: int = 6) -> float:
+    """Median seconds of one training step (forward, backward, Adam) at the preset's scale."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from . import models as M
+    from .train.optim import make_optimizer
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    net = M.create(model_name, voter=voter, width=p["width"], tie=tie).to(dev).train()
+    opt = make_optimizer(net, 1e-3, 0.0)
+    x = torch.randn(p["batch_size"], 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (p["batch_size"],), device=dev)
+    times = []
+    for i in range(steps + 2):
+        t = time.perf_counter()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = F.cross_entropy(net(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # warm-up steps excluded
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def plan_epochs(p: dict, models: Sequence[str], rows: Sequence[VoterRow], n_train: int, device, out: Path,
+                log=print) -> dict:
+    """Epochs that fit ``p["minutes"]``, from measured step times; kept in ``out/plan.json``.
+
+    The baseline gets E epochs and every voter row E/4 (at least 1) of retraining; 10 % of the
+    budget is left for evaluation, conversion and BN recalibration. A re-run reuses the stored
+    plan, so an interrupted budgeted run resumes with the same epochs.
+    """
+    f = out / "plan.json"
+    if f.is_file():
+        return json.loads(f.read_text())
+    steps = max(1, n_train // p["batch_size"])
+    base_s = sum(_time_steps(m, "popcount", 1, p, device) for m in models) * steps
+    vote_s = sum(_time_steps(m, vr.spec, vr.tie, p, device) for m in models for vr in rows) * steps
+    budget = 0.9 * 60.0 * float(p["minutes"])
+    # E * base_s + max(1, E/4) * vote_s <= budget
+    e = max(1, int((budget - vote_s) // max(base_s, 1e-9))) if budget > base_s + vote_s else 1
+    while e > 1 and e * base_s + max(1, e // 4) * vote_s > budget:
+        e -= 1
+    plan = {"epochs": e, "retrain_epochs": max(1, e // 4), "minutes": float(p["minutes"]),
+            "baseline_epoch_s": base_s, "retrain_epoch_s_all_rows": vote_s, "device": str(device)}
+    D.atomic_write_bytes(f, (json.dumps(plan, indent=1) + "\n").encode())
+    log(f"plan for {p['minutes']:g} min: baseline {plan['epochs']} epochs, retraining {plan['retrain_epochs']} "
+        f"(measured {base_s:.0f} s per baseline epoch over all models)")
+    return plan
+
+
 def _validate(models: Sequence[str], rows: Sequence[VoterRow], width: float) -> None:
     """Fail before any training: unknown models, unknown or misfit voter specs, bad ties."""
     from . import models as M
@@ -277,6 +343,13 @@ def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, vot
     out = Path(out or f"runs/reproduce-{preset}")
     proto = Protocol(out, p, data, device, threads, download, quiet)
     proto.split("test")  # a missing data folder fails here, before anything is written
+    if p.get("minutes") and (p["epochs"] is None or "minutes" in overrides):
+        n_train = len(D.subset(proto.split("train"), p["subset"], p["seed"]))
+        out.mkdir(parents=True, exist_ok=True)
+        plan = plan_epochs(p, models, rows_spec, n_train, device, out, proto.log)
+        p["epochs"], p["retrain_epochs"] = plan["epochs"], plan["retrain_epochs"]
+    elif p["epochs"] is None:
+        raise BitvoteError(f"preset {preset!r} sizes its epochs from a time budget: pass --minutes")
     proto.check_folder()
     t0 = time.monotonic()
     rows: List[dict] = []

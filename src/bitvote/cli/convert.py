@@ -24,7 +24,9 @@ def add_parser(sub):
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("reproduce", help="the seed's results table: baseline, converted, recalibrated, retrained")
-    p.add_argument("--preset", default="smoke", help="smoke | cpu | full (default smoke)")
+    p.add_argument("--preset", default="smoke", help="smoke | cpu | full | gpu1 (default smoke)")
+    p.add_argument("--minutes", type=float,
+                   help="time budget: epochs are planned from measured step times (gpu1 defaults to 10)")
     p.add_argument("--table", choices=("seed", "appendix"), default="seed",
                    help="seed: baseline / MV / HMV rows (default); appendix: the 4 models x BN / w/o BN / BN-free grid")
     p.add_argument("--datasets", default="cifar10", help="appendix only: cifar10, cifar100 or both (comma-separated)")
@@ -71,6 +73,11 @@ def _reproduce(args):
         reproduce_appendix(args.preset, models=models, datasets=datasets, data=args.data, out=args.out,
                            device=args.device, threads=args.threads, download=not args.no_download, quiet=args.quiet)
         return 0
+    extra = {} if args.minutes is None else {"minutes": args.minutes}
+    if args.minutes is not None and not args.minutes > 0:
+        from ..errors import BitvoteError
+
+        raise BitvoteError(f"--minutes must be positive, got {args.minutes}")
     reproduce(args.preset, models=models, voters=args.voters, data=args.data, out=args.out, tie=args.tie,
-              device=args.device, threads=args.threads, download=not args.no_download, quiet=args.quiet)
+              device=args.device, threads=args.threads, download=not args.no_download, quiet=args.quiet, **extra)
     return 0
