@@ -53,3 +53,11 @@ def test_agc_in_training_step_clips_unitwise():
             assert (unitwise_norm(p.grad) <= 1e-3 * unitwise_norm(p).clamp(min=1e-3) * 1.0001).all()
     assert m.fc.weight.grad is not None
     assert callable(adaptive_clip_grad_)
+
+
+def test_deep_hierarchy_with_fixed_ties_is_flagged():
+    from bitvote.train.loop import _biased_deep_hierarchy
+
+    assert _biased_deep_hierarchy(bitvote.models.create("reactnet18", voter="tap,groups=2", width=0.125))
+    assert not _biased_deep_hierarchy(bitvote.models.create("reactnet18", voter="tap,groups=2", width=0.125, tie="first"))
+    assert not _biased_deep_hierarchy(bitvote.models.create("reactnet18", voter="tap", width=0.125))

@@ -205,6 +205,17 @@ def _build_model(cfg: TrainConfig, num_classes: int):
     return model
 
 
+def _biased_deep_hierarchy(model: nn.Module) -> bool:
+    """True when some voter has 3+ levels and no level breaks ties with 'first' (docs/results.md)."""
+    from ..models import voter_layers
+
+    for _, layer in voter_layers(model):
+        h = getattr(layer, "hierarchy", None)
+        if h is not None and h.depth >= 3 and all(lv.tie != "first" for lv in h.levels):
+            return True
+    return False
+
+
 def _check(cfg: TrainConfig):
     if cfg.agc is not None and not (math.isfinite(cfg.agc) and cfg.agc >= 0):
         raise BitvoteError(f"--agc must be a non-negative number, got {cfg.agc}")
@@ -407,6 +418,9 @@ def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
         procs = f", {world.size} processes ({world.backend}), global batch {B}" if world.active else ""
         prog.note(f"bitvote train: {model.config['name']} width {model.config['width']} voter {model.config['voter']} "
                   f"step {cfg.step} on {cfg.dataset} ({N} train / {len(test_set)} test images, {dev}{procs}); {where}")
+        if _biased_deep_hierarchy(model):
+            prog.note("bitvote train: note: a hierarchy of 3+ levels with a fixed tie (+1/-1) at every level "
+                      "compounds the tie's bias; votes can become constant and training diverge: consider --tie first")
 
     t_start = time.monotonic()
 
