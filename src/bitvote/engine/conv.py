@@ -65,7 +65,46 @@ def _arr(values, dtype):
     return torch.tensor(list(values) or [0], dtype=dtype)
 
 
-class PackedConv:
+class ConvEpilogue:
+    """What the CPU and GPU packed convs share: output size and the fused epilogue's parameters.
+
+    Subclasses set ``name``, ``Co``, ``kh``, ``kw``, ``stride``, ``padding`` and ``hier``.
+    """
+
+    @property
+    def is_vote(self) -> bool:
+        """True when the layer outputs +/-1 votes (an ``M`` root)."""
+        return self.hier is not None and self.hier.root == "M"
+
+    def out_size(self, H: int, W: int):
+        k, s, p = (self.kh, self.kw), self.stride, self.padding
+        return (H + 2 * p - k[0]) // s + 1, (W + 2 * p - k[1]) // s + 1
+
+    def _set_epilogue(self, mode: str, a, b, thr, dir, device) -> None:
+        if mode not in _OUT:
+            raise BitvoteError(f"unknown epilogue {mode!r}: choose one of {', '.join(_OUT)}")
+        Co = self.Co
+
+        def vec(v, dtype, default):
+            if v is None or isinstance(v, (int, float)):
+                v = default if v is None else v
+                return torch.full((Co,), v, dtype=dtype, device=device)
+            t = torch.as_tensor(v).detach().to(device=device, dtype=dtype).reshape(-1)
+            if t.numel() != Co:
+                raise BitvoteError(f"layer {self.name!r}: epilogue vector has {t.numel()} entries for {Co} channels")
+            return t.contiguous()
+
+        if mode == "bits" and thr is None and dir is None:
+            if not self.is_vote:
+                raise BitvoteError(f"layer {self.name!r}: bit output needs a voter or thresholds")
+            thr, dir = 1, 1
+        self.mode = mode
+        self.a, self.b = vec(a, torch.float32, 1.0), vec(b, torch.float32, 0.0)
+        self.thr = vec(thr, torch.int32, 0)
+        self.dir = vec(dir, torch.int32, 1)
+
+
+class PackedConv(ConvEpilogue):
     """A binary conv (one conv group, dilation 1) compiled for the packed kernels.
 
     ``wbits``: bool weights ``(Co, C, kh, kw)``, True = +1. ``pad_value``: 0 (zero padding,
@@ -153,39 +192,10 @@ class PackedConv:
         self._args = {}
         return self
 
-    @property
-    def is_vote(self) -> bool:
-        """True when the layer outputs +/-1 votes (an ``M`` root)."""
-        return self.hier is not None and self.hier.root == "M"
-
-    def out_size(self, H: int, W: int):
-        k, s, p = (self.kh, self.kw), self.stride, self.padding
-        return (H + 2 * p - k[0]) // s + 1, (W + 2 * p - k[1]) // s + 1
-
     def epilogue(self, mode: str, a=None, b=None, thr=None, dir=None):
         """Choose the fused output (see the module docstring); per-channel vectors of length Co."""
-        if mode not in _OUT:
-            raise BitvoteError(f"unknown epilogue {mode!r}: choose one of {', '.join(_OUT)}")
-        Co = self.Co
-
-        def vec(v, dtype, default):
-            if v is None or isinstance(v, (int, float)):
-                v = default if v is None else v
-                return torch.full((Co,), v, dtype=dtype)
-            t = torch.as_tensor(v).to(dtype).reshape(-1)
-            if t.numel() != Co:
-                raise BitvoteError(f"layer {self.name!r}: epilogue vector has {t.numel()} entries for {Co} channels")
-            return t.contiguous()
-
-        if mode == "bits" and thr is None and dir is None:
-            if not self.is_vote:
-                raise BitvoteError(f"layer {self.name!r}: bit output needs a voter or thresholds")
-            thr, dir = 1, 1
-        self.mode = mode
+        self._set_epilogue(mode, a, b, thr, dir, torch.device("cpu"))
         self._args = {}
-        self.a, self.b = vec(a, torch.float32, 1.0), vec(b, torch.float32, 0.0)
-        self.thr = vec(thr, torch.int32, 0)
-        self.dir = vec(dir, torch.int32, 1)
         return self
 
     #: the graph may let the output overwrite the residual (see ``inplace``)

@@ -16,13 +16,13 @@ from typing import Optional
 
 import torch
 
+from ..engine.conv import _OUT, ConvEpilogue
 from ..errors import BitvoteError
 from ..voter import CM, Hierarchy, reduce_votes
 from . import interpreted, require
 
 __all__ = ["GpuPackedConv", "pack", "words32", "from_engine_words", "to_engine_words", "unpack32"]
 
-_OUT = {"int": 0, "affine": 1, "select": 2, "bits": 3}
 
 
 def words32(channels: int) -> int:
@@ -100,7 +100,7 @@ def _i32(m: int) -> int:
     return m - (1 << 32) if m >= 1 << 31 else m
 
 
-class GpuPackedConv:
+class GpuPackedConv(ConvEpilogue):
     """A binary conv (one conv group, dilation 1) for the Triton kernels.
 
     Arguments as :class:`bitvote.engine.PackedConv`; ``device`` is where the tables live
@@ -177,37 +177,9 @@ class GpuPackedConv:
         self.block_o = block_o or 64
         self.epilogue("int")
 
-    @property
-    def is_vote(self) -> bool:
-        return self.hier is not None and self.hier.root == "M"
-
-    def out_size(self, H: int, W: int):
-        k, s, p = (self.kh, self.kw), self.stride, self.padding
-        return (H + 2 * p - k[0]) // s + 1, (W + 2 * p - k[1]) // s + 1
-
     def epilogue(self, mode: str, a=None, b=None, thr=None, dir=None):
         """Choose the fused output, exactly as :meth:`bitvote.engine.PackedConv.epilogue`."""
-        if mode not in _OUT:
-            raise BitvoteError(f"unknown epilogue {mode!r}: choose one of {', '.join(_OUT)}")
-        Co, dev = self.Co, self.device
-
-        def vec(v, dtype, default):
-            if v is None or isinstance(v, (int, float)):
-                v = default if v is None else v
-                return torch.full((Co,), v, dtype=dtype, device=dev)
-            t = torch.as_tensor(v).detach().to(device=dev, dtype=dtype).reshape(-1)
-            if t.numel() != Co:
-                raise BitvoteError(f"layer {self.name!r}: epilogue vector has {t.numel()} entries for {Co} channels")
-            return t.contiguous()
-
-        if mode == "bits" and thr is None and dir is None:
-            if not self.is_vote:
-                raise BitvoteError(f"layer {self.name!r}: bit output needs a voter or thresholds")
-            thr, dir = 1, 1
-        self.mode = mode
-        self.a, self.b = vec(a, torch.float32, 1.0), vec(b, torch.float32, 0.0)
-        self.thr = vec(thr, torch.int32, 0)
-        self.dir = vec(dir, torch.int32, 1)
+        self._set_epilogue(mode, a, b, thr, dir, self.device)
         return self
 
     def _check(self, xw):
