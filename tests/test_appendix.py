@@ -8,15 +8,12 @@ from bitvote.appendix import SEED_APPENDIX, reproduce_appendix
 from bitvote.cli import main
 from bitvote.errors import BitvoteError
 
-from test_data import make_cifar_python
+from test_data import tiny_data_root
 
 
 @pytest.fixture()
 def data(tmp_path, monkeypatch):
-    monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("BITVOTE_DATA", raising=False)
-    make_cifar_python(tmp_path / "data", n_train=16, n_test=8)
-    return tmp_path / "data"
+    return tiny_data_root(tmp_path, monkeypatch, n_train=16, n_test=8)
 
 
 def test_appendix_grid_smoke(data, tmp_path, capsys):

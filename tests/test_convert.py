@@ -18,17 +18,14 @@ from bitvote.train import TrainConfig, load_checkpoint, load_model, model_checkp
 from bitvote.train.checkpoint import set_binary_weights
 from bitvote.train.loop import _build_model
 
-from test_data import make_cifar_python
+from test_data import tiny_data_root
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture()
 def data(tmp_path, monkeypatch):
-    monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("BITVOTE_DATA", raising=False)
-    make_cifar_python(tmp_path / "data", n_train=48, n_test=20)
-    return tmp_path / "data"
+    return tiny_data_root(tmp_path, monkeypatch, n_train=48, n_test=20)
 
 
 def _popcount_ckpt(path, model="reactnet18", step2=True):

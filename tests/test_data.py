@@ -40,6 +40,15 @@ def make_cifar_python(root, dataset="cifar10", n_train=60, n_test=20):
     return folder, (xtr, ytr, xte, yte)
 
 
+def tiny_data_root(tmp_path, monkeypatch, n_train=48, n_test=20):
+    """A private CIFAR-10 folder of generated images, its own cache, no $BITVOTE_DATA: the
+    ``data`` fixture of the training, conversion and reproduction tests."""
+    monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("BITVOTE_DATA", raising=False)
+    make_cifar_python(tmp_path / "data", n_train=n_train, n_test=n_test)
+    return tmp_path / "data"
+
+
 def make_image_folder(root, classes=10, per_class=(4, 2)):
     from PIL import Image
 

@@ -16,7 +16,7 @@ import torch
 
 from bitvote.train import TrainConfig, load_checkpoint, train
 
-from test_data import make_cifar_python
+from test_data import tiny_data_root
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ATOL = 1e-4
@@ -25,10 +25,7 @@ RTOL = 1e-5
 
 @pytest.fixture()
 def data(tmp_path, monkeypatch):
-    monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("BITVOTE_DATA", raising=False)
-    make_cifar_python(tmp_path / "data", n_train=48, n_test=20)
-    return tmp_path / "data"
+    return tiny_data_root(tmp_path, monkeypatch, n_train=48, n_test=20)
 
 
 def _args(data, out, batch, *extra):

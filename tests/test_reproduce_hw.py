@@ -8,13 +8,12 @@ import pytest
 from bitvote.cli import main
 from bitvote.reproduce import reproduce
 
-from test_data import make_cifar_python
+from test_data import tiny_data_root
 
 
 @pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is not installed (.ci/run installs it)")
 def test_hw_report_from_reproduce_output(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path / "cache"))
-    make_cifar_python(tmp_path / "data", n_train=16, n_test=8)
+    tiny_data_root(tmp_path, monkeypatch, n_train=16, n_test=8)
     out = tmp_path / "rep"
     reproduce("smoke", voters=["mv"], data=str(tmp_path / "data"), out=str(out), threads=1, download=False,
               quiet=True, print_table=False)
