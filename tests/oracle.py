@@ -92,3 +92,20 @@ def binary_conv(x, w, stride, padding, pad_value, levels=None, ties=None, root="
             for l in range(L):
                 out[a, o, l] = eval_tree(pv[a][o][l], vm[l], levels, ties, root)
     return out.view(N, Co, Ho, Wo)
+
+
+def voter_specs(C, T, deep=False):
+    """Voter specs that fit a layer of C channels and T taps, for the kernel property tests."""
+    n = C * T
+    out = ["popcount", "mv", "tap", f"cm:M{C}(M{T})" if T > 1 else "mv", f"P(M{C})" if T > 1 else "mv"]
+    for g in (2, 3, 4):
+        if n % g == 0:
+            out += [f"groups={g}", f"cgroups={g}"]
+        if C % g == 0:
+            out += [f"tap,groups={g}", f"tap,leaf={g}"]
+    if n >= 3:
+        a = n // 3
+        out.append(f"M2(M{a}, M{n - a})")
+    if deep and n % 8 == 0:
+        out.append(f"M2(M2(M2(M{n // 8})))")  # depth 4
+    return out

@@ -36,19 +36,7 @@ DEV = gpu.require()
 
 
 def _specs(C, T):
-    n = C * T
-    out = ["popcount", "mv", "tap", f"P(M{C})" if T > 1 else "mv", f"cm:M{C}(M{T})" if T > 1 else "mv"]
-    for g in (2, 3, 4):
-        if n % g == 0:
-            out += [f"groups={g}", f"cgroups={g}"]
-        if C % g == 0:
-            out += [f"tap,groups={g}", f"tap,leaf={g}"]
-    if n >= 3:
-        a = n // 3
-        out.append(f"M2(M{a}, M{n - a})")
-    if n % 8 == 0:
-        out.append(f"M2(M2(M2(M{n // 8})))")  # depth 4: leaf sums + reduce_votes
-    return out
+    return oracle.voter_specs(C, T, deep=True)
 
 
 @st.composite
