@@ -6,10 +6,15 @@ run on a quiet machine; rounds interleave the modes so drift hits them alike. Ea
 in fp32 and under CPU bf16 autocast (votes stay exact there: see binary_conv2d).
 
     python benchmarks/voter_speed.py [--batch 64] [--channels 256] [--size 16] [--rounds 5]
+        [--tie 1|-1|first] [--fuse both|on|off]
+
+``--fuse both`` (the default) times every mode with the fused one-pass CPU vote chains
+(bitvote._fuse) and without them (``BITVOTE_FUSE=0``), side by side.
 """
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -26,6 +31,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--voters", default="popcount,mv,tap,tap,groups=4")
+    ap.add_argument("--tie", default="1", help="tie rule of every voter: 1, -1 or first")
+    ap.add_argument("--fuse", choices=("both", "on", "off"), default="both")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -40,42 +47,47 @@ def main():
         buf = part
     torch.manual_seed(0)
     C, S, N = args.channels, args.size, args.batch
-    layers = {v: BinaryConv2d(C, C, 3, 1, 1, voter=v) for v in voters}
+    tie = args.tie if args.tie == "first" else int(args.tie)
+    layers = {v: BinaryConv2d(C, C, 3, 1, 1, voter=v, **({} if v == "popcount" else {"tie": tie})) for v in voters}
     x = torch.randn(N, C, S, S, requires_grad=True)
     g = torch.randn(N, C, S, S)
 
-    def step(layer, amp):
+    def step(layer, amp, fuse):
+        os.environ["BITVOTE_FUSE"] = "1" if fuse else "0"
         x.grad = None
         layer.weight.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             y = layer(x)
         (y.float() * g).sum().backward()
 
-    modes = [(v, amp) for amp in (False, True) for v in voters]
-    for v, amp in modes:  # warm-up
-        step(layers[v], amp)
+    fuses = {"both": (False, True), "on": (True,), "off": (False,)}[args.fuse]
+    modes = [(v, amp, fz) for fz in fuses for amp in (False, True) for v in voters]
+    for m in modes:  # warm-up (and the one-time compile of the fused chains)
+        step(layers[m[0]], m[1], m[2])
     times = {m: [] for m in modes}
     for _ in range(args.rounds):
         for m in modes:
             t0 = time.perf_counter()
-            step(layers[m[0]], m[1])
+            step(layers[m[0]], m[1], m[2])
             times[m].append(time.perf_counter() - t0)
     rows = []
-    for v, amp in modes:
-        ms = statistics.median(times[(v, amp)]) * 1e3
-        base = statistics.median(times[("popcount", amp)]) * 1e3 if ("popcount", amp) in times else None
-        fp32 = statistics.median(times[(v, False)]) * 1e3
-        rows.append({"voter": v, "precision": "bf16" if amp else "fp32",
+    for v, amp, fz in modes:
+        ms = statistics.median(times[(v, amp, fz)]) * 1e3
+        base = statistics.median(times[("popcount", amp, fz)]) * 1e3 if ("popcount", amp, fz) in times else None
+        fp32 = statistics.median(times[(v, False, fz)]) * 1e3
+        rows.append({"voter": v, "precision": "bf16" if amp else "fp32", "fused": fz,
                      "resolved": layers[v].hierarchy.describe() if layers[v].hierarchy else "popcount",
                      "ms": round(ms, 2), "ratio": round(ms / base, 3) if base else None,
                      "vs_fp32": round(ms / fp32, 3)})
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"fwd+bwd, {C}ch {S}x{S} 3x3, batch {N}, {args.threads} threads, median of {args.rounds} interleaved rounds")
-    print(f"{'voter':<16}{'resolved':<16}{'precision':<11}{'ms':>9}{'x popcount':>12}{'x own fp32':>12}")
+    print(f"fwd+bwd, {C}ch {S}x{S} 3x3, batch {N}, tie {args.tie}, {args.threads} threads, "
+          f"median of {args.rounds} interleaved rounds")
+    print(f"{'voter':<16}{'resolved':<16}{'precision':<11}{'fused':<7}{'ms':>9}{'x popcount':>12}{'x own fp32':>12}")
     for r in rows:
-        print(f"{r['voter']:<16}{r['resolved']:<16}{r['precision']:<11}{r['ms']:>9.1f}{r['ratio']:>12.2f}{r['vs_fp32']:>12.2f}")
+        print(f"{r['voter']:<16}{r['resolved']:<16}{r['precision']:<11}{'yes' if r['fused'] else 'no':<7}"
+              f"{r['ms']:>9.1f}{r['ratio']:>12.2f}{r['vs_fp32']:>12.2f}")
 
 
 if __name__ == "__main__":

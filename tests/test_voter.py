@@ -287,3 +287,48 @@ def test_cpu_bf16_autocast_keeps_votes_exact(spec, tie):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = layer(x)
     assert got.dtype == torch.float32 and torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_fused_cpu_chains_match_eager(monkeypatch, amp):
+    """The compiled one-pass vote/surrogate chains give the eager votes exactly, and its grads."""
+    from bitvote import _fuse
+
+    torch.manual_seed(0)
+    x = torch.randint(-1, 2, (2, 8, 6, 6)).float()
+    results = {}
+    for fuse in ("0", "1"):
+        monkeypatch.setenv("BITVOTE_FUSE", fuse)
+        monkeypatch.setattr(_fuse, "MIN_NUMEL", 1)
+        for surrogate in ("approxsign", "ste"):
+            torch.manual_seed(1)
+            layer = BinaryConv2d(8, 4, 3, 1, 1, voter="tap,groups=2", tie="first", surrogate=surrogate)
+            xi = x.clone().requires_grad_(True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                y = layer(xi)
+            (y.float() * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+            results[fuse, surrogate] = (y.detach(), xi.grad, layer.weight.grad)
+    assert _fuse.enabled()
+    for surrogate in ("approxsign", "ste"):
+        (y0, gx0, gw0), (y1, gx1, gw1) = results["0", surrogate], results["1", surrogate]
+        assert torch.equal(y0, y1)
+        tol = 2e-2 if amp else 1e-5
+        assert torch.allclose(gx0, gx1, rtol=tol, atol=tol) and torch.allclose(gw0, gw1, rtol=tol, atol=tol)
+        assert gw0.abs().sum() > 0
+
+
+def test_fused_falls_back_once_when_compiling_fails(monkeypatch, capsys):
+    from bitvote import _fuse
+
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(_fuse, "MIN_NUMEL", 1)
+    monkeypatch.setattr(_fuse, "_broken", None)
+    monkeypatch.setattr(torch, "compile", broken)
+    f = _fuse.fused(lambda a, b: (a + b).sign())
+    a, b = torch.randn(10), torch.randn(10)
+    assert torch.equal(f(a, b), (a + b).sign()) and torch.equal(f(a, b), (a + b).sign())
+    err = capsys.readouterr().err
+    assert err.count("fused CPU vote kernels unavailable (RuntimeError: no C++ compiler)") == 1
+    assert not _fuse.enabled()

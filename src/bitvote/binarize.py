@@ -22,6 +22,7 @@ from typing import Union
 
 import torch
 
+from ._fuse import fused
 from .errors import BitvoteError
 
 __all__ = [
@@ -96,9 +97,7 @@ class Ste(Surrogate):
         return (u.abs() <= self.clip).to(u.dtype)
 
     def backward(self, g, s, sigma):
-        if torch.is_tensor(sigma):
-            return super().backward(g, s, sigma)
-        return torch.where(s.abs() <= self.clip * sigma, g / sigma, torch.zeros((), dtype=g.dtype, device=g.device))
+        return _ste_backward(g, s, _as_tensor(sigma, s), _as_tensor(self.clip, s))
 
     def __repr__(self):
         return "ste" if self.clip == 1.0 else f"Ste(clip={self.clip})"
@@ -118,12 +117,49 @@ class ApproxSign(Surrogate):
         return torch.clamp(2.0 - 2.0 * u.abs(), min=0.0)
 
     def backward(self, g, s, sigma):
-        if torch.is_tensor(sigma):
-            return super().backward(g, s, sigma)
+        return _approxsign_backward(g, s, _as_tensor(sigma, s))
+
+
+def _as_tensor(v, like: torch.Tensor):
+    """On the CPU a scalar becomes a 0-d fp32 tensor, so one compiled loop serves every value
+    (see _fuse); elsewhere it stays a float (reading a device scalar back would sync)."""
+    if torch.is_tensor(v) or like.device.type != "cpu":
+        return v
+    return torch.tensor(float(v), dtype=torch.float32)
+
+
+def _scalar(v) -> bool:
+    return not torch.is_tensor(v) or v.dim() == 0
+
+
+def _ste_backward_pure(g, s, sigma, clip):
+    return ((s.abs() <= clip * sigma).to(g.dtype) * (g / sigma)).to(g.dtype)
+
+
+def _ste_backward_eager(g, s, sigma, clip):
+    if _scalar(sigma):
+        sg, c = float(sigma), float(clip)
+        return torch.where(s.abs() <= c * sg, g / sg, torch.zeros((), dtype=g.dtype, device=g.device))
+    return _ste_backward_pure(g, s, sigma, float(clip))
+
+
+def _approxsign_backward_pure(g, s, sigma):
+    return (torch.clamp(2.0 - 2.0 * (s / sigma).abs(), min=0.0) * (g / sigma)).to(g.dtype)
+
+
+def _approxsign_backward_eager(g, s, sigma):
+    if _scalar(sigma):
         # F'(s/sigma)/sigma = max(0, 2/sigma - 2|s|/sigma^2), computed in place: few passes.
+        sg = float(sigma)
         r = s.abs()
-        r.mul_(-2.0 / (sigma * sigma)).add_(2.0 / sigma).clamp_(min=0.0)
+        r.mul_(-2.0 / (sg * sg)).add_(2.0 / sg).clamp_(min=0.0)
         return r.mul_(g)
+    return _approxsign_backward_pure(g, s, sigma)
+
+
+# g * F'(s / sigma) / sigma: one pass over large CPU tensors (the leaves of a hierarchy).
+_ste_backward = fused(_ste_backward_pure, _ste_backward_eager)
+_approxsign_backward = fused(_approxsign_backward_pure, _approxsign_backward_eager)
 
 
 _SURROGATES = {"ste": Ste, "approxsign": ApproxSign}

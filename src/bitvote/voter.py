@@ -49,10 +49,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ._fuse import fused
 from .binarize import Surrogate, SurrogateLike, get_surrogate
 from .errors import BitvoteError
 
@@ -466,16 +467,37 @@ class _VoteFn(torch.autograd.Function):
     def forward(ctx, s, fill, surrogate, sigma):
         ctx.save_for_backward(s)
         ctx.surrogate, ctx.sigma = surrogate, sigma
+        if isinstance(fill, tuple):  # a first term as the broadcast product of two factors
+            return _vote_forward_product(s, *fill)
         if torch.is_tensor(fill):
-            out = torch.add(s, fill.to(s.dtype), alpha=0.5)
-        else:
-            out = s + 0.5 * float(fill)
-        return out.sign_()
+            fill = fill.to(s.dtype)
+        elif s.device.type == "cpu":  # a 0-d tensor: one compiled loop for +1 and -1 (see _fuse)
+            fill = torch.tensor(float(fill), dtype=s.dtype)
+        return _vote_forward(s, fill)
 
     @staticmethod
     def backward(ctx, g):
         (s,) = ctx.saved_tensors
         return ctx.surrogate.backward(g, s, ctx.sigma), None, None, None
+
+
+def _vote_forward_pure(s, fill):
+    return torch.add(s, fill, alpha=0.5).sign()
+
+
+def _vote_forward_eager(s, fill):
+    return (torch.add(s, fill, alpha=0.5) if torch.is_tensor(fill) else s + 0.5 * fill).sign_()
+
+
+_vote_forward = fused(_vote_forward_pure, _vote_forward_eager)
+
+
+def _vote_forward_product_pure(s, a, b):
+    return torch.add(s, a * b, alpha=0.5).sign()
+
+
+# the leaf tie 'first' of tap blocks: (input value) x (weight row), never materialized
+_vote_forward_product = fused(_vote_forward_product_pure, flatten=False)
 
 
 def vote(s: torch.Tensor, tie=1, surrogate: SurrogateLike = "approxsign", sigma=1.0) -> torch.Tensor:
@@ -510,6 +532,41 @@ def _first_nonzero(x: torch.Tensor, groups: Sequence[int], dim: int) -> torch.Te
     if len(set(groups)) == 1:
         return first(x.unflatten(dim, (len(groups), groups[0])), dim + 1)
     return torch.stack([first(c, dim) for c in x.split(list(groups), dim)], dim)
+
+
+def _starts(groups: Sequence[int]) -> List[int]:
+    out, acc = [], 0
+    for g in groups:
+        out.append(acc)
+        acc += g
+    return out
+
+
+def _first_true(mask: torch.Tensor, groups, dim: int) -> torch.Tensor:
+    """Index (along ``dim``, absolute) of the first True of each run; the run's start if none."""
+    starts = torch.tensor(_starts(groups), device=mask.device)
+    shape = [1] * mask.dim()
+    shape[dim] = len(groups)
+    if len(set(groups)) == 1:
+        rel = mask.unflatten(dim, (len(groups), groups[0])).to(torch.uint8).argmax(dim + 1)
+    else:
+        rel = torch.stack([c.to(torch.uint8).argmax(dim) for c in mask.split(list(groups), dim)], dim)
+    return rel + starts.view(shape)
+
+
+def _first_live(v: torch.Tensor, c: Optional[torch.Tensor], groups: Sequence[int], dim: int) -> torch.Tensor:
+    """Each node's first non-abstaining child vote (0 if all abstain): ``first`` ties above a leaf.
+
+    A child abstains (votes 0) exactly when its valid count ``c`` is 0, and ``c`` depends only
+    on the output position, so the index is found on the small ``c`` and the votes gathered
+    once, instead of a select/where chain over the full tensor.
+    """
+    if c is None:  # nothing abstains: the first child
+        return v.index_select(dim, torch.tensor(_starts(groups), device=v.device))
+    idx = _first_true(c > 0, groups, dim)
+    shape = list(v.shape)
+    shape[dim] = len(groups)
+    return v.gather(dim, idx.expand(shape))
 
 
 def _sigma(rule: SigmaLike, groups: Sequence[int], valid: Optional[torch.Tensor], ref: torch.Tensor, dim: int):
@@ -551,6 +608,20 @@ def check_sigma(rule: SigmaLike) -> SigmaLike:
     return float(rule)
 
 
+def vote_dtype(hier: Hierarchy, dtype: torch.dtype) -> torch.dtype:
+    """The narrowest dtype in which this hierarchy's votes are exact: ``dtype`` or fp32.
+
+    Every sum a voter forms is an integer no larger than its fan-in, and ``s + fill / 2`` a
+    half-integer: exact in bf16 (8 significant bits) up to fan-in 127, in fp16 up to 1023.
+    Small-leaf hierarchies then keep their many leaf sums in half the memory; only the
+    surrogate's magnitudes round, as they do for every other op under autocast.
+    """
+    limit = {torch.bfloat16: 127, torch.float16: 1023}.get(dtype)
+    if limit is None or max(max(lv.groups) for lv in hier.levels) > limit:
+        return torch.float32
+    return dtype
+
+
 def reduce_votes(
     hier: Hierarchy,
     leaf_sums: torch.Tensor,
@@ -566,7 +637,8 @@ def reduce_votes(
     ``leaf_sums``: the sum of the valid terms of each leaf, leaves along ``dim`` in flat
     order. ``leaf_valid``: the number of valid terms per leaf (broadcastable; ``None`` when
     every term is valid, i.e. +1/-1 padding). ``leaf_first``: the value (+/-1) of each leaf's
-    first valid term, needed only when the leaf level's tie rule is ``first``.
+    first valid term (0 for a leaf without valid terms), needed only when the leaf level's tie
+    rule is ``first``; it may also be a pair of tensors whose broadcast product it is. Sums may be bf16/fp16 when :func:`vote_dtype` allows it.
 
     Returns the root's output with ``dim`` removed: +/-1 votes, or for a ``P`` root the sum of
     its children's votes. Differentiable: each vote's derivative is the surrogate's
@@ -584,7 +656,7 @@ def reduce_votes(
     last = hier.depth - 1
     for li, level in enumerate(hier.levels):
         if li > 0:
-            first = _first_nonzero(v, level.groups, dim) if level.tie == "first" else None
+            first = _first_live(v, c, level.groups, dim) if level.tie == "first" else None
             s = _segsum(v, level.groups, dim)
             if c is not None:
                 c = _segsum((c > 0).to(s.dtype), level.groups, dim)
@@ -594,11 +666,14 @@ def reduce_votes(
             if first is None:
                 raise ValueError("tie rule 'first' at the leaf level needs leaf_first")
             fill = first
+            if isinstance(fill, tuple) and c is not None and li == last:
+                fill = fill[0] * fill[1]  # the root's abstention below needs it whole
         else:
             fill = float(level.tie)
-        if c is not None:
+        if c is not None and not (level.tie == "first" and li != last):
             # A voter with no valid input abstains (0); a root that abstains takes its tie
-            # value (+1 under 'first').
+            # value (+1 under 'first'). Below the root a 'first' fill is 0 there already
+            # (no valid term, or only abstaining children): no pass over the full tensor.
             abstain = (1.0 if level.tie == "first" else float(level.tie)) if li == last else 0.0
             fill = torch.where(c == 0, torch.full((), abstain, dtype=s.dtype, device=s.device),
                                fill if torch.is_tensor(fill) else torch.full((), fill, dtype=s.dtype, device=s.device))

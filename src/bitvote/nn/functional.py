@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..binarize import binarize, binarize_weight
 from ..errors import BitvoteError
-from ..voter import CM, Hierarchy, _first_nonzero, _segsum, reduce_votes
+from ..voter import CM, Hierarchy, _first_nonzero, _first_true, _segsum, _starts, reduce_votes, vote_dtype
 
 __all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary"]
 
@@ -90,8 +90,9 @@ def _boundaries(sizes):
 def _blocks_tap(xb, wb, b, padding, pad_value, stride, dilation, Ho, Wo, want_first):
     """Tap-major blocks of ``b`` channels of one tap: one batched matmul over the taps.
 
-    Returns sums (P, N, Ho, Wo, Co) with P = taps x C/b in flat order, the first term of each
-    block (same layout) or None, and dim 0.
+    Returns sums (P, N, Ho, Wo, Co) with P = taps x C/b in flat order, and, when
+    ``want_first``, the factors of each block's first term: its input (P, N, Ho, Wo) and its
+    weight (P, Co); else None.
     """
     N, C = xb.shape[:2]
     Co, _, kh, kw = wb.shape
@@ -104,10 +105,24 @@ def _blocks_tap(xb, wb, b, padding, pad_value, stride, dilation, Ho, Wo, want_fi
     L = N * Ho * Wo
     W = wb.reshape(Co, G, b, T).permute(3, 1, 2, 0).reshape(T * G, b, Co)
     sums = torch.bmm(X.view(T * G, L, b), W).view(T * G, N, Ho, Wo, Co)
-    first = None
-    if want_first:
-        first = X[..., 0].reshape(T * G, N, Ho, Wo, 1) * W[:, 0, :].reshape(T * G, 1, 1, 1, Co)
+    first = (X[..., 0].reshape(T * G, N, Ho, Wo), W[:, 0, :]) if want_first else None
     return sums, first
+
+
+def _leaf_first_tap(first, valid, per_leaf):
+    """First valid term of each leaf from tap-block factors, without per-block tensors.
+
+    Which terms are valid depends only on the output position, so the leaf's first valid block
+    is an index per (leaf, Ho, Wo), found on the small ``valid`` tensor; its term is the
+    product of one input value and one weight row. An all-padding leaf gets 0 (it abstains).
+    """
+    xf, wf = first  # (P, N, Ho, Wo), (P, Co)
+    if valid is None:
+        idx = torch.tensor(_starts(per_leaf), device=xf.device)
+        return xf.index_select(0, idx).unsqueeze(-1), wf.index_select(0, idx)[:, None, None, None, :]
+    idx = _first_true(valid[:, 0, :, :, 0] > 0, per_leaf, 0)  # (leaves, Ho, Wo)
+    x1 = xf.gather(0, idx.unsqueeze(1).expand(-1, xf.shape[1], -1, -1))
+    return x1.unsqueeze(-1), wf[idx].unsqueeze(1)
 
 
 def _blocks_cm_channels(xp, wb, bc, stride, dilation):
@@ -152,7 +167,8 @@ def conv_leaf_sums(
 
     ``xb``: +/-1 activations (N, C, H, W); ``wb``: +/-1 weights (Co, C, kh, kw).
     Returns ``(sums, valid, first, dim)``: leaves along ``dim``; ``valid`` is ``None`` unless
-    zero padding can make terms invalid; ``first`` is ``None`` unless the leaf tie is 'first'.
+    zero padding can make terms invalid; ``first`` is ``None`` unless the leaf tie is 'first'
+    (then a tensor, or a pair whose broadcast product it is, as ``reduce_votes`` accepts).
     """
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     N, C, H, W = xb.shape
@@ -187,18 +203,23 @@ def conv_leaf_sums(
         return s, (s if first else None), 1
 
     sums, first, dim = on(xb, wb, want_first)
-    sums = sums.float()
-    first = None if first is None else first.float()
+    dt = vote_dtype(hier, sums.dtype)
+    sums = sums.to(dt)
     valid = None
     if zero_pad:
         # Counts must be exact whatever precision the sums use: always fp32.
         ones_x = torch.ones((1, C, H, W), dtype=torch.float32, device=xb.device)
         ones_w = torch.ones((1, C, kh, kw), dtype=torch.float32, device=wb.device)
         valid, _, _ = on(ones_x, ones_w, False)
+    if first is not None:
+        if plan == "tap":  # kept as its two factors: the vote multiplies them on the fly
+            first = tuple(f.to(dt) for f in _leaf_first_tap(first, valid, per_leaf))
+        else:
+            if any(p != 1 for p in per_leaf):
+                live = first if valid is None else first * (valid > 0).to(first.dtype)
+                first = _first_nonzero(live, per_leaf, dim)
+            first = first.to(dt)
     if any(p != 1 for p in per_leaf):
-        if first is not None:
-            live = first if valid is None else first * (valid > 0).to(first.dtype)
-            first = _first_nonzero(live, per_leaf, dim)
         sums = _segsum(sums, per_leaf, dim)
         if valid is not None:
             valid = _segsum(valid, per_leaf, dim)
@@ -209,8 +230,9 @@ def _sign_exact_autocast_dtype(device_type: str) -> torch.dtype:
     """The dtype for the +/-1 GEMMs behind a vote: fp32, or autocast's bf16/fp16 on the CPU.
 
     +/-1 inputs are exact in bf16/fp16 and oneDNN accumulates their products in fp32, so the
-    rounded sums keep their sign and their zeros: votes and ties stay exact (SPEC.md asks for
-    votes and ties in fp32; they are taken in fp32 from these sums). Only the surrogate sees
+    rounded sums keep their sign and their zeros: votes and ties stay exact (SPEC.md). The
+    votes themselves are taken in fp32, or in this dtype where every sum of the hierarchy is
+    exact in it (:func:`bitvote.voter.vote_dtype`: small leaves). Only the surrogate sees
     rounded magnitudes. On CUDA, cuBLAS may reduce in low precision, so sums stay fp32 there.
     """
     if device_type == "cpu" and torch.is_autocast_enabled(device_type):
@@ -245,7 +267,7 @@ def binary_conv2d(
 
     ``voter=None`` returns the sums ``s`` (times the per-channel ``mean|W|`` when
     ``weight_scale``); a :class:`~bitvote.voter.Hierarchy` returns +/-1 votes (or a ``P``
-    root's count), computed in fp32 even under autocast so that sums and ties are exact.
+    root's count) in fp32, computed exactly even under autocast (see ``vote_dtype``).
     ``binary_weights=False`` keeps the real weights (step 1 of two-step training: binary
     activations, real weights); only a popcount output is defined then (SPEC.md).
     """
@@ -289,5 +311,5 @@ def binary_conv2d(
                 xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter, stride, padding, dilation, pad_value
             )
             y = reduce_votes(voter, sums, valid, first, dim=dim, surrogate=surrogate, sigma=sigma)
-            outs.append(_out_layout(y, dim))
+            outs.append(_out_layout(y.float(), dim))
         return outs[0] if groups == 1 else torch.cat(outs, 1)
