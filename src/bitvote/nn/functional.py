@@ -49,34 +49,54 @@ def _out_size(size, k, stride, dilation):
 
 
 class _TapViews(torch.autograd.Function):
-    """Gather (T, G, N, Ho, Wo, b) blocks of a channels-last padded input, one per tap and group.
+    """Gather blocks of a channels-last padded input into leaf-major rows: (Lv, N, Ho, Wo, R, b).
 
-    A custom function so that the backward is one scatter-add per tap into one buffer,
-    instead of autograd's zero-filled full-size tensor per slice.
+    Block ``p`` (``b`` channels of one tap, flat order: ``p = tap * G + group``) lands in row
+    ``p // R`` at slot ``p % R``, so a leaf of ``R`` blocks is one contiguous K = R*b run and
+    one matmul sums it (R = 1: one block per row). A custom function so that the backward is
+    one scatter-add per copied run into one buffer, not a zero-filled tensor per slice.
     """
 
     @staticmethod
-    def forward(ctx, xcl, kh, kw, stride, dilation, Ho, Wo, G):
+    def forward(ctx, xcl, kh, kw, stride, dilation, Ho, Wo, G, R):
         N, Hp, Wp, C = xcl.shape
         b = C // G
-        out = xcl.new_empty((kh * kw, G, N, Ho, Wo, b))
-        slices = []
+        out = xcl.new_empty((kh * kw * G // R, N, Ho, Wo, R, b))
+        runs = []  # (tap slice, first group, groups, row, slot)
+        t = 0
         for i in range(kh):
             for j in range(kw):
                 sl = (slice(None), slice(i * dilation[0], i * dilation[0] + (Ho - 1) * stride[0] + 1, stride[0]),
                       slice(j * dilation[1], j * dilation[1] + (Wo - 1) * stride[1] + 1, stride[1]))
-                slices.append(sl)
-                out[len(slices) - 1].copy_(xcl[sl].reshape(N, Ho, Wo, G, b).permute(3, 0, 1, 2, 4))
-        ctx.slices, ctx.shape, ctx.G = slices, xcl.shape, G
+                g = 0
+                while g < G:  # split the tap's groups where a row ends (R = 1: rows are blocks)
+                    p = t * G + g
+                    m = G - g if R == 1 else min(G - g, R - p % R)
+                    runs.append((sl, g, m, p // R, p % R))
+                    g += m
+                t += 1
+        for sl, g, m, row, k in runs:
+            src = xcl[sl][..., g * b:(g + m) * b].reshape(N, Ho, Wo, m, b)
+            if R == 1:
+                out[row:row + m, :, :, :, 0].copy_(src.permute(3, 0, 1, 2, 4))
+            else:
+                out[row, :, :, :, k:k + m].copy_(src)
+        ctx.runs, ctx.shape, ctx.b = runs, xcl.shape, b
         return out
 
     @staticmethod
     def backward(ctx, g):
         N, Hp, Wp, C = ctx.shape
+        b = ctx.b
         gx = g.new_zeros(ctx.shape)
-        for t, sl in enumerate(ctx.slices):
-            gx[sl].view(N, g.shape[3], g.shape[4], ctx.G, C // ctx.G).add_(g[t].permute(1, 2, 3, 0, 4))
-        return gx, None, None, None, None, None, None, None
+        Ho, Wo = g.shape[2], g.shape[3]
+        for sl, grp, m, row, k in ctx.runs:
+            dst = gx[sl][..., grp * b:(grp + m) * b].view(N, Ho, Wo, m, b)
+            if g.shape[4] == 1:
+                dst.add_(g[row:row + m, :, :, :, 0].permute(1, 2, 3, 0, 4))
+            else:
+                dst.add_(g[row, :, :, :, k:k + m])
+        return gx, None, None, None, None, None, None, None, None
 
 
 def _boundaries(sizes):
@@ -87,12 +107,12 @@ def _boundaries(sizes):
     return out
 
 
-def _blocks_tap(xb, wb, b, padding, pad_value, stride, dilation, Ho, Wo, want_first):
-    """Tap-major blocks of ``b`` channels of one tap: one batched matmul over the taps.
+def _blocks_tap(xb, wb, b, padding, pad_value, stride, dilation, Ho, Wo, want_first, R=1):
+    """Tap-major sums of rows of ``R`` blocks of ``b`` channels of one tap: one batched matmul.
 
-    Returns sums (P, N, Ho, Wo, Co) with P = taps x C/b in flat order, and, when
-    ``want_first``, the factors of each block's first term: its input (P, N, Ho, Wo) and its
-    weight (P, Co); else None.
+    Returns sums (P / R, N, Ho, Wo, Co), P = taps x C/b blocks in flat order (R = blocks per
+    leaf: the rows are the leaves), and, when ``want_first``, the factors of each block's
+    first term: its input (P / R, N, Ho, Wo, R) and its weight (P, Co); else None.
     """
     N, C = xb.shape[:2]
     Co, _, kh, kw = wb.shape
@@ -101,28 +121,34 @@ def _blocks_tap(xb, wb, b, padding, pad_value, stride, dilation, Ho, Wo, want_fi
     xcl = xb.permute(0, 2, 3, 1)
     if ph or pw:
         xcl = F.pad(xcl, (0, 0, pw, pw, ph, ph), value=float(pad_value))
-    X = _TapViews.apply(xcl.contiguous(), kh, kw, stride, dilation, Ho, Wo, G)  # (T, G, N, Ho, Wo, b)
-    L = N * Ho * Wo
-    W = wb.reshape(Co, G, b, T).permute(3, 1, 2, 0).reshape(T * G, b, Co)
-    sums = torch.bmm(X.view(T * G, L, b), W).view(T * G, N, Ho, Wo, Co)
-    first = (X[..., 0].reshape(T * G, N, Ho, Wo), W[:, 0, :]) if want_first else None
+    X = _TapViews.apply(xcl.contiguous(), kh, kw, stride, dilation, Ho, Wo, G, R)  # (P/R, N, Ho, Wo, R, b)
+    rows, L = T * G // R, N * Ho * Wo
+    W = wb.reshape(Co, C, T).permute(2, 1, 0).reshape(rows, R * b, Co)  # flat (tap, channel) order
+    sums = torch.bmm(X.view(rows, L, R * b), W).view(rows, N, Ho, Wo, Co)
+    first = (X[..., 0], W.view(T * G, b, Co)[:, 0, :]) if want_first else None
     return sums, first
 
 
-def _leaf_first_tap(first, valid, per_leaf):
+def _leaf_first_tap(first, valid_blocks, per_leaf):
     """First valid term of each leaf from tap-block factors, without per-block tensors.
 
     Which terms are valid depends only on the output position, so the leaf's first valid block
-    is an index per (leaf, Ho, Wo), found on the small ``valid`` tensor; its term is the
-    product of one input value and one weight row. An all-padding leaf gets 0 (it abstains).
+    is an index per (leaf, Ho, Wo), found on the small block-validity tensor; its term is the
+    product of one input value and one weight row, returned as those two factors. An
+    all-padding leaf gets 0 (it abstains).
     """
-    xf, wf = first  # (P, N, Ho, Wo), (P, Co)
-    if valid is None:
-        idx = torch.tensor(_starts(per_leaf), device=xf.device)
-        return xf.index_select(0, idx).unsqueeze(-1), wf.index_select(0, idx)[:, None, None, None, :]
-    idx = _first_true(valid[:, 0, :, :, 0] > 0, per_leaf, 0)  # (leaves, Ho, Wo)
-    x1 = xf.gather(0, idx.unsqueeze(1).expand(-1, xf.shape[1], -1, -1))
-    return x1.unsqueeze(-1), wf[idx].unsqueeze(1)
+    xf, wf = first  # (rows, N, Ho, Wo, R): rows are the leaves when R > 1, the blocks when R == 1
+    R = xf.shape[4]
+    starts = torch.tensor(_starts(per_leaf), device=xf.device)
+    if valid_blocks is None:
+        x1 = xf[..., :1] if R > 1 else xf.index_select(0, starts)
+        return x1, wf.index_select(0, starts)[:, None, None, None, :]
+    idx = _first_true(valid_blocks[:, 0, :, :, 0] > 0, per_leaf, 0)  # (leaves, Ho, Wo), absolute block
+    if R > 1:
+        x1 = xf.gather(4, (idx - starts.view(-1, 1, 1))[:, None, :, :, None].expand(-1, xf.shape[1], -1, -1, 1))
+    else:
+        x1 = xf.gather(0, idx[:, None, :, :, None].expand(-1, xf.shape[1], -1, -1, 1))
+    return x1, wf[idx].unsqueeze(1)
 
 
 def _blocks_cm_channels(xp, wb, bc, stride, dilation):
@@ -191,10 +217,13 @@ def conv_leaf_sums(
         plan, b = "taps", 1 if want_first else _fold(math.gcd, bounds, T)
     per_leaf = [sz // b for sz in leaves]
 
-    def on(x, w, first):
-        """Block sums (and first terms) for input x / weight w: (sums, first, dim)."""
+    # Tap plan with equal leaves: one matmul row per leaf (K = leaf size), no block sums.
+    R = per_leaf[0] if plan == "tap" and len(set(per_leaf)) == 1 else 1
+
+    def on(x, w, first, rows=1):
+        """Block sums (rows of ``rows`` blocks; first terms too) for input x / weight w."""
         if plan == "tap":
-            s, f = _blocks_tap(x, w, b, padding, pad_value, stride, dilation, Ho, Wo, first)
+            s, f = _blocks_tap(x, w, b, padding, pad_value, stride, dilation, Ho, Wo, first, rows)
             return s, f, 0
         xp = pad_binary(x, padding, pad_value)
         if plan == "channels":
@@ -202,12 +231,13 @@ def conv_leaf_sums(
         s = _blocks_cm_taps(xp, w, b, stride, dilation)
         return s, (s if first else None), 1
 
-    sums, first, dim = on(xb, wb, want_first)
+    sums, first, dim = on(xb, wb, want_first, R)
     dt = vote_dtype(hier, sums.dtype)
     sums = sums.to(dt)
     valid = None
     if zero_pad:
-        # Counts must be exact whatever precision the sums use: always fp32.
+        # Counts must be exact whatever precision the sums use: always fp32. Per block: the
+        # 'first' tie needs to know which blocks of a leaf are padding.
         ones_x = torch.ones((1, C, H, W), dtype=torch.float32, device=xb.device)
         ones_w = torch.ones((1, C, kh, kw), dtype=torch.float32, device=wb.device)
         valid, _, _ = on(ones_x, ones_w, False)
@@ -220,7 +250,8 @@ def conv_leaf_sums(
                 first = _first_nonzero(live, per_leaf, dim)
             first = first.to(dt)
     if any(p != 1 for p in per_leaf):
-        sums = _segsum(sums, per_leaf, dim)
+        if R == 1:
+            sums = _segsum(sums, per_leaf, dim)
         if valid is not None:
             valid = _segsum(valid, per_leaf, dim)
     return sums, valid, first, dim
