@@ -153,6 +153,36 @@ def test_tap_hmv_gradient_matches_reference():
     assert torch.allclose(layer.weight.grad, w2.grad, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride,groups", [(1, 2), (2, 3), (1, 3), (2, 2)])
+def test_grouped_hmv_gradient_matches_reference(stride, groups):
+    """Leaves spanning several taps (one matmul row per leaf): M{G}(M{n/G}) in tap-major order."""
+    torch.manual_seed(4)
+    C, Co, H = 4, 3, 5
+    layer = BinaryConv2d(C, Co, 3, stride, 1, voter=f"groups={groups}")
+    x = (torch.rand(2, C, H, H) * 2.4 - 1.2).requires_grad_()
+    Ho = (H + 2 - 3) // stride + 1
+    g = torch.randn(2, Co, Ho, Ho)
+    (layer(x) * g).sum().backward()
+
+    x2 = x.detach().clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    xb, wb = _RefSte.apply(x2), _RefSte.apply(w2)
+    # tap-major terms: unfold is channel-major (c * 9 + t); reorder to t * C + c
+    xu = F.unfold(xb, 3, padding=1, stride=stride).view(2, C, 9, -1).transpose(1, 2).reshape(2, 9 * C, -1)
+    wt = wb.view(Co, C, 9).transpose(1, 2).reshape(Co, 9 * C)
+    terms = xu[:, None] * wt[None, :, :, None]  # (N, Co, n, L); padded terms are 0
+    n = 9 * C
+    valid = F.unfold(torch.ones(1, C, H, H), 3, padding=1, stride=stride).view(1, C, 9, -1).transpose(1, 2)
+    valid = valid.reshape(1, 1, n, -1)
+    leaves = [torch.where(ok.sum(2) > 0, _RefSign.apply(t.sum(2) / math.sqrt(n // groups)), 0.0)  # no valid term: abstain
+              for t, ok in zip(terms.split(n // groups, 2), valid.split(n // groups, 2))]
+    root = _RefSign.apply(sum(leaves) / math.sqrt(groups)).view(2, Co, Ho, Ho)
+    (root * g).sum().backward()
+    assert torch.equal(layer(x), root)
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5)
+    assert torch.allclose(layer.weight.grad, w2.grad, atol=1e-5)
+
+
 def test_sigma_rules_change_the_gradient_only():
     torch.manual_seed(2)
     x = torch.randn(2, 8, 5, 5, requires_grad=True)
