@@ -135,3 +135,20 @@ def test_time_budget_plans_epochs(data, tmp_path):
     assert {r["mode"] for r in rows} == {"baseline", "converted", "recalibrated", "retrained"}
     with pytest.raises(BitvoteError, match="--minutes"):
         reproduce("gpu1", data=str(data), out=str(tmp_path / "b2"), quiet=True, download=False, minutes=None)
+
+
+def test_a_folder_held_by_another_run_is_refused_in_one_line(data, tmp_path, capsys):
+    """Two processes resuming the same stages would race: the second is refused, then works."""
+    from bitvote._lock import hold_folder
+
+    out = tmp_path / "rep"
+    with hold_folder(out, "test holder"):
+        with pytest.raises(BitvoteError, match="in use by another test holder"):
+            with hold_folder(out, "test holder"):
+                pass
+        code = main(["reproduce", "--preset", "smoke", "--data", str(data), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and "is in use by another bitvote reproduce" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    with hold_folder(out, "test holder"):  # released on exit: free again
+        pass

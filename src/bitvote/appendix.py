@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from . import data as D
+from ._lock import hold_folder
 from .errors import BitvoteError
 from .models.variants import BN_FORMS
 from .reproduce import PRESETS, Protocol
@@ -59,10 +60,11 @@ def reproduce_appendix(preset: str = "smoke", models: Optional[Sequence[str]] = 
         p.update(overrides)
         proto = Protocol(out / ds, p, data, device, threads, download, quiet)
         proto.split("test")  # a missing data folder fails here, before anything is written
-        proto.check_folder()
-        for model in models:
-            for bn in BN_FORMS:
-                rows.append(_cell(proto, model, bn))
+        with hold_folder(out / ds, "bitvote reproduce --table appendix"):
+            proto.check_folder()
+            for model in models:
+                for bn in BN_FORMS:
+                    rows.append(_cell(proto, model, bn))
     text = appendix_table(rows, PRESETS[preset], time.monotonic() - t0)
     D.atomic_write_bytes(out / "appendix.md", text.encode())
     D.atomic_write_bytes(out / "appendix.json", (json.dumps(rows, indent=1) + "\n").encode())

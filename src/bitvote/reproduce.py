@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from . import data as D
+from ._lock import hold_folder
 from .errors import BitvoteError
 
 __all__ = ["PRESETS", "VoterRow", "voter_rows", "reproduce", "Protocol"]
@@ -322,7 +323,6 @@ def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, vot
     """
     import torch
 
-    from . import reproduce_report as R
     from .train.loop import _device
 
     if preset not in PRESETS:
@@ -343,6 +343,14 @@ def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, vot
     out = Path(out or f"runs/reproduce-{preset}")
     proto = Protocol(out, p, data, device, threads, download, quiet)
     proto.split("test")  # a missing data folder fails here, before anything is written
+    with hold_folder(out, "bitvote reproduce"):
+        return _run(proto, p, models, rows_spec, preset, overrides, device, out, print_table, quiet)
+
+
+def _run(proto, p, models, rows_spec, preset, overrides, device, out, print_table, quiet):
+    """The protocol proper, with ``out`` held by this process."""
+    from . import reproduce_report as R
+
     if p.get("minutes") and (p["epochs"] is None or "minutes" in overrides):
         n_train = len(D.subset(proto.split("train"), p["subset"], p["seed"]))
         out.mkdir(parents=True, exist_ok=True)
