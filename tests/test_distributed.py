@@ -62,7 +62,7 @@ def test_torchrun_two_ranks_match_one_and_resume_in_one(data, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "bitvote",
           *_args(data, two, 8, "--stop-after-steps", "5")], tmp_path)
-    assert {p.name for p in two.iterdir()} == {"last.pt"}  # rank 0 alone wrote, nothing half-written left
+    assert {p.name for p in two.iterdir()} == {"last.pt", ".lock"}  # rank 0 alone wrote, nothing half-written left
     assert train(_cfg(data, one, 8, stop_after_steps=5))["finished"] is False
     a, b = load_checkpoint(two / "last.pt"), load_checkpoint(one / "last.pt")
     assert a["world_size"] == 2 and b["world_size"] == 1
@@ -88,7 +88,7 @@ def test_nproc_shortcut_uneven_shards(data, tmp_path):
     res1 = train(_cfg(data, one, 7))
     a, b = load_checkpoint(two / "last.pt"), load_checkpoint(one / "last.pt")
     assert a["step"] == 12 and a["finished"]
-    assert {p.name for p in two.iterdir()} == {"last.pt", "best.pt", "log.csv", "result.json"}
+    assert {p.name for p in two.iterdir()} == {"last.pt", "best.pt", "log.csv", "result.json", ".lock"}
     _close(a, b)
     assert abs(a["result"]["top1"] - res1["top1"]) <= 5.0  # at most one of 20 test images flips
 

@@ -125,4 +125,4 @@ def test_random_sigkills_then_resume_is_bit_exact(tmp_path):
         _same(a[k], b[k], f"seed {seed}: {k}")
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]], f"seed {seed}"
     assert not _temps(run), f"seed {seed}: stale temp files left: {_temps(run)}"
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "log.csv", "result.json"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "last.pt", "log.csv", "result.json"]

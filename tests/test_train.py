@@ -89,7 +89,7 @@ def test_sigkill_mid_epoch_then_resume_matches(data, tmp_path):
 def test_checkpoint_files_and_weights_only(data, tmp_path):
     res = train(_cfg(data, tmp_path / "r", epochs=1))
     out = tmp_path / "r"
-    assert {p.name for p in out.iterdir()} == {"last.pt", "best.pt", "log.csv", "result.json"}
+    assert {p.name for p in out.iterdir()} == {"last.pt", "best.pt", "log.csv", "result.json", ".lock"}
     ck = torch.load(out / "last.pt", weights_only=True)
     for k in ("model", "config", "optimizer", "scheduler", "epoch", "step", "rng", "args", "history"):
         assert k in ck
@@ -303,3 +303,16 @@ def test_model_checkpoint_round_trip(tmp_path):
     save_checkpoint(tmp_path / "s1.pt", model_checkpoint(s1))
     m3, _ = load_model(tmp_path / "s1.pt")
     assert all(not l.binary_weights for _, l in models.voter_layers(m3))
+
+
+def test_a_folder_held_by_another_run_is_refused(data, tmp_path, capsys):
+    """Two trainers resuming one folder would overwrite each other's last.pt: one line instead."""
+    from bitvote._lock import hold_folder
+    from bitvote.cli import main
+
+    out = tmp_path / "held"
+    with hold_folder(out, "x"):
+        code = main(["train", "--data", str(data), "--out", str(out), "--width", "0.0625", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is in use by another bitvote train" in err and "Traceback" not in err
+    assert not (out / "last.pt").exists()

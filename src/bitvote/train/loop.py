@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import data as D
+from .._lock import hold_folder
 from ..errors import BitvoteError
 from . import checkpoint as C
 from ..nn.normfree import adaptive_clip_grad_
@@ -324,8 +325,14 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
     ``_stop_after`` (tests only) raises after that many global steps, like a kill would.
     """
     dev = _device(cfg.device)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise BitvoteError(f"--out {out} is a file, not a folder")
     world, dev = Dist.setup(dev)
     try:
+        if world.main:  # one run per folder: rank 0 holds it (the other ranks never write)
+            with hold_folder(out, "bitvote train"):
+                return _train(cfg, world, dev, _stop_after)
         return _train(cfg, world, dev, _stop_after)
     finally:
         world.close()
@@ -333,8 +340,6 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
 
 def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise BitvoteError(f"--out {out} is a file, not a folder")
     last = out / "last.pt"
     ck = None
     if last.exists():
