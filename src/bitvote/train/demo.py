@@ -10,21 +10,8 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 
-__all__ = ["DEMO", "run_demo", "format_table"]
-
-#: the demo's baseline recipe (see ``bitvote.reproduce.PRESETS["demo"]`` for the voter rows)
-DEMO = dict(model="reactnet18", dataset="cifar10", width=0.25, epochs=4, batch_size=128, lr=2e-3,
-            schedule="linear", subset=5000, test_subset=1000, seed=0)
-
-
-def format_table(rows) -> str:
-    """Markdown table of ``(name, result)`` rows: the seed's layout (Models, Top-1, Top-5)."""
-    lines = ["| Models | Top-1 (%) | Top-5 (%) |", "|---|---|---|"]
-    for name, r in rows:
-        lines.append(f"| {name} | {r['top1']:.2f} | {r['top5']:.2f} |")
-    return "\n".join(lines)
+__all__ = ["run_demo"]
 
 
 def run_demo(data=None, out="runs/demo", device="cpu", threads=None, download=True, quiet=False, **overrides) -> dict:
