@@ -316,3 +316,12 @@ def test_a_folder_held_by_another_run_is_refused(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "is in use by another bitvote train" in err and "Traceback" not in err
     assert not (out / "last.pt").exists()
+
+
+def test_a_refused_option_leaves_no_folder_behind(data, tmp_path, capsys):
+    from bitvote.cli import main
+
+    out = tmp_path / "never"
+    assert main(["train", "--data", str(data), "--out", str(out), "--lr", "-1"]) == 2
+    assert "--lr must be a positive finite number" in capsys.readouterr().err
+    assert not out.exists()

@@ -21,9 +21,11 @@ def hold_folder(folder, what: str = "bitvote"):
     """Hold ``folder/.lock`` for the duration; refuse (one line) if another process holds it.
 
     An advisory ``flock``: released by the OS when the holder exits, even on SIGKILL, so a
-    killed run never leaves a stale lock behind.
+    killed run never leaves a stale lock behind. A folder this call created and the run left
+    empty (a bad option refused before anything was written) is removed again.
     """
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
         yield
@@ -41,4 +43,7 @@ def hold_folder(folder, what: str = "bitvote"):
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
+        if created and [p.name for p in folder.iterdir()] == [".lock"]:
+            path.unlink()
+            folder.rmdir()
         os.close(fd)  # closing the descriptor releases the lock

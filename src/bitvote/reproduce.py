@@ -343,21 +343,22 @@ def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, vot
     out = Path(out or f"runs/reproduce-{preset}")
     proto = Protocol(out, p, data, device, threads, download, quiet)
     proto.split("test")  # a missing data folder fails here, before anything is written
+    planned = bool(p.get("minutes")) and (p["epochs"] is None or "minutes" in overrides)
+    if not planned and p["epochs"] is None:
+        raise BitvoteError(f"preset {preset!r} sizes its epochs from a time budget: pass --minutes")
     with hold_folder(out, "bitvote reproduce"):
-        return _run(proto, p, models, rows_spec, preset, overrides, device, out, print_table, quiet)
+        return _run(proto, models, rows_spec, planned, print_table)
 
 
-def _run(proto, p, models, rows_spec, preset, overrides, device, out, print_table, quiet):
-    """The protocol proper, with ``out`` held by this process."""
+def _run(proto: "Protocol", models, rows_spec, planned: bool, print_table: bool) -> List[dict]:
+    """The protocol proper, with ``proto.out`` held by this process."""
     from . import reproduce_report as R
 
-    if p.get("minutes") and (p["epochs"] is None or "minutes" in overrides):
+    p, out = proto.p, proto.out
+    if planned:
         n_train = len(D.subset(proto.split("train"), p["subset"], p["seed"]))
-        out.mkdir(parents=True, exist_ok=True)
-        plan = plan_epochs(p, models, rows_spec, n_train, device, out, proto.log)
+        plan = plan_epochs(p, models, rows_spec, n_train, proto.device, out, proto.log)
         p["epochs"], p["retrain_epochs"] = plan["epochs"], plan["retrain_epochs"]
-    elif p["epochs"] is None:
-        raise BitvoteError(f"preset {preset!r} sizes its epochs from a time budget: pass --minutes")
     proto.check_folder()
     t0 = time.monotonic()
     rows: List[dict] = []
@@ -368,5 +369,5 @@ def _run(proto, p, models, rows_spec, preset, overrides, device, out, print_tabl
             conv = proto.converted(model, base, vr)
             rows.extend(conv)
             rows.append(proto.retrained(model, base, vr, conv[0]["resolved"]))
-    R.write_all(out, rows, p, time.monotonic() - t0, print_table=print_table and not quiet, log=proto.log)
+    R.write_all(out, rows, p, time.monotonic() - t0, print_table=print_table and not proto.quiet, log=proto.log)
     return rows
