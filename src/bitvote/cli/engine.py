@@ -82,19 +82,16 @@ def _run(args):
 
 
 def _verify(args):
+    from ..engine.graph import load_checkpoint
     from ..engine.verify import verify
 
-    try:  # only to pick CIFAR-10 or -100 for a dataset folder; verify() reports a bad file itself
-        ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        num_classes = int(((ck.get("config") if isinstance(ck, dict) else None) or {}).get("num_classes", 10))
-    except Exception:
-        num_classes = 10
-    x, y = load_data(args.data, args.limit, num_classes)
+    model = load_checkpoint(args.checkpoint)  # read once: its classes pick CIFAR-10 or -100 for a folder
+    x, y = load_data(args.data, args.limit, int(model.config.get("num_classes", 10)))
     if args.device != "cpu":
         from ..gpu import require_device
 
         require_device(args.device)
-    r = verify(args.checkpoint, x, y, threads=args.threads, eps=args.eps, atol=args.atol, device=args.device)
+    r = verify(model, x, y, threads=args.threads, eps=args.eps, atol=args.atol, device=args.device)
     if args.json:
         print(json.dumps(r))
     else:
