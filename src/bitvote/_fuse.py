@@ -37,8 +37,7 @@ def _disable(err: BaseException) -> None:
     print(f"bitvote: fused CPU vote kernels unavailable ({_broken}); using eager ops (slower)", file=sys.stderr)
 
 
-def fused(pure: Callable, eager: Optional[Callable] = None, min_numel: Optional[int] = None,
-          flatten: bool = True) -> Callable:
+def fused(pure: Callable, eager: Optional[Callable] = None, flatten: bool = True) -> Callable:
     """``pure`` compiled for large CPU tensors (the first argument decides), else ``eager``.
 
     ``pure`` must be an element-wise chain whose tensor arguments are either shaped like the
@@ -55,8 +54,7 @@ def fused(pure: Callable, eager: Optional[Callable] = None, min_numel: Optional[
     def call(*args):
         nonlocal compiled
         t = args[0]
-        limit = MIN_NUMEL if min_numel is None else min_numel
-        if t.device.type != "cpu" or t.numel() < limit or not enabled() or torch.compiler.is_compiling():
+        if t.device.type != "cpu" or t.numel() < MIN_NUMEL or not enabled() or torch.compiler.is_compiling():
             return eager(*args)
         flat = list(args)
         if flatten:
@@ -76,5 +74,4 @@ def fused(pure: Callable, eager: Optional[Callable] = None, min_numel: Optional[
             return eager(*args)
         return out.view(t.shape) if flatten else out
 
-    call.pure = pure
     return call

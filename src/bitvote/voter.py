@@ -638,7 +638,8 @@ def reduce_votes(
     order. ``leaf_valid``: the number of valid terms per leaf (broadcastable; ``None`` when
     every term is valid, i.e. +1/-1 padding). ``leaf_first``: the value (+/-1) of each leaf's
     first valid term (0 for a leaf without valid terms), needed only when the leaf level's tie
-    rule is ``first``; it may also be a pair of tensors whose broadcast product it is. Sums may be bf16/fp16 when :func:`vote_dtype` allows it.
+    rule is ``first``; it may also be a pair of tensors whose broadcast product it is. Sums may
+    be bf16/fp16 where :func:`vote_dtype` allows it.
 
     Returns the root's output with ``dim`` removed: +/-1 votes, or for a ``P`` root the sum of
     its children's votes. Differentiable: each vote's derivative is the surrogate's

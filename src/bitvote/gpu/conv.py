@@ -24,7 +24,6 @@ from . import interpreted, require
 __all__ = ["GpuPackedConv", "pack", "words32", "from_engine_words", "to_engine_words", "unpack32"]
 
 
-
 def words32(channels: int) -> int:
     """32-bit words per pixel for ``channels`` bits."""
     return (int(channels) + 31) // 32
