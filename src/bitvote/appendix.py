@@ -18,11 +18,11 @@ from ._lock import hold_folder
 from .errors import BitvoteError
 from .models.variants import BN_FORMS
 from .reproduce import PRESETS, Protocol
+from .reproduce_report import display_name
 
 __all__ = ["APPENDIX_MODELS", "SEED_APPENDIX", "reproduce_appendix", "appendix_table"]
 
 APPENDIX_MODELS = ("xnornet18", "birealnet18", "reactnet18", "reactneta")
-_NAMES = {"xnornet18": "XNORNet-18", "birealnet18": "Bi-RealNet-18", "reactnet18": "ReActNet-18", "reactneta": "ReActNet-A"}
 
 #: the seed's Table 2 (top-1 %): {dataset: {model: (BN, w/o BN, BN-Free)}}
 SEED_APPENDIX: Dict[str, Dict[str, tuple]] = {
@@ -103,7 +103,7 @@ def appendix_table(rows: List[dict], preset: dict, wall_s: float) -> str:
                 r = got.get((d, m, bn))
                 ours = f"{r['top1']:.2f}" if r and r.get("top1") is not None else "-"
                 cells.append(f" {ours} / {SEED_APPENDIX[d][m][i]:.2f} |")
-        lines.append(f"| {_NAMES[m]} |" + "".join(cells))
+        lines.append(f"| {display_name(m)} |" + "".join(cells))
     sub = preset.get("subset")
     return (f"Top-1 (%) of the three forms (popcount, no voter), ours at width {preset['width']:g}, "
             f"{preset['epochs']} epochs, {'all' if not sub else sub} training images, "

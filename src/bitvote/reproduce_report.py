@@ -17,13 +17,14 @@ from typing import List
 
 from .data import atomic_write_bytes
 
-__all__ = ["format_table", "header", "write_all", "plot"]
+__all__ = ["format_table", "header", "write_all", "plot", "display_name"]
 
-NAMES = {"reactnet18": "ReActNet-18", "birealnet18": "Bi-RealNet-18", "xnornet18": "XNOR-Net-18",
+#: display names, spelled as the seed's tables spell them
+NAMES = {"reactnet18": "ReActNet-18", "birealnet18": "Bi-RealNet-18", "xnornet18": "XNORNet-18",
          "reactneta": "ReActNet-A", "resnet18": "ResNet-18"}
 
 
-def _name(model: str) -> str:
+def display_name(model: str) -> str:
     return NAMES.get(model, model)
 
 
@@ -71,7 +72,7 @@ def format_table(rows: List[dict]) -> str:
     """The seed's layout: Models, Top-1, Top-5; baseline, converted, + BN recalibration, retrained."""
     lines = ["| Models | Top-1 (%) | Top-5 (%) |", "|---|---|---|"]
     for r in rows:
-        m = _name(r["model"])
+        m = display_name(r["model"])
         if r["mode"] == "baseline":
             name = f"{m}"
         elif r["mode"] == "converted":
@@ -112,7 +113,7 @@ def plot(rows: List[dict], p: dict, path: Path) -> str:
             ax.axhline(base["top1"], color="black", ls="--", lw=1, label=f"popcount baseline {base['top1']:.1f}")
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
-        ax.set_title(_name(model), fontsize=10)
+        ax.set_title(display_name(model), fontsize=10)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("top-1 (%)")
