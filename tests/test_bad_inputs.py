@@ -284,3 +284,21 @@ def test_code_on_load_in_a_real_process(w):
                        env=env, timeout=120)
     _one_line(r.returncode, r.stderr, "evil.pkl")
     assert "refused" in r.stderr and not w["marker"].exists()
+
+
+def test_garbage_and_pickled_objects_get_different_messages(tmp_path):
+    """A text file is corrupt; a pickle of a Python class is refused as unsafe: each says so."""
+    from bitvote.train.checkpoint import read
+
+    junk = tmp_path / "junk.pt"
+    junk.write_text("garbage\n")
+    with pytest.raises(BitvoteError, match="junk.pt is truncated or corrupt"):
+        read(junk)
+    obj = tmp_path / "obj.pt"
+    torch.save({"model": {}, "config": {"name": "x"}, "extra": _Opaque()}, obj)
+    with pytest.raises(BitvoteError, match="holds Python objects"):
+        read(obj)
+
+
+class _Opaque:
+    pass

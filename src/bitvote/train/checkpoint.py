@@ -55,6 +55,14 @@ def save(path, state: dict) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+def _is_pickle(path: Path) -> bool:
+    """A plain (non-zip) pickle stream, protocol 2+: what ``weights_only`` refuses when it holds
+    objects. Text or random bytes are not: they are merely corrupt."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def read(path, require=("model", "config")) -> dict:
     """Read a checkpoint dict safely (``weights_only``); every failure is one line naming the file.
 
@@ -70,7 +78,7 @@ def read(path, require=("model", "config")) -> dict:
             warnings.simplefilter("ignore")
             ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+        if isinstance(e, pickle.UnpicklingError) and ("unsupported global" in str(e).lower() or _is_pickle(path)):
             raise BitvoteError(f"checkpoint {path} holds Python objects, not only tensors and plain types: "
                                "refused to load it (unpickling them could run code)") from None
         kind = "truncated or corrupt" if path.stat().st_size else "empty"
