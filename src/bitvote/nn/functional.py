@@ -27,7 +27,9 @@ import torch.nn.functional as F
 
 from ..binarize import binarize, binarize_weight
 from ..errors import BitvoteError
-from ..voter import CM, Hierarchy, _first_nonzero, _first_true, _segsum, _starts, reduce_votes, vote_dtype
+from ..voter import CM, Hierarchy
+from ..voter.reduce import first_nonzero as _first_nonzero, first_true as _first_true, reduce_votes, \
+    segment_starts as _starts, segment_sum as _segsum, vote_dtype
 
 __all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary"]
 
@@ -203,7 +205,7 @@ def conv_leaf_sums(
     Ho = _out_size(H + 2 * padding[0], kh, stride[0], dilation[0])
     Wo = _out_size(W + 2 * padding[1], kw, stride[1], dilation[1])
     zero_pad = float(pad_value) == 0.0 and (padding[0] > 0 or padding[1] > 0)
-    want_first = hier.levels[0].tie == "first"
+    want_first = hier.levels[0].tie.is_first
     leaves = hier.leaf_sizes
     bounds = _boundaries(leaves)
 
@@ -324,7 +326,7 @@ def binary_conv2d(
     gemm_dtype = _sign_exact_autocast_dtype(x.device.type)
     with torch.autocast(device_type=x.device.type, enabled=False):
         xb, wb = xb.to(gemm_dtype), wb.to(gemm_dtype)
-        if voter.is_mv and voter.levels[0].tie != "first":
+        if voter.is_mv and not voter.levels[0].tie.is_first:
             # Fast path: one leaf over every term is the plain convolution.
             s = F.conv2d(pad_binary(xb, padding, pad_value) if pad_value != 0 else xb, wb, None, stride,
                          0 if pad_value != 0 else padding, dilation, groups).float()
