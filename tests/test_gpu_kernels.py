@@ -141,6 +141,7 @@ def test_whole_model_verify(name, voter):
     """The GPU graph is exact per layer and explained end to end (engine.verify, device cuda)."""
     from bitvote import models
     from bitvote.engine.verify import verify
+    from bitvote.gpu.model import GpuEngineModel
 
     torch.manual_seed(0)
     m = models.create(name, voter=voter, width=0.125).eval()
@@ -148,7 +149,7 @@ def test_whole_model_verify(name, voter):
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.running_mean.uniform_(-0.5, 0.5)
             mod.running_var.uniform_(0.5, 2.0)
-    r = verify(m, torch.randn(1, 3, 8, 8), device="cuda")
+    r = verify(m, torch.randn(1, 3, 8, 8), engine=GpuEngineModel)
     assert r["layer_mismatches"] == 0 and r["passed"], r
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 from . import data as D
 from .errors import BitvoteError
 from .models import set_voter, voter_layers
+from .voter import is_popcount
 
 __all__ = ["convert_model", "recalibrate_bn", "resolved", "convert_checkpoint"]
 
@@ -25,7 +26,7 @@ __all__ = ["convert_model", "recalibrate_bn", "resolved", "convert_checkpoint"]
 def convert_model(model: nn.Module, voter, tie=None, pad_value=None) -> nn.Module:
     """Swap ``voter`` into every voter layer of ``model`` in place (weights untouched)."""
     opts = {} if pad_value is None else {"pad_value": pad_value}
-    if tie is None and str(voter).strip().lower() != "popcount":
+    if tie is None and not is_popcount(voter):
         tie = model.config.get("tie") if hasattr(model, "config") else None
     set_voter(model, voter, tie, **opts)
     return model

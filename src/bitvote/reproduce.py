@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 from . import data as D
 from ._lock import hold_folder
 from .errors import BitvoteError
+from .voter import is_mv, is_popcount
 
 __all__ = ["PRESETS", "VoterRow", "voter_rows", "reproduce", "Protocol"]
 
@@ -97,11 +98,11 @@ def voter_rows(specs: Sequence[str], tie: Optional[str] = None, pad_variant: boo
         spec = str(spec).strip()
         if not spec:
             continue
-        if spec.lower() == "popcount":
+        if is_popcount(spec):
             raise BitvoteError("--voters: popcount is the baseline, not a voter row")
-        t = tie if tie is not None else ("1" if spec.lower() == "mv" else "first")
+        t = tie if tie is not None else ("1" if is_mv(spec) else "first")
         rows.append(VoterRow(spec, str(t)))
-        if spec.lower() == "mv" and pad_variant:
+        if is_mv(spec) and pad_variant:
             rows.append(VoterRow(spec, str(t), 1.0))
     if not rows:
         raise BitvoteError("--voters: no voter given")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List
 
 from .data import atomic_write_bytes
+from .voter import is_mv
 
 __all__ = ["format_table", "header", "write_all", "plot", "display_name"]
 
@@ -60,7 +61,7 @@ def _acc(v) -> str:
 
 def _voter_text(r: dict) -> str:
     spec, res = r["voter"], r.get("resolved") or ""
-    mv = spec.lower() == "mv"
+    mv = is_mv(spec)
     what = "Majority Voter" if mv else f"HMV `{spec}`"
     extra = [] if mv and str(r.get("tie")) == "1" else [f"tie {r.get('tie')}"]
     if r.get("pad_value") is not None:

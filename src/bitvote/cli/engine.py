@@ -87,11 +87,14 @@ def _verify(args):
 
     model = load_checkpoint(args.checkpoint)  # read once: its classes pick CIFAR-10 or -100 for a folder
     x, y = load_data(args.data, args.limit, int(model.config.get("num_classes", 10)))
+    engine = None  # the packed CPU engine
     if args.device != "cpu":
         from ..gpu import require_device
+        from ..gpu.model import GpuEngineModel
 
-        require_device(args.device)
-    r = verify(model, x, y, threads=args.threads, eps=args.eps, atol=args.atol, device=args.device)
+        dev = require_device(args.device)
+        engine = lambda graph: GpuEngineModel(graph, dev)  # noqa: E731
+    r = verify(model, x, y, threads=args.threads, eps=args.eps, atol=args.atol, engine=engine)
     if args.json:
         print(json.dumps(r))
     else:

@@ -153,7 +153,7 @@ class PackedConv(ConvEpilogue):
             self.leaf_size = _arr(hier.leaf_sizes, torch.int32)
             nodes = [len(lv.groups) for lv in hier.levels]
             groups = [g for lv in hier.levels[1:] for g in lv.groups]
-            ties = [0 if lv.tie == "first" else int(lv.tie) for lv in hier.levels]
+            ties = list(hier.tie_codes)
             root_p = int(hier.root == "P")
         # which kernel: 1 = one leaf (popcount, MV), 2 = one leaf per tap with all its channels
         # (tap-major HMV `tap`), 0 = the general segment kernel

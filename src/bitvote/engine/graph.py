@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import BitvoteError
 from ..nn import BinaryConv2d, RPReLU, RSign, Sign
-from ..voter import Hierarchy, Level
+from ..voter import Hierarchy
 from .conv import PackedConv
 from .pack import pack
 
@@ -78,20 +78,6 @@ def _bn_at(bn: nn.BatchNorm2d, values: torch.Tensor) -> torch.Tensor:
     return y.view(Co, -1)
 
 
-def _hier_dict(h: Optional[Hierarchy]):
-    if h is None:
-        return None
-    return {"n": h.n, "order": h.order, "root": h.root,
-            "groups": [list(lv.groups) for lv in h.levels], "ties": [lv.tie for lv in h.levels]}
-
-
-def _hier_from(d) -> Optional[Hierarchy]:
-    if d is None:
-        return None
-    levels = tuple(Level(tuple(int(g) for g in gs), t if t == "first" else int(t)) for gs, t in zip(d["groups"], d["ties"]))
-    return Hierarchy(n=int(d["n"]), levels=levels, order=d["order"], root=d["root"])
-
-
 def _pack_weight(w: torch.Tensor) -> torch.Tensor:
     bits = (w.detach() >= 0).numpy().astype(np.uint8).reshape(-1)
     return torch.from_numpy(np.packbits(bits, bitorder="little"))
@@ -112,7 +98,7 @@ def _binary_conv(conv: BinaryConv2d, bn: nn.BatchNorm2d, name: str, then_sign: b
     h = conv.hierarchy
     w, alpha = conv.binary_weight()  # exactly the bits (and scale) the PyTorch forward uses
     node = {"name": name, "shape": list(w.shape), "wbits": _pack_weight(w), "stride": conv.stride[0],
-            "padding": conv.padding[0], "pad_value": conv.pad_value, "hier": _hier_dict(h)}
+            "padding": conv.padding[0], "pad_value": conv.pad_value, "hier": None if h is None else h.to_dict()}
     n = w[0].numel()
     if h is None:
         alpha = alpha if alpha is not None else torch.ones(w.shape[0])
@@ -274,11 +260,22 @@ class EngineModel:
     def _make_conv(self, c: Dict):
         """One graph node -> a runnable conv (the GPU path overrides this and :meth:`_pack`)."""
         pc = PackedConv(_unpack_weight(c["wbits"], c["shape"]), c["stride"], c["padding"], c["pad_value"],
-                        _hier_from(c["hier"]), c["name"])
+                        None if c["hier"] is None else Hierarchy.from_dict(c["hier"]), c["name"])
         return pc.epilogue(c["epilogue"], a=c.get("a"), b=c.get("b"), thr=c.get("thr"), dir=c.get("dir"))
 
     def _pack(self, x, shift, threads):
         return pack(x, shift, threads)
+
+    def pack_input(self, x: torch.Tensor, threads: int = 1):
+        """``x``'s sign bits in the layout this engine's layers read (no RSign shift)."""
+        return self._pack(x, None, threads)
+
+    def engine_words(self, bits):
+        """Packed bits this engine produced, as the CPU engine's uint64 words (here: as they are).
+
+        :func:`bitvote.engine.verify.verify` compares every engine through this, so an engine
+        with another word layout (the GPU path) converts here and nowhere else."""
+        return bits
 
     @staticmethod
     def _shortcut(sc, x):

@@ -14,7 +14,7 @@ margin below ``eps``. Images without flips must have logits within ``atol``.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict, Optional, Union
 
 import torch
 
@@ -28,24 +28,21 @@ __all__ = ["verify"]
 
 @torch.inference_mode()
 def verify(model_or_path, x: torch.Tensor, labels=None, threads: int = 1, eps: float = 1e-4,
-           atol: float = 1e-3, batch: int = 64, device: str = "cpu") -> Dict:
-    """Check the engine against the model on images ``x``; returns counts (see module doc).
+           atol: float = 1e-3, batch: int = 64,
+           engine: Union[None, EngineModel, Callable[[Dict], EngineModel]] = None) -> Dict:
+    """Check an engine against the model on images ``x``; returns counts (see module doc).
 
-    ``device="cuda"`` checks the GPU path (:mod:`bitvote.gpu`; under ``TRITON_INTERPRET=1`` its
-    kernels run interpreted on CPU tensors) the same way; the model runs
-    on the CPU and the GPU's packed words are compared as the CPU engine's words.
+    ``engine`` is what is checked: ``None`` for the packed CPU engine, or a factory that takes
+    the compiled graph and returns an :class:`~bitvote.engine.graph.EngineModel` (e.g.
+    ``bitvote.gpu.model.GpuEngineModel``), or such an engine already built from this model's
+    graph. The model runs on the CPU; the engine's packed words are compared through its
+    :meth:`~bitvote.engine.graph.EngineModel.engine_words`, so any engine with the CPU
+    engine's interface is checked the same way, and this module never imports one.
     """
     model = load_model(model_or_path)
-    if device == "cpu":
-        engine = EngineModel(compile_model(model))
-        epack, as64 = (lambda t: pack(t, threads=threads)), (lambda w: w)
-    else:
-        from ..gpu.conv import pack as gpack, to_engine_words
-        from ..gpu.model import GpuEngineModel
-
-        engine = GpuEngineModel(compile_model(model))  # cuda (the interpreter: cpu tensors)
-        epack = lambda t: gpack(t.to(engine.device))  # noqa: E731
-        as64 = lambda w: to_engine_words(w).cpu()  # noqa: E731
+    engine = _engine_for(model, engine)
+    epack = lambda t: engine.pack_input(t, threads)  # noqa: E731
+    as64 = engine.engine_words
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryConv2d)]
     signs = [m for m in model.modules() if isinstance(m, Sign)]
     rep = {"images": 0, "layers": [{"name": n, "outputs": 0, "mismatches": 0} for n, _ in convs],
@@ -117,3 +114,13 @@ def verify(model_or_path, x: torch.Tensor, labels=None, threads: int = 1, eps: f
     rep["passed"] = (rep["layer_mismatches"] == 0 and rep["flips_unexplained"] == 0
                      and rep["top1_unexplained"] == 0 and rep["max_logit_diff"] <= atol)
     return rep
+
+
+def _engine_for(model, engine: Optional[object]) -> EngineModel:
+    if engine is None:
+        return EngineModel(compile_model(model))
+    if isinstance(engine, EngineModel):
+        return engine
+    if callable(engine):
+        return engine(compile_model(model))
+    raise TypeError(f"verify: engine must be an EngineModel or a factory taking a graph, got {type(engine).__name__}")

@@ -18,7 +18,7 @@ import torch
 
 from ..engine.conv import _OUT, ConvEpilogue
 from ..errors import BitvoteError
-from ..voter import CM, Hierarchy, reduce_votes
+from ..voter import CM, Hierarchy, Tie, reduce_votes
 from . import interpreted, require
 
 __all__ = ["GpuPackedConv", "pack", "words32", "from_engine_words", "to_engine_words", "unpack32"]
@@ -168,10 +168,11 @@ class GpuPackedConv(ConvEpilogue):
         if hier is None:
             ties = []
         else:
-            ties = [0 if lv.tie == "first" else int(lv.tie) for lv in hier.levels]
+            ties = list(hier.tie_codes)
         self.depth = depth
         self.ties = ties
-        self.need_first = bool(ties) and ties[0] == 0
+        self.hier_root_tie = Tie.PLUS if hier is None else hier.levels[-1].tie
+        self.need_first = hier is not None and hier.levels[0].tie.is_first
         self.block_p = block_p or (64 if not interpreted() else 32)
         self.block_o = block_o or 64
         self.epilogue("int")
@@ -240,7 +241,7 @@ class GpuPackedConv(ConvEpilogue):
 
     def _launch(self, K, xw, out, vout, fout, N, H, W, Ho, Wo, Wdo, outmode, leafout, bo):
         ties = self.ties + [1] * (3 - len(self.ties))
-        tier = self.ties[-1] if self.ties else 1
+        root = self.hier_root_tie
         grid = (triton_cdiv(N * Ho * Wo, self.block_p), triton_cdiv(self.Co, bo))
         K.conv_kernel[grid](
             xw, self.w, out, vout, fout,
@@ -250,7 +251,7 @@ class GpuPackedConv(ConvEpilogue):
             N, H, W, self.Wd, self.Co, self.Co, Ho, Wo, self.S, self.L, Wdo, self.stride, self.padding,
             KW=self.kw, PADMODE=int(self.pad_value), DEPTH=min(self.depth, 3),
             ROOT_P=int(self.hier is not None and self.hier.root == "P"),
-            TIE0=ties[0], TIE1=ties[1], TIER=tier, ROOT_ABSTAIN=1 if tier == 0 else tier,
+            TIE0=ties[0], TIE1=ties[1], TIER=root.code, ROOT_ABSTAIN=root.abstain_fill,
             NEED_FIRST=self.need_first, LEAFOUT=leafout, OUTMODE=outmode, INTERP=interpreted(),
             BLOCK_P=self.block_p, BLOCK_O=bo, **_launch_opts())
 

@@ -13,9 +13,10 @@ from typing import Dict, Optional
 
 import torch
 
-from ..engine.graph import EngineModel, _hier_from, _unpack_weight
+from ..engine.graph import EngineModel, _unpack_weight
+from ..voter import Hierarchy
 from . import require
-from .conv import GpuPackedConv, pack
+from .conv import GpuPackedConv, pack, to_engine_words
 
 __all__ = ["GpuEngineModel", "to_device"]
 
@@ -43,11 +44,18 @@ class GpuEngineModel(EngineModel):
 
     def _make_conv(self, c: Dict):
         pc = GpuPackedConv(_unpack_weight(c["wbits"], c["shape"]), c["stride"], c["padding"], c["pad_value"],
-                           _hier_from(c["hier"]), c["name"], device=self.device)
+                           None if c["hier"] is None else Hierarchy.from_dict(c["hier"]), c["name"],
+                           device=self.device)
         return pc.epilogue(c["epilogue"], a=c.get("a"), b=c.get("b"), thr=c.get("thr"), dir=c.get("dir"))
 
     def _pack(self, x, shift, threads):
         return pack(x, shift, nan_flag=self._nan)
+
+    def pack_input(self, x, threads: int = 1):
+        return pack(x.to(self.device))
+
+    def engine_words(self, bits):
+        return to_engine_words(bits).cpu()
 
     def __call__(self, x: torch.Tensor, threads: int = 1, trace: Optional[list] = None, isa=None) -> torch.Tensor:
         from ..errors import BitvoteError

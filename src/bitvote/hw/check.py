@@ -229,7 +229,7 @@ def expected(d: Design, Z, V, params=None, hier: Optional[Hierarchy] = None) -> 
     leaf_sums = torch.stack([c.sum(1) for c in terms.split(sizes, 1)], 1).double()
     leaf_valid = torch.stack([c.sum(1) for c in V.split(sizes, 1)], 1).double() if d.valid else None
     leaf_first = None
-    if h.levels[0].tie == "first":
+    if h.levels[0].tie.is_first:
         firsts = []
         for t, vv in zip(terms.split(sizes, 1), V.split(sizes, 1)):
             idx = vv.argmax(1, keepdim=True)  # first valid term (0 if none: that leaf abstains)

@@ -3,6 +3,8 @@
 A :class:`Design` is what ``hw rtl``, ``hw synth`` and ``hw check`` share. It holds the
 resolved :class:`~bitvote.voter.Hierarchy` (the same object the layers use; ``None`` for
 popcount) so the RTL is generated from, and checked against, ``bitvote.voter`` and nothing else.
+:func:`design_for` builds one from a hierarchy a layer already resolved; :func:`make_design`
+is the command line's entry, from spec text. Neither needs torch.
 
 ``epilogue`` says what follows a popcount (the two baselines): ``threshold`` compares the
 count with a runtime threshold (BN and sign folded into an integer per output channel, as in
@@ -20,9 +22,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import BitvoteError
-from ..voter import Hierarchy, parse_spec, parse_tie, resolve
+from ..voter.spec import Hierarchy, is_popcount, parse_spec, parse_tie, resolve
 
-__all__ = ["Design", "make_design", "EPILOGUES", "PADS", "GAMMA_BITS", "BETA_BITS"]
+__all__ = ["Design", "make_design", "design_for", "EPILOGUES", "PADS", "GAMMA_BITS", "BETA_BITS"]
 
 EPILOGUES = ("threshold", "bn")
 PADS = ("zero", "+1", "-1")
@@ -53,7 +55,7 @@ class Design:
             base = f"pc{'thr' if self.epilogue == 'threshold' else 'bn'}_{self.n}"
         else:
             tag = re.sub(r"[^A-Za-z0-9]+", "_", self.hier.describe()).strip("_")
-            ties = "_".join({1: "p", -1: "m", "first": "f"}[t] for t in self.hier.ties)
+            ties = "_".join(t.rtl_name for t in self.hier.ties)
             base = f"{tag}_t{ties}"
         if self.valid and self.kind != "xnor":
             base += "_valid"
@@ -86,23 +88,44 @@ def make_design(n: int, voter="mv", k: int = 1, tie="1", pad: str = "+1", epilog
     ``{C}`` in the spec is replaced by ``n / k^2`` so one spec can be swept over widths
     (``cm:M{C}(M3(M3))``).
     """
-    if not isinstance(n, int) or n < 1:
-        raise BitvoteError(f"--n must be a positive integer, got {n!r}")
-    if not isinstance(k, int) or k < 1:
-        raise BitvoteError(f"--k must be a positive integer, got {k!r}")
+    _check_shape(n, k, pad, epilogue)
     taps = k * k
-    if n % taps:
-        raise BitvoteError(f"--n {n} is not a multiple of k*k = {taps} (C = n / k^2)")
-    if pad not in PADS:
-        raise BitvoteError(f"--pad {pad!r}: use zero, +1 or -1")
-    if epilogue not in EPILOGUES:
-        raise BitvoteError(f"--epilogue {epilogue!r}: use threshold or bn")
     spec = str(voter).replace("{C}", str(n // taps))
     if kind == "xnor" or spec.strip().lower() == "xnor":
         return Design(n, k, "xnor", None, pad="+1", xnor=True, kind="xnor")
     vs = parse_spec(spec)
-    tie = parse_tie(tie)
-    hier = resolve(vs, n, taps, tie, layer=f"hw design (n = {n}, k = {k})")
+    hier = resolve(vs, n, taps, parse_tie(tie), layer=f"hw design (n = {n}, k = {k})")
+    return design_for(hier, n, k, pad, epilogue, xnor, spec=vs.text)
+
+
+def design_for(hier: Optional[Hierarchy], n: int, k: int = 1, pad: str = "+1", epilogue: str = "threshold",
+               xnor: bool = True, spec: Optional[str] = None) -> Design:
+    """The design of one output whose voter is the resolved ``hier`` (``None``: popcount).
+
+    This is how a model's layers become designs: the hierarchy the layer resolved is used as
+    it is, never written back to text and parsed again. ``spec`` is the text shown in reports
+    (default: the hierarchy's canonical text).
+    """
+    _check_shape(n, k, pad, epilogue)
+    if hier is not None and (not isinstance(hier, Hierarchy) or hier.n != n):
+        raise BitvoteError(f"hw design: voter {hier} does not cover n = {n} terms")
+    if spec is None:
+        spec = "popcount" if hier is None else hier.describe()
     if hier is None:
-        return Design(n, k, vs.text, None, pad, epilogue, xnor, "popcount")
-    return Design(n, k, vs.text, hier, pad, epilogue, xnor, "voter")
+        if not is_popcount(spec):
+            raise BitvoteError(f"hw design: spec {spec!r} is not popcount but no hierarchy was given")
+        return Design(n, k, spec, None, pad, epilogue, xnor, "popcount")
+    return Design(n, k, spec, hier, pad, epilogue, xnor, "voter")
+
+
+def _check_shape(n, k, pad, epilogue):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise BitvoteError(f"--n must be a positive integer, got {n!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise BitvoteError(f"--k must be a positive integer, got {k!r}")
+    if n % (k * k):
+        raise BitvoteError(f"--n {n} is not a multiple of k*k = {k * k} (C = n / k^2)")
+    if pad not in PADS:
+        raise BitvoteError(f"--pad {pad!r}: use zero, +1 or -1")
+    if epilogue not in EPILOGUES:
+        raise BitvoteError(f"--epilogue {epilogue!r}: use threshold or bn")

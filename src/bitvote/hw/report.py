@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import models
 from ..errors import BitvoteError
+from ..voter.spec import is_popcount
 from .design import make_design
 from .synth import synth
 from .units import layer_design, layer_units
@@ -99,7 +100,7 @@ def build_report(rows: List[dict], timeout: Optional[float] = None, log=None) ->
                 ep: model_cost(r["model"], "popcount", width, "1", nc, ep, timeout, log) for ep in ("threshold", "bn")
             }
         base = base_cache[key]["threshold"]["area_T"]
-        is_base = str(r["voter"]).strip().lower() in ("popcount", "pop", "none")
+        is_base = is_popcount(r["voter"])
         c = base_cache[key]["threshold"] if is_base else model_cost(r["model"], r["voter"], width, tie, nc, "threshold", timeout, log)
         label = r.get("label") or str(r["voter"])
         if r.get("variant"):

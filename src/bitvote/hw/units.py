@@ -25,7 +25,7 @@ import torch.nn as nn
 from .. import models
 from ..errors import BitvoteError
 from ..nn.layers import BinaryConv2d
-from .design import Design, make_design
+from .design import Design, design_for
 
 __all__ = ["model_from_checkpoint", "layer_units", "count_units", "layer_design", "format_units"]
 
@@ -136,10 +136,10 @@ def count_units(model: nn.Module, input_size=None) -> dict:
 
 def layer_design(layer: BinaryConv2d, pad: Optional[str] = None, epilogue: str = "threshold",
                  xnor: bool = False) -> Design:
-    """The one-output design of a layer (``pad`` None: +1, i.e. an interior output, no valid port)."""
-    tie = layer.tie if not isinstance(layer.tie, tuple) else ",".join(map(str, layer.tie))
-    return make_design(layer.terms, layer.voter_spec.text, layer.kernel_size[0], str(tie),
-                       pad or "+1", epilogue, xnor)
+    """The one-output design of a layer (``pad`` None: +1, i.e. an interior output, no valid port),
+    built from the hierarchy the layer resolved."""
+    return design_for(layer.hierarchy, layer.terms, layer.kernel_size[0], pad or "+1", epilogue, xnor,
+                      spec=layer.voter_spec.text)
 
 
 def _fmt(x: int) -> str:

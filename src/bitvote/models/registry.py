@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..errors import BitvoteError
 from ..nn.layers import VoterLayer
+from ..voter import is_popcount, tie_text
 
 __all__ = ["register", "create", "names", "set_voter", "voter_layers", "VoterMap"]
 
@@ -88,7 +89,7 @@ def set_voter(model: nn.Module, voter: VoterMap = "popcount", tie=None, **layer_
     from ..binarize import get_surrogate
     from ..voter import check_sigma
 
-    if not voter_layers(model) and voter != "popcount":
+    if not voter_layers(model) and not is_popcount(voter):
         name = getattr(model, "config", {}).get("name", type(model).__name__)
         raise BitvoteError(f"model {name} has no voter layers: voter {_voter_plain(voter)!r} has nothing to act on")
     if isinstance(voter, Mapping):
@@ -108,6 +109,6 @@ def set_voter(model: nn.Module, voter: VoterMap = "popcount", tie=None, **layer_
     if hasattr(model, "config"):
         model.config["voter"] = _voter_plain(voter)
         if tie is not None:
-            model.config["tie"] = tie if not isinstance(tie, tuple) else ",".join(map(str, tie))
+            model.config["tie"] = tie_text(tie)
         model.config.update({k: v for k, v in layer_options.items()})
     return model

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from ..errors import BitvoteError
 from ..nn import BinaryConv2d, RSign, Sign
+from ..voter import is_popcount
 from .registry import register, set_voter
 from .variants import Variant
 
@@ -181,7 +182,7 @@ def _build(kind, num_classes, voter, width, **opts):
     check_options(opts)
     tie = opts.pop("tie", 1)
     if kind == "float":
-        if opts.get("bn", "bn") != "bn" or voter not in ("popcount", None):
+        if opts.get("bn", "bn") != "bn" or not is_popcount(voter):
             raise BitvoteError("resnet18 is the real-valued teacher: it takes no voter and only bn='bn'")
         return BinaryResNet(kind, num_classes, width)
     model = BinaryResNet(kind, num_classes, width, **opts)

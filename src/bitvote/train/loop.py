@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from .. import data as D
 from .._lock import hold_folder
 from ..errors import BitvoteError
+from ..voter import is_popcount
 from . import checkpoint as C
 from ..nn.normfree import adaptive_clip_grad_
 from . import distributed as Dist
@@ -187,7 +188,7 @@ def _build_model(cfg: TrainConfig, num_classes: int):
     if init and base.get("num_classes") != num_classes:
         raise BitvoteError(f"--init {cfg.init} has {base.get('num_classes')} classes, {cfg.dataset} has {num_classes}")
     voter = cfg.voter or base.get("voter") or "popcount"
-    if cfg.step == 1 and voter != "popcount":
+    if cfg.step == 1 and not is_popcount(voter):
         raise BitvoteError(f"--step 1 trains real weights: a voter ({voter}) needs binary weights, use --voter popcount")
     opts = {k: v for k, v in base.items() if k not in ("name", "num_classes", "voter", "width")}
     for k in ("tie", "surrogate", "sigma", "pad_value", "bn"):
@@ -201,7 +202,7 @@ def _build_model(cfg: TrainConfig, num_classes: int):
             model.load_state_dict(init["model"])
         except RuntimeError:
             raise BitvoteError(f"--init {cfg.init}: its weights do not fit {name} (damaged or another model)") from None
-    if voter != "popcount" or isinstance(voter, dict):
+    if not is_popcount(voter) or isinstance(voter, dict):
         models.set_voter(model, voter, opts.get("tie"))
     return model
 
@@ -212,7 +213,7 @@ def _biased_deep_hierarchy(model: nn.Module) -> bool:
 
     for _, layer in voter_layers(model):
         h = getattr(layer, "hierarchy", None)
-        if h is not None and h.depth >= 3 and all(lv.tie != "first" for lv in h.levels):
+        if h is not None and h.depth >= 3 and not any(lv.tie.is_first for lv in h.levels):
             return True
     return False
 

@@ -96,8 +96,9 @@ _REDUCE = {"reduce_votes", "vote", "vote_dtype", "segment_sum", "segment_starts"
 
 def __getattr__(name):
     if name in _REDUCE or name == "reduce":
-        from . import reduce
+        import importlib
 
+        reduce = importlib.import_module(".reduce", __name__)
         if name == "reduce":
             return reduce
         value = getattr(reduce, name)

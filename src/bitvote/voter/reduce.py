@@ -243,7 +243,7 @@ def reduce_votes(
             # A voter with no valid input abstains (0); a root that abstains takes its tie
             # value (+1 under 'first'). Below the root a 'first' fill is 0 there already
             # (no valid term, or only abstaining children): no pass over the full tensor.
-            abstain = (1.0 if level.tie.is_first else level.tie.fill) if li == last else 0.0
+            abstain = float(level.tie.abstain_fill) if li == last else 0.0
             fill = torch.where(c == 0, torch.full((), abstain, dtype=s.dtype, device=s.device),
                                fill if torch.is_tensor(fill) else torch.full((), fill, dtype=s.dtype, device=s.device))
         sig = sigma_for(sigma, level.groups, c, s, dim)

@@ -139,6 +139,11 @@ class Tie(enum.IntEnum):
         """The fixed output on a tie (+1.0 / -1.0); ``first`` has none (0.0: decided per input)."""
         return float(int(self))
 
+    @property
+    def abstain_fill(self) -> int:
+        """What a root with no valid input outputs: its tie value, +1 under ``first``."""
+        return 1 if self is Tie.FIRST else int(self)
+
     def __str__(self) -> str:
         return str(self.plain)
 
