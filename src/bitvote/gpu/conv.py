@@ -171,7 +171,7 @@ class GpuPackedConv(ConvEpilogue):
             ties = list(hier.tie_codes)
         self.depth = depth
         self.ties = ties
-        self.hier_root_tie = Tie.PLUS if hier is None else hier.levels[-1].tie
+        self.root_tie = Tie.PLUS if hier is None else hier.levels[-1].tie
         self.need_first = hier is not None and hier.levels[0].tie.is_first
         self.block_p = block_p or (64 if not interpreted() else 32)
         self.block_o = block_o or 64
@@ -241,7 +241,7 @@ class GpuPackedConv(ConvEpilogue):
 
     def _launch(self, K, xw, out, vout, fout, N, H, W, Ho, Wo, Wdo, outmode, leafout, bo):
         ties = self.ties + [1] * (3 - len(self.ties))
-        root = self.hier_root_tie
+        root = self.root_tie
         grid = (triton_cdiv(N * Ho * Wo, self.block_p), triton_cdiv(self.Co, bo))
         K.conv_kernel[grid](
             xw, self.w, out, vout, fout,

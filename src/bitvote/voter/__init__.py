@@ -84,6 +84,8 @@ __all__ = [
     "resolve",
     "is_popcount",
     "is_mv",
+    "tie_text",
+    "check_sigma",
     "reduce_votes",
     "vote",
     "vote_dtype",

@@ -173,10 +173,6 @@ class Tie(enum.IntEnum):
         return hash(self.plain)
 
 
-TieRule = Tie
-TieLike = Union[Tie, int, str]
-
-
 def parse_tie(tie) -> Union[Tie, Tuple[Tie, ...]]:
     """``1``, ``-1``, ``"first"``, or a root-first sequence such as ``"first,1,-1"``."""
     if isinstance(tie, str) and len(tie) > MAX_SPEC_CHARS:
