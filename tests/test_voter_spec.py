@@ -303,3 +303,15 @@ def test_step1_training_accepts_pop_like_popcount(tmp_path, monkeypatch, capsys)
     assert main(["train", "--step", "1", "--voter", "M4(M2)", "--width", "0.125", "--epochs", "1",
                  "--data", str(data), "--out", str(tmp_path / "bad"), "--no-download", "--quiet"]) == 2
     assert "needs binary weights" in capsys.readouterr().err
+
+
+def test_model_configs_keep_ties_plain():
+    """Tie objects passed in code land in a model's config as 1 / -1 / "first" text, never as the
+    type (a checkpoint's config is read with weights_only=True and written as JSON)."""
+    from bitvote import models
+
+    m = models.create("reactnet18", voter="tap", width=0.125, tie=parse_tie("first,1"))
+    assert m.config["tie"] == "first,1"
+    models.set_voter(m, "mv", Tie.MINUS)
+    assert m.config["tie"] == -1 and type(m.config["tie"]) is int
+    assert json.loads(json.dumps(m.config))["tie"] == -1

@@ -54,6 +54,8 @@ def create(name: str, num_classes: int = 10, voter: VoterMap = "popcount", width
     except TypeError as e:
         raise BitvoteError(f"model {name!r}: {e}") from None
     model.config = dict(name=name, num_classes=num_classes, voter=_voter_plain(voter), width=width, **options)
+    if "tie" in options:  # plain types only: a checkpoint's config is read with weights_only=True
+        model.config["tie"] = tie_text(options["tie"])
     return model
 
 
