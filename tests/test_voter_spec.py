@@ -315,3 +315,30 @@ def test_model_configs_keep_ties_plain():
     models.set_voter(m, "mv", Tie.MINUS)
     assert m.config["tie"] == -1 and type(m.config["tie"]) is int
     assert json.loads(json.dumps(m.config))["tie"] == -1
+
+
+def test_verify_checks_the_engine_it_is_given():
+    import torch
+
+    from bitvote import models
+    from bitvote.engine.graph import EngineModel
+    from bitvote.engine.verify import verify
+
+    torch.manual_seed(0)
+    m = models.create("reactnet18", voter="tap,groups=2", width=0.125, tie="first").eval()
+    x = torch.randn(1, 3, 8, 8)
+    built = []
+
+    def factory(graph):
+        built.append(graph)
+        return EngineModel(graph)
+
+    r = verify(m, x, engine=factory)
+    assert r["passed"] and r["layer_mismatches"] == 0 and len(built) == 1
+
+    class InvertedInput(EngineModel):  # feeds every layer the complement of its input bits
+        def pack_input(self, x, threads=1):
+            return ~super().pack_input(x, threads)
+
+    bad = verify(m, x, engine=InvertedInput)
+    assert not bad["passed"] and bad["layer_mismatches"] > 0
