@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bitvote.data import atomic_write_bytes
+from bitvote.io import atomic_write_bytes
 from bitvote.errors import BitvoteError
 from bitvote.train import TrainConfig, train
 

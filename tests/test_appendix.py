@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bitvote.appendix import SEED_APPENDIX, reproduce_appendix
+from bitvote.experiments.appendix import SEED_APPENDIX, reproduce_appendix
 from bitvote.cli import main
 from bitvote.errors import BitvoteError
 

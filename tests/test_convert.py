@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bitvote import models
-from bitvote.convert import convert_checkpoint, convert_model, recalibrate_bn, resolved
+from bitvote.train.convert import convert_checkpoint, convert_model, recalibrate_bn, resolved
 from bitvote.data import load
 from bitvote.errors import BitvoteError
 from bitvote.train import TrainConfig, load_checkpoint, load_model, model_checkpoint, save_checkpoint, train

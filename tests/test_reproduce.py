@@ -10,7 +10,7 @@ import pytest
 
 from bitvote.cli import main
 from bitvote.errors import BitvoteError
-from bitvote.reproduce import PRESETS, Protocol, reproduce, voter_rows
+from bitvote.experiments.reproduce import PRESETS, Protocol, reproduce, voter_rows
 
 from test_data import tiny_data_root
 
@@ -139,7 +139,7 @@ def test_time_budget_plans_epochs(data, tmp_path):
 
 def test_a_folder_held_by_another_run_is_refused_in_one_line(data, tmp_path, capsys):
     """Two processes resuming the same stages would race: the second is refused, then works."""
-    from bitvote._lock import hold_folder
+    from bitvote.io import hold_folder
 
     out = tmp_path / "rep"
     with hold_folder(out, "test holder"):

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from bitvote.cli import main
-from bitvote.reproduce import reproduce
+from bitvote.experiments.reproduce import reproduce
 
 from test_data import tiny_data_root
 

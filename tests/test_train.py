@@ -182,7 +182,7 @@ def test_progress_degrades_to_one_line_per_epoch(data, tmp_path):
 
 
 def test_demo_tiny(data, tmp_path, capsys):
-    from bitvote.train.demo import run_demo
+    from bitvote.experiments.demo import run_demo
 
     res = run_demo(str(data), str(tmp_path / "demo"), threads=1, download=False, width=0.125, epochs=1,
                    subset=16, test_subset=16, batch_size=8)
@@ -307,7 +307,7 @@ def test_model_checkpoint_round_trip(tmp_path):
 
 def test_a_folder_held_by_another_run_is_refused(data, tmp_path, capsys):
     """Two trainers resuming one folder would overwrite each other's last.pt: one line instead."""
-    from bitvote._lock import hold_folder
+    from bitvote.io import hold_folder
     from bitvote.cli import main
 
     out = tmp_path / "held"

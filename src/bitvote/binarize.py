@@ -17,7 +17,6 @@ objects drive the activation binarizers here and the vote backward in :mod:`bitv
 
 from __future__ import annotations
 
-import math
 from typing import Union
 
 import torch
@@ -244,8 +243,3 @@ def binarize_weight(w: torch.Tensor, scale: bool = False):
     wb = _WeightSignFn.apply(w)
     alpha = weight_scale(w).flatten() if scale else None
     return wb, alpha
-
-
-def fanin_sigma(n: int) -> float:
-    """Default surrogate width: the std of a sum of ``n`` independent +/-1 terms."""
-    return math.sqrt(max(int(n), 1))

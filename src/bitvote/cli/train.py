@@ -5,10 +5,6 @@ from __future__ import annotations
 import json
 
 
-def _opt_float(s):
-    return None if s is None else float(s)
-
-
 def add_parser(sub):
     p = sub.add_parser("train", help="train a model on CIFAR-10/100 (resumable)")
     p.add_argument("--model", help="model name (default reactnet18, or the --init checkpoint's)")
@@ -91,9 +87,8 @@ def _without_nproc(argv):
 
 def _train(args):
     from ..errors import BitvoteError
-    from ..train import TrainConfig, train
+    from ..train import TrainConfig, check_config, device, train
     from ..train.distributed import env_world, launch
-    from ..train.loop import _check, _device
 
     cfg = TrainConfig(
         model=args.model, dataset=args.dataset, data=args.data, voter=args.voter, tie=args.tie,
@@ -112,8 +107,8 @@ def _train(args):
         if env_world()[1] > 1:
             raise BitvoteError("--nproc inside torchrun: torchrun already started the processes")
         if args.nproc > 1:
-            _check(cfg)  # the cheap mistakes fail once, here, not once per worker
-            _device(cfg.device)
+            check_config(cfg)  # the cheap mistakes fail once, here, not once per worker
+            device(cfg.device)
             return launch(args.nproc, _without_nproc(args.argv), args.debug)
     res = train(cfg)
     if env_world()[0] != 0:
@@ -147,7 +142,7 @@ def _eval(args):
 
 
 def _demo(args):
-    from ..train.demo import run_demo
+    from ..experiments.demo import run_demo
 
     run_demo(args.data, args.out, args.device, args.threads, download=not args.no_download)
     return 0

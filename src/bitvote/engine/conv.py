@@ -32,7 +32,6 @@ from .pack import pack_bools, recycled, words
 __all__ = ["PackedConv", "segments"]
 
 _OUT = {"int": 0, "affine": 1, "select": 2, "bits": 3}
-_FULL = (1 << 64) - 1
 
 
 def _i64(m: int) -> int:

@@ -20,7 +20,7 @@ def run_demo(data=None, out="runs/demo", device="cpu", threads=None, download=Tr
     Stages: ``baseline``, then ``<voter>.<mode>`` for modes converted / recalibrated /
     retrained. ``overrides`` change the preset (``width``, ``epochs``, ``subset``, ...).
     """
-    from ..reproduce import reproduce
+    from .reproduce import reproduce
 
     rows = reproduce("demo", data=data, out=out, device=device, threads=threads, download=download, quiet=quiet,
                      **overrides)

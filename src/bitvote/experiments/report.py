@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import List
 
-from .data import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 __all__ = ["format_table", "header", "write_all", "plot", "display_name"]
 

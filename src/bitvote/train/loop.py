@@ -31,16 +31,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import data as D
-from .._lock import hold_folder
 from ..errors import BitvoteError
-from . import checkpoint as C
+from ..io import atomic_write_bytes, hold_folder
 from ..nn.normfree import adaptive_clip_grad_
+from . import checkpoint as C
 from . import distributed as Dist
 from .kd import distribution_loss
 from .optim import SCHEDULES, lr_at, make_optimizer
 from .progress import Progress, write_csv
 
-__all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint"]
+__all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint", "device", "check_config",
+           "load_for_evaluation"]
 
 
 @dataclass
@@ -99,7 +100,9 @@ class _Killed(Exception):
     """Raised by the test hook ``_stop_after`` to simulate a kill."""
 
 
-def _device(name: str) -> torch.device:
+def device(name) -> torch.device:
+    """``name`` (``cpu``, ``cuda``, ``cuda:N``) as a device, or a one-line error when this
+    machine does not have it: every command that takes ``--device`` checks it here."""
     name = str(name)
     if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
         raise BitvoteError(f"unknown device {name!r}: choose cpu, cuda or cuda:N")
@@ -110,6 +113,9 @@ def _device(name: str) -> torch.device:
         if ":" in name and int(name[5:]) >= n:
             raise BitvoteError(f"--device {name}: this machine has {n} CUDA device(s)")
     return torch.device(name)
+
+
+_as_device = device  # for functions whose ``device`` parameter shadows the function
 
 
 def _autocast(device: torch.device, amp: bool = False):
@@ -156,14 +162,25 @@ def _counts(model: nn.Module, split: D.Split, batch_size: int) -> tuple:
     return correct1, correct5, len(split)
 
 
-def evaluate_checkpoint(path, data=None, device="cpu", batch_size=500, test_subset=None, download=True) -> dict:
-    """What ``bitvote eval`` prints: accuracy of a checkpoint on its dataset's test split."""
-    dev = _device(device)
+def load_for_evaluation(path, data=None, device="cpu", test_subset=None, download=True):
+    """A checkpoint's model and the test split of the dataset it was trained on.
+
+    Returns ``(model, checkpoint dict, dataset name, test split)``, model and split on
+    ``device``; a class count that does not match the dataset is a one-line error. Shared by
+    ``bitvote eval`` and ``bitvote convert``, so both measure on the same images.
+    """
+    dev = _as_device(device)
     model, ck = C.load_model(path, dev)
     dataset = (ck.get("args") or {}).get("dataset") or ck.get("dataset") or "cifar10"
     test = D.subset(D.load(dataset, "test", data, device=dev, download=download), test_subset)
     if test.num_classes != model.config["num_classes"]:
         raise BitvoteError(f"checkpoint {path} has {model.config['num_classes']} classes, {dataset} has {test.num_classes}")
+    return model, ck, dataset, test
+
+
+def evaluate_checkpoint(path, data=None, device="cpu", batch_size=500, test_subset=None, download=True) -> dict:
+    """What ``bitvote eval`` prints: accuracy of a checkpoint on its dataset's test split."""
+    model, ck, dataset, test = load_for_evaluation(path, data, device, test_subset, download)
     res = evaluate(model, test, batch_size)
     return {**res, "model": model.config["name"], "voter": model.config["voter"], "dataset": dataset,
             "width": model.config["width"], "step": 1 if not C.binary_weights(model) else 2, "checkpoint": str(path)}
@@ -217,7 +234,9 @@ def _biased_deep_hierarchy(model: nn.Module) -> bool:
     return False
 
 
-def _check(cfg: TrainConfig):
+def check_config(cfg: TrainConfig) -> None:
+    """The option checks that need no data or checkpoint (one-line errors): ``bitvote train
+    --nproc`` runs them once before it launches the workers."""
     if cfg.agc is not None and not (math.isfinite(cfg.agc) and cfg.agc >= 0):
         raise BitvoteError(f"--agc must be a non-negative number, got {cfg.agc}")
     if cfg.step not in (1, 2):
@@ -301,7 +320,7 @@ def _step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0, amp=Fa
 def _write_logs(out: Path, history, result) -> None:
     write_csv(out / "log.csv", history)
     if result:
-        D.atomic_write_bytes(out / "result.json", (json.dumps(result, indent=1) + "\n").encode())
+        atomic_write_bytes(out / "result.json", (json.dumps(result, indent=1) + "\n").encode())
 
 
 def _finite(model: nn.Module) -> bool:
@@ -324,7 +343,7 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
     ``stop_after_steps`` returns ``{"finished": False, "step": ..., "last": ...}``.
     ``_stop_after`` (tests only) raises after that many global steps, like a kill would.
     """
-    dev = _device(cfg.device)
+    dev = device(cfg.device)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise BitvoteError(f"--out {out} is a file, not a folder")
@@ -354,7 +373,7 @@ def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
             if not cfg.quiet and world.main:
                 print(f"bitvote: {out} is already finished: top1 {res.get('top1', 0):.2f}%", file=sys.stderr)
             return res
-    _check(cfg)
+    check_config(cfg)
     if world.active and cfg.batch_size < world.size:
         raise BitvoteError(f"--batch-size {cfg.batch_size} (the global batch) is smaller than the {world.size} processes")
     if cfg.threads:
