@@ -16,7 +16,7 @@ from bitvote.data import load
 from bitvote.errors import BitvoteError
 from bitvote.train import TrainConfig, load_checkpoint, load_model, model_checkpoint, save_checkpoint, train
 from bitvote.train.checkpoint import set_binary_weights
-from bitvote.train.loop import _build_model
+from bitvote.train.loop import build_model
 
 from test_data import tiny_data_root
 
@@ -99,7 +99,7 @@ def test_retrain_from_popcount_checkpoint_loads_everything(data, tmp_path):
     cfg = TrainConfig(init=str(src), voter="tap,groups=4", tie="first", surrogate="ste", sigma="valid",
                       data=str(data), out=str(tmp_path / "rt"), epochs=1, batch_size=8, quiet=True, download=False,
                       threads=1)
-    net = _build_model(cfg, 10)
+    net = build_model(cfg, 10)
     state = net.state_dict()
     assert state.keys() == ck["model"].keys()
     for k, v in ck["model"].items():

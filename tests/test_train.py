@@ -15,7 +15,7 @@ import torch
 from bitvote import models
 from bitvote.errors import BitvoteError
 from bitvote.train import TrainConfig, distribution_loss, evaluate_checkpoint, load_checkpoint, train
-from bitvote.train.loop import _Killed
+from bitvote.train.loop import SimulatedKill
 from bitvote.train.optim import lr_at, make_optimizer
 
 from test_data import make_cifar_python, tiny_data_root
@@ -43,7 +43,7 @@ def _same_state(a, b):
 @pytest.mark.parametrize("stop", [7, 9])  # inside epoch 2 after a mid-epoch checkpoint; right after one
 def test_resume_after_kill_is_bit_exact(data, tmp_path, stop):
     ref = train(_cfg(data, tmp_path / "ref", ckpt_every_steps=4))
-    with pytest.raises(_Killed):
+    with pytest.raises(SimulatedKill):
         train(_cfg(data, tmp_path / "run", ckpt_every_steps=4), _stop_after=stop)
     ck = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ck["step"] < stop and not ck["finished"]

@@ -40,6 +40,9 @@ def add_parser(sub):
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast on the CPU too (CUDA always uses it); votes and ties stay exact")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow to start on the CPU)")
+    p.add_argument("--weight-grad", default="scaled", choices=["scaled", "unscaled"],
+                   help="latent weights' gradient under the scaled popcount: scaled (x mean|W|, the forward's "
+                        "chain rule; default) or unscaled (the reference ReActNet/Bi-Real code)")
     p.add_argument("--ckpt-every", type=float, default=120.0, help="mid-epoch checkpoint every S seconds")
     p.add_argument("--ckpt-every-steps", type=int, default=0, help="mid-epoch checkpoint every N steps")
     p.add_argument("--stop-after-steps", type=int, default=0,
@@ -99,7 +102,7 @@ def _train(args):
         init=args.init, teacher=args.teacher, threads=args.threads, ckpt_every_s=args.ckpt_every,
         ckpt_every_steps=args.ckpt_every_steps, download=not args.no_download, quiet=args.quiet,
         sync_bn=args.sync_bn, stop_after_steps=args.stop_after_steps, amp=args.amp, compile=args.compile,
-        agc=args.agc,
+        agc=args.agc, weight_grad=args.weight_grad,
     )
     if args.nproc is not None:
         if args.nproc < 1:
