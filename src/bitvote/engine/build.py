@@ -66,7 +66,8 @@ def _compiler() -> str:
     return cc
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where the compiled kernels are cached: ``engine`` under :func:`bitvote.io.cache_root`."""
     d = cache_root() / "engine"
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -97,7 +98,7 @@ def lib() -> ctypes.CDLL:
     for extra in (["-fopenmp"], []):
         flags = _FLAGS + extra
         key = hashlib.sha256(src + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
-        so = _cache_dir() / f"bitvote_kernels_{key}.so"
+        so = cache_dir() / f"bitvote_kernels_{key}.so"
         if not so.exists():
             try:
                 _compile(cc, flags, so)

@@ -13,7 +13,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..engine.graph import EngineModel, _hier_from, _unpack_weight
+from ..engine.graph import EngineModel, _hier_from, unpack_weight
 from . import require
 from .conv import GpuPackedConv, pack
 
@@ -42,7 +42,7 @@ class GpuEngineModel(EngineModel):
         self._nan: Optional[torch.Tensor] = None
 
     def _make_conv(self, c: Dict):
-        pc = GpuPackedConv(_unpack_weight(c["wbits"], c["shape"]), c["stride"], c["padding"], c["pad_value"],
+        pc = GpuPackedConv(unpack_weight(c["wbits"], c["shape"]), c["stride"], c["padding"], c["pad_value"],
                            _hier_from(c["hier"]), c["name"], device=self.device)
         return pc.epilogue(c["epilogue"], a=c.get("a"), b=c.get("b"), thr=c.get("thr"), dir=c.get("dir"))
 
