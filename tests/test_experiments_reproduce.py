@@ -12,14 +12,12 @@ from bitvote.cli import main
 from bitvote.errors import BitvoteError
 from bitvote.experiments.reproduce import PRESETS, Protocol, reproduce, voter_rows
 
-from test_data import tiny_data_root
-
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture()
-def data(tmp_path, monkeypatch):
-    return tiny_data_root(tmp_path, monkeypatch, n_train=24, n_test=12)
+def data(tiny_data):
+    return tiny_data(n_train=24, n_test=12)
 
 
 def test_smoke_preset_writes_table_results_and_plot(data, tmp_path, capsys):

@@ -18,14 +18,14 @@ from bitvote.train import TrainConfig, distribution_loss, evaluate_checkpoint, l
 from bitvote.train.loop import SimulatedKill
 from bitvote.train.optim import lr_at, make_optimizer
 
-from test_data import make_cifar_python, tiny_data_root
+from fakedata import make_cifar_python
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture()
-def data(tmp_path, monkeypatch):
-    return tiny_data_root(tmp_path, monkeypatch, n_train=48, n_test=20)
+def data(tiny_data):
+    return tiny_data(n_train=48, n_test=20)
 
 
 def _cfg(data, out, **kw):
@@ -260,7 +260,7 @@ def test_bad_checkpoints(data, tmp_path, capsys):
 
 
 def test_train_cifar100_and_image_folder(tmp_path, monkeypatch):
-    from test_data import make_image_folder
+    from fakedata import make_image_folder
 
     monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path / "cache"))
     make_cifar_python(tmp_path / "c100", "cifar100", n_train=100, n_test=100)

@@ -18,14 +18,12 @@ from bitvote.train import TrainConfig, load_checkpoint, load_model, model_checkp
 from bitvote.train.checkpoint import set_binary_weights
 from bitvote.train.loop import build_model
 
-from test_data import tiny_data_root
-
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture()
-def data(tmp_path, monkeypatch):
-    return tiny_data_root(tmp_path, monkeypatch, n_train=48, n_test=20)
+def data(tiny_data):
+    return tiny_data(n_train=48, n_test=20)
 
 
 def _popcount_ckpt(path, model="reactnet18", step2=True):
