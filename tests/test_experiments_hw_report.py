@@ -1,4 +1,4 @@
-"""`bitvote hw report` joins `bitvote reproduce` output with synthesized cost (issue 6's done-when)."""
+"""`bitvote hw report` joins `bitvote reproduce` output with synthesized cost: table, plot and JSON."""
 
 import json
 import shutil

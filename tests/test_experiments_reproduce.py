@@ -89,7 +89,7 @@ def test_voter_rows_ties_and_pad_twin():
     assert [r.tie for r in voter_rows(["mv", "tap"], tie="-1", pad_variant=False)] == ["-1", "-1"]
 
 
-def test_cpu_and_full_presets_sweep_the_issue_hierarchies():
+def test_cpu_and_full_presets_sweep_the_seed_hierarchies():
     for name in ("cpu", "full"):
         v = PRESETS[name]["voters"]
         assert "mv" in v and "groups=4" in v and "tap" in v and "tap,groups=4" in v

@@ -1,4 +1,4 @@
-"""The seed's appendix (issue 7): BN / without BN / BN-free forms of four binary networks.
+"""The seed's appendix: BN / without BN / BN-free forms of four binary networks.
 
 ``bitvote reproduce --table appendix --preset smoke|cpu|full`` trains the 4 x 3 grid (popcount,
 no voter) on CIFAR-10 and/or CIFAR-100 with :class:`bitvote.experiments.reproduce.Protocol`'s resumable

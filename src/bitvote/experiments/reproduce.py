@@ -39,19 +39,19 @@ PRESETS: Dict[str, dict] = {
                  batch_size=128, epochs=4, lr=2e-3, retrain_epochs=1, retrain_lr=1e-3, recalibrate=1000,
                  pad_variant=False),
     # a few hours of a 2-core CPU on CIFAR-10 (measured: 3.0 h of stages, 1 shared thread);
-    # every training stage under an hour (small-leaf hierarchies train at ~50 images/s here)
+    # every training stage under an hour (small-leaf hierarchies train at ~50 images/s on 2 cores)
     "cpu": dict(models=("reactnet18", "birealnet18"),
                 voters=("mv", "groups=4", "tap", "tap,groups=4", "tap,leaf=4"),
                 width=0.125, subset=10000, test_subset=2000, batch_size=128, epochs=15, lr=2e-3,
                 retrain_epochs=2, retrain_lr=1e-3, recalibrate=1000, pad_variant=True),
-    # paper scale, for a GPU (untested here): full width and data; the seed's slides do not
+    # paper scale, for a GPU (untested on one): full width and data; the seed's slides do not
     # state their epochs, 200 + 50 is a common CIFAR BNN schedule
     "full": dict(models=("reactnet18", "birealnet18"),
                  voters=("mv", "groups=4", "tap", "tap,groups=4", "tap,leaf=16"),
                  width=1.0, subset=None, test_subset=None, batch_size=128, epochs=200, lr=1e-3,
                  retrain_epochs=50, retrain_lr=5e-4, recalibrate=10000, pad_variant=True),
-    # one GPU, a time budget (issue 9): full width and data; the epochs come from a measured
-    # step time so the whole protocol fits `minutes` (see plan_epochs). Untested on a GPU here.
+    # one GPU, a time budget: full width and data; the epochs come from a measured step time so
+    # the whole protocol fits `minutes` (see plan_epochs). Untested on a GPU.
     "gpu1": dict(models=("reactnet18", "birealnet18"), voters=("mv", "tap"), width=1.0, subset=None,
                  test_subset=None, batch_size=256, epochs=None, lr=2e-3, retrain_epochs=None, retrain_lr=1e-3,
                  recalibrate=10000, pad_variant=False, minutes=10.0),
