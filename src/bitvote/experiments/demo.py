@@ -1,4 +1,4 @@
-"""``bitvote demo``: the README's main job, a small version of the seed's protocol in ~10 CPU minutes.
+"""``bitvote demo``: the README's main job, a small version of the seed's protocol in a few CPU minutes.
 
 It trains a reduced-width ReActNet-18 on a fixed subset of CIFAR-10, swaps a majority voter
 into it (directly, then with BN re-estimated), retrains through the voter, does the same for
