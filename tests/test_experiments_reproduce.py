@@ -65,14 +65,14 @@ def test_smoke_preset_writes_table_results_and_plot(data, tmp_path, capsys):
 
 
 def test_diverged_retraining_is_a_row_not_a_crash(data, tmp_path, monkeypatch):
-    real = Protocol._train
+    real = Protocol.train_stage
 
     def fake(self, **kw):
         if kw.get("voter"):
             raise BitvoteError("training diverged at step 3 (epoch 1, batch 3): the loss is nan")
         return real(self, **kw)
 
-    monkeypatch.setattr(Protocol, "_train", fake)
+    monkeypatch.setattr(Protocol, "train_stage", fake)
     out = tmp_path / "rep"
     rows = reproduce("smoke", voters=["tap,groups=4"], data=str(data), out=str(out), threads=1, download=False,
                      quiet=True)
