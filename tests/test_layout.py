@@ -19,6 +19,7 @@ PKG = ROOT / "src" / "bitvote"
 #: each top-level part of the package and the parts it may not import
 ABOVE = {
     "binarize": {"voter", "nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "voter": {"nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
     "nn": {"models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
     "models": {"data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
     "data": {"train", "experiments", "engine", "gpu", "hw", "export", "cli"},
