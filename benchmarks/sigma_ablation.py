@@ -1,11 +1,10 @@
-"""Sigma ablation (issue 4): which surrogate width retrains a converted voter model best?
+"""Sigma ablation: which surrogate width retrains a converted voter model best?
 
 One popcount baseline is trained (or reused), then retrained through each voter with each
 sigma rule, same budget, same seed, same data; the table prints top-1/top-5 per (voter, rule).
 Every run lives in ``--out`` and resumes, so an interrupted ablation continues.
 
-    PYTHONPATH=src python benchmarks/sigma_ablation.py --data /work/shared/datasets/cifar10-jpeg \
-        --out /work/runs/sigma-ablation --threads 1
+    PYTHONPATH=src python benchmarks/sigma_ablation.py --data PATH --out runs/sigma-ablation --threads 1
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bitvote.data import atomic_write_bytes
+from bitvote.io import atomic_write_bytes
 from bitvote.errors import BitvoteError
 from bitvote.train import TrainConfig, train
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bitvote import data as D
-from bitvote.convert import convert_model
+from bitvote.train.convert import convert_model
 from bitvote.train import load_model
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

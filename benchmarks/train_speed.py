@@ -92,7 +92,7 @@ def main(argv=None):
                   f"{row['images_per_s']:.0f} | {row['ratio']:.2f} |")
             sys.stdout.flush()
     if a.json:
-        from bitvote.data import atomic_write_bytes
+        from bitvote.io import atomic_write_bytes
 
         atomic_write_bytes(a.json, json.dumps({"threads": torch.get_num_threads(), "batch": a.batch_size,
                                                "rows": rows}, indent=1).encode())

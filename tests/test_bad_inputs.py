@@ -228,14 +228,14 @@ def test_nan_loss_injected(w, monkeypatch):
     """A NaN loss (whatever its cause) stops the run at that step; the mid-epoch checkpoint before it stays."""
     import bitvote.train.loop as L
 
-    real, calls = L._step, []
+    real, calls = L.optimizer_step, []
 
     def step(*a, **k):
         loss, logits = real(*a, **k)
         calls.append(1)
         return (loss * float("nan") if len(calls) == 2 else loss), logits
 
-    monkeypatch.setattr(L, "_step", step)
+    monkeypatch.setattr(L, "optimizer_step", step)
     out = w["root"] / "out" / "nan3"
     with pytest.raises(BitvoteError, match=r"at step 2 .*the loss is nan.*\(step 1\)"):
         train(TrainConfig(model="reactnet18", width=0.125, data=str(w["data"]), out=str(out), epochs=1,

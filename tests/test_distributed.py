@@ -16,16 +16,14 @@ import torch
 
 from bitvote.train import TrainConfig, load_checkpoint, train
 
-from test_data import tiny_data_root
-
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ATOL = 1e-4
 RTOL = 1e-5
 
 
 @pytest.fixture()
-def data(tmp_path, monkeypatch):
-    return tiny_data_root(tmp_path, monkeypatch, n_train=48, n_test=20)
+def data(tiny_data):
+    return tiny_data(n_train=48, n_test=20)
 
 
 def _args(data, out, batch, *extra):

@@ -81,7 +81,7 @@ def test_bench_rows_have_the_fields():
 
 def test_engine_data_reads_dataset_folders(tmp_path, monkeypatch):
     """`bitvote run/verify --data FOLDER` takes the test split through bitvote.data."""
-    from test_data import make_cifar_python
+    from fakedata import make_cifar_python
 
     from bitvote.cli.engine import load_data
 

@@ -20,7 +20,7 @@ import torch
 
 from bitvote.train import load_checkpoint
 
-from test_data import make_cifar_python
+from fakedata import make_cifar_python
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 DELAY = 0.05  # seconds of sleep inside each atomic write

@@ -15,17 +15,17 @@ import torch
 from bitvote import models
 from bitvote.errors import BitvoteError
 from bitvote.train import TrainConfig, distribution_loss, evaluate_checkpoint, load_checkpoint, train
-from bitvote.train.loop import _Killed
+from bitvote.train.loop import SimulatedKill
 from bitvote.train.optim import lr_at, make_optimizer
 
-from test_data import make_cifar_python, tiny_data_root
+from fakedata import make_cifar_python
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture()
-def data(tmp_path, monkeypatch):
-    return tiny_data_root(tmp_path, monkeypatch, n_train=48, n_test=20)
+def data(tiny_data):
+    return tiny_data(n_train=48, n_test=20)
 
 
 def _cfg(data, out, **kw):
@@ -43,7 +43,7 @@ def _same_state(a, b):
 @pytest.mark.parametrize("stop", [7, 9])  # inside epoch 2 after a mid-epoch checkpoint; right after one
 def test_resume_after_kill_is_bit_exact(data, tmp_path, stop):
     ref = train(_cfg(data, tmp_path / "ref", ckpt_every_steps=4))
-    with pytest.raises(_Killed):
+    with pytest.raises(SimulatedKill):
         train(_cfg(data, tmp_path / "run", ckpt_every_steps=4), _stop_after=stop)
     ck = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ck["step"] < stop and not ck["finished"]
@@ -182,7 +182,7 @@ def test_progress_degrades_to_one_line_per_epoch(data, tmp_path):
 
 
 def test_demo_tiny(data, tmp_path, capsys):
-    from bitvote.train.demo import run_demo
+    from bitvote.experiments.demo import run_demo
 
     res = run_demo(str(data), str(tmp_path / "demo"), threads=1, download=False, width=0.125, epochs=1,
                    subset=16, test_subset=16, batch_size=8)
@@ -260,7 +260,7 @@ def test_bad_checkpoints(data, tmp_path, capsys):
 
 
 def test_train_cifar100_and_image_folder(tmp_path, monkeypatch):
-    from test_data import make_image_folder
+    from fakedata import make_image_folder
 
     monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path / "cache"))
     make_cifar_python(tmp_path / "c100", "cifar100", n_train=100, n_test=100)
@@ -307,7 +307,7 @@ def test_model_checkpoint_round_trip(tmp_path):
 
 def test_a_folder_held_by_another_run_is_refused(data, tmp_path, capsys):
     """Two trainers resuming one folder would overwrite each other's last.pt: one line instead."""
-    from bitvote._lock import hold_folder
+    from bitvote.io import hold_folder
     from bitvote.cli import main
 
     out = tmp_path / "held"

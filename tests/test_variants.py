@@ -1,4 +1,4 @@
-"""BN / without-BN / BN-free forms of every binary model, ReActNet-A, and AGC (issue 7)."""
+"""BN / without-BN / BN-free forms of every binary model, ReActNet-A, and AGC."""
 
 import math
 

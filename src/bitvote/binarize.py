@@ -17,7 +17,6 @@ objects drive the activation binarizers here and the vote backward in :mod:`bitv
 
 from __future__ import annotations
 
-import math
 from typing import Union
 
 import torch
@@ -35,6 +34,8 @@ __all__ = [
     "ste_sign",
     "approx_sign",
     "binarize_weight",
+    "weight_scale",
+    "unscale_weight_grad",
     "check_finite",
 ]
 
@@ -246,6 +247,27 @@ def binarize_weight(w: torch.Tensor, scale: bool = False):
     return wb, alpha
 
 
-def fanin_sigma(n: int) -> float:
-    """Default surrogate width: the std of a sum of ``n`` independent +/-1 terms."""
-    return math.sqrt(max(int(n), 1))
+class _UnscaleGradFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w):
+        alpha = weight_scale(w)
+        ctx.save_for_backward(alpha.clamp_min(torch.finfo(alpha.dtype).tiny))
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (alpha,) = ctx.saved_tensors
+        return grad_out / alpha
+
+
+def unscale_weight_grad(w: torch.Tensor) -> torch.Tensor:
+    """Identity forward; backward divides by the detached per-output-channel ``mean|W|``.
+
+    A scaled popcount ``alpha * conv(x, sign(W))`` with a detached ``alpha`` has, by the
+    chain rule, ``dL/dW = alpha * dL/d(alpha sign W) * 1{|W| <= 1}``. The reference ReActNet /
+    Bi-Real code drops the ``alpha``: its weight is ``alpha sign(W)`` in the forward and
+    ``clamp(W, -1, 1)`` in the backward. Applied to the latent weight before
+    :func:`binarize_weight`, this function turns the first gradient into the second; the forward
+    is unchanged bit for bit. An all-zero channel (``alpha = 0``) gets a zero gradient.
+    """
+    return _UnscaleGradFn.apply(w)

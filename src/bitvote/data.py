@@ -6,7 +6,7 @@ gather), never a per-image Python loop. Three sources, tried in this order under
 
 1. the official python-format folders ``cifar-10-batches-py`` / ``cifar-100-python``;
 2. an image-folder tree ``train/<class>/*``, ``test/<class>/*`` (classes sorted by name give
-   the labels), decoded once with Pillow and cached as ``.npz`` under :func:`cache_dir`;
+   the labels), decoded once with Pillow and cached as ``.npz`` under :func:`bitvote.io.cache_root`;
 3. the official archive, downloaded into the root and verified by its MD5 before use.
 
 The root is ``--data PATH``, else ``$BITVOTE_DATA``, else ``~/.cache/bitvote/data``.
@@ -23,7 +23,6 @@ import pickle
 import shutil
 import tarfile
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,9 @@ import numpy as np
 import torch
 
 from .errors import BitvoteError
+from .io import atomic_write_bytes, cache_root
 
-__all__ = ["Split", "DATASETS", "load", "data_root", "cache_dir", "augment", "normalize",
-           "epoch_plan", "atomic_write_bytes"]
+__all__ = ["Split", "DATASETS", "load", "data_root", "augment", "normalize", "epoch_plan"]
 
 IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -94,51 +93,6 @@ def data_root(path=None) -> Path:
     if os.environ.get("BITVOTE_DATA"):
         return Path(os.environ["BITVOTE_DATA"]).expanduser()
     return Path.home() / ".cache" / "bitvote" / "data"
-
-
-def cache_dir() -> Path:
-    """Where decoded image folders are cached: ``$BITVOTE_CACHE`` or ``~/.cache/bitvote``.
-
-    Never inside the data folder: shared dataset folders are often read-only.
-    """
-    return Path(os.environ.get("BITVOTE_CACHE") or Path.home() / ".cache" / "bitvote").expanduser()
-
-
-def _test_write_delay() -> float:
-    """``$BITVOTE_TEST_WRITE_DELAY`` seconds of sleep inside each atomic write: a test hook that
-    makes the write slow enough for a randomly timed kill to land inside it."""
-    try:
-        return max(float(os.environ.get("BITVOTE_TEST_WRITE_DELAY") or 0), 0.0)
-    except ValueError:
-        return 0.0
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old one or the whole new one: temp, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        delay = _test_write_delay()
-        with os.fdopen(fd, "wb") as f:
-            if delay:  # widen the window a kill can land in (fault-tolerance test only)
-                f.write(data[: len(data) // 2])
-                f.flush()
-                time.sleep(delay)
-                data = data[len(data) // 2 :]
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if delay:
-            time.sleep(delay)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +183,7 @@ def _read_image_folder(root: Path, split: str, spec: _Spec):
     for i, p in files:
         st = p.stat()
         h.update(f"{i}/{p.name}/{st.st_size}/{st.st_mtime_ns}".encode())
-    cache = cache_dir() / "image-folders" / f"{split}-{h.hexdigest()[:16]}.npz"
+    cache = cache_root() / "image-folders" / f"{split}-{h.hexdigest()[:16]}.npz"
     if cache.exists():
         try:
             with np.load(cache) as z:

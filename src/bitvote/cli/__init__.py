@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
             mod = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as e:
             if e.name == f"{__name__}.{name}":
-                continue  # command group not built yet
+                continue  # an optional command group that is not installed
             raise
         mod.add_parser(sub)
     return parser

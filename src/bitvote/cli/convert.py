@@ -1,5 +1,5 @@
-"""``bitvote convert`` and ``bitvote reproduce``: thin wrappers over :mod:`bitvote.convert` and
-:mod:`bitvote.reproduce`."""
+"""``bitvote convert`` and ``bitvote reproduce``: thin wrappers over :mod:`bitvote.train.convert`,
+:mod:`bitvote.experiments.reproduce` and :mod:`bitvote.experiments.appendix`."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def add_parser(sub):
 def _convert(args):
     import torch
 
-    from ..convert import _print_rows, convert_checkpoint
+    from ..train.convert import convert_checkpoint, print_rows
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,18 +56,18 @@ def _convert(args):
         return 0
     n = res["rows"][0]["n"]
     print(f"{res['model']} (width {res['width']:g}) on {n} {res['dataset']} test images:")
-    _print_rows(res)
+    print_rows(res)
     if res["out"]:
         print(f"converted checkpoint: {res['out']}")
     return 0
 
 
 def _reproduce(args):
-    from ..reproduce import reproduce
+    from ..experiments.reproduce import reproduce
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     if args.table == "appendix":
-        from ..appendix import reproduce_appendix
+        from ..experiments.appendix import reproduce_appendix
 
         datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
         reproduce_appendix(args.preset, models=models, datasets=datasets, data=args.data, out=args.out,

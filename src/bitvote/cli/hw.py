@@ -64,10 +64,6 @@ def add_parser(sub):
     p.set_defaults(func=_report)
 
 
-def _err(msg):
-    print(msg, file=sys.stderr)
-
-
 def _units(args):
     from .. import models
     from ..errors import BitvoteError

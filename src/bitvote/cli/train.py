@@ -5,10 +5,6 @@ from __future__ import annotations
 import json
 
 
-def _opt_float(s):
-    return None if s is None else float(s)
-
-
 def add_parser(sub):
     p = sub.add_parser("train", help="train a model on CIFAR-10/100 (resumable)")
     p.add_argument("--model", help="model name (default reactnet18, or the --init checkpoint's)")
@@ -44,6 +40,9 @@ def add_parser(sub):
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast on the CPU too (CUDA always uses it); votes and ties stay exact")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow to start on the CPU)")
+    p.add_argument("--weight-grad", default="scaled", choices=["scaled", "unscaled"],
+                   help="latent weights' gradient under the scaled popcount: scaled (x mean|W|, the forward's "
+                        "chain rule; default) or unscaled (the reference ReActNet/Bi-Real code)")
     p.add_argument("--ckpt-every", type=float, default=120.0, help="mid-epoch checkpoint every S seconds")
     p.add_argument("--ckpt-every-steps", type=int, default=0, help="mid-epoch checkpoint every N steps")
     p.add_argument("--stop-after-steps", type=int, default=0,
@@ -91,9 +90,8 @@ def _without_nproc(argv):
 
 def _train(args):
     from ..errors import BitvoteError
-    from ..train import TrainConfig, train
+    from ..train import TrainConfig, check_config, device, train
     from ..train.distributed import env_world, launch
-    from ..train.loop import _check, _device
 
     cfg = TrainConfig(
         model=args.model, dataset=args.dataset, data=args.data, voter=args.voter, tie=args.tie,
@@ -104,7 +102,7 @@ def _train(args):
         init=args.init, teacher=args.teacher, threads=args.threads, ckpt_every_s=args.ckpt_every,
         ckpt_every_steps=args.ckpt_every_steps, download=not args.no_download, quiet=args.quiet,
         sync_bn=args.sync_bn, stop_after_steps=args.stop_after_steps, amp=args.amp, compile=args.compile,
-        agc=args.agc,
+        agc=args.agc, weight_grad=args.weight_grad,
     )
     if args.nproc is not None:
         if args.nproc < 1:
@@ -112,8 +110,8 @@ def _train(args):
         if env_world()[1] > 1:
             raise BitvoteError("--nproc inside torchrun: torchrun already started the processes")
         if args.nproc > 1:
-            _check(cfg)  # the cheap mistakes fail once, here, not once per worker
-            _device(cfg.device)
+            check_config(cfg)  # the cheap mistakes fail once, here, not once per worker
+            device(cfg.device)
             return launch(args.nproc, _without_nproc(args.argv), args.debug)
     res = train(cfg)
     if env_world()[0] != 0:
@@ -147,7 +145,7 @@ def _eval(args):
 
 
 def _demo(args):
-    from ..train.demo import run_demo
+    from ..experiments.demo import run_demo
 
     run_demo(args.data, args.out, args.device, args.threads, download=not args.no_download)
     return 0

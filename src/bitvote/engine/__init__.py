@@ -1,4 +1,4 @@
-"""The packed CPU inference engine (issue 5; design in docs/engine.md).
+"""The packed CPU inference engine (design in docs/engine.md).
 
 ``pack`` turns real activations into bits, :class:`PackedConv` runs one binary conv on
 packed words with a fused epilogue, :mod:`.graph` compiles a whole model into an engine

@@ -1,4 +1,4 @@
-"""Timing of the engine against PyTorch fp32 in the same run (issue 5, item 5).
+"""Timing of the engine against PyTorch fp32 in the same run (``bitvote bench``).
 
 Per layer: the ReActNet-18 3x3 shapes, each timed from its real-valued input (packing
 included) through the fused epilogue (popcount -> BN-folded floats), against ``F.conv2d``

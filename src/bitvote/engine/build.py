@@ -1,7 +1,7 @@
 """Build the C kernels at first use and load them with ctypes.
 
 The shared library is compiled once with the system C compiler (``$CC``, else ``cc``/``gcc``)
-and cached in ``$BITVOTE_CACHE`` (default ``~/.cache/bitvote``) under a name keyed by the
+and cached in ``$BITVOTE_CACHE/engine`` (default ``~/.cache/bitvote/engine``) under a name keyed by the
 hash of the sources, the flags and the compiler's version, so an edit or a new compiler
 rebuilds and nothing else does. No build step at install time: ``pip install`` stays pure
 Python. OpenMP gives the threads; if the compiler lacks it, the kernels run single-threaded.
@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import BitvoteError
+from ..io import cache_root
 
 __all__ = ["lib", "ISAS", "best_isa", "active_isa", "isa_id", "ConvArgs"]
 
@@ -65,8 +66,9 @@ def _compiler() -> str:
     return cc
 
 
-def _cache_dir() -> Path:
-    d = Path(os.environ.get("BITVOTE_CACHE", Path.home() / ".cache" / "bitvote"))
+def cache_dir() -> Path:
+    """Where the compiled kernels are cached: ``engine`` under :func:`bitvote.io.cache_root`."""
+    d = cache_root() / "engine"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -96,7 +98,7 @@ def lib() -> ctypes.CDLL:
     for extra in (["-fopenmp"], []):
         flags = _FLAGS + extra
         key = hashlib.sha256(src + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
-        so = _cache_dir() / f"bitvote_kernels_{key}.so"
+        so = cache_dir() / f"bitvote_kernels_{key}.so"
         if not so.exists():
             try:
                 _compile(cc, flags, so)

@@ -31,8 +31,8 @@ from .pack import pack_bools, recycled, words
 
 __all__ = ["PackedConv", "segments"]
 
-_OUT = {"int": 0, "affine": 1, "select": 2, "bits": 3}
-_FULL = (1 << 64) - 1
+#: epilogue modes and their codes in the C kernels (``ConvArgs.outmode``)
+EPILOGUES = {"int": 0, "affine": 1, "select": 2, "bits": 3}
 
 
 def _i64(m: int) -> int:
@@ -81,8 +81,8 @@ class ConvEpilogue:
         return (H + 2 * p - k[0]) // s + 1, (W + 2 * p - k[1]) // s + 1
 
     def _set_epilogue(self, mode: str, a, b, thr, dir, device) -> None:
-        if mode not in _OUT:
-            raise BitvoteError(f"unknown epilogue {mode!r}: choose one of {', '.join(_OUT)}")
+        if mode not in EPILOGUES:
+            raise BitvoteError(f"unknown epilogue {mode!r}: choose one of {', '.join(EPILOGUES)}")
         Co = self.Co
 
         def vec(v, dtype, default):
@@ -270,7 +270,7 @@ class PackedConv(ConvEpilogue):
             L=self.leaf_size.numel(), leaf_size=self.leaf_size.data_ptr(),
             voter=int(self.hier is not None), nlev=self.lev_nodes.numel(), root_p=self.root_p,
             lev_nodes=self.lev_nodes.data_ptr(), lev_groups=self.lev_groups.data_ptr(), lev_tie=self.lev_tie.data_ptr(),
-            outmode=_OUT[mode], Wdo=Wdo, out=0,
+            outmode=EPILOGUES[mode], Wdo=Wdo, out=0,
             a=self.a.data_ptr(), b=self.b.data_ptr(), thr=self.thr.data_ptr(), dir=self.dir.data_ptr(),
             nthreads=int(threads), kind=self.kind, wpc=self.wpc.data_ptr(),
         )

@@ -83,7 +83,8 @@ def _pack_weight(w: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.packbits(bits, bitorder="little"))
 
 
-def _unpack_weight(by: torch.Tensor, shape) -> torch.Tensor:
+def unpack_weight(by: torch.Tensor, shape) -> torch.Tensor:
+    """The bool weight bits of a compiled layer (``wbits``, little-endian packed) in ``shape``."""
     n = int(np.prod(shape))
     bits = np.unpackbits(by.numpy(), bitorder="little")[:n]
     return torch.from_numpy(bits.astype(bool)).view(*shape)
@@ -259,7 +260,7 @@ class EngineModel:
 
     def _make_conv(self, c: Dict):
         """One graph node -> a runnable conv (the GPU path overrides this and :meth:`_pack`)."""
-        pc = PackedConv(_unpack_weight(c["wbits"], c["shape"]), c["stride"], c["padding"], c["pad_value"],
+        pc = PackedConv(unpack_weight(c["wbits"], c["shape"]), c["stride"], c["padding"], c["pad_value"],
                         None if c["hier"] is None else Hierarchy.from_dict(c["hier"]), c["name"])
         return pc.epilogue(c["epilogue"], a=c.get("a"), b=c.get("b"), thr=c.get("thr"), dir=c.get("dir"))
 

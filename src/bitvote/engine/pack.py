@@ -36,7 +36,7 @@ def _unreferenced(buf: torch.Tensor) -> bool:
 def recycled(cache: dict, key, shape, dtype) -> torch.Tensor:
     """An uninitialized tensor of ``shape``, reusing the memory of the one handed out under
     ``key`` last time once no tensor refers to it any more (results a caller keeps are never
-    overwritten). Fresh pages cost the kernel's page faults: ~2 ms per 8 MB on the dev machine,
+    overwritten). Fresh pages cost the kernel's page faults: ~2 ms per 8 MB on a 2-core x86 CPU,
     as much as the 64-channel convs themselves."""
     with _LOCK:
         buf = cache.get(key)

@@ -1,4 +1,4 @@
-"""The GPU path (issue 9; design in docs/gpu.md): Triton kernels for the packed binary conv.
+"""The GPU path (design in docs/gpu.md): Triton kernels for the packed binary conv.
 
 Triton is an optional extra (``pip install bitvote[gpu]``; CUDA builds of torch ship it).
 Importing :mod:`bitvote.gpu` never needs it; :func:`available` says whether the kernels can

@@ -1,4 +1,4 @@
-"""``bitvote bench --device cuda``: the GPU path against cuDNN in the same run (issue 9, item 2).
+"""``bitvote bench --device cuda``: the GPU path against cuDNN in the same run.
 
 Per layer (the ReActNet-18 3x3 binary conv shapes of :data:`bitvote.engine.bench.LAYERS`,
 batch 1 and 256): the Triton binary conv from the real-valued input (packing included)

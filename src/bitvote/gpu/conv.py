@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from ..engine.conv import _OUT, ConvEpilogue
+from ..engine.conv import EPILOGUES, ConvEpilogue
 from ..errors import BitvoteError
 from ..voter import CM, Hierarchy, Tie, reduce_votes
 from . import interpreted, require
@@ -236,7 +236,7 @@ class GpuPackedConv(ConvEpilogue):
             Wdo = 0
             out = torch.empty((N, self.Co, Ho, Wo), dtype=torch.int32 if mode == "int" else torch.float32, device=dev)
             bo = max(16, min(self.block_o, 1 << (self.Co - 1).bit_length()))
-        self._launch(K, xw, out, out, out, N, H, W, Ho, Wo, Wdo, _OUT[mode], False, bo)
+        self._launch(K, xw, out, out, out, N, H, W, Ho, Wo, Wdo, EPILOGUES[mode], False, bo)
         return out
 
     def _launch(self, K, xw, out, vout, fout, N, H, W, Ho, Wo, Wdo, outmode, leafout, bo):

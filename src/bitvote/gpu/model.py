@@ -13,7 +13,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..engine.graph import EngineModel, _unpack_weight
+from ..engine.graph import EngineModel, unpack_weight
 from ..voter import Hierarchy
 from . import require
 from .conv import GpuPackedConv, pack, to_engine_words
@@ -43,7 +43,7 @@ class GpuEngineModel(EngineModel):
         self._nan: Optional[torch.Tensor] = None
 
     def _make_conv(self, c: Dict):
-        pc = GpuPackedConv(_unpack_weight(c["wbits"], c["shape"]), c["stride"], c["padding"], c["pad_value"],
+        pc = GpuPackedConv(unpack_weight(c["wbits"], c["shape"]), c["stride"], c["padding"], c["pad_value"],
                            None if c["hier"] is None else Hierarchy.from_dict(c["hier"]), c["name"],
                            device=self.device)
         return pc.epilogue(c["epilogue"], a=c.get("a"), b=c.get("b"), thr=c.get("thr"), dir=c.get("dir"))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import BitvoteError
+from ..io import cache_root
 from .check import require_tool
 from .design import Design
 from .rtl import generate
@@ -46,8 +47,8 @@ tee -o {tag}_cmos.ltp ltp -noff
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("BITVOTE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bitvote")
-    return Path(root) / "hw"
+    """Where synthesis results and netlists are cached: ``hw`` under :func:`bitvote.io.cache_root`."""
+    return cache_root() / "hw"
 
 
 _VERSION = None

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from ..nn import RSign
 from .registry import register, set_voter
-from .resnet import _ch, check_options
+from .resnet import channels, check_options
 from .variants import Variant
 
 __all__ = ["ReActNetA", "reactneta"]
@@ -85,7 +85,7 @@ class ReActNetA(nn.Module):
     def __init__(self, num_classes=10, width=1.0, act_surrogate="approxsign", bn="bn", alpha=0.2, **conv_kw):
         super().__init__()
         v = Variant(bn, alpha)
-        base = _ch(32, width)  # every stage a multiple of the stem's width, so doubling stays exact
+        base = channels(32, width)  # every stage a multiple of the stem's width, so doubling stays exact
         chans = [base * c // 32 for c in STAGE_CHANNELS]
         self.stem = nn.Sequential(v.conv(3, chans[0], 3, 1, 1), v.norm(chans[0]))
         blocks = []

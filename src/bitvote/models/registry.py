@@ -104,9 +104,9 @@ def set_voter(model: nn.Module, voter: VoterMap = "popcount", tie=None, **layer_
         if "sigma" in layer_options:
             layer.sigma = check_sigma(layer_options["sigma"])
         if "pad_value" in layer_options and hasattr(layer, "pad_value"):
-            from ..nn.layers import _check_pad_value
+            from ..nn.layers import check_pad_value
 
-            layer.pad_value = _check_pad_value(layer_options["pad_value"])
+            layer.pad_value = check_pad_value(layer_options["pad_value"])
         layer.set_voter(_spec_for(name, voter), tie, name=name)
     if hasattr(model, "config"):
         model.config["voter"] = _voter_plain(voter)

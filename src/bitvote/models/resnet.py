@@ -35,7 +35,8 @@ __all__ = ["resnet18", "birealnet18", "reactnet18", "xnornet18", "BinaryResNet"]
 STAGES = (64, 128, 256, 512)
 
 
-def _ch(c: int, width: float) -> int:
+def channels(c: int, width: float) -> int:
+    """``c`` channels at ``width``: rounded, at least 1 (what every model's stages use)."""
     return max(1, int(round(c * width)))
 
 
@@ -136,7 +137,7 @@ class BinaryResNet(nn.Module):
         super().__init__()
         self.kind = kind
         v = Variant(bn, alpha)
-        chans = [_ch(c, width) for c in STAGES]
+        chans = [channels(c, width) for c in STAGES]
         self.stem = nn.Sequential(v.conv(3, chans[0], 3, 1, 1), v.norm(chans[0]))
         if kind == "float":
             self.stem.append(nn.ReLU(inplace=True))

@@ -4,6 +4,11 @@ The ``weight`` is the latent real weight (a plain ``nn.Conv2d`` parameter, so op
 checkpoints and initializers treat it as usual); the forward pass binarizes it and the input
 and applies the layer's voter (SPEC.md). ``print(layer)`` shows the voter as it resolved
 for this layer, its padding and tie rule.
+
+``weight_grad`` chooses the latent weight's gradient under a scaled popcount output
+(``weight_scale=True``): ``"scaled"`` (default) is the chain rule of the forward, the
+clamp-STE gradient times the detached ``mean|W|``; ``"unscaled"`` is the reference
+ReActNet/Bi-Real code's, without that factor (docs/models.md). The forward is the same.
 """
 
 from __future__ import annotations
@@ -11,19 +16,38 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..binarize import get_surrogate
+from ..binarize import get_surrogate, unscale_weight_grad
 from ..errors import BitvoteError
 from ..voter import Hierarchy, check_sigma, parse_spec, parse_tie, resolve
 from . import functional as BF
 
-__all__ = ["BinaryConv2d", "BinaryLinear", "VoterLayer"]
+__all__ = ["BinaryConv2d", "BinaryLinear", "VoterLayer", "WEIGHT_GRADS", "check_pad_value", "set_weight_grad"]
+
+#: the latent weight's gradient under a scaled popcount: the forward's chain rule, or the reference's
+WEIGHT_GRADS = ("scaled", "unscaled")
 
 
-def _check_pad_value(v) -> float:
+def check_pad_value(v) -> float:
+    """``v`` as the float padding value of binary activations, or a one-line error."""
     v = float(v)
     if v not in (0.0, 1.0, -1.0):
         raise BitvoteError(f"pad_value must be 0 (zero padding), +1 or -1, got {v}")
     return v
+
+
+def _check_weight_grad(mode) -> str:
+    if mode not in WEIGHT_GRADS:
+        raise BitvoteError(f"weight_grad must be one of {', '.join(WEIGHT_GRADS)}, got {mode!r}")
+    return mode
+
+
+def set_weight_grad(model: nn.Module, mode: str) -> nn.Module:
+    """Set ``weight_grad`` (``"scaled"`` or ``"unscaled"``) on every binary layer of ``model``."""
+    mode = _check_weight_grad(mode)
+    for m in model.modules():
+        if isinstance(m, VoterLayer):
+            m.weight_grad = mode
+    return model
 
 
 class VoterLayer:
@@ -46,6 +70,7 @@ class VoterLayer:
         self._binary_weights = bool(value)
 
     standardize = False
+    weight_grad = "scaled"
 
     def latent_weight(self) -> torch.Tensor:
         """The real weight that gets binarized: ``weight``, or its per-output-channel scaled
@@ -59,6 +84,14 @@ class VoterLayer:
         mean = w.mean(dim=dims, keepdim=True)
         var = w.var(dim=dims, keepdim=True, unbiased=False)
         return (w - mean) / torch.sqrt(var * fan_in + 1e-5)
+
+    def _forward_weight(self) -> torch.Tensor:
+        """The latent weight as the forward uses it: with ``weight_grad="unscaled"`` and a
+        scaled popcount output, its gradient loses the ``mean|W|`` factor (values unchanged)."""
+        w = self.latent_weight()
+        if self.weight_grad == "unscaled" and self.weight_scale and self.hierarchy is None and self._binary_weights:
+            w = unscale_weight_grad(w)
+        return w
 
     @torch.no_grad()
     def binary_weight(self):
@@ -146,6 +179,7 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
         tie=1,
         weight_scale: bool = False,
         standardize: bool = False,
+        weight_grad: str = "scaled",
         surrogate="approxsign",
         sigma="fanin",
         input_surrogate="ste",
@@ -159,9 +193,10 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
             raise BitvoteError("BinaryConv2d takes integer padding; string padding modes are not supported")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias=False, padding_mode="zeros", device=device, dtype=dtype)
-        self.pad_value = _check_pad_value(pad_value)
+        self.pad_value = check_pad_value(pad_value)
         self.weight_scale = bool(weight_scale)
         self.standardize = bool(standardize)
+        self.weight_grad = _check_weight_grad(weight_grad)
         self._init_voter(voter, tie, surrogate, sigma, input_surrogate)
 
     @property
@@ -174,7 +209,7 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return BF.binary_conv2d(
-            x, self.latent_weight(), self.stride, self.padding, self.dilation, self.groups,
+            x, self._forward_weight(), self.stride, self.padding, self.dilation, self.groups,
             voter=self.hierarchy, pad_value=self.pad_value, weight_scale=self.weight_scale,
             input_surrogate=self.input_surrogate, surrogate=self.surrogate, sigma=self.sigma,
             binary_weights=self._binary_weights,
@@ -189,6 +224,8 @@ class BinaryConv2d(nn.Conv2d, VoterLayer):
             s += ", weight_scale=True"
         if self.standardize:
             s += ", standardize=True"
+        if self.weight_grad != "scaled":
+            s += f", weight_grad={self.weight_grad}"
         if self.input_surrogate is None:
             s += ", input=binary"
         if not self._binary_weights:
@@ -208,6 +245,7 @@ class BinaryLinear(nn.Linear, VoterLayer):
         tie=1,
         weight_scale: bool = False,
         standardize: bool = False,
+        weight_grad: str = "scaled",
         surrogate="approxsign",
         sigma="fanin",
         input_surrogate="ste",
@@ -220,6 +258,7 @@ class BinaryLinear(nn.Linear, VoterLayer):
         super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
         self.weight_scale = bool(weight_scale)
         self.standardize = bool(standardize)
+        self.weight_grad = _check_weight_grad(weight_grad)
         self._init_voter(voter, tie, surrogate, sigma, input_surrogate)
 
     taps = 1
@@ -231,7 +270,7 @@ class BinaryLinear(nn.Linear, VoterLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x4 = x.reshape(-1, self.in_features, 1, 1)
-        w4 = self.latent_weight().view(self.out_features, self.in_features, 1, 1)
+        w4 = self._forward_weight().view(self.out_features, self.in_features, 1, 1)
         y = BF.binary_conv2d(
             x4, w4, voter=self.hierarchy, weight_scale=self.weight_scale,
             input_surrogate=self.input_surrogate, surrogate=self.surrogate, sigma=self.sigma,
@@ -243,4 +282,6 @@ class BinaryLinear(nn.Linear, VoterLayer):
         s = f"in_features={self.in_features}, out_features={self.out_features}, {self.voter_repr()}"
         if self.weight_scale:
             s += ", weight_scale=True"
+        if self.weight_grad != "scaled":
+            s += f", weight_grad={self.weight_grad}"
         return s

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..errors import BitvoteError
 
 __all__ = ["save", "load", "load_model", "model_from_checkpoint", "model_checkpoint", "set_binary_weights",

@@ -31,17 +31,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import data as D
-from .._lock import hold_folder
 from ..errors import BitvoteError
+from ..io import atomic_write_bytes, hold_folder
+from ..nn.layers import WEIGHT_GRADS, set_weight_grad
+from ..nn.normfree import adaptive_clip_grad_
 from ..voter import is_popcount
 from . import checkpoint as C
-from ..nn.normfree import adaptive_clip_grad_
 from . import distributed as Dist
 from .kd import distribution_loss
 from .optim import SCHEDULES, lr_at, make_optimizer
 from .progress import Progress, write_csv
 
-__all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint"]
+__all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint", "device", "check_config",
+           "load_for_evaluation", "build_model", "optimizer_step", "autocast", "biased_deep_hierarchy",
+           "SimulatedKill"]
 
 
 @dataclass
@@ -84,6 +87,7 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast on the CPU too (CUDA always trains in bf16); votes stay exact
     compile: bool = False  # torch.compile the model (worth it on CUDA; slow to start on the CPU)
     stop_after_steps: int = 0  # end this invocation after N steps with last.pt written (0: run to the end)
+    weight_grad: str = "scaled"  # scaled: the forward's chain rule (x mean|W|); unscaled: ReActNet/Bi-Real's
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,11 +100,14 @@ _RUNTIME = ("data", "device", "threads", "ckpt_every_s", "ckpt_every_steps", "do
             "sync_bn", "stop_after_steps", "amp", "compile")
 
 
-class _Killed(Exception):
-    """Raised by the test hook ``_stop_after`` to simulate a kill."""
+class SimulatedKill(Exception):
+    """What ``train(cfg, _stop_after=N)`` raises after N steps: a kill at a step boundary,
+    for tests of the exact resume (the run's files stay as a real kill would leave them)."""
 
 
-def _device(name: str) -> torch.device:
+def device(name) -> torch.device:
+    """``name`` (``cpu``, ``cuda``, ``cuda:N``) as a device, or a one-line error when this
+    machine does not have it: every command that takes ``--device`` checks it here."""
     name = str(name)
     if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
         raise BitvoteError(f"unknown device {name!r}: choose cpu, cuda or cuda:N")
@@ -113,7 +120,10 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _autocast(device: torch.device, amp: bool = False):
+_as_device = device  # for functions whose ``device`` parameter shadows the function
+
+
+def autocast(device: torch.device, amp: bool = False):
     """bf16 autocast on CUDA, and on the CPU with ``amp`` (fp32 otherwise). Votes and ties stay
     exact either way (see :func:`bitvote.nn.functional.binary_conv2d`)."""
     if device.type == "cuda" or amp:
@@ -147,7 +157,7 @@ def _counts(model: nn.Module, split: D.Split, batch_size: int) -> tuple:
     for i in range(0, len(split), batch_size):
         x = D.normalize(split.x[i : i + batch_size].to(dev), split.dataset)
         y = split.y[i : i + batch_size].to(dev)
-        with _autocast(dev):
+        with autocast(dev):
             out = model(x)
         top = out.float().topk(k, 1).indices
         hit = top == y[:, None]
@@ -157,14 +167,25 @@ def _counts(model: nn.Module, split: D.Split, batch_size: int) -> tuple:
     return correct1, correct5, len(split)
 
 
-def evaluate_checkpoint(path, data=None, device="cpu", batch_size=500, test_subset=None, download=True) -> dict:
-    """What ``bitvote eval`` prints: accuracy of a checkpoint on its dataset's test split."""
-    dev = _device(device)
+def load_for_evaluation(path, data=None, device="cpu", test_subset=None, download=True):
+    """A checkpoint's model and the test split of the dataset it was trained on.
+
+    Returns ``(model, checkpoint dict, dataset name, test split)``, model and split on
+    ``device``; a class count that does not match the dataset is a one-line error. Shared by
+    ``bitvote eval`` and ``bitvote convert``, so both measure on the same images.
+    """
+    dev = _as_device(device)
     model, ck = C.load_model(path, dev)
     dataset = (ck.get("args") or {}).get("dataset") or ck.get("dataset") or "cifar10"
     test = D.subset(D.load(dataset, "test", data, device=dev, download=download), test_subset)
     if test.num_classes != model.config["num_classes"]:
         raise BitvoteError(f"checkpoint {path} has {model.config['num_classes']} classes, {dataset} has {test.num_classes}")
+    return model, ck, dataset, test
+
+
+def evaluate_checkpoint(path, data=None, device="cpu", batch_size=500, test_subset=None, download=True) -> dict:
+    """What ``bitvote eval`` prints: accuracy of a checkpoint on its dataset's test split."""
+    model, ck, dataset, test = load_for_evaluation(path, data, device, test_subset, download)
     res = evaluate(model, test, batch_size)
     return {**res, "model": model.config["name"], "voter": model.config["voter"], "dataset": dataset,
             "width": model.config["width"], "step": 1 if not C.binary_weights(model) else 2, "checkpoint": str(path)}
@@ -173,8 +194,9 @@ def evaluate_checkpoint(path, data=None, device="cpu", batch_size=500, test_subs
 # ---------------------------------------------------------------------------------------------
 
 
-def _build_model(cfg: TrainConfig, num_classes: int):
-    """The model for a fresh run: from ``cfg``, defaults filled from the ``init`` checkpoint."""
+def build_model(cfg: TrainConfig, num_classes: int):
+    """The model of a fresh run: from ``cfg``, defaults filled from the ``init`` checkpoint
+    (whose weights it then holds)."""
     from .. import models
 
     init = C.load(cfg.init) if cfg.init else None
@@ -207,7 +229,7 @@ def _build_model(cfg: TrainConfig, num_classes: int):
     return model
 
 
-def _biased_deep_hierarchy(model: nn.Module) -> bool:
+def biased_deep_hierarchy(model: nn.Module) -> bool:
     """True when some voter has 3+ levels and no level breaks ties with 'first' (docs/results.md)."""
     from ..models import voter_layers
 
@@ -218,7 +240,9 @@ def _biased_deep_hierarchy(model: nn.Module) -> bool:
     return False
 
 
-def _check(cfg: TrainConfig):
+def check_config(cfg: TrainConfig) -> None:
+    """The option checks that need no data or checkpoint (one-line errors): ``bitvote train
+    --nproc`` runs them once before it launches the workers."""
     if cfg.agc is not None and not (math.isfinite(cfg.agc) and cfg.agc >= 0):
         raise BitvoteError(f"--agc must be a non-negative number, got {cfg.agc}")
     if cfg.step not in (1, 2):
@@ -242,6 +266,8 @@ def _check(cfg: TrainConfig):
         raise BitvoteError(f"--wd must be a non-negative finite number, got {cfg.wd}")
     if not 0 <= cfg.label_smoothing < 1:
         raise BitvoteError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.weight_grad not in WEIGHT_GRADS:
+        raise BitvoteError(f"--weight-grad must be one of {', '.join(WEIGHT_GRADS)}, got {cfg.weight_grad!r}")
 
 
 def _rng_state(device) -> dict:
@@ -274,16 +300,18 @@ def _resumed_config(cfg: TrainConfig, ck: dict, path) -> TrainConfig:
     return TrainConfig(**merged)
 
 
-def _step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0, amp=False, agc=None):
+def optimizer_step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0, amp=False, agc=None):
     """One optimizer step: cross-entropy, or the distribution loss against ``teacher``.
 
-    ``scale`` weights this rank's mean loss by its share of the global batch (1.0 alone).
+    ``scale`` weights this rank's mean loss by its share of the global batch (1.0 alone);
+    ``agc`` is ``(clip factor, parameters)`` for unit-wise adaptive gradient clipping. Returns
+    the detached loss and logits.
     """
     for g in opt.param_groups:
         g["lr"] = lr
     if dev.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)  # the model is channels_last on CUDA
-    with _autocast(dev, amp):
+    with autocast(dev, amp):
         logits = model(x)
         if teacher is not None:
             with torch.no_grad():
@@ -302,7 +330,7 @@ def _step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0, amp=Fa
 def _write_logs(out: Path, history, result) -> None:
     write_csv(out / "log.csv", history)
     if result:
-        D.atomic_write_bytes(out / "result.json", (json.dumps(result, indent=1) + "\n").encode())
+        atomic_write_bytes(out / "result.json", (json.dumps(result, indent=1) + "\n").encode())
 
 
 def _finite(model: nn.Module) -> bool:
@@ -325,7 +353,7 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
     ``stop_after_steps`` returns ``{"finished": False, "step": ..., "last": ...}``.
     ``_stop_after`` (tests only) raises after that many global steps, like a kill would.
     """
-    dev = _device(cfg.device)
+    dev = device(cfg.device)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise BitvoteError(f"--out {out} is a file, not a folder")
@@ -333,233 +361,329 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
     try:
         if world.main:  # one run per folder: rank 0 holds it (the other ranks never write)
             with hold_folder(out, "bitvote train"):
-                return _train(cfg, world, dev, _stop_after)
-        return _train(cfg, world, dev, _stop_after)
+                return _Run(cfg, world, dev, _stop_after).run()
+        return _Run(cfg, world, dev, _stop_after).run()
     finally:
         world.close()
 
 
-def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
-    out = Path(cfg.out)
-    last = out / "last.pt"
-    ck = None
-    if last.exists():
-        if not cfg.resume:
-            raise BitvoteError(f"{out} already holds a run (last.pt): pass --resume to continue it or choose another --out")
-        ck = C.load(last)
-        cfg = _resumed_config(cfg, ck, last)
-        if ck.get("finished"):
-            res = ck.get("result") or {}
-            if world.main:
-                _write_logs(out, ck.get("history") or [], res)  # in case a kill came right after last.pt
-            if not cfg.quiet and world.main:
-                print(f"bitvote: {out} is already finished: top1 {res.get('top1', 0):.2f}%", file=sys.stderr)
+def _epoch_stats() -> dict:
+    """The running sums of the epoch in progress (kept in ``last.pt`` for a mid-epoch resume)."""
+    return {"loss": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
+
+
+class _Run:
+    """One invocation of a run: its state, and one short method per thing that advances it.
+
+    The counters (``epoch``, ``batch``, ``gstep``), the epoch's running sums, the history and
+    the best top-1 are what :meth:`state` writes to ``last.pt`` and :meth:`restore` reads back,
+    so a resumed invocation continues exactly where the last one stopped. :meth:`run` is the
+    whole sequence: open the folder, set up, then epochs of steps.
+    """
+
+    def __init__(self, cfg: TrainConfig, world, dev: torch.device, stop_after: Optional[int] = None):
+        self.cfg, self.world, self.dev, self.stop_after = cfg, world, dev, stop_after
+        self.out = Path(cfg.out)
+        self.last = self.out / "last.pt"
+        self.ck = None  # the checkpoint resumed from
+        self.epoch, self.batch, self.gstep = 0, 0, 0
+        self.steps_run = 0  # steps of this invocation (what stop_after_steps counts)
+        self.history, self.best = [], -1.0
+        self.stats = _epoch_stats()
+        self.wall0 = 0.0  # wall time of the earlier invocations
+        self.saved_step = None  # the step of the last checkpoint this run can fall back to
+
+    def run(self) -> dict:
+        res = self.open()
+        if res is not None:
             return res
-    _check(cfg)
-    if world.active and cfg.batch_size < world.size:
-        raise BitvoteError(f"--batch-size {cfg.batch_size} (the global batch) is smaller than the {world.size} processes")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    # every rank checked last.pt before rank 0 may write one (DDP's constructor also waits)
-    world.barrier()
-    if world.main and out.is_dir():
-        _remove_stale_temps(out)
+        self.prepare()
+        self.load_data()
+        self.build()
+        self.restore()
+        self.announce()
+        self.t_start = self.last_ckpt_t = time.monotonic()
+        while self.epoch < self.cfg.epochs:
+            res = self.run_epoch()
+            if res is not None:
+                return res
+        return self.ck.get("result") or {}  # pragma: no cover - a finished run returns above
 
-    def load_data():
-        tr = D.subset(D.load(cfg.dataset, "train", cfg.data, device=dev, download=cfg.download), cfg.subset, cfg.seed)
-        # test subsets use seed 0: every run (and `bitvote eval --test-subset`) sees the same images
-        return tr, D.subset(D.load(cfg.dataset, "test", cfg.data, device=dev, download=False), cfg.test_subset)
+    # -- setup -------------------------------------------------------------------------------
+    def open(self) -> Optional[dict]:
+        """Take over ``last.pt`` when resuming; the stored result when that run is finished."""
+        if not self.last.exists():
+            return None
+        if not self.cfg.resume:
+            raise BitvoteError(f"{self.out} already holds a run (last.pt): pass --resume to continue it "
+                               f"or choose another --out")
+        self.ck = C.load(self.last)
+        self.cfg = _resumed_config(self.cfg, self.ck, self.last)
+        if not self.ck.get("finished"):
+            return None
+        res = self.ck.get("result") or {}
+        if self.world.main:
+            _write_logs(self.out, self.ck.get("history") or [], res)  # in case a kill came right after last.pt
+            if not self.cfg.quiet:
+                print(f"bitvote: {self.out} is already finished: top1 {res.get('top1', 0):.2f}%", file=sys.stderr)
+        return res
 
-    first = world.local_rank == 0  # one process per machine may download; the others wait for it
-    if first:
-        train_set, test_set = load_data()
-    world.barrier()
-    if not first:
-        train_set, test_set = load_data()
+    def prepare(self) -> None:
+        cfg, world = self.cfg, self.world
+        check_config(cfg)
+        if world.active and cfg.batch_size < world.size:
+            raise BitvoteError(f"--batch-size {cfg.batch_size} (the global batch) is smaller than the "
+                               f"{world.size} processes")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        # every rank checked last.pt before rank 0 may write one (DDP's constructor also waits)
+        world.barrier()
+        if world.main and self.out.is_dir():
+            _remove_stale_temps(self.out)
 
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    if ck is not None:
-        model = C.model_from_checkpoint(ck, last)
-    else:
-        model = _build_model(cfg, train_set.num_classes)
-    model.to(dev).train()
-    if dev.type == "cuda":  # cuDNN's fast layout for bf16 convs; inputs follow in _step
-        model = model.to(memory_format=torch.channels_last)
-    net = Dist.wrap(model, world, dev, cfg.sync_bn)  # what the step calls; `model` is what is saved
-    if cfg.compile:
-        net = torch.compile(net)
-    teacher = None
-    if cfg.teacher:
-        teacher, _ = C.load_model(cfg.teacher, dev)
-        if teacher.config["num_classes"] != train_set.num_classes:
+    def load_data(self) -> None:
+        """Both splits on the device; one process per machine may download, the others wait."""
+        cfg, dev = self.cfg, self.dev
+
+        def splits():
+            tr = D.subset(D.load(cfg.dataset, "train", cfg.data, device=dev, download=cfg.download), cfg.subset,
+                          cfg.seed)
+            # test subsets use seed 0: every run (and `bitvote eval --test-subset`) sees the same images
+            return tr, D.subset(D.load(cfg.dataset, "test", cfg.data, device=dev, download=False), cfg.test_subset)
+
+        first = self.world.local_rank == 0
+        if first:
+            self.train_set, self.test_set = splits()
+        self.world.barrier()
+        if not first:
+            self.train_set, self.test_set = splits()
+
+    def build(self) -> None:
+        """Model (fresh or from ``last.pt``), its DDP/compiled wrapper, teacher, AGC and optimizer."""
+        cfg, dev = self.cfg, self.dev
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        if self.ck is not None:
+            model = C.model_from_checkpoint(self.ck, self.last)
+        else:
+            model = build_model(cfg, self.train_set.num_classes)
+        model.to(dev).train()
+        if dev.type == "cuda":  # cuDNN's fast layout for bf16 convs; inputs follow in optimizer_step
+            model = model.to(memory_format=torch.channels_last)
+        set_weight_grad(model, cfg.weight_grad)
+        self.model = model  # what is saved
+        self.net = Dist.wrap(model, self.world, dev, cfg.sync_bn)  # what the step calls
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.teacher = self.load_teacher()
+        wd = cfg.wd if cfg.wd is not None else (1e-5 if cfg.step == 1 else 0.0)
+        clip = cfg.agc if cfg.agc is not None else (0.04 if model.config.get("bn") == "free" else 0.0)
+        self.agc = (clip, [p for n, p in model.named_parameters() if not n.startswith("fc.")]) if clip > 0 else None
+        self.opt = make_optimizer(model, cfg.lr, wd)
+        # drop_last, as ReActNet / AB-BNN; a tiny subset still gets one batch
+        self.steps = max(1, len(self.train_set) // cfg.batch_size)
+        self.total = cfg.epochs * self.steps
+
+    def load_teacher(self) -> Optional[nn.Module]:
+        cfg = self.cfg
+        if not cfg.teacher:
+            return None
+        teacher, _ = C.load_model(cfg.teacher, self.dev)
+        if teacher.config["num_classes"] != self.train_set.num_classes:
             raise BitvoteError(f"--teacher {cfg.teacher} has {teacher.config['num_classes']} classes, "
-                               f"{cfg.dataset} has {train_set.num_classes}")
-    wd = cfg.wd if cfg.wd is not None else (1e-5 if cfg.step == 1 else 0.0)
-    clip = cfg.agc if cfg.agc is not None else (0.04 if model.config.get("bn") == "free" else 0.0)
-    agc = (clip, [p for n, p in model.named_parameters() if not n.startswith("fc.")]) if clip > 0 else None
-    opt = make_optimizer(model, cfg.lr, wd)
+                               f"{cfg.dataset} has {self.train_set.num_classes}")
+        return teacher
 
-    N, B = len(train_set), cfg.batch_size
-    steps = max(1, N // B)  # drop_last, as ReActNet / AB-BNN; a tiny subset still gets one batch
-    total = cfg.epochs * steps
-    epoch, batch, gstep = 0, 0, 0
-    history, best = [], -1.0
-    stats = {"loss": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
-    wall0 = 0.0
-    saved_step = None  # the step of the last checkpoint this run can fall back to
-    if ck is not None:
-        opt.load_state_dict(ck["optimizer"])
-        epoch, batch, gstep = ck["epoch"], ck["batch"], ck["step"]
-        history, best = list(ck.get("history") or []), float(ck.get("best_top1", -1.0))
-        stats = dict(ck.get("epoch_stats") or stats)
-        wall0 = float(ck.get("wall_s", 0.0))
-        _set_rng_state(ck["rng"], dev)
-        saved_step = gstep
+    def restore(self) -> None:
+        """Counters, sums, optimizer and RNG states of the checkpoint resumed from."""
+        ck = self.ck
+        if ck is None:
+            return
+        self.opt.load_state_dict(ck["optimizer"])
+        self.epoch, self.batch, self.gstep = ck["epoch"], ck["batch"], ck["step"]
+        self.history, self.best = list(ck.get("history") or []), float(ck.get("best_top1", -1.0))
+        self.stats = dict(ck.get("epoch_stats") or self.stats)
+        self.wall0 = float(ck.get("wall_s", 0.0))
+        _set_rng_state(ck["rng"], self.dev)
+        self.saved_step = self.gstep
 
-    quiet = cfg.quiet or not world.main
-    prog = Progress(cfg.epochs, steps, quiet=quiet)
-    if not quiet:
-        where = f"resuming {last} at epoch {epoch + 1}, batch {batch}" if ck is not None else f"writing {out}"
-        procs = f", {world.size} processes ({world.backend}), global batch {B}" if world.active else ""
-        prog.note(f"bitvote train: {model.config['name']} width {model.config['width']} voter {model.config['voter']} "
-                  f"step {cfg.step} on {cfg.dataset} ({N} train / {len(test_set)} test images, {dev}{procs}); {where}")
-        if _biased_deep_hierarchy(model):
-            prog.note("bitvote train: note: a hierarchy of 3+ levels with a fixed tie (+1/-1) at every level "
-                      "compounds the tie's bias; votes can become constant and training diverge: consider --tie first")
+    def announce(self) -> None:
+        cfg, world, model = self.cfg, self.world, self.model
+        quiet = cfg.quiet or not world.main
+        self.prog = Progress(cfg.epochs, self.steps, quiet=quiet)
+        if quiet:
+            return
+        where = (f"resuming {self.last} at epoch {self.epoch + 1}, batch {self.batch}" if self.ck is not None
+                 else f"writing {self.out}")
+        procs = f", {world.size} processes ({world.backend}), global batch {cfg.batch_size}" if world.active else ""
+        self.prog.note(f"bitvote train: {model.config['name']} width {model.config['width']} voter "
+                       f"{model.config['voter']} step {cfg.step} on {cfg.dataset} ({len(self.train_set)} train / "
+                       f"{len(self.test_set)} test images, {self.dev}{procs}); {where}")
+        if biased_deep_hierarchy(model):
+            self.prog.note("bitvote train: note: a hierarchy of 3+ levels with a fixed tie (+1/-1) at every level "
+                           "compounds the tie's bias; votes can become constant and training diverge: consider --tie first")
 
-    t_start = time.monotonic()
-
-    def state(finished=False, result=None) -> dict:
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self, finished: bool = False, result: Optional[dict] = None) -> dict:
+        """Everything ``last.pt`` holds: with it (and the data), the next step is determined."""
+        cfg = self.cfg
         return C.model_checkpoint(
-            model, dataset=cfg.dataset, optimizer=opt.state_dict(),
-            scheduler={"kind": cfg.schedule, "base_lr": cfg.lr, "total_steps": total},
-            epoch=epoch, batch=batch, step=gstep, rng=_rng_state(dev), data_seed=cfg.seed,
-            args=cfg.to_dict(), history=history, best_top1=best, epoch_stats=dict(stats),
-            wall_s=wall0 + time.monotonic() - t_start, finished=finished, result=result,
-            world_size=world.size,
+            self.model, dataset=cfg.dataset, optimizer=self.opt.state_dict(),
+            scheduler={"kind": cfg.schedule, "base_lr": cfg.lr, "total_steps": self.total},
+            epoch=self.epoch, batch=self.batch, step=self.gstep, rng=_rng_state(self.dev), data_seed=cfg.seed,
+            args=cfg.to_dict(), history=self.history, best_top1=self.best, epoch_stats=dict(self.stats),
+            wall_s=self.wall_s(), finished=finished, result=result, world_size=self.world.size,
         )
 
-    def diverged(what: str, at: Optional[int] = None):
-        """The one-line error of a non-finite run (``at``: the 1-based step that failed)."""
-        at = gstep if at is None else at
-        kept = f"kept the last good checkpoint {last} (step {saved_step})" if saved_step is not None \
-            else "no checkpoint was written yet"
-        return BitvoteError(f"training diverged at step {at} (epoch {epoch + 1}): {what}; {kept}; "
-                            f"try a lower --lr")
+    def wall_s(self) -> float:
+        return self.wall0 + time.monotonic() - self.t_start
 
-    def save(paths, st_args=()) -> None:
+    def save(self, paths, finished: bool = False, result: Optional[dict] = None) -> None:
         """Checkpoint (rank 0 writes; every rank takes part in the buffer sync)."""
-        nonlocal saved_step
-        Dist.sync_buffers(model, world)
-        if not _finite(model):
-            raise diverged("the weights are not finite")
-        if world.main:
-            st = state(*st_args)
+        Dist.sync_buffers(self.model, self.world)
+        if not _finite(self.model):
+            raise self.diverged("the weights are not finite")
+        if self.world.main:
+            st = self.state(finished, result)
             for p in paths:
                 C.save(p, st)
-        saved_step = gstep
+        self.saved_step = self.gstep
 
-    last_ckpt_t = time.monotonic()
-    steps_run = 0
-    while epoch < cfg.epochs:
-        perm, dy, dx, flip = D.epoch_plan(N, cfg.seed, epoch)
-        t_epoch = time.monotonic()
-        while batch < steps:
-            idx = Dist.shard(perm[batch * B : (batch + 1) * B], world)
-            x = D.augment(train_set.x[idx.to(dev)], dy[idx], dx[idx], flip[idx])
-            x = D.normalize(x, cfg.dataset)
-            y = train_set.y[idx.to(dev)]
-            n_global = min(B, N)
-            try:
-                loss, logits = _step(net, teacher, opt, x, y, lr_at(gstep, total, cfg.lr, cfg.schedule),
-                                     cfg.label_smoothing, dev, Dist.loss_scale(len(idx), n_global, world), cfg.amp,
-                                     agc)
-            except (BitvoteError, RuntimeError) as e:  # e.g. "NaN in the input of a binarizer"
-                if not _finite(model):
-                    raise diverged("the weights are not finite", gstep + 1) from None
-                if "overflow" in str(e):  # Adam's step size lr / (1 - beta1^t) overflows float32
-                    raise diverged(f"the update overflows ({e})", gstep + 1) from None
-                raise
-            batch += 1
-            gstep += 1
-            steps_run += 1
-            if world.active:
-                l_sum, c_sum, n_sum = Dist.all_sum([float(loss) * len(idx), float((logits.argmax(1) == y).sum()),
-                                                    len(idx)], world, dev)
-                step_loss = l_sum / max(n_sum, 1)
-            else:
-                step_loss = float(loss)
-                l_sum, c_sum, n_sum = step_loss * len(idx), float((logits.argmax(1) == y).sum()), len(idx)
-            if not math.isfinite(step_loss):
-                raise diverged(f"the loss is {step_loss}")
-            stats["loss"] += l_sum
-            stats["correct"] += c_sum
-            stats["seen"] += int(n_sum)
-            elapsed = stats["time"] + time.monotonic() - t_epoch
-            ips = stats["seen"] / max(elapsed, 1e-9)
-            prog.update(epoch, batch, stats["loss"] / stats["seen"], stats["correct"] / stats["seen"], ips,
-                        (total - gstep) * B / max(ips, 1e-9))
-            now = time.monotonic()
-            stop = bool(cfg.stop_after_steps) and steps_run >= cfg.stop_after_steps
-            due = (cfg.ckpt_every_steps and gstep % cfg.ckpt_every_steps == 0) or now - last_ckpt_t >= cfg.ckpt_every_s
-            if world.active:  # ranks must agree on a time-based checkpoint: rank 0's clock decides
-                flag = torch.tensor([int(bool(due))], device=dev)
-                torch.distributed.broadcast(flag, 0)
-                due = bool(flag.item())
-            if (due or stop) and batch < steps:
-                stats["time"] += now - t_epoch
-                t_epoch = now
-                save([last])
-                last_ckpt_t = time.monotonic()
-            if _stop_after is not None and steps_run >= _stop_after:
-                raise _Killed(f"stopped after {steps_run} steps")
-            if stop and batch < steps:
-                return _stopped(cfg, world, last, epoch, batch, gstep)
-        # end of epoch
-        stats["time"] += time.monotonic() - t_epoch
-        row = {"epoch": epoch + 1, "step": gstep, "lr": lr_at(gstep - 1, total, cfg.lr, cfg.schedule),
+    def diverged(self, what: str, at: Optional[int] = None) -> BitvoteError:
+        """The one-line error of a non-finite run (``at``: the 1-based step that failed)."""
+        at = self.gstep if at is None else at
+        kept = (f"kept the last good checkpoint {self.last} (step {self.saved_step})" if self.saved_step is not None
+                else "no checkpoint was written yet")
+        return BitvoteError(f"training diverged at step {at} (epoch {self.epoch + 1}): {what}; {kept}; "
+                            f"try a lower --lr")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run_epoch(self) -> Optional[dict]:
+        """The rest of the current epoch; a dict when this invocation ends (finished or stopped)."""
+        cfg = self.cfg
+        plan = D.epoch_plan(len(self.train_set), cfg.seed, self.epoch)
+        self.t_epoch = time.monotonic()
+        while self.batch < self.steps:
+            self.train_step(plan)
+            stop = bool(cfg.stop_after_steps) and self.steps_run >= cfg.stop_after_steps
+            self.checkpoint_if_due(stop)
+            if self.stop_after is not None and self.steps_run >= self.stop_after:
+                raise SimulatedKill(f"stopped after {self.steps_run} steps")
+            if stop and self.batch < self.steps:
+                return self.stopped()
+        return self.end_epoch()
+
+    def train_step(self, plan) -> None:
+        """One global step on batch ``self.batch`` of the epoch's permutation, then its statistics."""
+        cfg, world, dev = self.cfg, self.world, self.dev
+        perm, dy, dx, flip = plan
+        B, N = cfg.batch_size, len(self.train_set)
+        idx = Dist.shard(perm[self.batch * B : (self.batch + 1) * B], world)
+        x = D.augment(self.train_set.x[idx.to(dev)], dy[idx], dx[idx], flip[idx])
+        x = D.normalize(x, cfg.dataset)
+        y = self.train_set.y[idx.to(dev)]
+        try:
+            loss, logits = optimizer_step(self.net, self.teacher, self.opt, x, y,
+                                 lr_at(self.gstep, self.total, cfg.lr, cfg.schedule), cfg.label_smoothing, dev,
+                                 Dist.loss_scale(len(idx), min(B, N), world), cfg.amp, self.agc)
+        except (BitvoteError, RuntimeError) as e:  # e.g. "NaN in the input of a binarizer"
+            if not _finite(self.model):
+                raise self.diverged("the weights are not finite", self.gstep + 1) from None
+            if "overflow" in str(e):  # Adam's step size lr / (1 - beta1^t) overflows float32
+                raise self.diverged(f"the update overflows ({e})", self.gstep + 1) from None
+            raise
+        self.batch += 1
+        self.gstep += 1
+        self.steps_run += 1
+        self.record(loss, logits, y, len(idx))
+
+    def record(self, loss, logits, y, n: int) -> None:
+        """Add the step's loss and hits (summed over the ranks) to the epoch's sums; progress."""
+        world, stats = self.world, self.stats
+        if world.active:
+            l_sum, c_sum, n_sum = Dist.all_sum([float(loss) * n, float((logits.argmax(1) == y).sum()), n],
+                                               world, self.dev)
+            step_loss = l_sum / max(n_sum, 1)
+        else:
+            step_loss = float(loss)
+            l_sum, c_sum, n_sum = step_loss * n, float((logits.argmax(1) == y).sum()), n
+        if not math.isfinite(step_loss):
+            raise self.diverged(f"the loss is {step_loss}")
+        stats["loss"] += l_sum
+        stats["correct"] += c_sum
+        stats["seen"] += int(n_sum)
+        elapsed = stats["time"] + time.monotonic() - self.t_epoch
+        ips = stats["seen"] / max(elapsed, 1e-9)
+        self.prog.update(self.epoch, self.batch, stats["loss"] / stats["seen"], stats["correct"] / stats["seen"], ips,
+                         (self.total - self.gstep) * self.cfg.batch_size / max(ips, 1e-9))
+
+    def checkpoint_if_due(self, stop: bool) -> None:
+        """A mid-epoch ``last.pt`` every ``ckpt_every_steps`` steps / ``ckpt_every_s`` seconds, or
+        before a stop; the epoch's end writes its own."""
+        cfg = self.cfg
+        now = time.monotonic()
+        due = (cfg.ckpt_every_steps and self.gstep % cfg.ckpt_every_steps == 0) or \
+            now - self.last_ckpt_t >= cfg.ckpt_every_s
+        if self.world.active:  # ranks must agree on a time-based checkpoint: rank 0's clock decides
+            flag = torch.tensor([int(bool(due))], device=self.dev)
+            torch.distributed.broadcast(flag, 0)
+            due = bool(flag.item())
+        if (due or stop) and self.batch < self.steps:
+            self.stats["time"] += now - self.t_epoch
+            self.t_epoch = now
+            self.save([self.last])
+            self.last_ckpt_t = time.monotonic()
+
+    def end_epoch(self) -> Optional[dict]:
+        """Evaluate (when due), log the epoch, write best.pt / last.pt; the result when finished."""
+        cfg, stats = self.cfg, self.stats
+        stats["time"] += time.monotonic() - self.t_epoch
+        row = {"epoch": self.epoch + 1, "step": self.gstep,
+               "lr": lr_at(self.gstep - 1, self.total, cfg.lr, cfg.schedule),
                "train_loss": stats["loss"] / max(stats["seen"], 1),
                "train_acc": 100.0 * stats["correct"] / max(stats["seen"], 1),
                "images_per_s": stats["seen"] / max(stats["time"], 1e-9), "epoch_s": stats["time"],
                "test_top1": None, "test_top5": None}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            Dist.sync_buffers(model, world)
-            ev = _evaluate_world(model, test_set, world, dev)
+        if (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs:
+            Dist.sync_buffers(self.model, self.world)
+            ev = _evaluate_world(self.model, self.test_set, self.world, self.dev)
             row["test_top1"], row["test_top5"] = ev["top1"], ev["top5"]
-        epoch, batch = epoch + 1, 0
-        stats = {"loss": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
-        row["wall_s"] = wall0 + time.monotonic() - t_start
-        history.append(row)
-        improved = row["test_top1"] is not None and row["test_top1"] > best
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.stats = _epoch_stats()
+        row["wall_s"] = self.wall_s()
+        self.history.append(row)
+        improved = row["test_top1"] is not None and row["test_top1"] > self.best
         if improved:
-            best = row["test_top1"]
-        finished = epoch == cfg.epochs
-        result = None
-        if finished:
-            result = {"top1": row["test_top1"], "top5": row["test_top5"], "best_top1": best,
-                      "model": model.config["name"], "voter": model.config["voter"], "width": model.config["width"],
-                      "dataset": cfg.dataset, "n": len(test_set), "epochs": cfg.epochs, "step": cfg.step,
-                      "train_images": N, "wall_s": row["wall_s"], "out": str(out),
-                      "last": str(last), "best": str(out / "best.pt")}
+            self.best = row["test_top1"]
+        finished = self.epoch == cfg.epochs
+        result = self.result(row) if finished else None
         # best.pt before last.pt: a kill in between replays the epoch and rewrites both
-        save(([out / "best.pt"] if improved else []) + [last], (finished, result))
-        last_ckpt_t = time.monotonic()
-        if world.main:
-            _write_logs(out, history, result)
-        remaining = (cfg.epochs - epoch) * row["epoch_s"]
-        prog.epoch_end(row, remaining)
+        self.save(([self.out / "best.pt"] if improved else []) + [self.last], finished, result)
+        self.last_ckpt_t = time.monotonic()
+        if self.world.main:
+            _write_logs(self.out, self.history, result)
+        self.prog.epoch_end(row, (cfg.epochs - self.epoch) * row["epoch_s"])
         if finished:
-            world.barrier()  # no rank leaves before rank 0 has written the final files
+            self.world.barrier()  # no rank leaves before rank 0 has written the final files
             return result
-        if cfg.stop_after_steps and steps_run >= cfg.stop_after_steps:
-            return _stopped(cfg, world, last, epoch, batch, gstep)
-    return ck.get("result") or {}  # pragma: no cover - a finished run returns above
+        if cfg.stop_after_steps and self.steps_run >= cfg.stop_after_steps:
+            return self.stopped()
+        return None
 
+    def result(self, row: dict) -> dict:
+        """What a finished run returns (and ``result.json`` holds)."""
+        cfg, model = self.cfg, self.model
+        return {"top1": row["test_top1"], "top5": row["test_top5"], "best_top1": self.best,
+                "model": model.config["name"], "voter": model.config["voter"], "width": model.config["width"],
+                "dataset": cfg.dataset, "n": len(self.test_set), "epochs": cfg.epochs, "step": cfg.step,
+                "train_images": len(self.train_set), "wall_s": row["wall_s"], "out": str(self.out),
+                "last": str(self.last), "best": str(self.out / "best.pt")}
 
-def _stopped(cfg, world, last, epoch, batch, gstep) -> dict:
-    world.barrier()
-    if not cfg.quiet and world.main:
-        print(f"bitvote: stopped after {cfg.stop_after_steps} steps at step {gstep}; "
-              f"continue with --resume (reads {last})", file=sys.stderr)
-    return {"finished": False, "step": gstep, "epoch": epoch, "batch": batch, "last": str(last), "out": str(Path(last).parent)}
+    def stopped(self) -> dict:
+        """End an invocation cut short by ``stop_after_steps`` (``last.pt`` is written)."""
+        self.world.barrier()
+        if not self.cfg.quiet and self.world.main:
+            print(f"bitvote: stopped after {self.cfg.stop_after_steps} steps at step {self.gstep}; "
+                  f"continue with --resume (reads {self.last})", file=sys.stderr)
+        return {"finished": False, "step": self.gstep, "epoch": self.epoch, "batch": self.batch,
+                "last": str(self.last), "out": str(self.out)}

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..data import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 __all__ = ["Progress", "write_csv", "CSV_FIELDS", "fmt_time"]
 

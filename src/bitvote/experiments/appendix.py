@@ -1,7 +1,7 @@
-"""The seed's appendix (issue 7): BN / without BN / BN-free forms of four binary networks.
+"""The seed's appendix: BN / without BN / BN-free forms of four binary networks.
 
 ``bitvote reproduce --table appendix --preset smoke|cpu|full`` trains the 4 x 3 grid (popcount,
-no voter) on CIFAR-10 and/or CIFAR-100 with :class:`bitvote.reproduce.Protocol`'s resumable
+no voter) on CIFAR-10 and/or CIFAR-100 with :class:`bitvote.experiments.reproduce.Protocol`'s resumable
 stages (one stage file per cell: an interrupted grid resumes), and writes ``appendix.md`` (the
 seed's layout, its numbers beside ours) and ``appendix.json``.
 """
@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from . import data as D
-from ._lock import hold_folder
-from .errors import BitvoteError
-from .models.variants import BN_FORMS
+from .. import data as D
+from ..errors import BitvoteError
+from ..io import atomic_write_bytes, hold_folder
+from ..models.variants import BN_FORMS
+from .report import display_name
 from .reproduce import PRESETS, Protocol
-from .reproduce_report import display_name
 
 __all__ = ["APPENDIX_MODELS", "SEED_APPENDIX", "reproduce_appendix", "appendix_table"]
 
@@ -39,7 +39,7 @@ def reproduce_appendix(preset: str = "smoke", models: Optional[Sequence[str]] = 
     """Train (or resume) every model x bn form on each dataset; returns the rows."""
     import torch
 
-    from .train.loop import _device
+    from ..train import device as as_device
 
     if preset not in PRESETS or preset == "demo":
         raise BitvoteError(f"unknown preset {preset!r}: choose one of {', '.join(k for k in PRESETS if k != 'demo')}")
@@ -50,7 +50,7 @@ def reproduce_appendix(preset: str = "smoke", models: Optional[Sequence[str]] = 
     for ds in datasets:
         if ds not in D.DATASETS:
             raise BitvoteError(f"unknown dataset {ds!r}: choose one of {', '.join(D.DATASETS)}")
-    _device(device)
+    as_device(device)
     if threads:
         torch.set_num_threads(threads)
     out = Path(out or f"runs/appendix-{preset}")
@@ -66,8 +66,8 @@ def reproduce_appendix(preset: str = "smoke", models: Optional[Sequence[str]] = 
                 for bn in BN_FORMS:
                     rows.append(_cell(proto, model, bn))
     text = appendix_table(rows, PRESETS[preset], time.monotonic() - t0)
-    D.atomic_write_bytes(out / "appendix.md", text.encode())
-    D.atomic_write_bytes(out / "appendix.json", (json.dumps(rows, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "appendix.md", text.encode())
+    atomic_write_bytes(out / "appendix.json", (json.dumps(rows, indent=1) + "\n").encode())
     if print_table and not quiet:
         print(text)
     return rows
@@ -80,7 +80,7 @@ def _cell(proto: Protocol, model: str, bn: str) -> dict:
         return got
     p = proto.p
     proto.log(f"{p['dataset']} {model} bn={bn}: training ({p['epochs']} epochs)")
-    res = proto._train(model=model, width=p["width"], epochs=p["epochs"], lr=p["lr"], bn=bn,
+    res = proto.train_stage(model=model, width=p["width"], epochs=p["epochs"], lr=p["lr"], bn=bn,
                        out=str(proto.out / model / f"bn-{bn}"))
     row = proto.base_row(model, bn=bn, voter="popcount", mode="baseline", status="ok", top1=res["top1"],
                          top5=res["top5"], n=res["n"], epochs=p["epochs"], wall_s=res.get("wall_s"))

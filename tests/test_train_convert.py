@@ -11,21 +11,19 @@ import pytest
 import torch
 
 from bitvote import models
-from bitvote.convert import convert_checkpoint, convert_model, recalibrate_bn, resolved
+from bitvote.train.convert import convert_checkpoint, convert_model, recalibrate_bn, resolved
 from bitvote.data import load
 from bitvote.errors import BitvoteError
 from bitvote.train import TrainConfig, load_checkpoint, load_model, model_checkpoint, save_checkpoint, train
 from bitvote.train.checkpoint import set_binary_weights
-from bitvote.train.loop import _build_model
-
-from test_data import tiny_data_root
+from bitvote.train.loop import build_model
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture()
-def data(tmp_path, monkeypatch):
-    return tiny_data_root(tmp_path, monkeypatch, n_train=48, n_test=20)
+def data(tiny_data):
+    return tiny_data(n_train=48, n_test=20)
 
 
 def _popcount_ckpt(path, model="reactnet18", step2=True):
@@ -99,7 +97,7 @@ def test_retrain_from_popcount_checkpoint_loads_everything(data, tmp_path):
     cfg = TrainConfig(init=str(src), voter="tap,groups=4", tie="first", surrogate="ste", sigma="valid",
                       data=str(data), out=str(tmp_path / "rt"), epochs=1, batch_size=8, quiet=True, download=False,
                       threads=1)
-    net = _build_model(cfg, 10)
+    net = build_model(cfg, 10)
     state = net.state_dict()
     assert state.keys() == ck["model"].keys()
     for k, v in ck["model"].items():

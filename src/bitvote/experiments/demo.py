@@ -1,4 +1,4 @@
-"""``bitvote demo``: the README's main job, a small version of the seed's protocol in ~10 CPU minutes.
+"""``bitvote demo``: the README's main job, a small version of the seed's protocol in a few CPU minutes.
 
 It trains a reduced-width ReActNet-18 on a fixed subset of CIFAR-10, swaps a majority voter
 into it (directly, then with BN re-estimated), retrains through the voter, does the same for
@@ -20,7 +20,7 @@ def run_demo(data=None, out="runs/demo", device="cpu", threads=None, download=Tr
     Stages: ``baseline``, then ``<voter>.<mode>`` for modes converted / recalibrated /
     retrained. ``overrides`` change the preset (``width``, ``epochs``, ``subset``, ...).
     """
-    from ..reproduce import reproduce
+    from .reproduce import reproduce
 
     rows = reproduce("demo", data=data, out=out, device=device, threads=threads, download=download, quiet=quiet,
                      **overrides)

@@ -15,12 +15,14 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from . import data as D
-from .errors import BitvoteError
-from .models import set_voter, voter_layers
-from .voter import is_popcount
+from .. import data as D
+from ..errors import BitvoteError
+from ..models import set_voter, voter_layers
+from ..voter import is_popcount
+from .checkpoint import model_checkpoint, save as save_checkpoint
+from .loop import evaluate, load_for_evaluation
 
-__all__ = ["convert_model", "recalibrate_bn", "resolved", "convert_checkpoint"]
+__all__ = ["convert_model", "recalibrate_bn", "resolved", "convert_checkpoint", "print_rows"]
 
 
 def convert_model(model: nn.Module, voter, tie=None, pad_value=None) -> nn.Module:
@@ -86,15 +88,8 @@ def convert_checkpoint(ckpt, voter, out=None, tie=None, pad_value=None, recalibr
     modes ``before`` (skipped if ``evaluate_before`` is False), ``converted``,
     ``recalibrated``. ``out`` receives the final model (recalibrated when asked).
     """
-    from .train import load_model, model_checkpoint, save_checkpoint
-    from .train.loop import _device, evaluate
-
-    dev = _device(device)
-    model, ck = load_model(ckpt, dev)
-    dataset = (ck.get("args") or {}).get("dataset") or ck.get("dataset") or "cifar10"
-    test = D.subset(D.load(dataset, "test", data, device=dev, download=download), test_subset)
-    if test.num_classes != model.config["num_classes"]:
-        raise BitvoteError(f"checkpoint {ckpt} has {model.config['num_classes']} classes, {dataset} has {test.num_classes}")
+    model, ck, dataset, test = load_for_evaluation(ckpt, data, device, test_subset, download)
+    dev = test.x.device
     rows = []
 
     def row(mode):
@@ -121,7 +116,7 @@ def convert_checkpoint(ckpt, voter, out=None, tie=None, pad_value=None, recalibr
             "width": model.config["width"]}
 
 
-def _print_rows(res: dict, file=sys.stdout) -> None:
+def print_rows(res: dict, file=sys.stdout) -> None:
     """Before/after table of :func:`convert_checkpoint`'s rows."""
     print("| Stage | Voter | Resolved | Top-1 (%) | Top-5 (%) |\n|---|---|---|---|---|", file=file)
     for r in res["rows"]:

@@ -5,7 +5,7 @@ convert and re-estimate BN (evaluate), and retrain through the voter with one bu
 row (evaluate). Each finished stage is a small JSON file under ``DIR/stages`` (written
 atomically) and is skipped on a re-run; training stages resume mid-stage from their
 ``last.pt``, so an interrupted reproduction continues where it stopped. The table, results
-and plot are written by :mod:`bitvote.reproduce_report`.
+and plot are written by :mod:`bitvote.experiments.report`.
 
 Ties: an MV row uses the SPEC default ``+1``; hierarchies use ``first``. With ``+1`` at every
 level, deep hierarchies with small leaves vote nearly constant at conversion (ties compound
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from . import data as D
-from ._lock import hold_folder
-from .errors import BitvoteError
-from .voter import is_mv, is_popcount
+from .. import data as D
+from ..errors import BitvoteError
+from ..io import atomic_write_bytes, hold_folder
+from ..voter import is_mv, is_popcount
 
 __all__ = ["PRESETS", "VoterRow", "voter_rows", "reproduce", "Protocol"]
 
@@ -40,19 +40,19 @@ PRESETS: Dict[str, dict] = {
                  batch_size=128, epochs=4, lr=2e-3, retrain_epochs=1, retrain_lr=1e-3, recalibrate=1000,
                  pad_variant=False),
     # a few hours of a 2-core CPU on CIFAR-10 (measured: 3.0 h of stages, 1 shared thread);
-    # every training stage under an hour (small-leaf hierarchies train at ~50 images/s here)
+    # every training stage under an hour (small-leaf hierarchies train at ~50 images/s on 2 cores)
     "cpu": dict(models=("reactnet18", "birealnet18"),
                 voters=("mv", "groups=4", "tap", "tap,groups=4", "tap,leaf=4"),
                 width=0.125, subset=10000, test_subset=2000, batch_size=128, epochs=15, lr=2e-3,
                 retrain_epochs=2, retrain_lr=1e-3, recalibrate=1000, pad_variant=True),
-    # paper scale, for a GPU (untested here): full width and data; the seed's slides do not
+    # paper scale, for a GPU (untested on one): full width and data; the seed's slides do not
     # state their epochs, 200 + 50 is a common CIFAR BNN schedule
     "full": dict(models=("reactnet18", "birealnet18"),
                  voters=("mv", "groups=4", "tap", "tap,groups=4", "tap,leaf=16"),
                  width=1.0, subset=None, test_subset=None, batch_size=128, epochs=200, lr=1e-3,
                  retrain_epochs=50, retrain_lr=5e-4, recalibrate=10000, pad_variant=True),
-    # one GPU, a time budget (issue 9): full width and data; the epochs come from a measured
-    # step time so the whole protocol fits `minutes` (see plan_epochs). Untested on a GPU here.
+    # one GPU, a time budget: full width and data; the epochs come from a measured step time so
+    # the whole protocol fits `minutes` (see plan_epochs). Untested on a GPU.
     "gpu1": dict(models=("reactnet18", "birealnet18"), voters=("mv", "tap"), width=1.0, subset=None,
                  test_subset=None, batch_size=256, epochs=None, lr=2e-3, retrain_epochs=None, retrain_lr=1e-3,
                  recalibrate=10000, pad_variant=False, minutes=10.0),
@@ -64,8 +64,6 @@ for _p in PRESETS.values():
 #: the keys that decide what a stage computes: a folder holds one protocol
 _PROTOCOL_KEYS = ("width", "subset", "test_subset", "batch_size", "epochs", "lr", "retrain_epochs", "retrain_lr",
                   "recalibrate", "dataset", "seed", "surrogate", "sigma")
-
-MODES = ("baseline", "converted", "recalibrated", "retrained")
 
 
 @dataclass(frozen=True)
@@ -137,7 +135,7 @@ class Protocol:
         return None
 
     def record(self, model: str, key: str, row: dict) -> dict:
-        D.atomic_write_bytes(self.stage_path(model, key), (json.dumps(row, indent=1) + "\n").encode())
+        atomic_write_bytes(self.stage_path(model, key), (json.dumps(row, indent=1) + "\n").encode())
         return row
 
     def check_folder(self) -> None:
@@ -151,7 +149,7 @@ class Protocol:
                 raise BitvoteError(f"--out {self.out} holds a reproduction with other settings "
                                    f"({', '.join(f'{k} {theirs.get(k)!r} != {mine[k]!r}' for k in diff)}): choose another --out")
         else:
-            D.atomic_write_bytes(f, (json.dumps(mine, indent=1) + "\n").encode())
+            atomic_write_bytes(f, (json.dumps(mine, indent=1) + "\n").encode())
 
     # -- data ----------------------------------------------------------------------------------
     def split(self, name: str) -> D.Split:
@@ -170,8 +168,10 @@ class Protocol:
         return {"model": model, "width": p["width"], "dataset": p["dataset"], "data": self.split("test").source,
                 "subset": p["subset"], "test_subset": p["test_subset"], "preset": p["preset"], **kw}
 
-    def _train(self, **kw) -> dict:
-        from .train import TrainConfig, train
+    def train_stage(self, **kw) -> dict:
+        """Train (or resume) one stage with the protocol's data, batch and seed; ``kw`` is the rest
+        of its :class:`~bitvote.train.TrainConfig` (``out`` included)."""
+        from ..train import TrainConfig, train
 
         cfg = TrainConfig(dataset=self.p["dataset"], data=self.data, subset=self.p["subset"],
                           test_subset=self.p["test_subset"], batch_size=self.p["batch_size"], seed=self.p["seed"],
@@ -185,7 +185,7 @@ class Protocol:
         if got:
             return got
         self.log(f"{model}: training the popcount baseline ({self.p['epochs']} epochs)")
-        res = self._train(model=model, width=self.p["width"], epochs=self.p["epochs"], lr=self.p["lr"],
+        res = self.train_stage(model=model, width=self.p["width"], epochs=self.p["epochs"], lr=self.p["lr"],
                           out=str(self.out / model / "baseline"))
         row = self.base_row(model, voter="popcount", resolved="popcount", mode="baseline",
                             variant="baseline", status="ok", top1=res["top1"], top5=res["top5"], n=res["n"],
@@ -194,9 +194,8 @@ class Protocol:
 
     def converted(self, model: str, base: dict, vr: VoterRow) -> List[dict]:
         """The converted and the BN-recalibrated rows (one model load, two stage files)."""
-        from .convert import convert_model, recalibrate_bn, resolved
-        from .train import load_model
-        from .train.loop import evaluate
+        from ..train import evaluate, load_model
+        from ..train.convert import convert_model, recalibrate_bn, resolved
 
         keys = (f"{vr.slug}.converted", f"{vr.slug}.recalibrated")
         got = [self.done(model, k) for k in keys]
@@ -232,7 +231,7 @@ class Protocol:
                       mode="retrained", variant="retrained", epochs=self.p["retrain_epochs"],
                       surrogate=self.p["surrogate"], sigma=self.p["sigma"])
         try:
-            res = self._train(init=base["checkpoint"], voter=vr.spec, tie=vr.tie, pad_value=vr.pad_value,
+            res = self.train_stage(init=base["checkpoint"], voter=vr.spec, tie=vr.tie, pad_value=vr.pad_value,
                               surrogate=self.p["surrogate"], sigma=self.p["sigma"], epochs=self.p["retrain_epochs"],
                               lr=self.p["retrain_lr"], out=str(self.out / model / vr.slug))
         except BitvoteError as e:
@@ -252,8 +251,8 @@ def _time_steps(model_name: str, voter: str, tie, p: dict, device, steps: int = 
     import torch
     import torch.nn.functional as F
 
-    from . import models as M
-    from .train.optim import make_optimizer
+    from .. import models as M
+    from ..train.optim import make_optimizer
 
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -297,7 +296,7 @@ def plan_epochs(p: dict, models: Sequence[str], rows: Sequence[VoterRow], n_trai
         e -= 1
     plan = {"epochs": e, "retrain_epochs": max(1, e // 4), "minutes": float(p["minutes"]),
             "baseline_epoch_s": base_s, "retrain_epoch_s_all_rows": vote_s, "device": str(device)}
-    D.atomic_write_bytes(f, (json.dumps(plan, indent=1) + "\n").encode())
+    atomic_write_bytes(f, (json.dumps(plan, indent=1) + "\n").encode())
     log(f"plan for {p['minutes']:g} min: baseline {plan['epochs']} epochs, retraining {plan['retrain_epochs']} "
         f"(measured {base_s:.0f} s per baseline epoch over all models)")
     return plan
@@ -305,7 +304,7 @@ def plan_epochs(p: dict, models: Sequence[str], rows: Sequence[VoterRow], n_trai
 
 def _validate(models: Sequence[str], rows: Sequence[VoterRow], width: float) -> None:
     """Fail before any training: unknown models, unknown or misfit voter specs, bad ties."""
-    from . import models as M
+    from .. import models as M
 
     for name in models:
         for vr in rows:
@@ -324,7 +323,7 @@ def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, vot
     """
     import torch
 
-    from .train.loop import _device
+    from ..train import device as as_device
 
     if preset not in PRESETS:
         raise BitvoteError(f"unknown preset {preset!r}: choose one of {', '.join(k for k in PRESETS if k != 'demo')}")
@@ -337,7 +336,7 @@ def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, vot
     if voters is not None:  # accept "a;b" as well as a list
         voters = [v for item in voters for v in str(item).split(";")]
     rows_spec = voter_rows(voters or p["voters"], tie, p["pad_variant"])
-    _device(device)
+    as_device(device)
     if threads:
         torch.set_num_threads(threads)
     _validate(models, rows_spec, p["width"])
@@ -353,7 +352,7 @@ def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, vot
 
 def _run(proto: "Protocol", models, rows_spec, planned: bool, print_table: bool) -> List[dict]:
     """The protocol proper, with ``proto.out`` held by this process."""
-    from . import reproduce_report as R
+    from . import report as R
 
     p, out = proto.p, proto.out
     if planned:

@@ -1,4 +1,4 @@
-"""`bitvote hw report` joins `bitvote reproduce` output with synthesized cost (issue 6's done-when)."""
+"""`bitvote hw report` joins `bitvote reproduce` output with synthesized cost: table, plot and JSON."""
 
 import json
 import shutil
@@ -6,16 +6,14 @@ import shutil
 import pytest
 
 from bitvote.cli import main
-from bitvote.reproduce import reproduce
-
-from test_data import tiny_data_root
+from bitvote.experiments.reproduce import reproduce
 
 
 @pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys is not installed (.ci/run installs it)")
-def test_hw_report_from_reproduce_output(tmp_path, monkeypatch, capsys):
-    tiny_data_root(tmp_path, monkeypatch, n_train=16, n_test=8)
+def test_hw_report_from_reproduce_output(tiny_data, tmp_path, capsys):
+    data = tiny_data(n_train=16, n_test=8)
     out = tmp_path / "rep"
-    reproduce("smoke", voters=["mv"], data=str(tmp_path / "data"), out=str(out), threads=1, download=False,
+    reproduce("smoke", voters=["mv"], data=str(data), out=str(out), threads=1, download=False,
               quiet=True, print_table=False)
     rows = json.loads((out / "results.json").read_text())
     png = tmp_path / "pareto.png"

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import List
 
-from .data import atomic_write_bytes
-from .voter import is_mv
+from ..io import atomic_write_bytes
+from ..voter import is_mv
 
 __all__ = ["format_table", "header", "write_all", "plot", "display_name"]
 

@@ -10,16 +10,14 @@ import pytest
 
 from bitvote.cli import main
 from bitvote.errors import BitvoteError
-from bitvote.reproduce import PRESETS, Protocol, reproduce, voter_rows
-
-from test_data import tiny_data_root
+from bitvote.experiments.reproduce import PRESETS, Protocol, reproduce, voter_rows
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture()
-def data(tmp_path, monkeypatch):
-    return tiny_data_root(tmp_path, monkeypatch, n_train=24, n_test=12)
+def data(tiny_data):
+    return tiny_data(n_train=24, n_test=12)
 
 
 def test_smoke_preset_writes_table_results_and_plot(data, tmp_path, capsys):
@@ -67,14 +65,14 @@ def test_smoke_preset_writes_table_results_and_plot(data, tmp_path, capsys):
 
 
 def test_diverged_retraining_is_a_row_not_a_crash(data, tmp_path, monkeypatch):
-    real = Protocol._train
+    real = Protocol.train_stage
 
     def fake(self, **kw):
         if kw.get("voter"):
             raise BitvoteError("training diverged at step 3 (epoch 1, batch 3): the loss is nan")
         return real(self, **kw)
 
-    monkeypatch.setattr(Protocol, "_train", fake)
+    monkeypatch.setattr(Protocol, "train_stage", fake)
     out = tmp_path / "rep"
     rows = reproduce("smoke", voters=["tap,groups=4"], data=str(data), out=str(out), threads=1, download=False,
                      quiet=True)
@@ -91,7 +89,7 @@ def test_voter_rows_ties_and_pad_twin():
     assert [r.tie for r in voter_rows(["mv", "tap"], tie="-1", pad_variant=False)] == ["-1", "-1"]
 
 
-def test_cpu_and_full_presets_sweep_the_issue_hierarchies():
+def test_cpu_and_full_presets_sweep_the_seed_hierarchies():
     for name in ("cpu", "full"):
         v = PRESETS[name]["voters"]
         assert "mv" in v and "groups=4" in v and "tap" in v and "tap,groups=4" in v
@@ -139,7 +137,7 @@ def test_time_budget_plans_epochs(data, tmp_path):
 
 def test_a_folder_held_by_another_run_is_refused_in_one_line(data, tmp_path, capsys):
     """Two processes resuming the same stages would race: the second is refused, then works."""
-    from bitvote._lock import hold_folder
+    from bitvote.io import hold_folder
 
     out = tmp_path / "rep"
     with hold_folder(out, "test holder"):

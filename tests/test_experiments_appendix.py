@@ -4,16 +4,14 @@ import json
 
 import pytest
 
-from bitvote.appendix import SEED_APPENDIX, reproduce_appendix
+from bitvote.experiments.appendix import SEED_APPENDIX, reproduce_appendix
 from bitvote.cli import main
 from bitvote.errors import BitvoteError
 
-from test_data import tiny_data_root
-
 
 @pytest.fixture()
-def data(tmp_path, monkeypatch):
-    return tiny_data_root(tmp_path, monkeypatch, n_train=16, n_test=8)
+def data(tiny_data):
+    return tiny_data(n_train=16, n_test=8)
 
 
 def test_appendix_grid_smoke(data, tmp_path, capsys):

@@ -1,0 +1,106 @@
+"""The package's layering and its privacy rule, read from the source with ``ast``.
+
+- Layers: binarize -> voter -> nn -> models -> data, train -> experiments -> engine / gpu /
+  hw / export -> cli. A module never imports from a layer above its own.
+- Private means private: no module imports a leading-underscore name from another module, and
+  no test imports one (a private *module*, such as the fusion switch, is tested under its own
+  name; its private helpers are not imported).
+"""
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "src" / "bitvote"
+
+#: each top-level part of the package and the parts it may not import
+ABOVE = {
+    "binarize": {"voter", "nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "voter": {"nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "nn": {"models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "models": {"data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "data": {"train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "io": {"data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "train": {"experiments", "engine", "gpu", "hw", "export", "cli"},
+    "experiments": {"engine", "gpu", "hw", "export", "cli"},
+    "engine": {"cli"},
+    "gpu": {"cli"},
+    "hw": {"cli"},
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path, package: str):
+    """``(absolute module, imported names, line)`` of every import in ``path``."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, [], node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join(base + ([mod] if mod else []))
+            yield mod, [a.name for a in node.names], node.lineno
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _private_imports(path: Path, package: str, own: str):
+    bad = []
+    for mod, names, line in _imports(path, package):
+        if mod == "__future__":
+            continue
+        parts = mod.split(".")
+        if any(p.startswith("_") and not p.startswith("__") for p in parts) and mod.startswith("bitvote") \
+                and not _is_module(mod):
+            bad.append(f"{path.name}:{line}: {mod}")
+        for n in names:
+            if n.startswith("_") and not n.startswith("__") and mod != own and not _is_module(f"{mod}.{n}"):
+                bad.append(f"{path.name}:{line}: from {mod} import {n}")
+    return bad
+
+
+def test_no_test_imports_a_private_name():
+    bad = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        bad += _private_imports(path, "", path.stem)
+    assert not bad, "tests import private names:\n" + "\n".join(bad)
+
+
+SOURCES = sorted(p for p in PKG.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PKG)))
+def test_no_import_runs_up_the_layers(path):
+    name = _module_name(path)
+    part = name.split(".")[1] if "." in name else ""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    forbidden = ABOVE.get(part, set())
+    bad = [f"line {line}: {mod}" for mod, _, line in _imports(path, package)
+           if mod.startswith("bitvote.") and mod.split(".")[1] in forbidden]
+    assert not bad, f"{name} imports from a layer above it: {bad}"
+
+
+def test_train_does_not_import_experiments():
+    """The former cycle (the demo in train, importing reproduce, importing train) is gone."""
+    for path in (PKG / "train").glob("*.py"):
+        mods = [m for m, _, _ in _imports(path, "bitvote.train")]
+        assert not any(m.startswith("bitvote.experiments") for m in mods), path.name
