@@ -1,4 +1,4 @@
-"""Fast GPU training of the binary models (issue 9, item 3): a small library-side helper.
+"""Fast GPU training of the binary models: a small library-side helper.
 
 :func:`prepare_for_gpu_training` puts a model in channels_last (cuDNN's fast layout for
 fp16/bf16 convolutions) on the device and optionally wraps it in ``torch.compile``. Mixed
