@@ -59,17 +59,17 @@ def main():
         ("tap", 1, "bits", 1, 0.0), ("tap,groups=2", "first", "int", 1, 0.0),
         (f"M2(M2(M2(M{C * 9 // 8})))", 1, "int", 1, 0.0), ("tap", "first,1", "affine", 0, 0.0),
     ]
-    failed = 0
-    for spec, tie, mode, padding, pv in cases:
-        t0 = time.perf_counter()
+    def layer_case(spec, tie, mode, padding, pv):
         x = torch.randint(-2, 3, (2, C, S, S), generator=g).float()  # exact zeros: ties are common
         w = torch.randn(Co, C, 3, 3, generator=g)
         hier = resolve(spec, C * 9, 9, tie)
         a, b = torch.rand(Co, generator=g) + 0.5, torch.randn(Co, generator=g)
         thr = torch.randint(-3, 4, (Co,), generator=g, dtype=torch.int32)
         d = torch.randint(-1, 2, (Co,), generator=g, dtype=torch.int32)
-        kw = dict(a=a, b=b) if mode in ("affine", "select") else (dict(thr=thr, dir=d) if mode == "bits" and hier is None
-                                                                   else {})
+        if mode in ("affine", "select"):
+            kw = dict(a=a, b=b)
+        else:  # popcount bits: thresholds; vote bits: the vote itself
+            kw = dict(thr=thr, dir=d) if mode == "bits" and hier is None else {}
         gpc = GpuPackedConv(w >= 0, 1, padding, pv, hier, "smoke", device=dev).epilogue(mode, **kw)
         got = gpc(pack(x.to(dev))).cpu()
         if mode == "bits":  # compared as bits (the engine's words are 64-bit, these 32-bit)
@@ -92,33 +92,47 @@ def main():
             else:
                 want = torch.where(v(d) > 0, r >= v(thr), torch.where(v(d) < 0, r <= v(thr), v(thr) != 0))
                 want = want.permute(0, 2, 3, 1)
-        ok = got.shape == want.shape and torch.equal(got.to(want.dtype), want)
-        bad = int((got.to(want.dtype) != want).sum()) if got.shape == want.shape else -1
-        failed += not ok
-        print(f"{'PASS' if ok else 'FAIL'} {spec:<22} tie {str(tie):<8} {mode:<6} pad {padding} value {pv:+.0f}: "
-              f"{bad} mismatching outputs of {want.numel()}  ({time.perf_counter() - t0:.1f} s, compile included)",
-              flush=True)
+        if got.shape != want.shape:
+            return False, f"shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        bad = int((got.to(want.dtype) != want).sum())
+        return bad == 0, f"{bad} mismatching outputs of {want.numel()}"
 
-    if not args.skip_models:
+    def model_case(name, voter, img, nimg):
         from bitvote import models
         from bitvote.engine.verify import verify
 
+        torch.manual_seed(0)
+        m = models.create(name, voter=voter, width=0.125).eval()
+        for mod in m.modules():  # non-trivial BN statistics
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+        r = verify(m, torch.randn(nimg, 3, img, img), device="cuda")
+        return r["passed"], (f"{r['layer_mismatches']} layer mismatches, {r['flips']} flips "
+                             f"({r['flips_unexplained']} unexplained), max logit diff {r['max_logit_diff']:.2e} "
+                             f"(atol {r['atol']})")
+
+    def row(label, fn, *a):
+        """One printed row; an exception (a kernel that does not compile, say) is a failed row
+        with its first line, and the next row still runs."""
+        t0 = time.perf_counter()
+        try:
+            ok, what = fn(*a)
+        except Exception as e:  # noqa: BLE001
+            ok, what = False, f"ERROR {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        print(f"{'PASS' if ok else 'FAIL'} {label}: {what}  ({time.perf_counter() - t0:.1f} s, compile included)",
+              flush=True)
+        return not ok
+
+    failed = 0
+    for spec, tie, mode, padding, pv in cases:
+        label = f"{spec:<22} tie {str(tie):<8} {mode:<6} pad {padding} value {pv:+.0f}"
+        failed += row(label, layer_case, spec, tie, mode, padding, pv)
+    if not args.skip_models:
         # CIFAR-sized images on the GPU; the interpreter (CPU tensors) gets the tests' tiny ones
         img, nimg = (32, 8) if dev.type == "cuda" else (8, 1)
         for name, voter in (("reactnet18", "tap,groups=2"), ("xnornet18", "mv"), ("birealnet18", "popcount")):
-            t0 = time.perf_counter()
-            torch.manual_seed(0)
-            m = models.create(name, voter=voter, width=0.125).eval()
-            for mod in m.modules():  # non-trivial BN statistics
-                if isinstance(mod, torch.nn.BatchNorm2d):
-                    mod.running_mean.uniform_(-0.5, 0.5)
-                    mod.running_var.uniform_(0.5, 2.0)
-            r = verify(m, torch.randn(nimg, 3, img, img), device="cuda")
-            failed += not r["passed"]
-            print(f"{'PASS' if r['passed'] else 'FAIL'} verify {name} ({voter}, width 1/8, {nimg}x{img}x{img}): "
-                  f"{r['layer_mismatches']} layer mismatches, {r['flips']} flips ({r['flips_unexplained']} "
-                  f"unexplained), max logit diff {r['max_logit_diff']:.2e} (atol {r['atol']})  "
-                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+            failed += row(f"verify {name} ({voter}, width 1/8, {nimg}x{img}x{img})", model_case, name, voter, img, nimg)
     print(f"{'all passed' if not failed else f'{failed} FAILED'}", flush=True)
     return 1 if failed else 0
 

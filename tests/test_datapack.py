@@ -165,6 +165,9 @@ def test_damaged_packs_are_refused(tmp_path):
         p.write_bytes(b)
         return D.load(dataset, split, p)
 
+    with pytest.raises(BitvoteError, match="cannot read packed data .*missing.bvd"):
+        D.load("cifar10", "train", tmp_path / "missing.bvd")  # never a download into a folder of that name
+    assert not (tmp_path / "missing.bvd").exists()
     with pytest.raises(BitvoteError, match="not a packed dataset"):
         load_bytes(b"hello, world" * 10)
     with pytest.raises(BitvoteError, match="not a packed dataset"):

@@ -141,3 +141,15 @@ def test_model_on_an_indexed_device_runs_with_tf32_off(monkeypatch):
     assert seen and set(seen) == {"ieee"}  # stem + every shortcut ran with TF32 off
     assert _conv_fp32() == before  # and the caller's setting is back
     assert out.shape == (2, 10) and out.device == concrete_device(gpu.require())
+
+
+@triton_ok
+def test_cli_bench_prints_labelled_rows(capsys, monkeypatch):
+    from bitvote.cli import main
+
+    if not gpu.interpreted():
+        pytest.skip("the interpreter's smoke run only (on a GPU, benchmarks/gpu_check.sh times it)")
+    assert main(["bench", "--device", "cuda", "--quick"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("device: cpu (Triton interpreter") and len(out) == 2
+    assert "cuDNN fp32 (TF32 off)" in out[1] and "popcount" in out[1]

@@ -154,7 +154,7 @@ def load(dataset: str, split: str, root=None, *, device="cpu", download: bool = 
         raise BitvoteError(f"unknown split {split!r}: choose train or test")
     spec = DATASETS[dataset]
     root = data_root(root)
-    if root.is_file():  # one packed file (``bitvote data pack``, bitvote.datapack)
+    if root.is_file() or root.suffix == ".bvd":  # one packed file (``bitvote data pack``, bitvote.datapack)
         from .datapack import read_split
 
         x, y = read_split(root, split, dataset)

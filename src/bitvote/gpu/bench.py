@@ -77,8 +77,8 @@ def iter_layers(device="cuda", batches=(1, 256), reps: int = 20, quick: bool = F
             row = {"layer": name, "batch": nb, "device": device_name(dev), "macs": macs}
             with torch.inference_mode():
                 for mode, pc in convs.items():
-                    row[f"{mode}_ms"] = _time(lambda: pc(pack(x, nan_flag=torch.zeros(1, dtype=torch.int32, device=dev))),
-                                              reps, dev)
+                    flag = torch.zeros(1, dtype=torch.int32, device=dev)
+                    row[f"{mode}_ms"] = _time(lambda: pc(pack(x, nan_flag=flag)), reps, dev)
                 xw = pack(x)
                 row["popcount_packed_ms"] = _time(lambda: convs["popcount"](xw), reps, dev)
                 with tf32(False):
@@ -140,7 +140,8 @@ def format_row(r: Dict) -> str:
     """One printed line of a :func:`iter_layers` or :func:`bench_model` row."""
     if "gpu_engine_img_s" in r:
         line = (f"model {r['model']} ({r['voter']}, width {r['width']}) batch {r['batch']}: "
-                f"GPU engine {r['gpu_engine_img_s']:.0f} img/s, torch fp32 (TF32 off) {r['torch_fp32_img_s']:.0f} img/s")
+                f"GPU engine {r['gpu_engine_img_s']:.0f} img/s, "
+                f"torch fp32 (TF32 off) {r['torch_fp32_img_s']:.0f} img/s")
         if "torch_tf32_img_s" in r:
             line += f", torch fp32 (TF32 on) {r['torch_tf32_img_s']:.0f} img/s"
         if "torch_bf16_img_s" in r:
