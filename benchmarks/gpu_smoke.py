@@ -25,6 +25,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-models", action="store_true", help="only the per-epilogue rows")
     ap.add_argument("--size", type=int, default=8, help="input height and width (default 8)")
+    ap.add_argument("--reference", choices=("auto", "engine", "torch"), default="auto",
+                    help="compare with the CPU engine, the PyTorch layer, or the engine where it builds")
     args = ap.parse_args()
 
     from bitvote import gpu
@@ -40,15 +42,20 @@ def main():
     from bitvote.gpu.bench import device_name
     from bitvote.gpu.conv import GpuPackedConv, pack, unpack32
 
-    try:
-        from bitvote.engine import PackedConv, pack as cpack, unpack
-        from bitvote.engine.build import lib
+    PackedConv = None
+    ref_name = "PyTorch layer"
+    if args.reference != "torch":
+        try:
+            from bitvote.engine import PackedConv, pack as cpack, unpack
+            from bitvote.engine.build import lib
 
-        lib()
-        ref_name = "CPU engine"
-    except Exception as e:  # noqa: BLE001 - no C compiler here: fall back to the PyTorch layer
-        PackedConv = None
-        ref_name = f"PyTorch layer (CPU engine unavailable: {type(e).__name__})"
+            lib()
+            ref_name = "CPU engine"
+        except Exception as e:  # noqa: BLE001 - no C compiler here: fall back to the PyTorch layer
+            if args.reference == "engine":
+                raise
+            PackedConv = None
+            ref_name = f"PyTorch layer (CPU engine unavailable: {type(e).__name__})"
     print(f"device: {device_name(dev)}; torch {torch.__version__}; reference: {ref_name}", flush=True)
 
     g = torch.Generator().manual_seed(0)
