@@ -39,7 +39,7 @@ import numpy as np
 
 from .errors import BitvoteError
 
-__all__ = ["MAGIC", "SUFFIX", "is_pack", "pack_folder", "write_pack", "read_meta", "read_split"]
+__all__ = ["MAGIC", "SUFFIX", "pack_folder", "write_pack", "read_meta", "read_split"]
 
 MAGIC = b"BVDPACK1"
 SUFFIX = ".bvd"
@@ -58,16 +58,6 @@ pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose
 skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television
 tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split())
 _CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
-
-
-def is_pack(path) -> bool:
-    """Whether ``path`` is a file that starts like a pack (its contents are checked on reading)."""
-    p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            return p.is_file() and f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +87,10 @@ def write_pack(out, blobs: List[bytes], labels: List[int], splits: Dict[str, int
     for part in body:
         h.update(part)
     digest = h.digest()
-    atomic_write_bytes(Path(out), b"".join([_HEAD.pack(MAGIC, len(mb), digest), *body]))
+    try:
+        atomic_write_bytes(Path(out), b"".join([_HEAD.pack(MAGIC, len(mb), digest), *body]))
+    except OSError as e:
+        raise BitvoteError(f"pack: cannot write {out}: {e.strerror or e}") from None
     return digest.hex()
 
 
@@ -240,7 +233,10 @@ def pack_folder(src, out, jpeg_quality: Optional[int] = None, progress=None) -> 
         if jpeg_quality is not None:
             raise BitvoteError("pack: --jpeg-quality re-encodes official CIFAR pixels; an image folder's files "
                                "are packed as they are")
-        blobs, labels, splits, classes = _image_folder(src, progress)
+        try:
+            blobs, labels, splits, classes = _image_folder(src, progress)
+        except OSError as e:  # an unreadable class folder, say
+            raise BitvoteError(f"pack: cannot read {e.filename or src}: {e.strerror or e}") from None
         origin, lossy = "image folder", False
     else:
         raise BitvoteError(f"pack: {src} holds neither train/ and test/ class folders nor "
@@ -353,5 +349,8 @@ def read_split(path, split: str, dataset: str, progress: Optional[Callable[[int,
             progress(k - lo + 1, hi - lo)
     buf = io.BytesIO()
     np.savez(buf, x=x, y=y)
-    D.atomic_write_bytes(cache, buf.getvalue())
+    try:
+        D.atomic_write_bytes(cache, buf.getvalue())
+    except OSError:
+        pass  # the cache only saves the next decode; a read-only or full cache folder is no error
     return x, y
