@@ -129,7 +129,8 @@ def test_bad_sources_are_one_line_errors(tmp_path, capsys):
     _one_line_error(capsys, ["data", "pack", str(tmp_path / "empty"), "--out", "x.bvd"], "holds neither")
     src = make_folder(tmp_path / "imgs", per_class=(1, 1))
     _one_line_error(capsys, ["data", "pack", str(src), "--out", str(tmp_path)], "is a folder")
-    _one_line_error(capsys, ["data", "pack", str(src), "--out", str(tmp_path / "f.txt" / "x.bvd")], "cannot write")
+    _one_line_error(capsys, ["data", "pack", str(src), "--out", str(tmp_path / "f.txt" / "x.bvd")],
+                    "cannot write", "is not a folder")
     _one_line_error(capsys, ["data", "pack", str(src), "--out", "x.bvd", "--jpeg-quality", "80"], "as they are")
     make_official(tmp_path / "raw")
     _one_line_error(capsys, ["data", "pack", str(tmp_path / "raw"), "--out", "x.bvd", "--jpeg-quality", "0"],

@@ -201,6 +201,19 @@ def _official(src: Path, jpeg_quality: Optional[int], progress):
     return blobs, labels, splits, list(_CLASS_NAMES[dataset]), origin
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written before reading 60,000 images, not after."""
+    import os
+
+    anc = out.absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise BitvoteError(f"pack: cannot write {out}: {anc} is not a folder")
+    if not os.access(anc, os.W_OK):
+        raise BitvoteError(f"pack: cannot write {out}: {anc} is not writable")
+
+
 def pack_folder(src, out, jpeg_quality: Optional[int] = None, progress=None) -> Dict:
     """Pack ``src`` (an image folder ``train/<class>/*``, ``test/<class>/*``, or the official
     ``cifar-10-batches-py`` / ``cifar-100-python`` folder, or a folder holding one) into ``out``.
@@ -219,6 +232,7 @@ def pack_folder(src, out, jpeg_quality: Optional[int] = None, progress=None) -> 
         raise BitvoteError(f"pack: {src} is not a folder (an image folder or cifar-10-batches-py)")
     if out.is_dir():
         raise BitvoteError(f"pack: --out {out} is a folder; give a file name such as cifar10{SUFFIX}")
+    _check_writable(out)
     if jpeg_quality is not None and not 1 <= int(jpeg_quality) <= 95:
         raise BitvoteError(f"pack: --jpeg-quality must be 1..95, got {jpeg_quality}")
     try:
