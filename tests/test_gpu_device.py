@@ -19,12 +19,12 @@ from bitvote.gpu import concrete_device, same_device, tf32  # noqa: E402
 
 
 def _conv_fp32():
-    """cuDNN conv's fp32 setting ("ieee" or "tf32"), on PyTorch with or without the
-    per-backend ``fp32_precision`` settings."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        return conv.fp32_precision
-    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    """Whether cuDNN convs may use TF32 ("tf32") or not ("ieee"), however it was set."""
+    try:
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    except RuntimeError:  # PyTorch >= 2.9 with per-backend settings that the flag cannot express
+        p = torch.backends.cudnn.conv.fp32_precision
+        return "ieee" if p == "ieee" else "tf32"
 
 
 def _no_cuda_call():
@@ -52,17 +52,35 @@ def test_concrete_device_keeps_explicit_indices_and_drops_the_cpus(monkeypatch):
 
 
 def test_tf32_context_sets_and_restores():
-    before = _conv_fp32()
+    before = _conv_fp32(), torch.backends.cuda.matmul.allow_tf32
     with tf32(False):
-        assert _conv_fp32() == "ieee"
+        assert _conv_fp32() == "ieee" and not torch.backends.cuda.matmul.allow_tf32
         with tf32(True):
-            assert _conv_fp32() == "tf32"
+            assert _conv_fp32() == "tf32" and torch.backends.cuda.matmul.allow_tf32
         assert _conv_fp32() == "ieee"
-    assert _conv_fp32() == before
+    assert (_conv_fp32(), torch.backends.cuda.matmul.allow_tf32) == before
     with pytest.raises(RuntimeError):
         with tf32(False):
             raise RuntimeError("inside")
-    assert _conv_fp32() == before
+    assert (_conv_fp32(), torch.backends.cuda.matmul.allow_tf32) == before
+
+
+@pytest.mark.skipif(not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"),
+                    reason="PyTorch < 2.9 has no per-backend fp32_precision settings")
+def test_tf32_context_under_per_backend_settings():
+    """Conv and RNN set apart through the new API: PyTorch refuses the legacy flag's read."""
+    conv, rnn = torch.backends.cudnn.conv, torch.backends.cudnn.rnn
+    saved = conv.fp32_precision, rnn.fp32_precision
+    try:
+        conv.fp32_precision, rnn.fp32_precision = "tf32", "ieee"
+        with pytest.raises(RuntimeError):
+            torch.backends.cudnn.allow_tf32
+        with tf32(False):
+            assert conv.fp32_precision == "ieee"
+        assert (conv.fp32_precision, rnn.fp32_precision) == ("tf32", "ieee")
+    finally:
+        conv.fp32_precision, rnn.fp32_precision = saved
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's default, through the flag again
 
 
 def test_launch_options_per_kernel(monkeypatch):

@@ -93,25 +93,31 @@ def tf32(enabled: bool):
 
     PyTorch runs cuDNN's fp32 convs in TF32 by default (10-bit mantissa products): the GPU
     engine's real-valued convs (stem, shortcuts) would then round unlike the CPU model, enough
-    to move ``verify``'s logits by ~1e-3 and flip a vote. PyTorch >= 2.9 has per-backend
-    ``fp32_precision`` settings and refuses reads of the legacy ``allow_tf32`` flags once they
-    disagree, so the new settings are used where they exist.
+    to move ``verify``'s logits by ~1e-3 and flip a vote. The ``allow_tf32`` flags are used
+    (they keep PyTorch >= 2.9's per-backend ``fp32_precision`` settings consistent); where
+    those settings were given separately (cuDNN conv and RNN differing), PyTorch refuses to
+    read the flags, and the block sets and restores the per-backend settings instead.
     """
     import torch
 
     b = torch.backends
-    conv = getattr(b.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(b.cuda.matmul, "fp32_precision"):
-        prev = conv.fp32_precision, b.cuda.matmul.fp32_precision
-        conv.fp32_precision = b.cuda.matmul.fp32_precision = "tf32" if enabled else "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision, b.cuda.matmul.fp32_precision = prev
-    else:  # pragma: no cover - PyTorch < 2.9
+    try:
         prev = b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
+    except RuntimeError:  # per-backend settings that the two flags cannot express
+        prev = None
+    if prev is not None:
         b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = bool(enabled)
         try:
             yield
         finally:
             b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = prev
+        return
+    new = [b.cudnn.conv, b.cudnn.rnn, b.cuda.matmul]
+    prev_new = [x.fp32_precision for x in new]
+    for x in new:
+        x.fp32_precision = "tf32" if enabled else "ieee"
+    try:
+        yield
+    finally:
+        for x, v in zip(new, prev_new):
+            x.fp32_precision = v
