@@ -31,6 +31,8 @@
 # Everything printed goes to $OUT/gpu_check.log (./gpu_check.log without $OUT) and stdout;
 # the reproduction's small result files (CSV, JSON, Markdown, logs) go to $OUT/reproduce-gpu1.
 set -u
+DATA="${1:-${BITVOTE_DATA:-}}"
+[ -n "$DATA" ] && DATA="$(realpath -m -- "$DATA")"  # before the cd below: relative to the caller
 cd "$(dirname "$0")/.."
 LOG="${OUT:+$OUT/gpu_check.log}"
 LOG="${LOG:-./gpu_check.log}"
@@ -100,8 +102,7 @@ step 45 "$PY" -u -m bitvote bench --device cuda --model reactnet18 --voter mv
 step 80 "$PY" -u benchmarks/gpu_train_speed.py --steps 10 --rounds 1
 
 # 6. the reproduction, on the pack, in what is left (tests keep 45 s)
-DATA="${1:-${BITVOTE_DATA:-}}"
-[ -z "$DATA" ] && [ -f ./cifar10.bvd ] && DATA=./cifar10.bvd
+[ -z "$DATA" ] && [ -f ./cifar10.bvd ] && DATA="$PWD/cifar10.bvd"
 if [ -z "$DATA" ] || [ ! -e "$DATA" ]; then
     echo "=== SKIPPED reproduce: no data (pass DATA.bvd, set \$BITVOTE_DATA, or carry ./cifar10.bvd)"
 elif ! "$PY" -c "import PIL" 2>/dev/null && [ -f "$DATA" ]; then
