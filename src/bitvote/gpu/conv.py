@@ -19,7 +19,7 @@ import torch
 from ..engine.conv import _OUT, ConvEpilogue
 from ..errors import BitvoteError
 from ..voter import CM, Hierarchy, reduce_votes
-from . import concrete_device, interpreted, require
+from . import concrete_device, interpreted, require, same_device
 
 __all__ = ["GpuPackedConv", "pack", "words32", "from_engine_words", "to_engine_words", "unpack32"]
 
@@ -196,7 +196,7 @@ class GpuPackedConv(ConvEpilogue):
         if xw.dim() != 4 or xw.shape[3] != self.Wd or xw.dtype != torch.int32:
             raise BitvoteError(f"layer {self.name!r}: expected packed int32 input (N, H, W, {self.Wd}), "
                                f"got {xw.dtype} {tuple(xw.shape)}")
-        if concrete_device(xw.device) != self.device:
+        if not same_device(xw.device, self.device):
             raise BitvoteError(f"layer {self.name!r}: input on {xw.device}, layer on {self.device}")
 
     rprelu = None
