@@ -1,12 +1,14 @@
 """GPU training speed, one run: images/s of reactnet18 (popcount, mv, an HMV) vs float resnet18.
 
-Issue 9 item 3. Each model is trained for a few steps on random CIFAR-shaped data (batch 256
+Each model is trained for a few steps on random CIFAR-shaped data (batch 256
 by default) with SGD, bf16 autocast (votes and ties stay fp32 inside binary_conv2d) and
 channels_last via :func:`bitvote.gpu.train.prepare_for_gpu_training`; ``--compile`` also
 times ``torch.compile``. Rounds interleave the models so clock drift hits them alike; the
-figure is the median step time -> images/s, and the ratio to resnet18's.
+figure is the median step time -> images/s, and the ratio to resnet18's. A line is printed
+(and flushed) for every model in every round as soon as it is timed, so a run cut short
+keeps what it measured; the summary with the medians follows the last round.
 
-    python benchmarks/gpu_train_speed.py [--batch 256] [--steps 20] [--rounds 3] [--compile] [--json]
+    python3 benchmarks/gpu_train_speed.py [--batch 256] [--steps 20] [--rounds 3] [--compile] [--json]
 
 Needs CUDA; elsewhere it exits with one line (``--cpu`` runs a tiny smoke version).
 """
@@ -69,20 +71,32 @@ def main():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    for m, opt in runs.values():  # warm-up (cuDNN autotuning, compilation)
-        for _ in range(3 if not args.cpu else 1):
-            step(m, opt)
-    sync()
+    dname = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (smoke run, meaningless)"
+    if not args.json:
+        print(f"device: {dname}; batch {args.batch}, bf16 autocast {amp}, channels_last, "
+              f"{args.rounds} round(s) x {args.steps} steps", flush=True)
+    warm = set()
     times = {k: [] for k in runs}
-    for _ in range(args.rounds):
+    for rnd in range(args.rounds):
         for k, (m, opt) in runs.items():
+            if k not in warm:  # warm-up (cuDNN autotuning, compilation) right before its first round
+                for _ in range(3 if not args.cpu else 1):
+                    step(m, opt)
+                sync()
+                warm.add(k)
+            ts = []
             for _ in range(args.steps):
                 sync()
                 t = time.perf_counter()
                 step(m, opt)
                 sync()
-                times[k].append(time.perf_counter() - t)
-    dname = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (smoke run, meaningless)"
+                ts.append(time.perf_counter() - t)
+            times[k] += ts
+            if not args.json:
+                med = statistics.median(ts)
+                voter = k[1] if k[0] != "resnet18" else "float"
+                print(f"round {rnd + 1}: {k[0]:<11} {voter:<13} compile={str(k[2]):<5} {med * 1e3:8.2f} ms/step "
+                      f"{args.batch / med:9.0f} img/s", flush=True)
     ref = {c: statistics.median(times[("resnet18", "popcount", c)]) for c in {k[2] for k in runs}}
     rows = []
     for (name, voter, comp), ts in times.items():
@@ -91,13 +105,12 @@ def main():
                      "batch": args.batch, "amp_bf16": amp, "channels_last": True, "step_ms": med * 1e3,
                      "img_s": args.batch / med, "step_vs_resnet18": med / ref[comp], "device": dname})
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps(rows), flush=True)
     else:
-        print(f"device: {dname}; batch {args.batch}, bf16 autocast {amp}, channels_last, median of "
-              f"{args.rounds}x{args.steps} steps")
+        print(f"median of {args.rounds}x{args.steps} steps:")
         for r in rows:
             print(f"{r['model']:<11} {r['voter']:<13} compile={str(r['compile']):<5} {r['step_ms']:8.2f} ms/step "
-                  f"{r['img_s']:9.0f} img/s  {r['step_vs_resnet18']:.2f}x resnet18's step")
+                  f"{r['img_s']:9.0f} img/s  {r['step_vs_resnet18']:.2f}x resnet18's step", flush=True)
     return 0
 
 

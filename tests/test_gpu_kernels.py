@@ -3,7 +3,7 @@
 Here (no GPU) they run in Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set
 below before the kernels are imported, unless the environment already chose). On a CUDA
 machine ``TRITON_INTERPRET=0 pytest tests/test_gpu_kernels.py`` runs the same tests on the
-GPU (benchmarks/gpu_check.sh). Shapes are small: the interpreter is slow.
+GPU (benchmarks/gpu_check.sh, with ``BITVOTE_GPU_EXAMPLES`` bounding the hypothesis cases). Shapes are small: the interpreter is slow.
 """
 
 import os
@@ -35,6 +35,15 @@ import oracle  # noqa: E402
 DEV = gpu.require()
 
 
+def _examples(default: int) -> int:
+    """Hypothesis examples per test: ``$BITVOTE_GPU_EXAMPLES`` when set. On a GPU each new
+    shape or rule is a kernel compilation (~1 s), so a timed device run asks for few."""
+    try:
+        return max(1, int(os.environ["BITVOTE_GPU_EXAMPLES"]))
+    except (KeyError, ValueError):
+        return default
+
+
 def _specs(C, T):
     return oracle.voter_specs(C, T, deep=True)
 
@@ -62,7 +71,7 @@ def _hier(c):
         return resolve(c["spec"], c["C"] * T, T, 1)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case())
 def test_conv_matches_oracle_layer_and_bits(c):
     g = torch.Generator().manual_seed(c["seed"])
@@ -103,7 +112,7 @@ def test_conv_matches_oracle_layer_and_bits(c):
         assert torch.equal(unpack32(bits, c["Co"]).permute(0, 3, 1, 2), wantb)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=_examples(15), deadline=None)
 @given(C=st.integers(1, 100), N=st.integers(1, 2), H=st.integers(1, 4), W=st.integers(1, 4),
        seed=st.integers(0, 2**16), shift=st.booleans(), channels_last=st.booleans())
 def test_pack_matches_the_cpu_engine(C, N, H, W, seed, shift, channels_last):

@@ -9,7 +9,8 @@ gather), never a per-image Python loop. Three sources, tried in this order under
    the labels), decoded once with Pillow and cached as ``.npz`` under :func:`bitvote.io.cache_root`;
 3. the official archive, downloaded into the root and verified by its MD5 before use.
 
-The root is ``--data PATH``, else ``$BITVOTE_DATA``, else ``~/.cache/bitvote/data``.
+The root is ``--data PATH``, else ``$BITVOTE_DATA``, else ``~/.cache/bitvote/data``; a root
+that is a file is a packed dataset (``.bvd``, :mod:`bitvote.datapack`), decoded like source 2.
 Augmentation is a pure function of ``(seed, epoch, sample index)`` so that a resumed or
 sharded run sees exactly the same images.
 """
@@ -107,6 +108,11 @@ def load(dataset: str, split: str, root=None, *, device="cpu", download: bool = 
         raise BitvoteError(f"unknown split {split!r}: choose train or test")
     spec = DATASETS[dataset]
     root = data_root(root)
+    if root.is_file() or root.suffix == ".bvd":  # one packed file (``bitvote data pack``, bitvote.datapack)
+        from .datapack import read_split
+
+        x, y = read_split(root, split, dataset)
+        return Split(torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device), dataset, str(root))
     if root.exists() and not root.is_dir():
         raise BitvoteError(f"data path {root} is a file, not a folder")
     official = _find_official(root, spec)

@@ -19,7 +19,7 @@ import torch
 from ..engine.conv import EPILOGUES, ConvEpilogue
 from ..errors import BitvoteError
 from ..voter import CM, Hierarchy, Tie, reduce_votes
-from . import interpreted, require
+from . import concrete_device, interpreted, require, same_device
 
 __all__ = ["GpuPackedConv", "pack", "words32", "from_engine_words", "to_engine_words", "unpack32"]
 
@@ -36,9 +36,17 @@ def _k():
     return kernels
 
 
-def _launch_opts():
-    # The CPU engine computes r * a + b with two roundings (-ffp-contract=off): no FMA here either.
-    return {} if interpreted() else {"enable_fp_fusion": False}
+#: warps per program, per kernel: at the default 4 the conv tile (64 x 64 int32 accumulators
+#: per voter level) needs 255 registers a thread and spills; at 8 it spills nothing.
+NUM_WARPS = {"pack": 4, "conv": 8}
+
+
+def _launch_opts(kernel: str):
+    """Launch options of ``kernel`` (the interpreter takes none). The CPU engine computes
+    ``r * a + b`` with two roundings (``-ffp-contract=off``): no FMA here either."""
+    if interpreted():
+        return {}
+    return {"num_warps": NUM_WARPS[kernel], "enable_fp_fusion": False}
 
 
 def pack(x: torch.Tensor, shift: Optional[torch.Tensor] = None, nan_flag: Optional[torch.Tensor] = None,
@@ -51,6 +59,8 @@ def pack(x: torch.Tensor, shift: Optional[torch.Tensor] = None, nan_flag: Option
     K = _k()
     if x.dim() != 4:
         raise BitvoteError(f"pack expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if x.device.type != "cuda" and not interpreted():
+        raise BitvoteError(f"pack: the input is on {x.device}; the Triton kernels need a CUDA tensor")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         x = x.float()
     N, C, H, W = x.shape
@@ -64,7 +74,7 @@ def pack(x: torch.Tensor, shift: Optional[torch.Tensor] = None, nan_flag: Option
     if npix:
         grid = (triton_cdiv(npix, block_p), Wd)
         K.pack_kernel[grid](x, sh, out, flag, npix, C, H * W, W, Wd, *x.stride(),
-                            HAS_SHIFT=shift is not None, BLOCK_P=block_p)
+                            HAS_SHIFT=shift is not None, BLOCK_P=block_p, **_launch_opts("pack"))
     if nan_flag is None and int(flag.item()):
         raise BitvoteError("NaN in the input of a binarizer: NaN is not a bit (SPEC.md)")
     return out
@@ -103,7 +113,8 @@ class GpuPackedConv(ConvEpilogue):
     """A binary conv (one conv group, dilation 1) for the Triton kernels.
 
     Arguments as :class:`bitvote.engine.PackedConv`; ``device`` is where the tables live
-    (``cuda``, or ``cpu`` under the interpreter; default: :func:`bitvote.gpu.require`).
+    (``cuda``, or ``cpu`` under the interpreter; default: :func:`bitvote.gpu.require`), kept
+    with its index (:func:`bitvote.gpu.concrete_device`) so inputs compare equal to it.
     """
 
     def __init__(self, wbits: torch.Tensor, stride: int = 1, padding: int = 0, pad_value: float = 0.0,
@@ -112,7 +123,7 @@ class GpuPackedConv(ConvEpilogue):
         from ..engine.conv import segments
         from ..engine.pack import pack_bools
 
-        dev = torch.device(device if device is not None else require())
+        dev = concrete_device(device if device is not None else require())
         if wbits.dim() != 4:
             raise BitvoteError(f"layer {name!r}: expected (Co, C, kh, kw) weights, got {tuple(wbits.shape)}")
         Co, C, kh, kw = wbits.shape
@@ -186,7 +197,7 @@ class GpuPackedConv(ConvEpilogue):
         if xw.dim() != 4 or xw.shape[3] != self.Wd or xw.dtype != torch.int32:
             raise BitvoteError(f"layer {self.name!r}: expected packed int32 input (N, H, W, {self.Wd}), "
                                f"got {xw.dtype} {tuple(xw.shape)}")
-        if xw.device != self.device:
+        if not same_device(xw.device, self.device):
             raise BitvoteError(f"layer {self.name!r}: input on {xw.device}, layer on {self.device}")
 
     rprelu = None
@@ -253,7 +264,7 @@ class GpuPackedConv(ConvEpilogue):
             ROOT_P=int(self.hier is not None and self.hier.root == "P"),
             TIE0=ties[0], TIE1=ties[1], TIER=root.code, ROOT_ABSTAIN=root.abstain_fill,
             NEED_FIRST=self.need_first, LEAFOUT=leafout, OUTMODE=outmode, INTERP=interpreted(),
-            BLOCK_P=self.block_p, BLOCK_O=bo, **_launch_opts())
+            BLOCK_P=self.block_p, BLOCK_O=bo, **_launch_opts("conv"))
 
     def leaf_sums(self, xw: torch.Tensor):
         """``(sums, valid, first)`` per leaf: ``(N, Ho, Wo, Co, L)``, ``(N, Ho, Wo, 1, L)`` and

@@ -15,7 +15,7 @@ import torch
 
 from ..engine.graph import EngineModel, unpack_weight
 from ..voter import Hierarchy
-from . import require
+from . import concrete_device, require, tf32
 from .conv import GpuPackedConv, pack, to_engine_words
 
 __all__ = ["GpuEngineModel", "to_device"]
@@ -33,10 +33,14 @@ def to_device(obj, device):
 
 
 class GpuEngineModel(EngineModel):
-    """Run an engine graph on ``device`` (``cuda``; ``cpu`` only under Triton's interpreter)."""
+    """Run an engine graph on ``device`` (``cuda``; ``cpu`` only under Triton's interpreter).
+
+    The real-valued convs (stem, shortcuts) and the head run in full fp32, TF32 off
+    (:func:`bitvote.gpu.tf32`): the logits then round like the CPU model's (``verify``).
+    """
 
     def __init__(self, graph: Dict, device=None):
-        self.device = torch.device(device if device is not None else require())
+        self.device = concrete_device(device if device is not None else require())
         super().__init__(graph)
         self.graph = to_device(graph, self.device)
         self.blocks = [(to_device(b, self.device), convs) for b, convs in self.blocks]
@@ -61,7 +65,8 @@ class GpuEngineModel(EngineModel):
         from ..errors import BitvoteError
 
         self._nan = torch.zeros(1, dtype=torch.int32, device=self.device)
-        out = super().__call__(x.to(self.device), threads, trace, isa)
+        with tf32(False):
+            out = super().__call__(x.to(self.device), threads, trace, isa)
         if int(self._nan.item()):
             raise BitvoteError("NaN in the input of a binarizer: NaN is not a bit (SPEC.md)")
         return out

@@ -1,0 +1,370 @@
+"""CIFAR in one file (``.bvd``): both splits' encoded images, labels and class names.
+
+An image folder is 60,000 small files and the official ``cifar-10-batches-py`` is pickles
+of raw pixels (180 MB); neither travels well to a machine that has no dataset and takes a
+bounded upload. A pack holds the images' *encoded bytes* (an image folder's files as they
+are: the CIFAR-10 JPEG copy is about 55 MB) behind a small binary header, and is read with
+NumPy and Pillow only, never with pickle. :func:`bitvote.data.load` takes a pack wherever
+it takes a data root (``--data cifar10.bvd``), and decodes it exactly as it decodes the
+folder the pack came from (same order, same Pillow decode), so the tensors are identical.
+
+Layout (little-endian)::
+
+    offset   size        field
+    0        8           magic b"BVDPACK1"
+    8        8           uint64 M: length of the metadata
+    16       32          SHA-256 of every byte after these 48 (metadata and body)
+    48       M           metadata: UTF-8 JSON, space-padded to a multiple of 8 bytes
+    48+M     8 (N+1)     int64 offsets into the payload: 0, ..., payload length
+             2 N         uint16 labels
+             ...         payload: the N encoded images, the train split first, then test
+
+Metadata keys: ``format`` ("bitvote-data-pack"), ``version`` (1), ``count`` (N),
+``splits`` ({"train": n, "test": n}), ``classes`` (names; label i is ``classes[i]``),
+``encoding`` ("image": bytes Pillow decodes; "raw": 3x32x32 uint8 CHW), ``lossy`` (true
+when the pixels were re-encoded lossily while packing), ``origin`` (what was packed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import BitvoteError
+
+__all__ = ["MAGIC", "SUFFIX", "pack_folder", "write_pack", "read_meta", "read_split"]
+
+MAGIC = b"BVDPACK1"
+SUFFIX = ".bvd"
+VERSION = 1
+_HEAD = struct.Struct("<8sQ32s")
+_MAX_META = 1 << 24  # metadata is a few KB; a larger length field is damage, not data
+SHAPE = (3, 32, 32)
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple("""
+apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can
+castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin
+elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster
+man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck
+pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk
+skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television
+tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split())
+_CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def write_pack(out, blobs: List[bytes], labels: List[int], splits: Dict[str, int], classes: List[str],
+               encoding: str = "image", lossy: bool = False, origin: str = "") -> str:
+    """Write a pack atomically (readers see no file or the whole file); returns its SHA-256."""
+    from .data import atomic_write_bytes
+
+    n = len(blobs)
+    if len(labels) != n or sum(splits.values()) != n:
+        raise BitvoteError(f"pack {out}: {n} images, {len(labels)} labels, splits {splits}: they must agree")
+    if len(classes) > 65535:
+        raise BitvoteError(f"pack {out}: {len(classes)} classes do not fit the uint16 labels")
+    meta = {"format": "bitvote-data-pack", "version": VERSION, "count": n,
+            "splits": {"train": int(splits.get("train", 0)), "test": int(splits.get("test", 0))},
+            "classes": list(classes), "encoding": encoding, "shape": list(SHAPE), "lossy": bool(lossy),
+            "origin": origin}
+    mb = json.dumps(meta, ensure_ascii=True, sort_keys=True).encode()
+    mb += b" " * (-len(mb) % 8)
+    offsets = np.zeros(n + 1, "<i8")
+    np.cumsum([len(b) for b in blobs], out=offsets[1:])
+    body = [mb, offsets.tobytes(), np.asarray(labels, "<u2").tobytes(), *blobs]
+    h = hashlib.sha256()
+    for part in body:
+        h.update(part)
+    digest = h.digest()
+    try:
+        atomic_write_bytes(Path(out), b"".join([_HEAD.pack(MAGIC, len(mb), digest), *body]))
+    except OSError as e:
+        raise BitvoteError(f"pack: cannot write {out}: {e.strerror or e}") from None
+    return digest.hex()
+
+
+def _class_dirs(top: Path) -> List[str]:
+    return sorted(p.name for p in top.iterdir() if p.is_dir())
+
+
+def _decode(data: bytes, what) -> np.ndarray:
+    """Encoded image -> (3, 32, 32) uint8, exactly as :mod:`bitvote.data` decodes an image file."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            a = np.asarray(im.convert("RGB"))
+    except Exception:
+        raise BitvoteError(f"cannot decode image {what}") from None
+    if a.shape != (32, 32, 3):
+        raise BitvoteError(f"image {what} is {a.shape[1]}x{a.shape[0]}, expected 32x32")
+    return a.transpose(2, 0, 1)
+
+
+class _Progress:
+    """One line per few seconds on stderr while packing: 60,000 images take a while."""
+
+    def __init__(self, total: int, stream=None, every_s: float = 2.0):
+        self.total, self.stream, self.every_s = total, stream, every_s
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, done: int, force: bool = False) -> None:
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s:
+            self.last = now
+            print(f"bitvote data pack: {done}/{self.total} images ({now - self.t0:.0f} s)", file=self.stream,
+                  flush=True)
+
+
+def _image_folder(src: Path, progress) -> Tuple[List[bytes], List[int], Dict[str, int], List[str]]:
+    from .data import IMG_EXT
+
+    present = [s for s in ("train", "test") if (src / s).is_dir()]
+    names = None
+    listing = []
+    for split in present:
+        got = _class_dirs(src / split)
+        if not got:
+            raise BitvoteError(f"malformed image folder {src / split}: no class folders")
+        if names is not None and got != names:
+            raise BitvoteError(f"malformed image folder {src}: train/ and test/ have different class folders")
+        names = got
+        files = []
+        for i, name in enumerate(names):
+            imgs = sorted(p for p in (src / split / name).iterdir() if p.suffix.lower() in IMG_EXT)
+            if not imgs:
+                raise BitvoteError(f"malformed image folder {src / split / name}: no images")
+            files += [(i, p) for p in imgs]
+        listing.append((split, files))
+    prog = _Progress(sum(len(f) for _, f in listing), progress)
+    blobs, labels, splits, done = [], [], {}, 0
+    for split, files in listing:
+        splits[split] = len(files)
+        for i, p in files:
+            try:
+                data = p.read_bytes()
+            except OSError as e:
+                raise BitvoteError(f"cannot read image {p}: {e.strerror}") from None
+            _decode(data, p)  # a bad file is refused now, not on the GPU machine
+            blobs.append(data)
+            labels.append(i)
+            done += 1
+            prog(done)
+    prog(done, force=True)
+    return blobs, labels, splits, names
+
+
+def _official(src: Path, jpeg_quality: Optional[int], progress):
+    from PIL import Image
+
+    from . import data as D
+
+    for dataset, spec in D.DATASETS.items():
+        if src.name == spec.folder or (src / spec.folder).is_dir():
+            break
+    else:  # pragma: no cover - the caller checked
+        raise AssertionError(src)
+    fmt = "JPEG" if jpeg_quality is not None else "PNG"
+    opts = {"quality": int(jpeg_quality)} if jpeg_quality is not None else {}
+    splits = {}
+    parts = []
+    for split in ("train", "test"):
+        s = D.load(dataset, split, src, download=False)
+        splits[split] = len(s)
+        parts.append((s.x.numpy(), s.y.numpy()))
+    prog = _Progress(sum(splits.values()), progress)
+    blobs, labels, done = [], [], 0
+    for x, y in parts:
+        for k in range(len(y)):
+            buf = io.BytesIO()
+            Image.fromarray(x[k].transpose(1, 2, 0)).save(buf, format=fmt, **opts)
+            blobs.append(buf.getvalue())
+            labels.append(int(y[k]))
+            done += 1
+            prog(done)
+    prog(done, force=True)
+    origin = spec.folder + (f" re-encoded as JPEG quality {jpeg_quality}" if jpeg_quality is not None else
+                            " encoded as PNG (lossless)")
+    return blobs, labels, splits, list(_CLASS_NAMES[dataset]), origin
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written before reading 60,000 images, not after."""
+    import os
+
+    anc = out.absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise BitvoteError(f"pack: cannot write {out}: {anc} is not a folder")
+    if not os.access(anc, os.W_OK):
+        raise BitvoteError(f"pack: cannot write {out}: {anc} is not writable")
+
+
+def pack_folder(src, out, jpeg_quality: Optional[int] = None, progress=None) -> Dict:
+    """Pack ``src`` (an image folder ``train/<class>/*``, ``test/<class>/*``, or the official
+    ``cifar-10-batches-py`` / ``cifar-100-python`` folder, or a folder holding one) into ``out``.
+
+    Image-folder files are stored as they are (never re-encoded). Official pixels are stored
+    as PNG (lossless: decoding gives the pixels back exactly; about 135 MB for CIFAR-10) or,
+    with ``jpeg_quality``, re-encoded as JPEG (lossy; the pack says so). Returns the metadata
+    written plus ``digest`` and ``bytes``. ``progress``: a stream for progress lines, or None.
+    """
+    from . import data as D
+
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if not src.exists():
+        raise BitvoteError(f"pack: {src} does not exist")
+    if not src.is_dir():
+        raise BitvoteError(f"pack: {src} is not a folder (an image folder or cifar-10-batches-py)")
+    if out.is_dir():
+        raise BitvoteError(f"pack: --out {out} is a folder; give a file name such as cifar10{SUFFIX}")
+    _check_writable(out)
+    if jpeg_quality is not None and not 1 <= int(jpeg_quality) <= 95:
+        raise BitvoteError(f"pack: --jpeg-quality must be 1..95, got {jpeg_quality}")
+    try:
+        import PIL  # noqa: F401
+    except ImportError:  # pragma: no cover
+        raise BitvoteError("packing needs Pillow: pip install pillow") from None
+    official = any(src.name == s.folder or (src / s.folder).is_dir() for s in D.DATASETS.values())
+    if official:
+        blobs, labels, splits, classes, origin = _official(src, jpeg_quality, progress)
+        lossy = jpeg_quality is not None
+    elif (src / "train").is_dir() or (src / "test").is_dir():
+        if jpeg_quality is not None:
+            raise BitvoteError("pack: --jpeg-quality re-encodes official CIFAR pixels; an image folder's files "
+                               "are packed as they are")
+        try:
+            blobs, labels, splits, classes = _image_folder(src, progress)
+        except OSError as e:  # an unreadable class folder, say
+            raise BitvoteError(f"pack: cannot read {e.filename or src}: {e.strerror or e}") from None
+        origin, lossy = "image folder", False
+    else:
+        raise BitvoteError(f"pack: {src} holds neither train/ and test/ class folders nor "
+                           f"{' / '.join(s.folder for s in D.DATASETS.values())}")
+    digest = write_pack(out, blobs, labels, splits, classes, "image", lossy, origin)
+    return {"count": len(blobs), "splits": splits, "classes": classes, "lossy": lossy, "origin": origin,
+            "digest": digest, "bytes": out.stat().st_size}
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def _open(path: Path) -> Tuple[Dict, np.ndarray, np.ndarray, memoryview, str]:
+    """(metadata, offsets, labels, payload, digest) of a checked pack, or a one-line error."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise BitvoteError(f"cannot read packed data {path}: {e.strerror}") from None
+    bad = f"packed data {path}"
+    if len(raw) < _HEAD.size or raw[: len(MAGIC)] != MAGIC:
+        raise BitvoteError(f"data path {path} is a file but not a packed dataset (`bitvote data pack` makes one)")
+    _, mlen, digest = _HEAD.unpack_from(raw)
+    if mlen > min(_MAX_META, len(raw) - _HEAD.size) or mlen % 8:
+        raise BitvoteError(f"{bad} is truncated or damaged (metadata length {mlen})")
+    view = memoryview(raw)
+    if hashlib.sha256(view[_HEAD.size:]).digest() != digest:
+        raise BitvoteError(f"{bad} is damaged or truncated: its SHA-256 does not match the one it records")
+    try:
+        meta = json.loads(bytes(view[_HEAD.size:_HEAD.size + mlen]).decode())
+    except (UnicodeDecodeError, ValueError):
+        raise BitvoteError(f"{bad}: malformed metadata (not JSON)") from None
+    _check_meta(meta, bad)
+    n = meta["count"]
+    start = _HEAD.size + mlen
+    need = 8 * (n + 1) + 2 * n
+    if len(raw) - start < need:
+        raise BitvoteError(f"{bad} is truncated: {n} images need {need} bytes of tables")
+    offsets = np.frombuffer(raw, "<i8", n + 1, start)
+    labels = np.frombuffer(raw, "<u2", n, start + 8 * (n + 1))
+    payload = view[start + need:]
+    if offsets[0] != 0 or offsets[-1] != len(payload) or (np.diff(offsets) < 0).any():
+        raise BitvoteError(f"{bad}: offsets do not cover the payload")
+    if n and int(labels.max()) >= len(meta["classes"]):
+        raise BitvoteError(f"{bad}: a label is past its {len(meta['classes'])} classes")
+    if meta["encoding"] == "raw" and (np.diff(offsets) != int(np.prod(SHAPE))).any():
+        raise BitvoteError(f"{bad}: raw images must be {int(np.prod(SHAPE))} bytes each")
+    return meta, offsets, labels, payload, digest.hex()
+
+
+def _check_meta(meta, bad: str) -> None:
+    if not isinstance(meta, dict) or meta.get("format") != "bitvote-data-pack":
+        raise BitvoteError(f"{bad}: malformed metadata (no bitvote-data-pack format field)")
+    v = meta.get("version")
+    if not isinstance(v, int) or v < 1:
+        raise BitvoteError(f"{bad}: malformed metadata (version {v!r})")
+    if v > VERSION:
+        raise BitvoteError(f"{bad}: format version {v} is newer than this bitvote reads ({VERSION}); upgrade")
+    n, sp, cl = meta.get("count"), meta.get("splits"), meta.get("classes")
+    ok = (isinstance(n, int) and n >= 0 and isinstance(sp, dict) and set(sp) == {"train", "test"}
+          and all(isinstance(c, int) and c >= 0 for c in sp.values()) and sum(sp.values()) == n
+          and isinstance(cl, list) and cl and all(isinstance(c, str) for c in cl) and len(set(cl)) == len(cl)
+          and meta.get("encoding") in ("image", "raw") and meta.get("shape") == list(SHAPE))
+    if not ok:
+        raise BitvoteError(f"{bad}: malformed metadata (count, splits, classes, encoding or shape)")
+
+
+def read_meta(path) -> Dict:
+    """A pack's metadata plus ``digest`` and ``bytes``, after checking the whole file."""
+    path = Path(path).expanduser()
+    meta, _, _, _, digest = _open(path)
+    return {**meta, "digest": digest, "bytes": path.stat().st_size}
+
+
+def read_split(path, split: str, dataset: str, progress: Optional[Callable[[int, int], None]] = None):
+    """``(x, y)``: uint8 ``(N, 3, 32, 32)`` and int64 ``(N,)`` of one split of a pack.
+
+    Decoded once and cached under :func:`bitvote.data.cache_dir` (keyed by the pack's
+    SHA-256, which is verified on every read: a changed file never meets a stale cache).
+    """
+    from . import data as D
+
+    path = Path(path).expanduser()
+    meta, offsets, labels, payload, digest = _open(path)
+    bad = f"packed data {path}"
+    spec = D.DATASETS[dataset]
+    if len(meta["classes"]) != spec.classes:
+        raise BitvoteError(f"{bad} holds {len(meta['classes'])} classes; {dataset} has {spec.classes}")
+    ntr, nte = meta["splits"]["train"], meta["splits"]["test"]
+    lo, hi = (0, ntr) if split == "train" else (ntr, ntr + nte)
+    if hi == lo:
+        raise BitvoteError(f"{bad} has no {split} split")
+    y = labels[lo:hi].astype(np.int64)
+    cache = D.cache_dir() / "packed" / f"{split}-{digest[:16]}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                if z["x"].shape == (hi - lo, *SHAPE) and np.array_equal(z["y"], y):
+                    return z["x"], y
+        except Exception:
+            pass  # a damaged cache is rebuilt below
+    x = np.empty((hi - lo, *SHAPE), np.uint8)
+    for k in range(lo, hi):
+        blob = payload[offsets[k]:offsets[k + 1]]
+        if meta["encoding"] == "raw":
+            x[k - lo] = np.frombuffer(blob, np.uint8).reshape(SHAPE)
+        else:
+            x[k - lo] = _decode(bytes(blob), f"#{k} of {path}")
+        if progress is not None:
+            progress(k - lo + 1, hi - lo)
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=y)
+    try:
+        D.atomic_write_bytes(cache, buf.getvalue())
+    except OSError:
+        pass  # the cache only saves the next decode; a read-only or full cache folder is no error
+    return x, y
