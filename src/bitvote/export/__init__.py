@@ -1,0 +1,119 @@
+"""Export trained models: ONNX for inference runtimes, QONNX for FINN (docs/export.md).
+
+    from bitvote import export
+    export.to_onnx(model, "model.onnx")         # standard opset 17: onnxruntime and the like
+    export.to_qonnx(model, "model.qonnx.onnx")  # BipolarQuant / MultiThreshold: FINN's input
+    export.check(model, "model.onnx", x)        # run the file, compare with PyTorch
+
+Both files compute what the PyTorch model computes (SPEC.md): binarization with zero going to
++1, sums over the valid terms only under zero padding, votes with their tie rules, abstention
+and ``P`` roots. Integer sums and votes are exact in float32, so every vote bit matches; the
+real-valued ops (stem, BN, adds, RPReLU, head) match within float rounding.
+
+The packages are optional: the extra ``bitvote[export]`` (onnx, onnxruntime, qonnx). Without
+them every entry point here raises one :class:`~bitvote.errors.BitvoteError` naming the extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Optional
+
+from ..errors import BitvoteError
+
+__all__ = ["FORMATS", "EXTRA", "require", "build", "to_onnx", "to_qonnx", "load_model", "save", "check", "run"]
+
+FORMATS = ("onnx", "qonnx")
+#: how to install what this package needs
+EXTRA = "pip install 'bitvote[export]'"
+
+_NEEDS = {"onnx": ("onnx", "onnxruntime"), "qonnx": ("onnx", "onnxruntime", "qonnx")}
+
+
+def require(fmt: str = "onnx") -> None:
+    """Raise one clear error when the optional packages for ``fmt`` are missing."""
+    if fmt not in FORMATS:
+        raise BitvoteError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    for mod in _NEEDS[fmt]:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            raise BitvoteError(f"{fmt} export needs the optional package {mod!r}: install the extra with {EXTRA}") from None
+
+
+def load_model(model_or_path):
+    """A model passes through; a path is read as a bitvote checkpoint (safely, weights only)."""
+    import torch.nn as nn
+
+    if isinstance(model_or_path, nn.Module):
+        return model_or_path
+    from ..train import checkpoint as C
+
+    ck = C.read(model_or_path)
+    return C.model_from_checkpoint(ck, model_or_path)
+
+
+def build(model, fmt: str = "onnx", *, input_size=None, batch: Optional[int] = None, probes: bool = False):
+    """The exported graph as an ``onnx.ModelProto`` (see :func:`to_onnx`, :func:`to_qonnx`)."""
+    require(fmt)
+    from .assemble import build_model
+
+    return build_model(load_model(model), fmt, input_size=input_size, batch=batch, probes=probes)
+
+
+def save(proto, path) -> Path:
+    """Write ``proto`` atomically (a temporary file renamed over ``path``)."""
+    p = Path(path)
+    if p.is_dir():
+        raise BitvoteError(f"output path {str(path)!r} is a directory")
+    if not p.parent.exists():
+        raise BitvoteError(f"output folder {str(p.parent)!r} does not exist")
+    tmp = p.with_name(p.name + ".tmp")
+    try:
+        tmp.write_bytes(proto.SerializeToString())
+        tmp.replace(p)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise BitvoteError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    return p
+
+
+def to_onnx(model, path=None, *, input_size=None, batch: Optional[int] = None, probes: bool = False):
+    """Export to standard ONNX (opset 17); write it to ``path`` if given; return the proto.
+
+    ``model``: a bitvote model or a checkpoint path. ``input_size``: ``(C, H, W)``, default
+    the model's ``default_cfg`` (the spatial size is fixed: zero padding's valid-term counts
+    are constants of it). ``batch``: a fixed batch size, default dynamic. ``probes``: every
+    binary layer's output becomes an extra graph output named after the layer (for checks).
+    """
+    proto = build(model, "onnx", input_size=input_size, batch=batch, probes=probes)
+    if path is not None:
+        save(proto, path)
+    return proto
+
+
+def to_qonnx(model, path=None, *, input_size=None, batch: int = 1, probes: bool = False):
+    """Export to the QONNX dialect FINN reads (popcount and MV layers); see :func:`to_onnx`.
+
+    The batch is fixed (FINN compiles for one shape), default 1. A hierarchical voter or a
+    ``first`` tie is an error that says why FINN cannot take it.
+    """
+    proto = build(model, "qonnx", input_size=input_size, batch=batch, probes=probes)
+    if path is not None:
+        save(proto, path)
+    return proto
+
+
+def run(exported, x, fmt: Optional[str] = None):
+    """Run an exported file (path or proto) on images ``x``: ``{output name: array}``."""
+    from .runtime import run_exported
+
+    return run_exported(exported, x, fmt)
+
+
+def check(model, exported, x, *, fmt: Optional[str] = None, atol: Optional[float] = None):
+    """Run ``exported`` and ``model`` on ``x`` and compare; see :func:`bitvote.export.runtime.compare`."""
+    from .runtime import compare
+
+    return compare(load_model(model), exported, x, fmt=fmt, atol=atol)

@@ -1,0 +1,146 @@
+"""Run an exported file and compare it with the PyTorch model it came from.
+
+``onnx`` files run in onnxruntime, ``qonnx`` files in qonnx's own executor
+(``qonnx.core.onnx_exec.execute_onnx``, node by node, its custom ops in NumPy). The
+comparison follows SPEC.md's "Bit-exactness": binary layers must agree exactly (every sum,
+every vote bit), logits within a tolerance, and top-1 everywhere except where a flipped bit
+upstream or a logit margin below the tolerance explains it.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+import onnx
+import torch
+
+from ..errors import BitvoteError
+from ..nn import BinaryConv2d
+from ..nn.functional import binary_conv2d
+from .assemble import INPUT, LOGITS
+
+__all__ = ["run_exported", "compare", "exported_format", "PROBE"]
+
+PROBE = "probe:"
+
+
+def _proto(exported) -> onnx.ModelProto:
+    if isinstance(exported, onnx.ModelProto):
+        return exported
+    try:
+        return onnx.load(str(exported))
+    except FileNotFoundError:
+        raise BitvoteError(f"exported file {str(exported)!r} does not exist") from None
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types on bad files
+        raise BitvoteError(f"{str(exported)!r} is not an ONNX file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def exported_format(proto: onnx.ModelProto) -> str:
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "bitvote.format" in props:
+        return props["bitvote.format"]
+    return "qonnx" if any(o.domain.startswith("qonnx") for o in proto.opset_import) else "onnx"
+
+
+def run_exported(exported, x, fmt: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """``{output name: array}`` for images ``x`` ((N, C, H, W) tensor or array)."""
+    proto = _proto(exported)
+    fmt = fmt or exported_format(proto)
+    xa = np.ascontiguousarray(x.detach().cpu().float().numpy() if torch.is_tensor(x) else np.asarray(x, np.float32))
+    names = [o.name for o in proto.graph.output]
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return dict(zip(names, sess.run(names, {INPUT: xa})))
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+
+    mw = ModelWrapper(proto)
+    want = mw.get_tensor_shape(INPUT)
+    if list(xa.shape) != list(want):  # the batch is fixed in the file: run in slices of it
+        if list(xa.shape[1:]) != list(want[1:]) or xa.shape[0] % want[0]:
+            raise BitvoteError(f"input of shape {tuple(xa.shape)} does not fit the file's {tuple(want)}")
+        parts = [run_exported(proto, xa[i:i + want[0]], fmt) for i in range(0, xa.shape[0], want[0])]
+        return {k: np.concatenate([p[k] for p in parts]) for k in names}
+    out = execute_onnx(mw, {INPUT: xa})
+    return {k: out[k] for k in names}
+
+
+@torch.no_grad()
+def _reference(model, x):
+    """PyTorch logits and every binary layer's integer result: sums before the weight scale
+    (popcount), votes, ``P`` counts (forward hooks)."""
+    outs = {}
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def hook(layer, args, y):
+        if layer.hierarchy is None:  # the integer sums, before the weight scale
+            y = binary_conv2d(args[0], layer.latent_weight(), layer.stride, layer.padding, layer.dilation,
+                              layer.groups, pad_value=layer.pad_value, input_surrogate=layer.input_surrogate)
+        outs[names[id(layer)]] = y.detach().clone()
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, BinaryConv2d)]
+    was = model.training
+    model.eval()
+    try:
+        logits = model(x.float())
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return logits, outs
+
+
+def compare(model, exported, x, *, fmt: Optional[str] = None, atol: Optional[float] = None) -> dict:
+    """Compare an exported file with ``model`` on images ``x``.
+
+    Returns a dict: ``logits_max_abs`` (max |PyTorch - exported|), ``atol`` (the tolerance:
+    default ``1e-4 * max(1, max |logit|)``), ``top1_agree`` (fraction), ``top1_unexplained``
+    (disagreements with a PyTorch margin above ``atol`` in images without flipped bits),
+    ``layers`` (per binary layer with a probe: elements compared and mismatches), ``bits_flipped``
+    (total mismatches) and ``ok`` (no unexplained top-1 change, and logits within ``atol`` on
+    every image without a flipped bit). Probes exist when the file was exported with
+    ``probes=True``; without them only the logits are compared.
+    """
+    proto = _proto(exported)
+    got = run_exported(proto, x, fmt)
+    ref, layers = _reference(model, torch.as_tensor(x))
+    ref = ref.float().numpy()
+    lg = got[LOGITS]
+    if lg.shape != ref.shape:
+        raise BitvoteError(f"exported logits have shape {lg.shape}, the model's {ref.shape}")
+    if atol is None:
+        atol = 1e-4 * max(1.0, float(np.abs(ref).max()))
+    diff = np.abs(lg - ref)
+    per_layer = {}
+    flipped_img = np.zeros(ref.shape[0], bool)
+    for name, y in layers.items():
+        key = PROBE + name
+        if key not in got:
+            continue
+        yr = y.float().numpy()
+        bad = got[key] != yr
+        per_layer[name] = {"compared": int(bad.size), "mismatches": int(bad.sum())}
+        flipped_img |= bad.reshape(bad.shape[0], -1).any(1)
+    top_ref, top_got = ref.argmax(1), lg.argmax(1)
+    srt = np.sort(ref, 1)
+    margin = srt[:, -1] - srt[:, -2] if ref.shape[1] > 1 else np.full(ref.shape[0], np.inf)
+    unexplained = (top_ref != top_got) & ~flipped_img & (margin > atol)
+    clean = ~flipped_img
+    ok = not unexplained.any() and bool((diff[clean] <= atol).all())
+    return {
+        "images": int(ref.shape[0]),
+        "logits_max_abs": float(diff.max()),
+        "atol": float(atol),
+        "top1_agree": float((top_ref == top_got).mean()),
+        "top1_unexplained": int(unexplained.sum()),
+        "bits_flipped": int(sum(v["mismatches"] for v in per_layer.values())),
+        "images_with_flips": int(flipped_img.sum()),
+        "layers": per_layer,
+        "ok": ok,
+    }
