@@ -57,11 +57,11 @@ def build_model(model, fmt: str, *, input_size=None, batch: Optional[int] = None
         low = Lowering(model, b, fmt, input_size)
         y = low(INPUT)
         n = batch if batch is not None else "batch"
-        classes = model(torch.zeros((1,) + input_size)).shape[1]
+        out_shape = low.shapes["output"][1:]
     finally:
         model.train(was_training)
     b.nodes.append(helper.make_node("Identity", [y], [LOGITS], name=LOGITS))
-    b.add_output(LOGITS, [n, classes])
+    b.add_output(LOGITS, [n, *out_shape])
     if probes:
         for layer, (t, shape) in low.probes.items():
             b.nodes.append(helper.make_node("Identity", [t], ["probe:" + layer], name="probe:" + layer))

@@ -37,8 +37,9 @@ def _f32(t: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def input_shapes(model: nn.Module, input_size) -> Dict[int, Tuple[int, ...]]:
-    """The input shape of every module at this image size (one forward on zeros)."""
+def input_shapes(model: nn.Module, input_size) -> Dict[object, Tuple[int, ...]]:
+    """The input shape of every module at this image size, and under ``"output"`` the model's
+    output shape (one forward on zeros)."""
     shapes: Dict[int, Tuple[int, ...]] = {}
 
     def record(mod, args):
@@ -46,7 +47,7 @@ def input_shapes(model: nn.Module, input_size) -> Dict[int, Tuple[int, ...]]:
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules()]
     try:
-        model(torch.zeros((1,) + tuple(input_size)))
+        shapes["output"] = tuple(model(torch.zeros((1,) + tuple(input_size))).shape)
     finally:
         for hk in hooks:
             hk.remove()
