@@ -186,7 +186,8 @@ def _layer_case(draw):
     C = draw(st.sampled_from([2, 4]))
     k = draw(st.sampled_from([1, 3]))
     spec = draw(st.sampled_from(_specs(C, k)))
-    tie = draw(st.sampled_from([1, -1, "first"]))
+    rule = st.sampled_from(["1", "-1", "first"])
+    tie = draw(st.one_of(rule, st.lists(rule, min_size=2, max_size=3).map(",".join)))  # or root-first per level
     stride = draw(st.sampled_from([1, 2]))
     padding = draw(st.sampled_from([0, 1, 2])) if k == 3 else 0
     pad_value = draw(st.sampled_from([0.0, 1.0, -1.0]))
@@ -234,7 +235,7 @@ def test_single_layer_qonnx_is_exact(case):
     C, k, spec, tie, stride, padding, pad_value, H, W, seed = case
     assume(H + 2 * padding >= k and W + 2 * padding >= k)
     spec = spec if spec in ("popcount", "mv") else "mv"
-    tie = tie if tie != "first" else -1
+    tie = -1 if "-1" in tie.split(",")[:1] else 1
     m = _layer_model(C, k, spec, tie, stride, padding, pad_value, seed)
     x = _inputs(C, H, W, seed)
     got = E.run(E.to_qonnx(m, input_size=(C, H, W), batch=2), x)["logits"]

@@ -249,7 +249,7 @@ def _lower_tree(b: Builder, g: _Geometry, W: np.ndarray, h, x: str, name: str) -
         lvl = f"{name}.l{li}"
         if li > 0:
             A = _aggregate(level.groups)
-            if level.tie == "first":
+            if level.tie == "first" and not (li == last and h.root == "P"):
                 S = _first_live(None if c is None else c > 0, level.groups, g.Ho, g.Wo)
                 first = b.op("MatMul", [b.op("Mul", [v, b.const(S, lvl + ".sel")], lvl + ".first.m"),
                                         b.const(A, lvl + ".agg")], lvl + ".first")
