@@ -154,6 +154,35 @@ def test_qonnx_refuses_what_finn_cannot_express(voter, kw, why):
 
 
 @needs_export
+def test_qonnx_survives_finns_front_end_lowering():
+    """The steps FINN starts with (cleanup, weight quantizers folded, datatypes inferred, convs
+    lowered to Im2Col + MatMul) keep the file runnable and exact; +1 padding (FINN cannot pad a
+    bipolar stream with 0) becomes an explicit Pad."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+    from qonnx.util.cleanup import cleanup_model
+
+    m = _trained_like("xnornet18", "mv", width=0.03125, pad_value=1)
+    assert E.finn_notes(m) == []
+    mw = cleanup_model(ModelWrapper(E.to_qonnx(m)))
+    mw = mw.transform(FoldConstants(exclude_op_types=[])).transform(InferDataTypes())
+    mw = mw.transform(LowerConvsToMatMul()).transform(InferShapes())
+    ops = {n.op_type for n in mw.graph.node}
+    assert "Im2Col" in ops and "MatMul" in ops
+    for n in mw.graph.node:
+        if n.op_type == "MultiThreshold":
+            assert mw.get_tensor_datatype(n.output[0]).name == "BIPOLAR"
+    x = _images(1)
+    out = next(iter(E.run(mw.model, x, "qonnx").values()))
+    ref = m(x).detach().numpy()
+    assert np.abs(out - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    assert E.finn_notes(_trained_like("xnornet18", "mv", width=0.03125))[0].startswith("16 binary layer(s) use zero padding")
+
+
+@needs_export
 def test_real_weights_are_refused():
     m = bitvote.models.create("reactnet18", width=0.0625)
     for layer in m.modules():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _positive_int(text: str) -> int:
@@ -45,7 +46,8 @@ def _export(args):
     else:
         proto = E.to_qonnx(model, args.out, batch=args.batch or 1, probes=probes)
     res = {"out": args.out, "format": args.format, "nodes": len(proto.graph.node),
-           "opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import}}
+           "opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+           "finn_notes": E.finn_notes(model) if args.format == "qonnx" else []}
     if args.check:
         from .engine import load_data
 
@@ -59,6 +61,8 @@ def _export(args):
     else:
         ops = ", ".join(f"{d} {v}" for d, v in res["opset"].items())
         print(f"wrote {args.out}: {args.format}, {res['nodes']} nodes ({ops})")
+        for note in res["finn_notes"]:
+            print(f"bitvote: note: {note}", file=sys.stderr)
         c = res.get("check")
         if c:
             print(f"check on {c['images']} images: logits max |diff| {c['logits_max_abs']:.3g} (atol {c['atol']:.3g}), "

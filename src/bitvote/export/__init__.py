@@ -22,7 +22,7 @@ from typing import Optional
 
 from ..errors import BitvoteError
 
-__all__ = ["FORMATS", "EXTRA", "require", "build", "to_onnx", "to_qonnx", "load_model", "save", "check", "run"]
+__all__ = ["FORMATS", "EXTRA", "require", "build", "to_onnx", "to_qonnx", "load_model", "save", "check", "run", "finn_notes"]
 
 FORMATS = ("onnx", "qonnx")
 #: how to install what this package needs
@@ -103,6 +103,22 @@ def to_qonnx(model, path=None, *, input_size=None, batch: int = 1, probes: bool 
     if path is not None:
         save(proto, path)
     return proto
+
+
+def finn_notes(model) -> list:
+    """What in ``model`` a QONNX file states exactly but FINN cannot build (one line each).
+
+    Zero padding: a bipolar stream has no 0, so FINN's sliding-window lowering (``Im2Col``)
+    refuses to pad a BIPOLAR tensor with 0; ``pad_value=+1`` or ``-1`` avoids it.
+    """
+    from ..nn import BinaryConv2d
+
+    zero = [n for n, m in load_model(model).named_modules()
+            if isinstance(m, BinaryConv2d) and m.pad_value == 0.0 and any(m.padding)]
+    if not zero:
+        return []
+    return [f"{len(zero)} binary layer(s) use zero padding ({zero[0]}{', ...' if len(zero) > 1 else ''}): "
+            "FINN's Im2Col cannot pad a bipolar stream with 0; for FINN convert with --pad-value 1 or -1"]
 
 
 def run(exported, x, fmt: Optional[str] = None):

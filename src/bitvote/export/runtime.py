@@ -18,7 +18,6 @@ import torch
 from ..errors import BitvoteError
 from ..nn import BinaryConv2d
 from ..nn.functional import binary_conv2d
-from .assemble import INPUT, LOGITS
 
 __all__ = ["run_exported", "compare", "exported_format", "PROBE"]
 
@@ -44,11 +43,14 @@ def exported_format(proto: onnx.ModelProto) -> str:
 
 
 def run_exported(exported, x, fmt: Optional[str] = None) -> Dict[str, np.ndarray]:
-    """``{output name: array}`` for images ``x`` ((N, C, H, W) tensor or array)."""
+    """``{output name: array}`` for images ``x`` ((N, C, H, W) tensor or array), fed to the
+    file's one graph input."""
     proto = _proto(exported)
     fmt = fmt or exported_format(proto)
     xa = np.ascontiguousarray(x.detach().cpu().float().numpy() if torch.is_tensor(x) else np.asarray(x, np.float32))
     names = [o.name for o in proto.graph.output]
+    inits = {t.name for t in proto.graph.initializer}
+    inp = next(i.name for i in proto.graph.input if i.name not in inits)  # tools may rename it
     if fmt == "onnx":
         import onnxruntime as ort
 
@@ -56,18 +58,18 @@ def run_exported(exported, x, fmt: Optional[str] = None) -> Dict[str, np.ndarray
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        return dict(zip(names, sess.run(names, {INPUT: xa})))
+        return dict(zip(names, sess.run(names, {inp: xa})))
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
 
     mw = ModelWrapper(proto)
-    want = mw.get_tensor_shape(INPUT)
+    want = mw.get_tensor_shape(inp)
     if list(xa.shape) != list(want):  # the batch is fixed in the file: run in slices of it
         if list(xa.shape[1:]) != list(want[1:]) or xa.shape[0] % want[0]:
             raise BitvoteError(f"input of shape {tuple(xa.shape)} does not fit the file's {tuple(want)}")
         parts = [run_exported(proto, xa[i:i + want[0]], fmt) for i in range(0, xa.shape[0], want[0])]
         return {k: np.concatenate([p[k] for p in parts]) for k in names}
-    out = execute_onnx(mw, {INPUT: xa})
+    out = execute_onnx(mw, {inp: xa})
     return {k: out[k] for k in names}
 
 
@@ -111,7 +113,7 @@ def compare(model, exported, x, *, fmt: Optional[str] = None, atol: Optional[flo
     got = run_exported(proto, x, fmt)
     ref, layers = _reference(model, torch.as_tensor(x))
     ref = ref.float().numpy()
-    lg = got[LOGITS]
+    lg = got[proto.graph.output[0].name]  # the logits come first
     if lg.shape != ref.shape:
         raise BitvoteError(f"exported logits have shape {lg.shape}, the model's {ref.shape}")
     if atol is None:
