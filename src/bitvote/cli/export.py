@@ -39,6 +39,7 @@ def _export(args):
     from .. import export as E
 
     E.require(args.format)  # before reading anything: a missing extra is the first thing to say
+    E.check_output(args.out)
     model = E.load_model(args.checkpoint)
     probes = args.probes or bool(args.check)
     if args.format == "onnx":

@@ -22,7 +22,7 @@ from typing import Optional
 
 from ..errors import BitvoteError
 
-__all__ = ["FORMATS", "EXTRA", "require", "build", "to_onnx", "to_qonnx", "load_model", "save", "check", "run", "finn_notes"]
+__all__ = ["FORMATS", "EXTRA", "require", "build", "to_onnx", "to_qonnx", "load_model", "check_output", "save", "check", "run", "finn_notes"]
 
 FORMATS = ("onnx", "qonnx")
 #: how to install what this package needs
@@ -62,13 +62,19 @@ def build(model, fmt: str = "onnx", *, input_size=None, batch: Optional[int] = N
     return build_model(load_model(model), fmt, input_size=input_size, batch=batch, probes=probes)
 
 
-def save(proto, path) -> Path:
-    """Write ``proto`` atomically (a temporary file renamed over ``path``)."""
+def check_output(path) -> Path:
+    """Refuse an output path that cannot be written, before any work is done."""
     p = Path(path)
     if p.is_dir():
         raise BitvoteError(f"output path {str(path)!r} is a directory")
-    if not p.parent.exists():
+    if not p.parent.is_dir():
         raise BitvoteError(f"output folder {str(p.parent)!r} does not exist")
+    return p
+
+
+def save(proto, path) -> Path:
+    """Write ``proto`` atomically (a temporary file renamed over ``path``)."""
+    p = check_output(path)
     tmp = p.with_name(p.name + ".tmp")
     try:
         tmp.write_bytes(proto.SerializeToString())
