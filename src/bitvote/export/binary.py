@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from functools import reduce
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -139,7 +139,7 @@ def lower_binary_conv(b: Builder, layer, x: str, hw, name: str, dialect: str = "
                  group=layer.groups, **g.conv_attrs(padded))
         if h is None:
             return _scaled(b, s, alpha, raw, name), s
-        v = _vote_mv(b, g, s, h.levels[0].tie, name)
+        v = _vote_mv(b, s, h.levels[0].tie, name)
         return v, v
     v = _lower_tree(b, g, W, h, x, name)
     return v, v
@@ -151,7 +151,7 @@ def _scaled(b: Builder, s: str, alpha, raw: bool, name: str) -> str:
     return b.op("Mul", [s, b.const(alpha.reshape(1, -1, 1, 1), name + ".alpha")], name)
 
 
-def _vote_mv(b: Builder, g: _Geometry, s: str, tie, name: str) -> str:
+def _vote_mv(b: Builder, s: str, tie, name: str) -> str:
     """``Sign(s + t/2)``; an output without any valid term (padding wider than the kernel)
     takes the tie value, which the same formula gives since its ``s`` is 0."""
     half = b.const(0.5 * float(tie))
@@ -161,7 +161,7 @@ def _vote_mv(b: Builder, g: _Geometry, s: str, tie, name: str) -> str:
 def _block_plan(h, C, T):
     """The block cut of :func:`bitvote.nn.functional.conv_leaf_sums`: (plan, terms per block)."""
     leaves = h.leaf_sizes
-    bounds = list(np.cumsum(leaves))
+    bounds = [int(v) for v in np.cumsum(leaves)]
     first = is_first(h.levels[0].tie)
     if h.order != "cm" or len(leaves) == 1:
         return "tap", reduce(math.gcd, bounds, C)
