@@ -28,6 +28,7 @@ from functools import reduce
 from typing import Optional, Tuple
 
 import numpy as np
+import onnx
 
 from ..errors import BitvoteError
 from .graph import QONNX_DOMAIN, Builder
@@ -48,6 +49,12 @@ def _weights(layer) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Exactly the +/-1 weights and scale the PyTorch forward uses (standardization included)."""
     wb, alpha = layer.binary_weight()
     return wb.float().numpy().astype(np.float32), None if alpha is None else alpha.float().numpy().astype(np.float32)
+
+
+def _wconst(b: Builder, w: np.ndarray, hint: str) -> str:
+    """Binary weights (+1/-1, 0 where masked) stored as int8 and cast to float in the graph:
+    a quarter of the file, and a runtime folds the cast once when it loads the model."""
+    return b.op("Cast", [b.const(np.ascontiguousarray(w), hint, np.int8)], hint + ".f", to=onnx.TensorProto.FLOAT)
 
 
 def _pad(b: Builder, x: str, ph: int, pw: int, value: float, hint: str) -> str:
@@ -135,7 +142,7 @@ def lower_binary_conv(b: Builder, layer, x: str, hw, name: str, dialect: str = "
     if h is None or (h.is_mv and not is_first(h.levels[0].tie)):
         padded = g.pad_value != 0.0 and any(g.pad)
         xp = _pad(b, x, *g.pad, g.pad_value, name) if padded else x
-        s = b.op("Conv", [xp, b.const(W, name + ".weight")], name + ".sum" if h is not None or alpha is not None or raw else name,
+        s = b.op("Conv", [xp, _wconst(b, W, name + ".weight")], name + ".sum" if h is not None or alpha is not None or raw else name,
                  group=layer.groups, **g.conv_attrs(padded))
         if h is None:
             return _scaled(b, s, alpha, raw, name), s
@@ -194,7 +201,7 @@ def _blocks(b: Builder, g: _Geometry, W: np.ndarray, x: str, plan: str, bs: int,
                 axes = b.const([2, 3], "axes", np.int64)
                 steps = b.const(list(g.stride), "steps", np.int64)
                 xt = b.op("Slice", [xp, starts, ends, axes, steps], f"{name}.tap{t}")
-            wt = b.const(Wr[t].reshape(G * Co, bs, 1, 1), f"{name}{suffix}.w{t}")
+            wt = _wconst(b, Wr[t].reshape(G * Co, bs, 1, 1), f"{name}{suffix}.w{t}")
             y = b.op("Conv", [xt, wt], f"{name}{suffix}.t{t}", group=G, kernel_shape=[1, 1])
             outs.append(b.op("Reshape", [y, b.shape([0, G, Co, g.Ho, g.Wo])], f"{name}{suffix}.t{t}.r"))
         y = outs[0] if len(outs) == 1 else b.op("Concat", outs, name + suffix + ".cat", axis=1)
@@ -202,7 +209,7 @@ def _blocks(b: Builder, g: _Geometry, W: np.ndarray, x: str, plan: str, bs: int,
         bc = bs // T
         G = C // bc
         Wg = W.reshape(Co, G, bc, kh, kw).transpose(1, 0, 2, 3, 4).reshape(G * Co, bc, kh, kw)
-        y = b.op("Conv", [xp, b.const(np.ascontiguousarray(Wg), name + suffix + ".w")], name + suffix + ".conv",
+        y = b.op("Conv", [xp, _wconst(b, Wg, name + suffix + ".w")], name + suffix + ".conv",
                  group=G, **g.conv_attrs(True))
         y = b.op("Reshape", [y, b.shape([0, G, Co, g.Ho, g.Wo])], name + suffix + ".r")
     else:  # runs of bs taps inside one channel
@@ -212,7 +219,7 @@ def _blocks(b: Builder, g: _Geometry, W: np.ndarray, x: str, plan: str, bs: int,
             mask[r, r * bs:(r + 1) * bs] = 1
         Wk = W.reshape(Co, C, 1, T) * mask.reshape(1, 1, R, T)  # (Co, C, R, T)
         Wk = Wk.transpose(1, 2, 0, 3).reshape(C * R * Co, 1, kh, kw)
-        y = b.op("Conv", [xp, b.const(np.ascontiguousarray(Wk), name + suffix + ".w")], name + suffix + ".conv",
+        y = b.op("Conv", [xp, _wconst(b, Wk, name + suffix + ".w")], name + suffix + ".conv",
                  group=C, **g.conv_attrs(True))
         y = b.op("Reshape", [y, b.shape([0, C * R, Co, g.Ho, g.Wo])], name + suffix + ".r")
     return b.op("Transpose", [y], name + suffix + ".t", perm=[0, 2, 3, 4, 1])
