@@ -183,6 +183,18 @@ def test_qonnx_survives_finns_front_end_lowering():
 
 
 @needs_export
+def test_run_refuses_images_that_do_not_fit(tmp_path):
+    m = _trained_like("birealnet18", "mv", width=0.03125)
+    proto = E.to_onnx(m)
+    with pytest.raises(BitvoteError, match="do not fit"):
+        E.run(proto, torch.randn(1, 3, 16, 16))
+    x = _images(1)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(BitvoteError, match="NaN"):
+        E.run(proto, x)
+
+
+@needs_export
 def test_real_weights_are_refused():
     m = bitvote.models.create("reactnet18", width=0.0625)
     for layer in m.modules():

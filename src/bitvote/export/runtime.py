@@ -50,7 +50,14 @@ def run_exported(exported, x, fmt: Optional[str] = None) -> Dict[str, np.ndarray
     xa = np.ascontiguousarray(x.detach().cpu().float().numpy() if torch.is_tensor(x) else np.asarray(x, np.float32))
     names = [o.name for o in proto.graph.output]
     inits = {t.name for t in proto.graph.initializer}
-    inp = next(i.name for i in proto.graph.input if i.name not in inits)  # tools may rename it
+    inp = next(i for i in proto.graph.input if i.name not in inits)  # tools may rename it
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    inp = inp.name
+    if xa.ndim != len(dims) or any(w is not None and w != v for w, v in zip(dims[1:], xa.shape[1:])):
+        shown = tuple("N" if d is None else d for d in dims)
+        raise BitvoteError(f"images of shape {tuple(xa.shape)} do not fit the exported input {shown}")
+    if np.isnan(xa).any():
+        raise BitvoteError("the images contain NaN: binarizing NaN is an error (SPEC.md), not a bit")
     if fmt == "onnx":
         import onnxruntime as ort
 
