@@ -23,6 +23,8 @@ from bitvote.errors import BitvoteError
 from bitvote.nn import BinaryConv2d, Sign
 from bitvote.train import checkpoint as C
 
+import oracle  # the tests' brute-force reference, beside this file
+
 HAVE = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime", "qonnx"))
 needs_export = pytest.mark.skipif(not HAVE, reason="the [export] extra is not installed (pip install 'bitvote[export]')")
 
@@ -267,6 +269,36 @@ def test_single_layer_onnx_is_exact(case):
     x = _inputs(C, H, W, seed)
     got = E.run(E.to_onnx(m, input_size=(C, H, W)), x)["logits"]
     assert np.array_equal(got, m(x).detach().numpy()), (spec, tie, stride, padding, pad_value)
+
+
+@st.composite
+def _oracle_case(draw):
+    C = draw(st.sampled_from([2, 3, 4]))
+    k = draw(st.sampled_from([1, 3]))
+    spec = draw(st.sampled_from(oracle.voter_specs(C, k * k, deep=True)))
+    tie = draw(st.sampled_from([1, -1, "first"]))
+    padding = draw(st.sampled_from([0, 1])) if k == 3 else 0
+    return C, k, spec, tie, draw(st.sampled_from([1, 2])), padding, draw(st.sampled_from([0.0, 1.0, -1.0])), \
+        draw(st.integers(3, 6)), draw(st.integers(3, 6)), draw(st.integers(0, 2**16))
+
+
+@needs_export
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_oracle_case())
+def test_single_layer_onnx_matches_the_brute_force_oracle(case):
+    """Against the tests' own oracle, which walks every output's terms node by node."""
+    C, k, spec, tie, stride, padding, pad_value, H, W, seed = case
+    try:
+        m = _layer_model(C, k, spec, tie, stride, padding, pad_value, seed)
+    except BitvoteError:
+        assume(False)
+    conv, h = m[1], m[1].hierarchy
+    x = _inputs(C, H, W, seed)
+    kw = {} if h is None else dict(levels=[list(lv.groups) for lv in h.levels], ties=[lv.tie for lv in h.levels],
+                                   root=h.root, order=h.order)
+    want = oracle.binary_conv(x, conv.weight.detach(), stride, padding, pad_value, **kw)
+    got = E.run(E.to_onnx(m, input_size=(C, H, W)), x)["logits"]
+    assert np.array_equal(got, want.numpy()), (spec, tie, stride, padding, pad_value)
 
 
 @needs_export
