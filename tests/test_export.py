@@ -349,6 +349,24 @@ def test_cli_qonnx_hierarchy_is_one_error_line(tmp_path, capsys):
     assert not out.exists()
 
 
+@needs_export
+def test_cli_bad_check_data_is_refused_before_writing(tmp_path, capsys):
+    ck = _checkpoint(tmp_path)
+    out = tmp_path / "m.onnx"
+    rc = main(["export", str(ck), "--format", "onnx", "--out", str(out), "--check", str(tmp_path / "no.pt")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err and not out.exists()
+
+
+@needs_export
+def test_fixed_batch_runs_in_whole_slices():
+    m = _trained_like("birealnet18", "mv", width=0.03125)
+    proto = E.to_onnx(m, batch=2)
+    x = _images(4)
+    assert np.abs(E.run(proto, x)["logits"] - m(x).detach().numpy()).max() < 1e-4
+    with pytest.raises(BitvoteError, match="whole number"):
+        E.run(proto, x[:3])
+
+
 def test_cli_names_the_extra_when_packages_are_missing(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     ck = tmp_path / "none.pt"

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from ..errors import BitvoteError
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -41,7 +43,17 @@ def _export(args):
     E.require(args.format)  # before reading anything: a missing extra is the first thing to say
     E.check_output(args.out)
     model = E.load_model(args.checkpoint)
-    probes = args.probes or bool(args.check)
+    x = None
+    if args.check:  # read the data before writing anything: a bad --check is the user's first answer
+        from .engine import load_data
+
+        x, _ = load_data(args.check, args.limit or 0, int(getattr(model, "config", {}).get("num_classes", 10)))
+        b = args.batch or (1 if args.format == "qonnx" else None)
+        if b is not None:  # a fixed batch: whole slices of it
+            if x.shape[0] < b:
+                raise BitvoteError(f"--check has {x.shape[0]} images, fewer than the batch of {b}")
+            x = x[: x.shape[0] - x.shape[0] % b]
+    probes = args.probes or x is not None
     if args.format == "onnx":
         proto = E.to_onnx(model, args.out, batch=args.batch, probes=probes)
     else:
@@ -49,13 +61,7 @@ def _export(args):
     res = {"out": args.out, "format": args.format, "nodes": len(proto.graph.node),
            "opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
            "finn_notes": E.finn_notes(model) if args.format == "qonnx" else []}
-    if args.check:
-        from .engine import load_data
-
-        x, _ = load_data(args.check, args.limit or 0, int(model.config.get("num_classes", 10)))
-        if args.format == "qonnx":  # the file's batch is fixed: whole slices of it
-            b = args.batch or 1
-            x = x[: x.shape[0] - x.shape[0] % b] if x.shape[0] >= b else x
+    if x is not None:
         res["check"] = E.check(model, proto, x)
     if args.json:
         print(json.dumps(res))

@@ -58,6 +58,16 @@ def run_exported(exported, x, fmt: Optional[str] = None) -> Dict[str, np.ndarray
         raise BitvoteError(f"images of shape {tuple(xa.shape)} do not fit the exported input {shown}")
     if np.isnan(xa).any():
         raise BitvoteError("the images contain NaN: binarizing NaN is an error (SPEC.md), not a bit")
+    nb = dims[0]
+    if nb is not None and nb != xa.shape[0]:  # a fixed batch: run whole slices of it
+        if xa.shape[0] % nb:
+            raise BitvoteError(f"{xa.shape[0]} images are not a whole number of the file's batches of {nb}")
+        parts = [_run(proto, fmt, inp, names, xa[i:i + nb]) for i in range(0, xa.shape[0], nb)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in names}
+    return _run(proto, fmt, inp, names, xa)
+
+
+def _run(proto, fmt, inp, names, xa):
     if fmt == "onnx":
         import onnxruntime as ort
 
@@ -69,14 +79,7 @@ def run_exported(exported, x, fmt: Optional[str] = None) -> Dict[str, np.ndarray
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
 
-    mw = ModelWrapper(proto)
-    want = mw.get_tensor_shape(inp)
-    if list(xa.shape) != list(want):  # the batch is fixed in the file: run in slices of it
-        if list(xa.shape[1:]) != list(want[1:]) or xa.shape[0] % want[0]:
-            raise BitvoteError(f"input of shape {tuple(xa.shape)} does not fit the file's {tuple(want)}")
-        parts = [run_exported(proto, xa[i:i + want[0]], fmt) for i in range(0, xa.shape[0], want[0])]
-        return {k: np.concatenate([p[k] for p in parts]) for k in names}
-    out = execute_onnx(mw, {inp: xa})
+    out = execute_onnx(ModelWrapper(proto), {inp: xa})
     return {k: out[k] for k in names}
 
 
