@@ -53,8 +53,11 @@ def _images(n=2, seed=3):
 
 
 def _assert_exact(m, report):
-    n_binary = sum(isinstance(x, BinaryConv2d) for x in m.modules())
-    assert len(report["layers"]) == n_binary  # every binary layer was probed
+    binary = [x for x in m.modules() if isinstance(x, BinaryConv2d)]
+    layers = [k for k in report["layers"] if ":level" not in k]
+    assert len(layers) == len(binary)  # every binary layer was probed ...
+    below_root = sum(x.hierarchy.depth - 1 for x in binary if x.hierarchy is not None)
+    assert len(report["layers"]) - len(layers) == below_root  # ... and every level of its tree
     assert report["bits_flipped"] == 0, {k: v for k, v in report["layers"].items() if v["mismatches"]}
     assert report["logits_max_abs"] <= report["atol"]
     assert report["top1_agree"] == 1.0

@@ -29,7 +29,7 @@ def add_parser(sub):
     p.add_argument("--batch", type=_positive_int,
                    help="fixed batch size (onnx: default dynamic; qonnx: default 1)")
     p.add_argument("--probes", action="store_true",
-                   help="add every binary layer's integer result (sums, votes) as an extra output")
+                   help="add every binary layer's integer result (sums, votes, each tree level's votes) as extra outputs")
     p.add_argument("--check", metavar="DATA",
                    help="run the written file on DATA (synthetic:N, a .pt file or a data root) and compare with PyTorch")
     p.add_argument("--limit", type=_positive_int, help="with --check: at most N images")

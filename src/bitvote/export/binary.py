@@ -123,14 +123,17 @@ class _Geometry:
         return _tap_valid(self.H, self.W, self.kh, self.kw, self.stride, self.pad, self.dil, self.Ho, self.Wo)
 
 
-def lower_binary_conv(b: Builder, layer, x: str, hw, name: str, dialect: str = "onnx", raw: bool = False) -> str:
+def lower_binary_conv(b: Builder, layer, x: str, hw, name: str, dialect: str = "onnx", raw: bool = False,
+                      levels: Optional[list] = None):
     """Emit ``layer`` applied to the +/-1 tensor ``x`` (spatial size ``hw``).
 
     Returns ``(output, result)``: the output is what the PyTorch layer returns (sums times the
     weight scale, votes, or a ``P`` root's count); the result is the layer's exact integer
     result (the sums before the scale; for voters the output itself), what checks compare bit
     for bit. ``raw``: a popcount layer stops at the unscaled sums (the QONNX exporter folds
-    the scale into the thresholds that follow).
+    the scale into the thresholds that follow). ``levels``, a list, receives ``(tensor,
+    voters)`` for every level of a tree below its root: its votes as ``(N, Co, Ho, Wo,
+    voters)``, 0 where a voter abstains.
     """
     if layer.groups != 1 and layer.hierarchy is not None:
         raise BitvoteError(f"layer {name!r}: export of voters on grouped convs (groups={layer.groups}) is not supported")
@@ -148,7 +151,7 @@ def lower_binary_conv(b: Builder, layer, x: str, hw, name: str, dialect: str = "
             return _scaled(b, s, alpha, raw, name), s
         v = _vote_mv(b, s, h.levels[0].tie, name)
         return v, v
-    v = _lower_tree(b, g, W, h, x, name)
+    v = _lower_tree(b, g, W, h, x, name, levels if levels is not None else [])
     return v, v
 
 
@@ -241,7 +244,7 @@ def _block_valid(g: _Geometry, plan: str, bs: int) -> np.ndarray:
     return vb.transpose(1, 2, 0)
 
 
-def _lower_tree(b: Builder, g: _Geometry, W: np.ndarray, h, x: str, name: str) -> str:
+def _lower_tree(b: Builder, g: _Geometry, W: np.ndarray, h, x: str, name: str, levels: list) -> str:
     plan, bs = _block_plan(h, g.C, g.T)
     per_leaf = [sz // bs for sz in h.leaf_sizes]
     A0 = _aggregate(per_leaf)
@@ -284,6 +287,8 @@ def _lower_tree(b: Builder, g: _Geometry, W: np.ndarray, h, x: str, name: str) -
                 dead = t if li == last else 0.0
                 half = b.const(0.5 * np.where(c == 0, dead, t).astype(np.float32), lvl + ".fill")
         v = b.op("Sign", [b.op("Add", [s, half], lvl + ".sf")], lvl + ".v")
+        if li < last:
+            levels.append((v, len(level.groups)))
     return b.op("Reshape", [v, b.shape([0, g.Co, g.Ho, g.Wo])], name)
 
 

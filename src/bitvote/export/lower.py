@@ -61,7 +61,8 @@ class Lowering:
         self.model, self.b, self.dialect = model, b, dialect
         self.names = {id(m): n for n, m in model.named_modules()}
         self.shapes = input_shapes(model, input_size)
-        self.probes: Dict[str, Tuple[str, Tuple[int, ...]]] = {}  # layer -> (tensor, shape)
+        # layer (and layer:levelI below a tree's root) -> (tensor, shape without the batch)
+        self.probes: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
 
     def name(self, m: nn.Module) -> str:
         return self.names.get(id(m), type(m).__name__) or "model"
@@ -102,8 +103,12 @@ class Lowering:
     def _binary_conv(self, m: BinaryConv2d, x):
         if m.input_surrogate is not None:  # the layer binarizes its input itself
             x = self.sign(x, self.name(m) + ".in")
-        y, result = lower_binary_conv(self.b, m, x, self.hw(m), self.name(m), self.dialect)
+        levels = []
+        y, result = lower_binary_conv(self.b, m, x, self.hw(m), self.name(m), self.dialect, levels=levels)
         self.probe(m, result)
+        shape = self.probes[self.name(m)][1]
+        for li, (t, voters) in enumerate(levels):
+            self.probes[f"{self.name(m)}:level{li}"] = (t, (*shape, voters))
         return y
 
     def probe(self, m, y):

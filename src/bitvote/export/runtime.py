@@ -17,7 +17,8 @@ import torch
 
 from ..errors import BitvoteError
 from ..nn import BinaryConv2d
-from ..nn.functional import binary_conv2d
+from ..nn.functional import binary_conv2d, conv_leaf_sums
+from ..voter import Hierarchy, reduce_votes
 
 __all__ = ["run_exported", "compare", "exported_format", "PROBE"]
 
@@ -83,10 +84,41 @@ def _run(proto, fmt, inp, names, xa):
     return {k: out[k] for k in names}
 
 
+def _segment_sum(x: torch.Tensor, groups, dim: int) -> torch.Tensor:
+    return torch.stack([c.sum(dim) for c in x.split(list(groups), dim)], dim)
+
+
+@torch.no_grad()
+def level_votes(layer, x: torch.Tensor):
+    """The votes of every level of ``layer``'s tree below its root, from PyTorch's own leaf
+    sums and reduction: ``(N, Co, Ho, Wo, voters)`` each, 0 where a voter abstains.
+
+    A level's votes are the root output of the tree cut off above that level; its abstaining
+    voters (no valid term below them) are set to 0, as the full tree passes them up.
+    """
+    h = layer.hierarchy
+    xb = x if layer.input_surrogate is None else torch.where(x >= 0, 1.0, -1.0)
+    wb, _ = layer.binary_weight()
+    sums, valid, first, dim = conv_leaf_sums(xb.float(), wb.float(), h, layer.stride, layer.padding,
+                                             layer.dilation, layer.pad_value)
+    perm = (1, 4, 2, 3, 0) if dim == 0 else (0, 2, 3, 4, 1)  # leaves along dim -> last
+    out, c = [], valid
+    for li in range(h.depth - 1):
+        if li > 0 and c is not None:
+            c = _segment_sum((c > 0).float(), h.levels[li].groups, dim)
+        v = reduce_votes(Hierarchy(n=h.n, levels=h.levels[:li + 1], order=h.order), sums, valid, first, dim=dim)
+        if len(h.levels[li].groups) == 1:
+            v = v.unsqueeze(dim)
+        if c is not None:
+            v = torch.where(c > 0, v, torch.zeros(()))
+        out.append(v.permute(*perm).contiguous())
+    return out
+
+
 @torch.no_grad()
 def _reference(model, x):
     """PyTorch logits and every binary layer's integer result: sums before the weight scale
-    (popcount), votes, ``P`` counts (forward hooks)."""
+    (popcount), votes, ``P`` counts, and the votes of every level of a tree (forward hooks)."""
     outs = {}
     names = {id(m): n for n, m in model.named_modules()}
 
@@ -95,6 +127,9 @@ def _reference(model, x):
             y = binary_conv2d(args[0], layer.latent_weight(), layer.stride, layer.padding, layer.dilation,
                               layer.groups, pad_value=layer.pad_value, input_surrogate=layer.input_surrogate)
         outs[names[id(layer)]] = y.detach().clone()
+        if layer.hierarchy is not None and layer.hierarchy.depth > 1:
+            for li, v in enumerate(level_votes(layer, args[0])):
+                outs[f"{names[id(layer)]}:level{li}"] = v
 
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, BinaryConv2d)]
     was = model.training
@@ -114,7 +149,8 @@ def compare(model, exported, x, *, fmt: Optional[str] = None, atol: Optional[flo
     Returns a dict: ``logits_max_abs`` (max |PyTorch - exported|), ``atol`` (the tolerance:
     default ``1e-4 * max(1, max |logit|)``), ``top1_agree`` (fraction), ``top1_unexplained``
     (disagreements with a PyTorch margin above ``atol`` in images without flipped bits),
-    ``layers`` (per binary layer with a probe: elements compared and mismatches), ``bits_flipped``
+    ``layers`` (per binary layer with a probe, and per level of a tree below its root as
+    ``layer:levelI``: elements compared and mismatches), ``bits_flipped``
     (total mismatches) and ``ok`` (no unexplained top-1 change, and logits within ``atol`` on
     every image without a flipped bit). Probes exist when the file was exported with
     ``probes=True``; without them only the logits are compared.
