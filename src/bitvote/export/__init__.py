@@ -22,7 +22,8 @@ from typing import Optional
 
 from ..errors import BitvoteError
 
-__all__ = ["FORMATS", "EXTRA", "require", "build", "to_onnx", "to_qonnx", "load_model", "check_output", "save", "check", "run", "finn_notes"]
+__all__ = ["FORMATS", "EXTRA", "require", "build", "to_onnx", "to_qonnx", "load_model", "check_output", "save",
+           "check", "run", "finn_notes"]
 
 FORMATS = ("onnx", "qonnx")
 #: how to install what this package needs
