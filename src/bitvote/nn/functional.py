@@ -25,8 +25,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..binarize import binarize, binarize_weight
+from ..binarize import binarize, binarize_weight, get_surrogate
 from ..errors import BitvoteError
+from . import fastvote
 from ..voter import CM, Hierarchy, _first_nonzero, _first_true, _segsum, _starts, reduce_votes, vote_dtype
 
 __all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary"]
@@ -273,6 +274,15 @@ def _sign_exact_autocast_dtype(device_type: str) -> torch.dtype:
     return torch.float32
 
 
+def _use_native(voter: Hierarchy, xb: torch.Tensor, surrogate) -> bool:
+    """Whether the packed-bit C kernels (:mod:`bitvote.nn.fastvote`) take this voter layer."""
+    if not fastvote.enabled() or not fastvote.supports(get_surrogate(surrogate), xb.device):
+        return False
+    if torch.compiler.is_compiling():  # an opaque C call would break the outer graph
+        return False
+    return fastvote.available()
+
+
 def _out_layout(y: torch.Tensor, dim: int) -> torch.Tensor:
     """Votes come out as (N, Ho, Wo, Co) from tap blocks (dim 0) or (N, Co, Ho, Wo) (dim 1)."""
     return y.permute(0, 3, 1, 2) if dim == 0 else y
@@ -337,6 +347,14 @@ def binary_conv2d(
                                 dim=1, surrogate=surrogate, sigma=sigma)
         outs = []
         cin, cout = xb.shape[1] // groups, wb.shape[0] // groups
+        if _use_native(voter, xb, surrogate):
+            st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
+            Ho = _out_size(xb.shape[2] + 2 * pd[0], wb.shape[2], st[0], dl[0])
+            Wo = _out_size(xb.shape[3] + 2 * pd[1], wb.shape[3], st[1], dl[1])
+            for g in range(groups):
+                outs.append(fastvote.conv_votes(xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter,
+                                                st, pd, dl, pad_value, Ho, Wo, get_surrogate(surrogate), sigma))
+            return outs[0] if groups == 1 else torch.cat(outs, 1)
         for g in range(groups):
             sums, valid, first, dim = conv_leaf_sums(
                 xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter, stride, padding, dilation, pad_value

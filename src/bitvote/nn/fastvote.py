@@ -1,0 +1,248 @@
+"""Votes of a binary conv and their surrogate gradient straight from packed bits (CPU, C).
+
+A hierarchy with small leaves has many leaf sums per output (144 for ``tap,leaf=4`` at 64
+channels); as float tensors they dwarf the layer's output and every element-wise op of the
+vote and of its backward walks them again. ``csrc/vote.c`` never builds them: per output
+position it packs the n terms in flat order into 64-bit words, gets every leaf sum as a
+masked XNOR-popcount, walks the tree on small integers (ties, abstention, ``first``, a ``P``
+root) and, in the backward, recomputes those integers, multiplies the surrogate chain root to
+leaf (zero for most leaves: a 4-term leaf with sigma 2 passes gradient only when it ties) and
+adds only the non-zero leaves' terms into the input and weight gradients.
+
+The semantics are those of :func:`bitvote.voter.reduce_votes` (votes bit-identical; gradients
+equal to its chain rule up to fp32 summation order); the tests hold the two against each
+other. The library is compiled with the system C compiler at first use and cached under
+``$BITVOTE_CACHE``. ``BITVOTE_NATIVE_VOTE=0`` turns the path off, and a missing or failing
+compiler turns it off for good with one line on stderr: the float path then runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..binarize import ApproxSign, Ste, Surrogate
+from ..voter import CM, Hierarchy
+
+__all__ = ["enabled", "available", "conv_votes", "supports"]
+
+_HERE = Path(__file__).parent / "csrc"
+_FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int32, ctypes.c_float
+
+
+class _Args(ctypes.Structure):
+    """Mirror of ``bvt_args`` in vote.c (same field order)."""
+
+    _fields_ = [
+        ("x", _P), ("w", _P),
+        ("N", _I), ("Hp", _I), ("Wp", _I), ("C", _I), ("Co", _I), ("kh", _I), ("kw", _I),
+        ("sh", _I), ("sw", _I), ("dh", _I), ("dw", _I), ("Ho", _I), ("Wo", _I),
+        ("order", _I), ("n", _I), ("NW", _I), ("nodes", _I), ("nlev", _I),
+        ("lev_first", _P), ("leaf_seg", _P), ("seg_word", _P), ("seg_mask", _P), ("leaf_start", _P),
+        ("child0", _P), ("parent", _P), ("lev_tie", _P), ("sigma", _P),
+        ("sigma_valid", _I), ("root_p", _I), ("surrogate", _I), ("clip", _F), ("nthreads", _I),
+    ]
+
+
+_LIB = None
+_broken: Optional[str] = None
+
+
+def enabled() -> bool:
+    """Whether the native path may run (``BITVOTE_NATIVE_VOTE=0`` forces the float path)."""
+    return _broken is None and os.environ.get("BITVOTE_NATIVE_VOTE", "1") != "0"
+
+
+def _disable(why: str) -> None:
+    global _broken
+    _broken = why.splitlines()[0][:200] if why else "unknown error"
+    print(f"bitvote: native vote kernels unavailable ({_broken}); using the float path (slower)", file=sys.stderr)
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise RuntimeError("no C compiler (install gcc or clang, or set CC)")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    src = (_HERE / "vote.c").read_bytes()
+    cache = Path(os.environ.get("BITVOTE_CACHE", Path.home() / ".cache" / "bitvote"))
+    cache.mkdir(parents=True, exist_ok=True)
+    arch = ["-mpopcnt"] if platform.machine().lower() in ("x86_64", "amd64") else []
+    err = None
+    for extra in (["-fopenmp"] + arch, arch, []):
+        flags = _FLAGS + extra
+        key = hashlib.sha256(src + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
+        so = cache / f"bitvote_vote_{key}.so"
+        if not so.exists():
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                tmp_so = Path(tmp) / so.name
+                res = subprocess.run([cc, *flags, str(_HERE / "vote.c"), "-o", str(tmp_so), "-lm"],
+                                     capture_output=True, text=True)
+                if res.returncode != 0:
+                    err = res.stderr.strip() or f"{cc} failed"
+                    continue
+                os.replace(tmp_so, so)  # atomic: a concurrent process sees no half-written file
+        lib = ctypes.CDLL(str(so))
+        lib.bvt_struct_size.restype = ctypes.c_int
+        if lib.bvt_struct_size() != ctypes.sizeof(_Args):  # pragma: no cover - a build mismatch
+            raise RuntimeError("vote.c and fastvote._Args disagree on the argument struct")
+        lib.bvt_forward.argtypes = [ctypes.POINTER(_Args), _P]
+        lib.bvt_backward.argtypes = [ctypes.POINTER(_Args), _P, _P, _P]
+        lib.bvt_forward.restype = lib.bvt_backward.restype = ctypes.c_int
+        return lib
+    raise RuntimeError(f"compiling vote.c with {cc!r} failed: {err}")
+
+
+def available() -> bool:
+    """Enabled and compiled (compiling at the first call)."""
+    global _LIB
+    if not enabled():
+        return False
+    if _LIB is None:
+        try:
+            _LIB = _build()
+        except Exception as e:  # noqa: BLE001 - no compiler, a failing one, a bad .so: fall back
+            _disable(f"{type(e).__name__}: {e}")
+            return False
+    return True
+
+
+class _Plan:
+    """The tree of one hierarchy as flat int arrays for vote.c (built once per layer shape)."""
+
+    def __init__(self, hier: Hierarchy, C: int, T: int, sigma):
+        n = hier.n
+        self.n, self.NW = n, (n + 63) // 64
+        self.order = 1 if hier.order == CM else 0
+        leaves = hier.leaf_sizes
+        starts = [0]
+        for s in leaves:
+            starts.append(starts[-1] + s)
+        seg_word, seg_mask, leaf_seg = [], [], [0]
+        for a, b in zip(starts[:-1], starts[1:]):
+            i = a
+            while i < b:
+                wd, lo = divmod(i, 64)
+                hi = min(64, lo + (b - i))
+                mask = ((1 << hi) - 1) ^ ((1 << lo) - 1)
+                seg_word.append(wd)
+                seg_mask.append(mask)
+                i += hi - lo
+            leaf_seg.append(len(seg_word))
+        lev_first, child0, fanin = [0, len(leaves)], [], list(leaves)
+        for lv in hier.levels[1:]:
+            pos = lev_first[-2]
+            for g in lv.groups:
+                child0.append(pos)
+                fanin.append(g)
+                pos += g
+            lev_first.append(lev_first[-1] + len(lv.groups))
+        nodes = lev_first[-1]
+        parent = [0] * nodes
+        for li in range(1, len(lev_first) - 1):
+            for j in range(lev_first[li], lev_first[li + 1]):
+                c1 = child0[j + 1 - len(leaves)] if j + 1 < lev_first[li + 1] else lev_first[li]
+                for k in range(child0[j - len(leaves)], c1):
+                    parent[k] = j
+        child0 = [0] * len(leaves) + child0  # indexed by node
+        if sigma == "unit":
+            sig = [1.0] * nodes
+        elif sigma in ("fanin", "valid"):
+            sig = [math.sqrt(g) for g in fanin]
+        else:
+            sig = [float(sigma) * math.sqrt(g) for g in fanin]
+        i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+        self.lev_first = i32(lev_first)
+        self.leaf_seg, self.seg_word = i32(leaf_seg), i32(seg_word)
+        self.seg_mask = torch.tensor([m - (1 << 64) if m >= 1 << 63 else m for m in seg_mask], dtype=torch.int64)
+        self.leaf_start, self.child0, self.parent = i32(starts), i32(child0), i32(parent)
+        self.lev_tie = i32([2 if lv.tie == "first" else int(lv.tie) for lv in hier.levels])
+        self.sigma = torch.tensor(sig, dtype=torch.float32)
+        self.nodes, self.nlev = nodes, len(hier.levels)
+        self.sigma_valid = 1 if sigma == "valid" else 0
+        self.root_p = 1 if hier.root == "P" else 0
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(hier: Hierarchy, C: int, T: int, sigma) -> _Plan:
+    return _Plan(hier, C, T, sigma)
+
+
+def supports(surrogate: Surrogate, device: torch.device) -> bool:
+    """The surrogates vote.c knows (exactly these classes: a subclass may change ``grad``)."""
+    return device.type == "cpu" and type(surrogate) in (ApproxSign, Ste)
+
+
+def _args(plan: _Plan, xcl, w, wshape, stride, dilation, Ho, Wo, surrogate) -> _Args:
+    N, Hp, Wp, C = xcl.shape
+    Co, _, kh, kw = wshape
+    a = _Args()
+    a.x, a.w = xcl.data_ptr(), w.data_ptr()
+    a.N, a.Hp, a.Wp, a.C, a.Co, a.kh, a.kw = N, Hp, Wp, C, Co, kh, kw
+    a.sh, a.sw, a.dh, a.dw, a.Ho, a.Wo = stride[0], stride[1], dilation[0], dilation[1], Ho, Wo
+    a.order, a.n, a.NW, a.nodes, a.nlev = plan.order, plan.n, plan.NW, plan.nodes, plan.nlev
+    for f in ("lev_first", "leaf_seg", "seg_word", "seg_mask", "leaf_start", "child0", "parent", "lev_tie", "sigma"):
+        setattr(a, f, getattr(plan, f).data_ptr())
+    a.sigma_valid, a.root_p = plan.sigma_valid, plan.root_p
+    a.surrogate = 1 if type(surrogate) is Ste else 0
+    a.clip = float(getattr(surrogate, "clip", 1.0))
+    a.nthreads = torch.get_num_threads()
+    return a
+
+
+class _NativeVoteFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xb, wb, plan, stride, padding, dilation, pad_value, Ho, Wo, surrogate):
+        N, C, H, W = xb.shape
+        Co, _, kh, kw = wb.shape
+        ph, pw = padding
+        xi = torch.where(xb >= 0, 1, -1).to(torch.int8).permute(0, 2, 3, 1)
+        xcl = F.pad(xi, (0, 0, pw, pw, ph, ph), value=int(pad_value)).contiguous()
+        wf = wb.reshape(Co, C, kh * kw)
+        wf = wf.reshape(Co, -1) if plan.order else wf.transpose(1, 2).reshape(Co, -1)
+        wi = torch.where(wf >= 0, 1, -1).to(torch.int8).contiguous()
+        out = torch.empty((N, Co, Ho, Wo), dtype=torch.float32)
+        a = _args(plan, xcl, wi, wb.shape, stride, dilation, Ho, Wo, surrogate)
+        if _LIB.bvt_forward(ctypes.byref(a), out.data_ptr()):
+            raise MemoryError("native vote kernel: out of memory")
+        ctx.save_for_backward(xcl, wi)
+        ctx.meta = (plan, tuple(wb.shape), stride, padding, dilation, Ho, Wo, surrogate, xb.dtype, wb.dtype, H, W)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        xcl, wi = ctx.saved_tensors
+        plan, wshape, stride, padding, dilation, Ho, Wo, surrogate, xdt, wdt, H, W = ctx.meta
+        Co, C, kh, kw = wshape
+        g = g.float().contiguous()
+        gx = torch.zeros(xcl.shape, dtype=torch.float32)
+        gw = torch.zeros((Co, plan.n), dtype=torch.float32)
+        a = _args(plan, xcl, wi, wshape, stride, dilation, Ho, Wo, surrogate)
+        if _LIB.bvt_backward(ctypes.byref(a), g.data_ptr(), gx.data_ptr(), gw.data_ptr()):
+            raise MemoryError("native vote kernel: out of memory")
+        ph, pw = padding
+        gxb = gx[:, ph:ph + H, pw:pw + W].permute(0, 3, 1, 2).to(xdt)
+        gwb = gw.view(Co, C, kh * kw) if plan.order else gw.view(Co, kh * kw, C).transpose(1, 2)
+        return gxb, gwb.reshape(wshape).to(wdt), None, None, None, None, None, None, None, None
+
+
+def conv_votes(xb, wb, hier: Hierarchy, stride, padding, dilation, pad_value, Ho, Wo, surrogate, sigma):
+    """Votes (N, Co, Ho, Wo) fp32 of one conv group through ``hier``; differentiable."""
+    C, T = xb.shape[1], wb.shape[2] * wb.shape[3]
+    plan = _plan(hier, C, T, sigma)
+    return _NativeVoteFn.apply(xb, wb, plan, stride, padding, dilation, pad_value, Ho, Wo, surrogate)
