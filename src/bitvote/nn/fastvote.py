@@ -49,11 +49,11 @@ class _Args(ctypes.Structure):
     """Mirror of ``bvt_args`` in vote.c (same field order)."""
 
     _fields_ = [
-        ("x", _P), ("w", _P),
-        ("N", _I), ("Hp", _I), ("Wp", _I), ("C", _I), ("Co", _I), ("kh", _I), ("kw", _I),
+        ("x", _P), ("w", _P), ("wf", _P),
+        ("N", _I), ("Hp", _I), ("Wp", _I), ("C", _I), ("Co", _I), ("Cp", _I), ("kh", _I), ("kw", _I),
         ("sh", _I), ("sw", _I), ("dh", _I), ("dw", _I), ("Ho", _I), ("Wo", _I),
-        ("order", _I), ("n", _I), ("NW", _I), ("nodes", _I), ("nlev", _I),
-        ("lev_first", _P), ("leaf_seg", _P), ("seg_word", _P), ("seg_mask", _P), ("leaf_start", _P),
+        ("order", _I), ("n", _I), ("nodes", _I), ("nlev", _I),
+        ("lev_first", _P), ("leaf_start", _P),
         ("child0", _P), ("parent", _P), ("lev_tie", _P), ("sigma", _P),
         ("sigma_valid", _I), ("root_p", _I), ("surrogate", _I), ("clip", _F), ("nthreads", _I),
     ]
@@ -74,6 +74,17 @@ def _disable(why: str) -> None:
     print(f"bitvote: native vote kernels unavailable ({_broken}); using the float path (slower)", file=sys.stderr)
 
 
+def _arch_flags():
+    """AVX2/FMA where this CPU has them (the flags are part of the cache key)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
+
+
 def _build() -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
@@ -82,9 +93,9 @@ def _build() -> ctypes.CDLL:
     src = (_HERE / "vote.c").read_bytes()
     cache = Path(os.environ.get("BITVOTE_CACHE", Path.home() / ".cache" / "bitvote"))
     cache.mkdir(parents=True, exist_ok=True)
-    arch = ["-mpopcnt"] if platform.machine().lower() in ("x86_64", "amd64") else []
+    arch = _arch_flags()
     err = None
-    for extra in (["-fopenmp"] + arch, arch, []):
+    for extra in (["-fopenmp"] + arch, ["-fopenmp-simd"] + arch, []):
         flags = _FLAGS + extra
         key = hashlib.sha256(src + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
         so = cache / f"bitvote_vote_{key}.so"
@@ -127,23 +138,12 @@ class _Plan:
 
     def __init__(self, hier: Hierarchy, C: int, T: int, sigma):
         n = hier.n
-        self.n, self.NW = n, (n + 63) // 64
+        self.n = n
         self.order = 1 if hier.order == CM else 0
         leaves = hier.leaf_sizes
         starts = [0]
         for s in leaves:
             starts.append(starts[-1] + s)
-        seg_word, seg_mask, leaf_seg = [], [], [0]
-        for a, b in zip(starts[:-1], starts[1:]):
-            i = a
-            while i < b:
-                wd, lo = divmod(i, 64)
-                hi = min(64, lo + (b - i))
-                mask = ((1 << hi) - 1) ^ ((1 << lo) - 1)
-                seg_word.append(wd)
-                seg_mask.append(mask)
-                i += hi - lo
-            leaf_seg.append(len(seg_word))
         lev_first, child0, fanin = [0, len(leaves)], [], list(leaves)
         for lv in hier.levels[1:]:
             pos = lev_first[-2]
@@ -168,8 +168,6 @@ class _Plan:
             sig = [float(sigma) * math.sqrt(g) for g in fanin]
         i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
         self.lev_first = i32(lev_first)
-        self.leaf_seg, self.seg_word = i32(leaf_seg), i32(seg_word)
-        self.seg_mask = torch.tensor([m - (1 << 64) if m >= 1 << 63 else m for m in seg_mask], dtype=torch.int64)
         self.leaf_start, self.child0, self.parent = i32(starts), i32(child0), i32(parent)
         self.lev_tie = i32([2 if lv.tie == "first" else int(lv.tie) for lv in hier.levels])
         self.sigma = torch.tensor(sig, dtype=torch.float32)
@@ -188,15 +186,15 @@ def supports(surrogate: Surrogate, device: torch.device) -> bool:
     return device.type == "cpu" and type(surrogate) in (ApproxSign, Ste)
 
 
-def _args(plan: _Plan, xcl, w, wshape, stride, dilation, Ho, Wo, surrogate) -> _Args:
+def _args(plan: _Plan, xcl, w, wf, wshape, stride, dilation, Ho, Wo, surrogate) -> _Args:
     N, Hp, Wp, C = xcl.shape
     Co, _, kh, kw = wshape
     a = _Args()
-    a.x, a.w = xcl.data_ptr(), w.data_ptr()
-    a.N, a.Hp, a.Wp, a.C, a.Co, a.kh, a.kw = N, Hp, Wp, C, Co, kh, kw
+    a.x, a.w, a.wf = xcl.data_ptr(), w.data_ptr(), 0 if wf is None else wf.data_ptr()
+    a.N, a.Hp, a.Wp, a.C, a.Co, a.Cp, a.kh, a.kw = N, Hp, Wp, C, Co, w.shape[1], kh, kw
     a.sh, a.sw, a.dh, a.dw, a.Ho, a.Wo = stride[0], stride[1], dilation[0], dilation[1], Ho, Wo
-    a.order, a.n, a.NW, a.nodes, a.nlev = plan.order, plan.n, plan.NW, plan.nodes, plan.nlev
-    for f in ("lev_first", "leaf_seg", "seg_word", "seg_mask", "leaf_start", "child0", "parent", "lev_tie", "sigma"):
+    a.order, a.n, a.nodes, a.nlev = plan.order, plan.n, plan.nodes, plan.nlev
+    for f in ("lev_first", "leaf_start", "child0", "parent", "lev_tie", "sigma"):
         setattr(a, f, getattr(plan, f).data_ptr())
     a.sigma_valid, a.root_p = plan.sigma_valid, plan.root_p
     a.surrogate = 1 if type(surrogate) is Ste else 0
@@ -213,11 +211,12 @@ class _NativeVoteFn(torch.autograd.Function):
         ph, pw = padding
         xi = torch.where(xb >= 0, 1, -1).to(torch.int8).permute(0, 2, 3, 1)
         xcl = F.pad(xi, (0, 0, pw, pw, ph, ph), value=int(pad_value)).contiguous()
-        wf = wb.reshape(Co, C, kh * kw)
-        wf = wf.reshape(Co, -1) if plan.order else wf.transpose(1, 2).reshape(Co, -1)
-        wi = torch.where(wf >= 0, 1, -1).to(torch.int8).contiguous()
+        wt = wb.reshape(Co, C, kh * kw)  # term-major (n, Co): the kernels run over channels
+        wt = wt.reshape(Co, -1).t() if plan.order else wt.permute(2, 1, 0).reshape(-1, Co)
+        wi = torch.ones((wt.shape[0], -(-Co // 16) * 16), dtype=torch.int16)  # pad channels: +1, unused
+        wi[:, :Co] = torch.where(wt >= 0, 1, -1)
         out = torch.empty((N, Co, Ho, Wo), dtype=torch.float32)
-        a = _args(plan, xcl, wi, wb.shape, stride, dilation, Ho, Wo, surrogate)
+        a = _args(plan, xcl, wi, None, wb.shape, stride, dilation, Ho, Wo, surrogate)
         if _LIB.bvt_forward(ctypes.byref(a), out.data_ptr()):
             raise MemoryError("native vote kernel: out of memory")
         ctx.save_for_backward(xcl, wi)
@@ -231,13 +230,16 @@ class _NativeVoteFn(torch.autograd.Function):
         Co, C, kh, kw = wshape
         g = g.float().contiguous()
         gx = torch.zeros(xcl.shape, dtype=torch.float32)
-        gw = torch.zeros((Co, plan.n), dtype=torch.float32)
-        a = _args(plan, xcl, wi, wshape, stride, dilation, Ho, Wo, surrogate)
+        gw = torch.zeros(wi.shape, dtype=torch.float32)
+        wf = wi.float()
+        wf[:, Co:] = 0
+        a = _args(plan, xcl, wi, wf, wshape, stride, dilation, Ho, Wo, surrogate)
         if _LIB.bvt_backward(ctypes.byref(a), g.data_ptr(), gx.data_ptr(), gw.data_ptr()):
             raise MemoryError("native vote kernel: out of memory")
         ph, pw = padding
         gxb = gx[:, ph:ph + H, pw:pw + W].permute(0, 3, 1, 2).to(xdt)
-        gwb = gw.view(Co, C, kh * kw) if plan.order else gw.view(Co, kh * kw, C).transpose(1, 2)
+        gw = gw[:, :Co]
+        gwb = gw.t().reshape(Co, C, kh * kw) if plan.order else gw.reshape(kh * kw, C, Co).permute(2, 1, 0)
         return gxb, gwb.reshape(wshape).to(wdt), None, None, None, None, None, None, None, None
 
 

@@ -1,33 +1,40 @@
-/* Votes of a binary conv through any voter tree, and their surrogate gradient, from bits.
+/* Votes of a binary conv through any voter tree, and their surrogate gradient.
  *
- * Per output position the n terms are packed in their flat order (tap-major or channel-major)
- * as XNOR-able words plus a valid mask (zero padding); per output channel the leaf sums are
- * masked popcounts, and the tree's levels (ties, abstention, `first`, a `P` root) are walked
- * on small integer arrays. Nothing of size (leaves x outputs) is ever stored: the backward
- * recomputes the sums from the same bits, derives the surrogate chain root -> leaf, and
- * accumulates only the leaves whose chain is non-zero straight into the input and weight
- * gradients. The semantics are bitvote.voter.reduce_votes'; Python checks they agree.
+ * One output position at a time, every output channel at once: the position's n terms are
+ * gathered in their flat order (tap-major or channel-major; 0 = a zero-padded, invalid term),
+ * and each voter of the tree keeps a vector of small integers over the output channels (its
+ * sum, then its vote), so every loop below runs over channels and vectorizes. Leaf sums come
+ * from +/-1 weights laid out term-major (n, Co). Nothing of size (leaves x outputs) outlives
+ * one position: the backward recomputes the integers, multiplies the surrogate chain root ->
+ * leaf on per-voter channel vectors (skipping voters whose chain is zero for every channel),
+ * and adds each leaf's terms into the input and weight gradients. Semantics are those of
+ * bitvote.voter.reduce_votes; the tests hold the two against each other.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* GCC/Clang vector extensions: 16 int16 or 8 fp32 channels per value (one AVX2 register,
+ * two SSE ones), so the channel loops carry no scalar prologues or alias checks. */
+typedef int16_t v16 __attribute__((vector_size(32)));
+typedef int16_t v8s __attribute__((vector_size(16)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 typedef struct {
     const int8_t *x;      /* padded channels-last input (N, Hp, Wp, C): +1, -1, 0 = invalid */
-    const int8_t *w;      /* weights in flat term order (Co, n): +1 / -1 */
-    int N, Hp, Wp, C, Co, kh, kw, sh, sw, dh, dw, Ho, Wo;
+    const int16_t *w;     /* weights term-major (n, Cp), Cp = Co rounded up to 16: +1 / -1 */
+    const float *wf;      /* the same as floats, 0 in the pad channels (backward only) */
+    int N, Hp, Wp, C, Co, Cp, kh, kw, sh, sw, dh, dw, Ho, Wo;
     int order;            /* 0: i = tap * C + c, 1: i = c * taps + tap */
-    int n, NW;            /* terms, 64-bit words per packed vector */
+    int n;                /* terms per output */
     int nodes;            /* voters over all levels, leaves first, level by level */
     int nlev;
     const int32_t *lev_first;  /* nlev + 1: index of each level's first node */
-    const int32_t *leaf_seg;   /* leaves + 1: segment range of each leaf */
-    const int32_t *seg_word;
-    const uint64_t *seg_mask;
     const int32_t *leaf_start; /* leaves + 1: flat term boundaries */
     const int32_t *child0;     /* per node above the leaves: its first child (node index) */
     const int32_t *parent;     /* per node below the root: its parent */
@@ -42,66 +49,64 @@ typedef struct {
 
 int bvt_struct_size(void) { return (int)sizeof(bvt_args); }
 
-/* Per output position: packed term bits, valid bits, live-input counts and first live input. */
+
+
 typedef struct {
-    uint64_t *a, *v;
+    int8_t *a;       /* the position's n terms in flat order: +1, -1, 0 = invalid */
     int32_t *cnt;    /* per node: valid terms (leaf) or non-abstaining children */
     int32_t *first;  /* per node: first valid term (leaf, flat index) or first live child; -1 none */
     float *sig;      /* per node: the sigma in use here */
-    int32_t *s;      /* per node: the sum (per output channel) */
-    int8_t *vote;
-    float *coef;     /* per node: dL/ds (backward) */
+    v16 *s;          /* (nodes, Cp / 16): sums */
+    v16 *v;          /* (nodes, Cp / 16): votes */
+    v8f *coef;       /* (nodes, Cp / 8): dL/ds (backward) */
+    uint8_t *live;   /* per node: some channel has a non-zero dL/ds */
+    size_t *pix;     /* per tap: offset of the pixel it reads */
 } pos_t;
 
-static void pos_alloc(const bvt_args *A, pos_t *P) {
-    P->a = calloc((size_t)A->NW, 8);
-    P->v = calloc((size_t)A->NW, 8);
+static void *valloc32(size_t bytes) {
+    void *p = NULL;
+    return posix_memalign(&p, 32, bytes ? bytes : 32) ? NULL : p;
+}
+
+static int pos_alloc(const bvt_args *A, pos_t *P, int backward) {
+    size_t NC = (size_t)A->nodes * A->Cp;
+    P->a = malloc((size_t)A->n);
     P->cnt = malloc(sizeof(int32_t) * A->nodes);
     P->first = malloc(sizeof(int32_t) * A->nodes);
     P->sig = malloc(sizeof(float) * A->nodes);
-    P->s = malloc(sizeof(int32_t) * A->nodes);
-    P->vote = malloc((size_t)A->nodes);
-    P->coef = malloc(sizeof(float) * A->nodes);
+    P->s = valloc32(sizeof(int16_t) * NC);
+    P->v = valloc32(sizeof(int16_t) * NC);
+    P->coef = backward ? valloc32(sizeof(float) * NC) : NULL;
+    P->live = malloc((size_t)A->nodes);
+    P->pix = malloc(sizeof(size_t) * A->kh * A->kw);
+    return P->a && P->cnt && P->first && P->sig && P->s && P->v && (P->coef || !backward) && P->live && P->pix;
 }
 
 static void pos_free(pos_t *P) {
-    free(P->a); free(P->v); free(P->cnt); free(P->first); free(P->sig); free(P->s); free(P->vote);
-    free(P->coef);
+    free(P->a); free(P->cnt); free(P->first); free(P->sig); free(P->s); free(P->v);
+    free(P->coef); free(P->live); free(P->pix);
 }
 
-static inline const int8_t *pixel(const bvt_args *A, int b, int ho, int wo, int t) {
-    int i = t / A->kw, j = t % A->kw;
-    return A->x + (((size_t)b * A->Hp + ho * A->sh + i * A->dh) * A->Wp + wo * A->sw + j * A->dw) * A->C;
-}
-
-/* Pack one position's terms and derive everything that depends only on validity. */
+/* Gather one position's terms and derive everything that depends only on validity. */
 static void pos_setup(const bvt_args *A, pos_t *P, int b, int ho, int wo) {
     const int T = A->kh * A->kw, C = A->C;
-    memset(P->a, 0, 8 * (size_t)A->NW);
-    memset(P->v, 0, 8 * (size_t)A->NW);
     for (int t = 0; t < T; t++) {
-        const int8_t *px = pixel(A, b, ho, wo, t);
-        for (int c = 0; c < C; c++) {
-            int i = A->order ? c * T + t : t * C + c;
-            int8_t x = px[c];
-            uint64_t bit = 1ull << (i & 63);
-            if (x > 0) P->a[i >> 6] |= bit;
-            if (x != 0) P->v[i >> 6] |= bit;
+        int i = t / A->kw, j = t % A->kw;
+        P->pix[t] = (((size_t)b * A->Hp + (size_t)ho * A->sh + (size_t)i * A->dh) * A->Wp
+                     + (size_t)wo * A->sw + (size_t)j * A->dw) * C;
+        const int8_t *px = A->x + P->pix[t];
+        if (A->order) {
+            for (int c = 0; c < C; c++) P->a[c * T + t] = px[c];
+        } else {
+            memcpy(P->a + (size_t)t * C, px, (size_t)C);
         }
     }
     const int L = A->lev_first[1];
     for (int l = 0; l < L; l++) {
-        int c = 0;
-        for (int k = A->leaf_seg[l]; k < A->leaf_seg[l + 1]; k++)
-            c += __builtin_popcountll(P->v[A->seg_word[k]] & A->seg_mask[k]);
+        int c = 0, f = -1;
+        for (int i = A->leaf_start[l]; i < A->leaf_start[l + 1]; i++)
+            if (P->a[i]) { if (f < 0) f = i; c++; }
         P->cnt[l] = c;
-        int f = -1;
-        if (c) {
-            for (int k = A->leaf_seg[l]; k < A->leaf_seg[l + 1]; k++) {
-                uint64_t m = P->v[A->seg_word[k]] & A->seg_mask[k];
-                if (m) { f = A->seg_word[k] * 64 + __builtin_ctzll(m); break; }
-            }
-        }
         P->first[l] = f;
     }
     for (int li = 1; li < A->nlev; li++) {
@@ -118,155 +123,197 @@ static void pos_setup(const bvt_args *A, pos_t *P, int b, int ho, int wo) {
         P->sig[j] = A->sigma_valid ? sqrtf((float)(P->cnt[j] > 1 ? P->cnt[j] : 1)) : A->sigma[j];
 }
 
-/* Sums and votes of every node for output channel co; returns the root's output. */
-static inline float pos_eval(const bvt_args *A, pos_t *P, const uint64_t *wbits) {
-    const int L = A->lev_first[1], root = A->nodes - 1, NW = A->NW;
-    uint64_t xn[NW];
-    for (int k = 0; k < NW; k++) xn[k] = ~(P->a[k] ^ wbits[k]) & P->v[k];
-    int tie = A->lev_tie[0];
+/* v = sign(s), or the tie value where s == 0, for one node over every channel. */
+static inline void node_vote(const bvt_args *A, pos_t *P, int j, int tie, int is_root) {
+    const int NB = A->Cp / 16;
+    const v16 *s = P->s + (size_t)j * NB;
+    v16 *v = P->v + (size_t)j * NB;
+    if (P->cnt[j] == 0) {  /* abstains: 0, or the root's tie value (+1 under first) */
+        int16_t ab = is_root ? (int16_t)(tie == 2 ? 1 : tie) : 0;
+        v16 z = {0};
+        for (int k = 0; k < NB; k++) v[k] = z + ab;
+        return;
+    }
+    if (tie == 2 && j < A->lev_first[1]) {  /* a leaf: its first valid term, every channel */
+        int f = P->first[j];
+        const v16 *wr = (const v16 *)(A->w + (size_t)f * A->Cp);
+        int16_t af = P->a[f];
+        for (int k = 0; k < NB; k++)
+            v[k] = (s[k] < 0) - (s[k] > 0) + ((s[k] == 0) & (wr[k] * af));
+    } else if (tie == 2) {  /* the first non-abstaining child */
+        const v16 *tv = P->v + (size_t)P->first[j] * NB;
+        for (int k = 0; k < NB; k++) v[k] = (s[k] < 0) - (s[k] > 0) + ((s[k] == 0) & tv[k]);
+    } else {
+        int16_t t = (int16_t)tie;
+        for (int k = 0; k < NB; k++) v[k] = (s[k] < 0) - (s[k] > 0) + ((s[k] == 0) & t);
+    }
+}
+
+/* Sums and votes of every node, every channel. */
+static void pos_eval(const bvt_args *A, pos_t *P) {
+    const int L = A->lev_first[1], root = A->nodes - 1, NB = A->Cp / 16;
+    const v16 *W = (const v16 *)A->w;
     for (int l = 0; l < L; l++) {
-        int pc = 0;
-        for (int k = A->leaf_seg[l]; k < A->leaf_seg[l + 1]; k++)
-            pc += __builtin_popcountll(xn[A->seg_word[k]] & A->seg_mask[k]);
-        int s = 2 * pc - P->cnt[l];
-        P->s[l] = s;
-        int8_t v;
-        if (s) v = s > 0 ? 1 : -1;
-        else if (P->cnt[l] == 0) v = (l == root) ? (int8_t)(tie == 2 ? 1 : tie) : 0;
-        else if (tie == 2) { int f = P->first[l]; v = (xn[f >> 6] >> (f & 63)) & 1 ? 1 : -1; }
-        else v = (int8_t)tie;
-        P->vote[l] = v;
+        v16 *s = P->s + (size_t)l * NB;
+        int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
+        for (int k = 0; k < NB; k++) {
+            v16 acc = {0};
+            for (int i = i0; i < i1; i++) acc += W[(size_t)i * NB + k] * (int16_t)P->a[i];
+            s[k] = acc;
+        }
+        node_vote(A, P, l, A->lev_tie[0], l == root);
     }
     for (int li = 1; li < A->nlev; li++) {
         int j1 = A->lev_first[li + 1];
-        tie = A->lev_tie[li];
         for (int j = A->lev_first[li]; j < j1; j++) {
             int c0 = A->child0[j], c1 = j + 1 < j1 ? A->child0[j + 1] : A->lev_first[li];
-            int s = 0;
-            for (int k = c0; k < c1; k++) s += P->vote[k];
-            P->s[j] = s;
-            int8_t v;
-            if (s) v = s > 0 ? 1 : -1;
-            else if (P->cnt[j] == 0) v = (j == root) ? (int8_t)(tie == 2 ? 1 : tie) : 0;
-            else if (tie == 2) v = P->vote[P->first[j]];
-            else v = (int8_t)tie;
-            P->vote[j] = v;
+            v16 *s = P->s + (size_t)j * NB;
+            for (int k = 0; k < NB; k++) {
+                v16 acc = {0};
+                for (int c = c0; c < c1; c++) acc += P->v[(size_t)c * NB + k];
+                s[k] = acc;
+            }
+            node_vote(A, P, j, A->lev_tie[li], j == root);
         }
     }
-    return A->root_p ? (float)P->s[root] : (float)P->vote[root];
-}
-
-static inline float deriv(const bvt_args *A, float g, int s, float sig) {
-    float u = (float)s / sig;
-    if (A->surrogate == 1) return fabsf((float)s) <= A->clip * sig ? g / sig : 0.0f;
-    float d = 2.0f - 2.0f * fabsf(u);
-    return d > 0.0f ? d * (g / sig) : 0.0f;
-}
-
-static void pack_weights(const bvt_args *A, uint64_t *wb) {
-    memset(wb, 0, 8 * (size_t)A->Co * A->NW);
-    for (int o = 0; o < A->Co; o++)
-        for (int i = 0; i < A->n; i++)
-            if (A->w[(size_t)o * A->n + i] > 0) wb[(size_t)o * A->NW + (i >> 6)] |= 1ull << (i & 63);
 }
 
 /* out: (N, Co, Ho, Wo) */
 int bvt_forward(const bvt_args *A, float *out) {
-    uint64_t *wb = malloc(8 * (size_t)A->Co * A->NW);
-    if (!wb) return 1;
-    pack_weights(A, wb);
     const size_t HW = (size_t)A->Ho * A->Wo;
-#pragma omp parallel num_threads(A->nthreads)
+    const int root = A->nodes - 1, Co = A->Co, Cp = A->Cp;
+    int err = 0;
+#pragma omp parallel num_threads(A->nthreads) reduction(| : err)
     {
         pos_t P;
-        pos_alloc(A, &P);
+        if (!pos_alloc(A, &P, 0)) err = 1;
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < A->N; b++)
-            for (int ho = 0; ho < A->Ho; ho++)
+            for (int ho = 0; ho < A->Ho; ho++) {
+                if (err) continue;
                 for (int wo = 0; wo < A->Wo; wo++) {
                     pos_setup(A, &P, b, ho, wo);
-                    float *o = out + (size_t)b * A->Co * HW + (size_t)ho * A->Wo + wo;
-                    for (int co = 0; co < A->Co; co++)
-                        o[co * HW] = pos_eval(A, &P, wb + (size_t)co * A->NW);
+                    pos_eval(A, &P);
+                    const int16_t *r = (const int16_t *)((A->root_p ? P.s : P.v) + (size_t)root * (Cp / 16));
+                    float *o = out + (size_t)b * Co * HW + (size_t)ho * A->Wo + wo;
+                    for (int c = 0; c < Co; c++) o[c * HW] = (float)r[c];
                 }
+            }
         pos_free(&P);
     }
-    free(wb);
+    return err;
+}
+
+static inline v8f v8f_abs(v8f x) {
+    v8i m = {0};
+    m += 0x7fffffff;
+    return (v8f)((v8i)x & m);
+}
+
+/* dL/ds of one node from its parent's (or the output gradient at the root); 1 if any non-zero.
+ * The same operations as the float path (s / sigma, g / sigma), so a boundary |s| = sigma
+ * passes or stops exactly as there. */
+static inline int node_deriv(const bvt_args *A, const v8f *cp, const v16 *s16, float sig, v8f *cf) {
+    const int N8 = A->Cp / 8;
+    const v8s *s = (const v8s *)s16;
+    v8i any = {0};
+    if (A->surrogate == 1) {
+        float lim = A->clip * sig;
+        for (int k = 0; k < N8; k++) {
+            v8f sf = __builtin_convertvector(s[k], v8f);
+            v8i pass = v8f_abs(sf) <= lim;
+            v8f d = (v8f)((v8i)(cp[k] / sig) & pass);
+            cf[k] = d;
+            any |= (v8i)d;
+        }
+    } else {
+        for (int k = 0; k < N8; k++) {
+            v8f sf = __builtin_convertvector(s[k], v8f);
+            v8f d = 2.0f - 2.0f * v8f_abs(sf / sig);
+            d = (v8f)((v8i)d & (d > 0.0f));
+            d = d * (cp[k] / sig);
+            cf[k] = d;
+            any |= (v8i)d & 0x7fffffff;  /* -0.0 passes nothing */
+        }
+    }
+    for (int q = 0; q < 8; q++)
+        if (any[q]) return 1;
     return 0;
 }
 
-/* g: (N, Co, Ho, Wo); gx: (N, Hp, Wp, C) zeroed; gw: (Co, n) zeroed, flat term order. */
+/* g: (N, Co, Ho, Wo); gx: (N, Hp, Wp, C) zeroed; gw: (n, Cp) zeroed, term-major. */
 int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
-    uint64_t *wb = malloc(8 * (size_t)A->Co * A->NW);
-    if (!wb) return 1;
-    pack_weights(A, wb);
-    const size_t HW = (size_t)A->Ho * A->Wo, CN = (size_t)A->Co * A->n;
-    const int T = A->kh * A->kw, C = A->C, L = A->lev_first[1], root = A->nodes - 1;
+    const size_t HW = (size_t)A->Ho * A->Wo, CN = (size_t)A->Cp * A->n;
+    const int T = A->kh * A->kw, C = A->C, L = A->lev_first[1], root = A->nodes - 1, Co = A->Co;
+    const int N8 = A->Cp / 8;
     int nt = A->nthreads > 0 ? A->nthreads : 1;
     if (nt > A->N) nt = A->N;
-    float *gwt = calloc((size_t)nt * CN, sizeof(float));
-    if (!gwt) { free(wb); return 1; }
-#pragma omp parallel num_threads(nt)
+    float *gwt = nt > 1 ? valloc32((size_t)(nt - 1) * CN * sizeof(float)) : NULL;
+    if (nt > 1 && !gwt) return 1;
+    if (gwt) memset(gwt, 0, (size_t)(nt - 1) * CN * sizeof(float));
+    const v8f *WF = (const v8f *)A->wf;
+    int err = 0;
+#pragma omp parallel num_threads(nt) reduction(| : err)
     {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *gwl = gwt + (size_t)tid * CN;
+        v8f *GW = (v8f *)(tid ? gwt + (size_t)(tid - 1) * CN : gw);
         pos_t P;
-        pos_alloc(A, &P);
-        size_t pix[T];
+        v8f *gi = valloc32(sizeof(float) * A->Cp);
+        if (!pos_alloc(A, &P, 1) || !gi) err = 1;
 #pragma omp for schedule(static)
         for (int b = 0; b < A->N; b++)
             for (int ho = 0; ho < A->Ho; ho++)
                 for (int wo = 0; wo < A->Wo; wo++) {
+                    if (err) continue;
                     pos_setup(A, &P, b, ho, wo);
-                    for (int t = 0; t < T; t++) pix[t] = (size_t)(pixel(A, b, ho, wo, t) - A->x);
-                    const float *gp = g + (size_t)b * A->Co * HW + (size_t)ho * A->Wo + wo;
-                    for (int co = 0; co < A->Co; co++) {
-                        float go = gp[co * HW];
-                        if (go == 0.0f) continue;
-                        pos_eval(A, &P, wb + (size_t)co * A->NW);
-                        P.coef[root] = A->root_p ? go : deriv(A, go, P.s[root], P.sig[root]);
-                        for (int j = root - 1; j >= 0; j--) {
-                            float cp = P.coef[A->parent[j]];
-                            /* an abstaining voter has no valid term below it: nothing to pass */
-                            P.coef[j] = (cp != 0.0f && P.cnt[j] > 0) ? deriv(A, cp, P.s[j], P.sig[j]) : 0.0f;
-                        }
-                        const int8_t *wr = A->w + (size_t)co * A->n;
-                        float *gwr = gwl + (size_t)co * A->n;
-                        for (int l = 0; l < L; l++) {
-                            float cf = P.coef[l];
-                            if (cf == 0.0f) continue;
-                            int i = A->leaf_start[l], e = A->leaf_start[l + 1];
-                            if (A->order == 0) {
-                                while (i < e) {  /* runs of channels inside one tap */
-                                    int t = i / C, c = i % C, r = C - c < e - i ? C - c : e - i;
-                                    float *gxr = gx + pix[t] + c;
-                                    const int8_t *xr = A->x + pix[t] + c;
-                                    for (int k = 0; k < r; k++) {
-                                        gxr[k] += cf * (float)wr[i + k];
-                                        gwr[i + k] += cf * (float)xr[k];
-                                    }
-                                    i += r;
-                                }
+                    pos_eval(A, &P);
+                    const float *gp = g + (size_t)b * Co * HW + (size_t)ho * A->Wo + wo;
+                    float *gs = (float *)gi;
+                    for (int o = 0; o < A->Cp; o++) gs[o] = o < Co ? gp[o * HW] : 0.0f;
+                    v8f *cr = P.coef + (size_t)root * N8;
+                    if (A->root_p) {
+                        memcpy(cr, gi, sizeof(float) * A->Cp);
+                        P.live[root] = 1;
+                    } else {
+                        P.live[root] = (uint8_t)node_deriv(A, gi, P.s + (size_t)root * (A->Cp / 16), P.sig[root], cr);
+                    }
+                    for (int j = root - 1; j >= 0; j--) {
+                        int pj = A->parent[j];
+                        /* an abstaining voter has no valid term below it: nothing to pass */
+                        P.live[j] = P.live[pj] && P.cnt[j] > 0
+                            && node_deriv(A, P.coef + (size_t)pj * N8, P.s + (size_t)j * (A->Cp / 16), P.sig[j],
+                                          P.coef + (size_t)j * N8);
+                    }
+                    for (int l = 0; l < L; l++) {
+                        if (!P.live[l]) continue;
+                        const v8f *cf = P.coef + (size_t)l * N8;
+                        for (int i = A->leaf_start[l]; i < A->leaf_start[l + 1]; i++) {
+                            int8_t ai = P.a[i];
+                            if (!ai) continue;  /* padding: no weight gradient, input discarded */
+                            const v8f *wr = WF + (size_t)i * N8;
+                            v8f *gr = GW + (size_t)i * N8;
+                            v8f acc = {0};
+                            if (ai > 0) {
+                                for (int k = 0; k < N8; k++) { acc += cf[k] * wr[k]; gr[k] += cf[k]; }
                             } else {
-                                for (; i < e; i++) {
-                                    int c = i / T, t = i % T;
-                                    gx[pix[t] + c] += cf * (float)wr[i];
-                                    gwr[i] += cf * (float)A->x[pix[t] + c];
-                                }
+                                for (int k = 0; k < N8; k++) { acc += cf[k] * wr[k]; gr[k] -= cf[k]; }
                             }
+                            float h = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+                            int t = A->order ? i % T : i / C, c = A->order ? i / T : i % C;
+                            gx[P.pix[t] + c] += h;
                         }
                     }
                 }
+        free(gi);
         pos_free(&P);
     }
-    for (int t = 0; t < nt; t++) {
+    for (int t = 0; t + 1 < nt; t++) {
         const float *src = gwt + (size_t)t * CN;
         for (size_t k = 0; k < CN; k++) gw[k] += src[k];
     }
     free(gwt);
-    free(wb);
-    return 0;
+    return err;
 }
