@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..binarize import ApproxSign, Ste, Surrogate
 from ..voter import CM, Hierarchy
 
-__all__ = ["enabled", "available", "conv_votes", "supports"]
+__all__ = ["wanted", "enabled", "available", "conv_votes", "supports"]
 
 _HERE = Path(__file__).parent / "csrc"
 _FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
@@ -63,9 +63,14 @@ _LIB = None
 _broken: Optional[str] = None
 
 
+def wanted() -> bool:
+    """``BITVOTE_NATIVE_VOTE=0`` asks for the float path everywhere (also for ``mv`` with ``first``)."""
+    return os.environ.get("BITVOTE_NATIVE_VOTE", "1") != "0"
+
+
 def enabled() -> bool:
-    """Whether the native path may run (``BITVOTE_NATIVE_VOTE=0`` forces the float path)."""
-    return _broken is None and os.environ.get("BITVOTE_NATIVE_VOTE", "1") != "0"
+    """Whether the native path may run: wanted, and no failed build so far."""
+    return _broken is None and wanted()
 
 
 def _disable(why: str) -> None:
