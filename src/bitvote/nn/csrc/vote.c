@@ -290,8 +290,14 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
                     for (int l = 0; l < L; l++) {
                         if (!P.live[l]) continue;
                         const v8f *cf = P.coef + (size_t)l * N8;
-                        for (int i = A->leaf_start[l]; i < A->leaf_start[l + 1]; i++) {
+                        int i0 = A->leaf_start[l];
+                        /* (tap, channel) of term i, stepped along instead of divided per term */
+                        int t = A->order ? i0 % T : i0 / C, c = A->order ? i0 / T : i0 % C;
+                        for (int i = i0; i < A->leaf_start[l + 1]; i++) {
                             int8_t ai = P.a[i];
+                            int tt = t, cc = c;
+                            if (A->order) { if (++t == T) { t = 0; c++; } }
+                            else if (++c == C) { c = 0; t++; }
                             if (!ai) continue;  /* padding: no weight gradient, input discarded */
                             const v8f *wr = WF + (size_t)i * N8;
                             v8f *gr = GW + (size_t)i * N8;
@@ -302,8 +308,7 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
                                 for (int k = 0; k < N8; k++) { acc += cf[k] * wr[k]; gr[k] -= cf[k]; }
                             }
                             float h = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-                            int t = A->order ? i % T : i / C, c = A->order ? i / T : i % C;
-                            gx[P.pix[t] + c] += h;
+                            gx[P.pix[tt] + cc] += h;
                         }
                     }
                 }
