@@ -56,6 +56,7 @@ class _Args(ctypes.Structure):
         ("lev_first", _P), ("leaf_start", _P),
         ("child0", _P), ("parent", _P), ("lev_tie", _P), ("sigma", _P),
         ("sigma_valid", _I), ("root_p", _I), ("surrogate", _I), ("clip", _F), ("nthreads", _I),
+        ("tap_off", _P), ("H", _I), ("W", _I), ("ph", _I), ("pw", _I), ("zero_pad", _I),
     ]
 
 
@@ -191,10 +192,17 @@ def supports(surrogate: Surrogate, device: torch.device) -> bool:
     return device.type == "cpu" and type(surrogate) in (ApproxSign, Ste)
 
 
-def _args(plan: _Plan, xcl, w, wf, wshape, stride, dilation, Ho, Wo, surrogate) -> _Args:
+def _args(plan: _Plan, xcl, w, wf, wshape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, keep) -> _Args:
+    """The kernel's arguments; ``keep`` collects tensors that must outlive the call."""
     N, Hp, Wp, C = xcl.shape
     Co, _, kh, kw = wshape
     a = _Args()
+    offs = torch.tensor([(i * dilation[0] * Wp + j * dilation[1]) * C for i in range(kh) for j in range(kw)],
+                        dtype=torch.int64)
+    keep.append(offs)
+    a.tap_off = offs.data_ptr()
+    a.H, a.W, a.ph, a.pw = Hp - 2 * padding[0], Wp - 2 * padding[1], padding[0], padding[1]
+    a.zero_pad = int(float(pad_value) == 0.0 and (padding[0] > 0 or padding[1] > 0))
     a.x, a.w, a.wf = xcl.data_ptr(), w.data_ptr(), 0 if wf is None else wf.data_ptr()
     a.N, a.Hp, a.Wp, a.C, a.Co, a.Cp, a.kh, a.kw = N, Hp, Wp, C, Co, w.shape[1], kh, kw
     a.sh, a.sw, a.dh, a.dw, a.Ho, a.Wo = stride[0], stride[1], dilation[0], dilation[1], Ho, Wo
@@ -221,24 +229,27 @@ class _NativeVoteFn(torch.autograd.Function):
         wi = torch.ones((wt.shape[0], -(-Co // 16) * 16), dtype=torch.int16)  # pad channels: +1, unused
         wi[:, :Co] = torch.where(wt >= 0, 1, -1)
         out = torch.empty((N, Co, Ho, Wo), dtype=torch.float32)
-        a = _args(plan, xcl, wi, None, wb.shape, stride, dilation, Ho, Wo, surrogate)
+        keep = []
+        a = _args(plan, xcl, wi, None, wb.shape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, keep)
         if _LIB.bvt_forward(ctypes.byref(a), out.data_ptr()):
             raise MemoryError("native vote kernel: out of memory")
         ctx.save_for_backward(xcl, wi)
-        ctx.meta = (plan, tuple(wb.shape), stride, padding, dilation, Ho, Wo, surrogate, xb.dtype, wb.dtype, H, W)
+        ctx.meta = (plan, tuple(wb.shape), stride, padding, dilation, Ho, Wo, surrogate, xb.dtype, wb.dtype, H, W,
+                    pad_value)
         return out
 
     @staticmethod
     def backward(ctx, g):
         xcl, wi = ctx.saved_tensors
-        plan, wshape, stride, padding, dilation, Ho, Wo, surrogate, xdt, wdt, H, W = ctx.meta
+        plan, wshape, stride, padding, dilation, Ho, Wo, surrogate, xdt, wdt, H, W, pad_value = ctx.meta
         Co, C, kh, kw = wshape
         g = g.float().contiguous()
         gx = torch.zeros(xcl.shape, dtype=torch.float32)
         gw = torch.zeros(wi.shape, dtype=torch.float32)
         wf = wi.float()
         wf[:, Co:] = 0
-        a = _args(plan, xcl, wi, wf, wshape, stride, dilation, Ho, Wo, surrogate)
+        keep = []
+        a = _args(plan, xcl, wi, wf, wshape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, keep)
         if _LIB.bvt_backward(ctypes.byref(a), g.data_ptr(), gx.data_ptr(), gw.data_ptr()):
             raise MemoryError("native vote kernel: out of memory")
         ph, pw = padding

@@ -45,6 +45,8 @@ typedef struct {
     int surrogate;             /* 0: approxsign, 1: ste */
     float clip;
     int nthreads;
+    const int64_t *tap_off;    /* per tap: offset of its pixel from the window's corner */
+    int H, W, ph, pw, zero_pad; /* the unpadded input and its padding: interior windows */
 } bvt_args;
 
 int bvt_struct_size(void) { return (int)sizeof(bvt_args); }
@@ -61,6 +63,9 @@ typedef struct {
     v8f *coef;       /* (nodes, Cp / 8): dL/ds (backward) */
     uint8_t *live;   /* per node: some channel has a non-zero dL/ds */
     size_t *pix;     /* per tap: offset of the pixel it reads */
+    int inner_ready; /* cnt/first/sig of a window without padding, kept from the first one */
+    int32_t *cnt_in, *first_in;
+    float *sig_in;
 } pos_t;
 
 static void *valloc32(size_t bytes) {
@@ -79,27 +84,41 @@ static int pos_alloc(const bvt_args *A, pos_t *P, int backward) {
     P->coef = backward ? valloc32(sizeof(float) * NC) : NULL;
     P->live = malloc((size_t)A->nodes);
     P->pix = malloc(sizeof(size_t) * A->kh * A->kw);
-    return P->a && P->cnt && P->first && P->sig && P->s && P->v && (P->coef || !backward) && P->live && P->pix;
+    P->inner_ready = 0;
+    P->cnt_in = malloc(sizeof(int32_t) * A->nodes);
+    P->first_in = malloc(sizeof(int32_t) * A->nodes);
+    P->sig_in = malloc(sizeof(float) * A->nodes);
+    return P->a && P->cnt && P->first && P->sig && P->s && P->v && (P->coef || !backward) && P->live && P->pix
+        && P->cnt_in && P->first_in && P->sig_in;
 }
 
 static void pos_free(pos_t *P) {
     free(P->a); free(P->cnt); free(P->first); free(P->sig); free(P->s); free(P->v);
-    free(P->coef); free(P->live); free(P->pix);
+    free(P->coef); free(P->live); free(P->pix); free(P->cnt_in); free(P->first_in); free(P->sig_in);
 }
 
 /* Gather one position's terms and derive everything that depends only on validity. */
 static void pos_setup(const bvt_args *A, pos_t *P, int b, int ho, int wo) {
     const int T = A->kh * A->kw, C = A->C;
+    const size_t base = (((size_t)b * A->Hp + (size_t)ho * A->sh) * A->Wp + (size_t)wo * A->sw) * C;
     for (int t = 0; t < T; t++) {
-        int i = t / A->kw, j = t % A->kw;
-        P->pix[t] = (((size_t)b * A->Hp + (size_t)ho * A->sh + (size_t)i * A->dh) * A->Wp
-                     + (size_t)wo * A->sw + (size_t)j * A->dw) * C;
+        P->pix[t] = base + (size_t)A->tap_off[t];
         const int8_t *px = A->x + P->pix[t];
         if (A->order) {
             for (int c = 0; c < C; c++) P->a[c * T + t] = px[c];
         } else {
             memcpy(P->a + (size_t)t * C, px, (size_t)C);
         }
+    }
+    /* Validity depends on the window alone: every window clear of the padding shares it. */
+    int r0 = ho * A->sh - A->ph, c0 = wo * A->sw - A->pw;
+    int inner = !A->zero_pad || (r0 >= 0 && r0 + (A->kh - 1) * A->dh < A->H && c0 >= 0
+                                 && c0 + (A->kw - 1) * A->dw < A->W);
+    if (inner && P->inner_ready) {
+        memcpy(P->cnt, P->cnt_in, sizeof(int32_t) * A->nodes);
+        memcpy(P->first, P->first_in, sizeof(int32_t) * A->nodes);
+        memcpy(P->sig, P->sig_in, sizeof(float) * A->nodes);
+        return;
     }
     const int L = A->lev_first[1];
     for (int l = 0; l < L; l++) {
@@ -121,6 +140,12 @@ static void pos_setup(const bvt_args *A, pos_t *P, int b, int ho, int wo) {
     }
     for (int j = 0; j < A->nodes; j++)
         P->sig[j] = A->sigma_valid ? sqrtf((float)(P->cnt[j] > 1 ? P->cnt[j] : 1)) : A->sigma[j];
+    if (inner) {
+        memcpy(P->cnt_in, P->cnt, sizeof(int32_t) * A->nodes);
+        memcpy(P->first_in, P->first, sizeof(int32_t) * A->nodes);
+        memcpy(P->sig_in, P->sig, sizeof(float) * A->nodes);
+        P->inner_ready = 1;
+    }
 }
 
 /* v = sign(s), or the tie value where s == 0, for one node over every channel. */
@@ -214,7 +239,7 @@ static inline v8f v8f_abs(v8f x) {
  * The same operations as the float path (s / sigma, g / sigma), so a boundary |s| = sigma
  * passes or stops exactly as there. */
 static inline int node_deriv(const bvt_args *A, const v8f *cp, const v16 *s16, float sig, v8f *cf) {
-    const int N8 = A->Cp / 8;
+    const int N8 = (A->Co + 7) / 8;  /* the pad channels beyond carry no gradient */
     const v8s *s = (const v8s *)s16;
     v8i any = {0};
     if (A->surrogate == 1) {
@@ -245,7 +270,7 @@ static inline int node_deriv(const bvt_args *A, const v8f *cp, const v16 *s16, f
 int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
     const size_t HW = (size_t)A->Ho * A->Wo, CN = (size_t)A->Cp * A->n;
     const int T = A->kh * A->kw, C = A->C, L = A->lev_first[1], root = A->nodes - 1, Co = A->Co;
-    const int N8 = A->Cp / 8;
+    const int N8 = A->Cp / 8, N8f = (Co + 7) / 8;  /* row stride, blocks with real channels */
     int nt = A->nthreads > 0 ? A->nthreads : 1;
     if (nt > A->N) nt = A->N;
     float *gwt = nt > 1 ? valloc32((size_t)(nt - 1) * CN * sizeof(float)) : NULL;
@@ -272,10 +297,10 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
                     pos_eval(A, &P);
                     const float *gp = g + (size_t)b * Co * HW + (size_t)ho * A->Wo + wo;
                     float *gs = (float *)gi;
-                    for (int o = 0; o < A->Cp; o++) gs[o] = o < Co ? gp[o * HW] : 0.0f;
+                    for (int o = 0; o < N8f * 8; o++) gs[o] = o < Co ? gp[o * HW] : 0.0f;
                     v8f *cr = P.coef + (size_t)root * N8;
                     if (A->root_p) {
-                        memcpy(cr, gi, sizeof(float) * A->Cp);
+                        memcpy(cr, gi, sizeof(float) * 8 * N8f);
                         P.live[root] = 1;
                     } else {
                         P.live[root] = (uint8_t)node_deriv(A, gi, P.s + (size_t)root * (A->Cp / 16), P.sig[root], cr);
@@ -303,9 +328,9 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
                             v8f *gr = GW + (size_t)i * N8;
                             v8f acc = {0};
                             if (ai > 0) {
-                                for (int k = 0; k < N8; k++) { acc += cf[k] * wr[k]; gr[k] += cf[k]; }
+                                for (int k = 0; k < N8f; k++) { acc += cf[k] * wr[k]; gr[k] += cf[k]; }
                             } else {
-                                for (int k = 0; k < N8; k++) { acc += cf[k] * wr[k]; gr[k] -= cf[k]; }
+                                for (int k = 0; k < N8f; k++) { acc += cf[k] * wr[k]; gr[k] -= cf[k]; }
                             }
                             float h = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
                             gx[P.pix[tt] + cc] += h;
