@@ -21,6 +21,8 @@ typedef int16_t v16 __attribute__((vector_size(32)));
 typedef int16_t v8s __attribute__((vector_size(16)));
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v8fu __attribute__((vector_size(32), aligned(4)));  /* unaligned loads / stores */
+typedef float v4fu __attribute__((vector_size(16), aligned(4)));
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -47,6 +49,8 @@ typedef struct {
     int nthreads;
     const int64_t *tap_off;    /* per tap: offset of its pixel from the window's corner */
     int H, W, ph, pw, zero_pad; /* the unpadded input and its padding: interior windows */
+    const float *wtc;          /* NULL, or for few output channels in tap-major order the weights as
+                                  (taps, Co, C) floats (backward) */
 } bvt_args;
 
 int bvt_struct_size(void) { return (int)sizeof(bvt_args); }
@@ -315,10 +319,56 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
                     for (int l = 0; l < L; l++) {
                         if (!P.live[l]) continue;
                         const v8f *cf = P.coef + (size_t)l * N8;
-                        int i0 = A->leaf_start[l];
+                        const int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
                         /* (tap, channel) of term i, stepped along instead of divided per term */
                         int t = A->order ? i0 % T : i0 / C, c = A->order ? i0 / T : i0 % C;
-                        for (int i = i0; i < A->leaf_start[l + 1]; i++) {
+                        int i = i0;
+                        if (A->wtc) {
+                            /* Few output channels (tap-major order): runs of 8 or 4 channels inside
+                             * one tap (one pixel: valid or padding as a whole) take their input
+                             * gradient as one vector over those channels from (tap, Co, C) weights,
+                             * sum over o of dL/ds[o] * w[o, run], instead of a horizontal sum per
+                             * term over a mostly empty channel vector. */
+                            const float *cs = (const float *)cf;
+                            while (i < i1) {
+                                int r = C - c < i1 - i ? C - c : i1 - i;
+                                int e = i + r;
+                                int8_t ai = P.a[i];
+                                if (ai) {
+                                    float *gxr = gx + P.pix[t] + c;
+                                    const float *wt = A->wtc + (size_t)t * Co * C + c;
+                                    int k = 0;
+                                    for (; k + 8 <= r; k += 8) {
+                                        v8f acc = {0};
+                                        for (int o = 0; o < Co; o++) acc += cs[o] * *(const v8fu *)(wt + (size_t)o * C + k);
+                                        *(v8fu *)(gxr + k) += acc;
+                                    }
+                                    for (; k + 4 <= r; k += 4) {
+                                        v4fu acc = {0};
+                                        for (int o = 0; o < Co; o++) acc += cs[o] * *(const v4fu *)(wt + (size_t)o * C + k);
+                                        *(v4fu *)(gxr + k) += acc;
+                                    }
+                                    for (; k < r; k++) {
+                                        float acc = 0.0f;
+                                        for (int o = 0; o < Co; o++) acc += cs[o] * wt[(size_t)o * C + k];
+                                        gxr[k] += acc;
+                                    }
+                                    for (int q = i; q < e; q++) {  /* weight gradient, over channels */
+                                        v8f *gr = GW + (size_t)q * N8;
+                                        if (P.a[q] > 0) {
+                                            for (int kk = 0; kk < N8f; kk++) gr[kk] += cf[kk];
+                                        } else {
+                                            for (int kk = 0; kk < N8f; kk++) gr[kk] -= cf[kk];
+                                        }
+                                    }
+                                }  /* else padding: no weight gradient, input discarded */
+                                i = e;
+                                c = 0;
+                                t++;
+                            }
+                            continue;
+                        }
+                        for (; i < i1; i++) {
                             int8_t ai = P.a[i];
                             int tt = t, cc = c;
                             if (A->order) { if (++t == T) { t = 0; c++; } }
