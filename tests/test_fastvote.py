@@ -81,7 +81,7 @@ def _inputs(data, case):
 
 
 def _run(layer, x, g, native, monkeypatch):
-    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "1" if native else "0")
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all" if native else "0")
     x = x.clone().requires_grad_(True)
     layer.weight.grad = None
     y = layer(x)
@@ -181,6 +181,16 @@ def test_native_is_the_default_and_the_switch_turns_it_off(monkeypatch):
     assert calls == [1]
     monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "0")
     assert torch.equal(layer(x), y1) and calls == [1]
+
+
+def test_kernels_take_small_leaves_by_default(monkeypatch):
+    """By default the kernels take small leaves and ``cm:`` trees, the float path large leaves."""
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "1")
+    h = lambda spec, C: BinaryConv2d(C, C, 3, voter=spec).hierarchy  # noqa: E731
+    assert fastvote.pays(h("tap,leaf=4", 256), 256) and fastvote.pays(h("cm:M64(M3(M3))", 64), 64)
+    assert fastvote.pays(h("tap", 64), 64) and not fastvote.pays(h("tap", 256), 256)
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all")
+    assert fastvote.pays(h("tap", 256), 256)
 
 
 def test_missing_compiler_falls_back_once(monkeypatch, capsys):

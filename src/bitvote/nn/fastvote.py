@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..binarize import ApproxSign, Ste, Surrogate
 from ..voter import CM, Hierarchy
 
-__all__ = ["wanted", "enabled", "available", "conv_votes", "supports"]
+__all__ = ["wanted", "forced", "pays", "enabled", "available", "conv_votes", "supports"]
 
 _HERE = Path(__file__).parent / "csrc"
 _FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
@@ -71,6 +71,26 @@ _broken: Optional[str] = None
 def wanted() -> bool:
     """``BITVOTE_NATIVE_VOTE=0`` asks for the float path everywhere (also for ``mv`` with ``first``)."""
     return os.environ.get("BITVOTE_NATIVE_VOTE", "1") != "0"
+
+
+def forced() -> bool:
+    """``BITVOTE_NATIVE_VOTE=all``: the kernels take every voter layer, even where they are slower."""
+    return os.environ.get("BITVOTE_NATIVE_VOTE", "1").strip().lower() == "all"
+
+
+def pays(hier: Hierarchy, cout: int) -> bool:
+    """Whether the kernels beat the float path on this layer (or :func:`forced`).
+
+    The float path's matmuls are the plain conv's, and what it adds grows with the number of
+    leaves; the kernels' cost grows with n x Co at vector, not matmul, throughput. So the
+    kernels win on small leaves and lose on large ones with many output channels (measured,
+    one thread, fwd+bwd: ``tap,leaf=4`` 7x faster at 256 channels, ``cm:M{C}(M3(M3))`` 10-50x;
+    ``tap`` 1.7x faster at 64 channels but 1.7x slower at 128 and 3x slower at 256).
+    """
+    if forced() or hier.order == CM:
+        return True
+    leaf = hier.n / len(hier.leaf_sizes)
+    return leaf <= 32 or (leaf <= 64 and cout <= 64)
 
 
 def enabled() -> bool:

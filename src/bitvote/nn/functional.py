@@ -304,9 +304,11 @@ def _mv_first_term(xb, wb, groups, stride, padding, dilation, pad_value, out_hw)
     return xf * wf
 
 
-def _use_native(voter: Hierarchy, xb: torch.Tensor, surrogate) -> bool:
+def _use_native(voter: Hierarchy, xb: torch.Tensor, surrogate, cout: int) -> bool:
     """Whether the packed-bit C kernels (:mod:`bitvote.nn.fastvote`) take this voter layer."""
     if not fastvote.enabled() or not fastvote.supports(get_surrogate(surrogate), xb.device):
+        return False
+    if not fastvote.pays(voter, cout):
         return False
     if torch.compiler.is_compiling():  # an opaque C call would break the outer graph
         return False
@@ -381,7 +383,7 @@ def binary_conv2d(
                                 dim=1, surrogate=surrogate, sigma=sigma)
         outs = []
         cin, cout = xb.shape[1] // groups, wb.shape[0] // groups
-        if _use_native(voter, xb, surrogate):
+        if _use_native(voter, xb, surrogate, cout):
             st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
             Ho = _out_size(xb.shape[2] + 2 * pd[0], wb.shape[2], st[0], dl[0])
             Wo = _out_size(xb.shape[3] + 2 * pd[1], wb.shape[3], st[1], dl[1])
