@@ -227,3 +227,12 @@ def test_native_plan_caches_per_hierarchy():
     assert fastvote._plan(b.hierarchy, 8, 9, "fanin") is p1
     assert p1.nodes == 18 + 9 + 1  # leaves, one middle voter per tap, the root
     assert math.isclose(p1.sigma[0].item(), 2.0) and math.isclose(p1.sigma[-1].item(), 3.0)
+
+
+def test_second_derivative_is_refused_not_zero(monkeypatch):
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all")
+    layer = BinaryConv2d(4, 3, 3, 1, 1, voter="tap,leaf=2", tie="first", input_surrogate=None)
+    x = torch.randn(1, 4, 5, 5).sign().requires_grad_(True)
+    (gx,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()

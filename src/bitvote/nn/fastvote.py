@@ -33,6 +33,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ..binarize import ApproxSign, Ste, Surrogate
 from ..voter import CM, Hierarchy
@@ -265,6 +266,7 @@ class _NativeVoteFn(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # a second derivative through the C kernel is an error, never a silent 0
     def backward(ctx, g):
         xcl, wi = ctx.saved_tensors
         plan, wshape, stride, padding, dilation, Ho, Wo, surrogate, xdt, wdt, H, W, pad_value = ctx.meta

@@ -340,12 +340,14 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
                                     int k = 0;
                                     for (; k + 8 <= r; k += 8) {
                                         v8f acc = {0};
-                                        for (int o = 0; o < Co; o++) acc += cs[o] * *(const v8fu *)(wt + (size_t)o * C + k);
+                                        for (int o = 0; o < Co; o++)
+                                            acc += cs[o] * *(const v8fu *)(wt + (size_t)o * C + k);
                                         *(v8fu *)(gxr + k) += acc;
                                     }
                                     for (; k + 4 <= r; k += 4) {
                                         v4fu acc = {0};
-                                        for (int o = 0; o < Co; o++) acc += cs[o] * *(const v4fu *)(wt + (size_t)o * C + k);
+                                        for (int o = 0; o < Co; o++)
+                                            acc += cs[o] * *(const v4fu *)(wt + (size_t)o * C + k);
                                         *(v4fu *)(gxr + k) += acc;
                                     }
                                     for (; k < r; k++) {
