@@ -191,6 +191,7 @@ def test_kernels_take_small_leaves_by_default(monkeypatch):
     assert fastvote.pays(h("tap", 64), 64) and not fastvote.pays(h("tap", 256), 256)
     monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all")
     assert fastvote.pays(h("tap", 256), 256)
+    assert not fastvote.pays(BinaryConv2d(4096, 1, 3, voter="tap,leaf=4").hierarchy, 1)  # int16 sums
 
 
 def test_missing_compiler_falls_back_once(monkeypatch, capsys):

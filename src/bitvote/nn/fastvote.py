@@ -45,6 +45,9 @@ _FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int32, ctypes.c_float
 
+#: the kernels hold every sum in int16
+_MAX_TERMS = 32767
+
 #: up to this many output channels the backward's input gradient runs over a leaf's input
 #: channels (measured faster); above, over output channels
 _FEW_CHANNELS = 16
@@ -88,6 +91,8 @@ def pays(hier: Hierarchy, cout: int) -> bool:
     one thread, fwd+bwd: ``tap,leaf=4`` 7x faster at 256 channels, ``cm:M{C}(M3(M3))`` 10-50x;
     ``tap`` 1.7x faster at 64 channels but 1.7x slower at 128 and 3x slower at 256).
     """
+    if hier.n > _MAX_TERMS:
+        return False
     if forced() or hier.order == CM:
         return True
     leaf = hier.n / len(hier.leaf_sizes)
