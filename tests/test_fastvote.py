@@ -237,3 +237,27 @@ def test_second_derivative_is_refused_not_zero(monkeypatch):
     (gx,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
         gx.sum().backward()
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_float_path_fused_chains_still_match_eager(monkeypatch, amp):
+    """The float path (``BITVOTE_NATIVE_VOTE=0``) keeps its compiled vote chains exact."""
+    from bitvote import _fuse
+
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "0")
+    monkeypatch.setattr(_fuse, "MIN_NUMEL", 1)
+    x = torch.randint(-1, 2, (2, 8, 6, 6)).float()
+    out = {}
+    for fuse in ("0", "1"):
+        monkeypatch.setenv("BITVOTE_FUSE", fuse)
+        torch.manual_seed(1)
+        layer = BinaryConv2d(8, 4, 3, 1, 1, voter="tap,groups=2", tie="first")
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            y = layer(xi)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        out[fuse] = (y.detach(), xi.grad, layer.weight.grad)
+    (y0, gx0, gw0), (y1, gx1, gw1) = out["0"], out["1"]
+    tol = 2e-2 if amp else 1e-5
+    assert torch.equal(y0, y1) and gw0.abs().sum() > 0
+    assert torch.allclose(gx0, gx1, rtol=tol, atol=tol) and torch.allclose(gw0, gw1, rtol=tol, atol=tol)
