@@ -5,10 +5,14 @@ One run measures every row on the same machine state, so the ratios are comparab
     PYTHONPATH=src python benchmarks/train_speed.py            # widths 0.25 and 1.0, batch 64
     PYTHONPATH=src python benchmarks/train_speed.py --threads 2 --json speed.json
     PYTHONPATH=src python benchmarks/train_speed.py --widths 0.125 --voters "tap;tap,groups=4" --tie first --fuse both
+    PYTHONPATH=src python benchmarks/train_speed.py --widths 0.125 --batch-size 128 --steps 3 --warmup 1 \
+        --threads 2 --voters "popcount;mv;tap;tap,leaf=4" --tie first --paths old,new --json speed.json
 
 A step is the whole training step of ``bitvote train``: batched crop/flip/normalize of a uint8
 batch, forward, cross-entropy, backward, Adam. Rows report images/s (median over timed steps)
-and the step time relative to ``resnet18`` at the same width (the issue's goal: <= 1.3x).
+and the step time relative to ``resnet18`` and to the popcount ReActNet-18 at the same width.
+``--paths old,new`` times every voter row twice, on the float leaf-sum path
+(``BITVOTE_NATIVE_VOTE=0``) and on the packed-bit kernels of :mod:`bitvote.nn.fastvote`.
 Run it on a quiet machine: other processes on the cores distort every number.
 """
 
@@ -28,7 +32,7 @@ from bitvote import data as D
 from bitvote import models
 from bitvote.train.optim import make_optimizer
 
-def measure(name, voter, width, batch, steps, warmup, seed=0, tie=None):
+def measure(name, voter, width, batch, steps, warmup, seed=0, tie=None, clock=time.perf_counter):
     torch.manual_seed(seed)
     model = models.create(name, voter=voter, width=width).train()
     if tie is not None and voter != "popcount":
@@ -41,14 +45,14 @@ def measure(name, voter, width, batch, steps, warmup, seed=0, tie=None):
     for i in range(warmup + steps):
         perm, dy, dx, flip = D.epoch_plan(len(xs), seed, i)
         idx = perm[:batch]
-        t = time.perf_counter()
+        t = clock()
         x = D.normalize(D.augment(xs[idx], dy[idx], dx[idx], flip[idx]), "cifar10")
         loss = F.cross_entropy(model(x), ys[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if i >= warmup:
-            times.append(time.perf_counter() - t)
+            times.append(clock() - t)
     return statistics.median(times)
 
 
@@ -63,39 +67,56 @@ def main(argv=None):
     ap.add_argument("--tie", default=None, help="tie rule of the voter rows (default: the layers' +1)")
     ap.add_argument("--fuse", choices=("on", "off", "both"), default="on",
                     help="fused CPU vote chains (BITVOTE_FUSE); both = each voter row twice")
+    ap.add_argument("--paths", default="new",
+                    help="vote paths of the voter rows, comma-separated: new (packed-bit kernels), old (float "
+                         "leaf sums, BITVOTE_NATIVE_VOTE=0); old,new = each voter row twice")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or this process's CPU time (with --threads 1, a loaded machine's "
+                         "other processes then distort less)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     a = ap.parse_args(argv)
     tie = None if a.tie is None else (a.tie if a.tie == "first" else int(a.tie))
-    plan = [("resnet18", "popcount", True)]
+    paths = [p.strip() for p in a.paths.split(",") if p.strip()]
+    if not paths or any(p not in ("old", "new") for p in paths):
+        ap.error(f"--paths: expected old, new or old,new, got {a.paths!r}")
+    plan = [("resnet18", "popcount", True, "-")]
     for v in a.voters.split(";"):
+        v = v.strip()
         for fz in {"on": (True,), "off": (False,), "both": (False, True)}[a.fuse]:
-            plan.append(("reactnet18", v.strip(), fz))
+            for p in (["-"] if v == "popcount" else paths):
+                plan.append(("reactnet18", v, fz, p))
     if a.threads:
         torch.set_num_threads(a.threads)
     widths = [float(w) for w in a.widths.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {a.batch_size}, "
           f"{a.steps} timed steps (median), cpu count {os.cpu_count()}")
-    print(f"tie: {a.tie or 'layer default'}")
-    print("| model | voter | fused | width | step (ms) | images/s | x resnet18 |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"tie: {a.tie or 'layer default'}, clock: {a.clock}")
+    print("| model | voter | path | fused | width | step (ms) | images/s | x resnet18 | x popcount |")
+    print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for w in widths:
-        base = None
-        for name, voter, fz in plan:
+        base = pop = None
+        for name, voter, fz, path in plan:
             os.environ["BITVOTE_FUSE"] = "1" if fz else "0"
-            s = measure(name, voter, w, a.batch_size, a.steps, a.warmup, tie=tie)
+            os.environ["BITVOTE_NATIVE_VOTE"] = "0" if path == "old" else "1"
+            s = measure(name, voter, w, a.batch_size, a.steps, a.warmup, tie=tie,
+                        clock=time.process_time if a.clock == "cpu" else time.perf_counter)
             base = base or s
-            row = {"model": name, "voter": voter, "fused": fz, "width": w, "step_ms": 1e3 * s,
-                   "images_per_s": a.batch_size / s, "ratio": s / base}
+            if name == "reactnet18" and voter == "popcount" and pop is None:
+                pop = s
+            row = {"model": name, "voter": voter, "path": path, "fused": fz, "width": w, "step_ms": 1e3 * s,
+                   "images_per_s": a.batch_size / s, "ratio": s / base,
+                   "ratio_popcount": None if pop is None or name != "reactnet18" else s / pop}
             rows.append(row)
-            print(f"| {name} | {voter} | {'yes' if fz else 'no'} | {w:g} | {row['step_ms']:.1f} | "
-                  f"{row['images_per_s']:.0f} | {row['ratio']:.2f} |")
+            rp = "-" if row["ratio_popcount"] is None else f"{row['ratio_popcount']:.2f}"
+            print(f"| {name} | {voter} | {path} | {'yes' if fz else 'no'} | {w:g} | {row['step_ms']:.1f} | "
+                  f"{row['images_per_s']:.0f} | {row['ratio']:.2f} | {rp} |")
             sys.stdout.flush()
     if a.json:
         from bitvote.io import atomic_write_bytes
 
         atomic_write_bytes(a.json, json.dumps({"threads": torch.get_num_threads(), "batch": a.batch_size,
-                                               "rows": rows}, indent=1).encode())
+                                               "tie": a.tie, "clock": a.clock, "rows": rows}, indent=1).encode())
     return 0
 
 

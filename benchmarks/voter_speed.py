@@ -6,10 +6,12 @@ run on a quiet machine; rounds interleave the modes so drift hits them alike. Ea
 in fp32 and under CPU bf16 autocast (votes stay exact there: see binary_conv2d).
 
     python benchmarks/voter_speed.py [--batch 64] [--channels 256] [--size 16] [--rounds 5]
-        [--tie 1|-1|first] [--fuse both|on|off]
+        [--tie 1|-1|first] [--fuse both|on|off] [--paths old,new]
 
 ``--fuse both`` (the default) times every mode with the fused one-pass CPU vote chains
-(bitvote._fuse) and without them (``BITVOTE_FUSE=0``), side by side.
+(bitvote._fuse) and without them (``BITVOTE_FUSE=0``), side by side. ``--paths old,new`` times
+every voter mode on the float leaf-sum path (``BITVOTE_NATIVE_VOTE=0``) and on the packed-bit
+kernels (bitvote.nn.fastvote), side by side; popcount has one path.
 """
 
 import argparse
@@ -33,6 +35,7 @@ def main():
     ap.add_argument("--voters", default="popcount,mv,tap,tap,groups=4")
     ap.add_argument("--tie", default="1", help="tie rule of every voter: 1, -1 or first")
     ap.add_argument("--fuse", choices=("both", "on", "off"), default="both")
+    ap.add_argument("--paths", default="new", help="new, old or old,new (see above)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,8 +55,9 @@ def main():
     x = torch.randn(N, C, S, S, requires_grad=True)
     g = torch.randn(N, C, S, S)
 
-    def step(layer, amp, fuse):
+    def step(layer, amp, fuse, path="new"):
         os.environ["BITVOTE_FUSE"] = "1" if fuse else "0"
+        os.environ["BITVOTE_NATIVE_VOTE"] = "0" if path == "old" else "1"
         x.grad = None
         layer.weight.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -61,21 +65,27 @@ def main():
         (y.float() * g).sum().backward()
 
     fuses = {"both": (False, True), "on": (True,), "off": (False,)}[args.fuse]
-    modes = [(v, amp, fz) for fz in fuses for amp in (False, True) for v in voters]
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if not paths or any(p not in ("old", "new") for p in paths):
+        ap.error(f"--paths: expected old, new or old,new, got {args.paths!r}")
+    modes = [(v, amp, fz, p) for fz in fuses for amp in (False, True) for v in voters
+             for p in (["new"] if v == "popcount" else paths)]
     for m in modes:  # warm-up (and the one-time compile of the fused chains)
-        step(layers[m[0]], m[1], m[2])
+        step(layers[m[0]], m[1], m[2], m[3])
     times = {m: [] for m in modes}
     for _ in range(args.rounds):
         for m in modes:
             t0 = time.perf_counter()
-            step(layers[m[0]], m[1], m[2])
+            step(layers[m[0]], m[1], m[2], m[3])
             times[m].append(time.perf_counter() - t0)
     rows = []
-    for v, amp, fz in modes:
-        ms = statistics.median(times[(v, amp, fz)]) * 1e3
-        base = statistics.median(times[("popcount", amp, fz)]) * 1e3 if ("popcount", amp, fz) in times else None
-        fp32 = statistics.median(times[(v, False, fz)]) * 1e3
-        rows.append({"voter": v, "precision": "bf16" if amp else "fp32", "fused": fz,
+    for v, amp, fz, path in modes:
+        ms = statistics.median(times[(v, amp, fz, path)]) * 1e3
+        pop = ("popcount", amp, fz, "new")
+        base = statistics.median(times[pop]) * 1e3 if pop in times else None
+        fp32 = statistics.median(times[(v, False, fz, path)]) * 1e3
+        rows.append({"voter": v, "path": "-" if v == "popcount" else path,
+                     "precision": "bf16" if amp else "fp32", "fused": fz,
                      "resolved": layers[v].hierarchy.describe() if layers[v].hierarchy else "popcount",
                      "ms": round(ms, 2), "ratio": round(ms / base, 3) if base else None,
                      "vs_fp32": round(ms / fp32, 3)})
@@ -84,9 +94,10 @@ def main():
         return
     print(f"fwd+bwd, {C}ch {S}x{S} 3x3, batch {N}, tie {args.tie}, {args.threads} threads, "
           f"median of {args.rounds} interleaved rounds")
-    print(f"{'voter':<16}{'resolved':<16}{'precision':<11}{'fused':<7}{'ms':>9}{'x popcount':>12}{'x own fp32':>12}")
+    print(f"{'voter':<16}{'resolved':<16}{'path':<6}{'precision':<11}{'fused':<7}{'ms':>9}{'x popcount':>12}"
+          f"{'x own fp32':>12}")
     for r in rows:
-        print(f"{r['voter']:<16}{r['resolved']:<16}{r['precision']:<11}{'yes' if r['fused'] else 'no':<7}"
+        print(f"{r['voter']:<16}{r['resolved']:<16}{r['path']:<6}{r['precision']:<11}{'yes' if r['fused'] else 'no':<7}"
               f"{r['ms']:>9.1f}{r['ratio']:>12.2f}{r['vs_fp32']:>12.2f}")
 
 

@@ -38,6 +38,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import BitvoteError
+from .io import atomic_write_bytes, cache_root
 
 __all__ = ["MAGIC", "SUFFIX", "pack_folder", "write_pack", "read_meta", "read_split"]
 
@@ -67,7 +68,6 @@ _CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
 def write_pack(out, blobs: List[bytes], labels: List[int], splits: Dict[str, int], classes: List[str],
                encoding: str = "image", lossy: bool = False, origin: str = "") -> str:
     """Write a pack atomically (readers see no file or the whole file); returns its SHA-256."""
-    from .data import atomic_write_bytes
 
     n = len(blobs)
     if len(labels) != n or sum(splits.values()) != n:
@@ -344,7 +344,7 @@ def read_split(path, split: str, dataset: str, progress: Optional[Callable[[int,
     if hi == lo:
         raise BitvoteError(f"{bad} has no {split} split")
     y = labels[lo:hi].astype(np.int64)
-    cache = D.cache_dir() / "packed" / f"{split}-{digest[:16]}.npz"
+    cache = cache_root() / "packed" / f"{split}-{digest[:16]}.npz"
     if cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as z:
@@ -364,7 +364,7 @@ def read_split(path, split: str, dataset: str, progress: Optional[Callable[[int,
     buf = io.BytesIO()
     np.savez(buf, x=x, y=y)
     try:
-        D.atomic_write_bytes(cache, buf.getvalue())
+        atomic_write_bytes(cache, buf.getvalue())
     except OSError:
         pass  # the cache only saves the next decode; a read-only or full cache folder is no error
     return x, y

@@ -25,11 +25,12 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..binarize import binarize, binarize_weight
+from ..binarize import binarize, binarize_weight, get_surrogate
 from ..errors import BitvoteError
 from ..voter import CM, Hierarchy
 from ..voter.reduce import first_nonzero as _first_nonzero, first_true as _first_true, reduce_votes, \
     segment_starts as _starts, segment_sum as _segsum, vote_dtype
+from . import fastvote
 
 __all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary"]
 
@@ -275,6 +276,47 @@ def _sign_exact_autocast_dtype(device_type: str) -> torch.dtype:
     return torch.float32
 
 
+def _mv_first_term(xb, wb, groups, stride, padding, dilation, pad_value, out_hw):
+    """The first valid term of every output of a one-leaf voter: (N, Co, Ho, Wo), 0 if none.
+
+    In tap-major order it is channel 0 (of the conv group) at the first tap whose pixel is
+    not zero padding; that tap depends only on the output position, so the term is one input
+    value times one weight, gathered once: no pass over the n terms.
+    """
+    N, C, H, W = xb.shape
+    Co, cin, kh, kw = wb.shape
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    Ho, Wo = out_hw
+    dev = xb.device
+    rows = torch.arange(Ho, device=dev)[None, :] * sh + torch.arange(kh, device=dev)[:, None] * dh  # padded coords
+    cols = torch.arange(Wo, device=dev)[None, :] * sw + torch.arange(kw, device=dev)[:, None] * dw
+    if float(pad_value) == 0.0:
+        vr = (rows >= ph) & (rows < ph + H)
+        vc = (cols >= pw) & (cols < pw + W)
+        ok = (vr[:, None, :, None] & vc[None, :, None, :]).reshape(kh * kw, Ho, Wo)
+        t0 = ok.to(torch.uint8).argmax(0)  # (Ho, Wo); no valid tap: the output abstains anyway
+    else:
+        t0 = torch.zeros((Ho, Wo), dtype=torch.long, device=dev)
+    i0, j0 = t0 // kw, t0 % kw
+    r = rows[i0, torch.arange(Ho, device=dev)[:, None]]
+    c = cols[j0, torch.arange(Wo, device=dev)[None, :]]
+    x0 = pad_binary(xb[:, ::cin], (ph, pw), pad_value)  # channel 0 of every conv group
+    xf = x0[:, :, r, c].repeat_interleave(Co // groups, dim=1)  # (N, Co, Ho, Wo)
+    wf = wb[:, 0].reshape(Co, kh * kw)[:, t0]  # (Co, Ho, Wo)
+    return xf * wf
+
+
+def _use_native(voter: Hierarchy, xb: torch.Tensor, surrogate, cout: int) -> bool:
+    """Whether the packed-bit C kernels (:mod:`bitvote.nn.fastvote`) take this voter layer."""
+    if not fastvote.enabled() or not fastvote.supports(get_surrogate(surrogate), xb.device):
+        return False
+    if not fastvote.pays(voter, cout):
+        return False
+    if torch.compiler.is_compiling():  # an opaque C call would break the outer graph
+        return False
+    return fastvote.available()
+
+
 def _out_layout(y: torch.Tensor, dim: int) -> torch.Tensor:
     """Votes come out as (N, Ho, Wo, Co) from tap blocks (dim 0) or (N, Co, Ho, Wo) (dim 1)."""
     return y.permute(0, 3, 1, 2) if dim == 0 else y
@@ -326,7 +368,7 @@ def binary_conv2d(
     gemm_dtype = _sign_exact_autocast_dtype(x.device.type)
     with torch.autocast(device_type=x.device.type, enabled=False):
         xb, wb = xb.to(gemm_dtype), wb.to(gemm_dtype)
-        if voter.is_mv and not voter.levels[0].tie.is_first:
+        if voter.is_mv and (not voter.levels[0].tie.is_first or fastvote.wanted()):
             # Fast path: one leaf over every term is the plain convolution.
             s = F.conv2d(pad_binary(xb, padding, pad_value) if pad_value != 0 else xb, wb, None, stride,
                          0 if pad_value != 0 else padding, dilation, groups).float()
@@ -335,10 +377,22 @@ def binary_conv2d(
                 cin = xb.shape[1] // groups
                 ones_x = torch.ones((1, cin) + tuple(xb.shape[2:]), device=xb.device)
                 valid = F.conv2d(ones_x, torch.ones((1,) + tuple(wb.shape[1:]), device=wb.device), None, stride, padding, dilation)
-            return reduce_votes(voter, s.unsqueeze(1), None if valid is None else valid.unsqueeze(1),
+            first = None
+            if voter.levels[0].tie == "first":
+                first = _mv_first_term(xb.detach(), wb.detach(), groups, stride, padding, dilation, pad_value,
+                                       s.shape[-2:]).unsqueeze(1)
+            return reduce_votes(voter, s.unsqueeze(1), None if valid is None else valid.unsqueeze(1), first,
                                 dim=1, surrogate=surrogate, sigma=sigma)
         outs = []
         cin, cout = xb.shape[1] // groups, wb.shape[0] // groups
+        if _use_native(voter, xb, surrogate, cout):
+            st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
+            Ho = _out_size(xb.shape[2] + 2 * pd[0], wb.shape[2], st[0], dl[0])
+            Wo = _out_size(xb.shape[3] + 2 * pd[1], wb.shape[3], st[1], dl[1])
+            for g in range(groups):
+                outs.append(fastvote.conv_votes(xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter,
+                                                st, pd, dl, pad_value, Ho, Wo, get_surrogate(surrogate), sigma))
+            return outs[0] if groups == 1 else torch.cat(outs, 1)
         for g in range(groups):
             sums, valid, first, dim = conv_leaf_sums(
                 xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter, stride, padding, dilation, pad_value

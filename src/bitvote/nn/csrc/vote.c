@@ -1,0 +1,401 @@
+/* Votes of a binary conv through any voter tree, and their surrogate gradient.
+ *
+ * One output position at a time, every output channel at once: the position's n terms are
+ * gathered in their flat order (tap-major or channel-major; 0 = a zero-padded, invalid term),
+ * and each voter of the tree keeps a vector of small integers over the output channels (its
+ * sum, then its vote), so every loop below runs over channels and vectorizes. Leaf sums come
+ * from +/-1 weights laid out term-major (n, Co). Nothing of size (leaves x outputs) outlives
+ * one position: the backward recomputes the integers, multiplies the surrogate chain root ->
+ * leaf on per-voter channel vectors (skipping voters whose chain is zero for every channel),
+ * and adds each leaf's terms into the input and weight gradients. Semantics are those of
+ * bitvote.voter.reduce_votes; the tests hold the two against each other.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* GCC/Clang vector extensions: 16 int16 or 8 fp32 channels per value (one AVX2 register,
+ * two SSE ones), so the channel loops carry no scalar prologues or alias checks. */
+typedef int16_t v16 __attribute__((vector_size(32)));
+typedef int16_t v8s __attribute__((vector_size(16)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v8fu __attribute__((vector_size(32), aligned(4)));  /* unaligned loads / stores */
+typedef float v4fu __attribute__((vector_size(16), aligned(4)));
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef struct {
+    const int8_t *x;      /* padded channels-last input (N, Hp, Wp, C): +1, -1, 0 = invalid */
+    const int16_t *w;     /* weights term-major (n, Cp), Cp = Co rounded up to 16: +1 / -1 */
+    const float *wf;      /* the same as floats, 0 in the pad channels (backward only) */
+    int N, Hp, Wp, C, Co, Cp, kh, kw, sh, sw, dh, dw, Ho, Wo;
+    int order;            /* 0: i = tap * C + c, 1: i = c * taps + tap */
+    int n;                /* terms per output */
+    int nodes;            /* voters over all levels, leaves first, level by level */
+    int nlev;
+    const int32_t *lev_first;  /* nlev + 1: index of each level's first node */
+    const int32_t *leaf_start; /* leaves + 1: flat term boundaries */
+    const int32_t *child0;     /* per node above the leaves: its first child (node index) */
+    const int32_t *parent;     /* per node below the root: its parent */
+    const int32_t *lev_tie;    /* per level: voter.Tie codes, 1, -1, or 0 = first */
+    const float *sigma;        /* per node: nominal sigma (fanin rule or factor; 1 for unit) */
+    int sigma_valid;           /* 1: sigma = sqrt(max(live inputs, 1)) instead */
+    int root_p;                /* 1: the root counts its children's votes */
+    int surrogate;             /* 0: approxsign, 1: ste */
+    float clip;
+    int nthreads;
+    const int64_t *tap_off;    /* per tap: offset of its pixel from the window's corner */
+    int H, W, ph, pw, zero_pad; /* the unpadded input and its padding: interior windows */
+    const float *wtc;          /* NULL, or for few output channels in tap-major order the weights as
+                                  (taps, Co, C) floats (backward) */
+} bvt_args;
+
+int bvt_struct_size(void) { return (int)sizeof(bvt_args); }
+
+
+
+typedef struct {
+    int8_t *a;       /* the position's n terms in flat order: +1, -1, 0 = invalid */
+    int32_t *cnt;    /* per node: valid terms (leaf) or non-abstaining children */
+    int32_t *first;  /* per node: first valid term (leaf, flat index) or first live child; -1 none */
+    float *sig;      /* per node: the sigma in use here */
+    v16 *s;          /* (nodes, Cp / 16): sums */
+    v16 *v;          /* (nodes, Cp / 16): votes */
+    v8f *coef;       /* (nodes, Cp / 8): dL/ds (backward) */
+    uint8_t *live;   /* per node: some channel has a non-zero dL/ds */
+    size_t *pix;     /* per tap: offset of the pixel it reads */
+    int inner_ready; /* cnt/first/sig of a window without padding, kept from the first one */
+    int32_t *cnt_in, *first_in;
+    float *sig_in;
+} pos_t;
+
+static void *valloc32(size_t bytes) {
+    void *p = NULL;
+    return posix_memalign(&p, 32, bytes ? bytes : 32) ? NULL : p;
+}
+
+static int pos_alloc(const bvt_args *A, pos_t *P, int backward) {
+    size_t NC = (size_t)A->nodes * A->Cp;
+    P->a = malloc((size_t)A->n);
+    P->cnt = malloc(sizeof(int32_t) * A->nodes);
+    P->first = malloc(sizeof(int32_t) * A->nodes);
+    P->sig = malloc(sizeof(float) * A->nodes);
+    P->s = valloc32(sizeof(int16_t) * NC);
+    P->v = valloc32(sizeof(int16_t) * NC);
+    P->coef = backward ? valloc32(sizeof(float) * NC) : NULL;
+    P->live = malloc((size_t)A->nodes);
+    P->pix = malloc(sizeof(size_t) * A->kh * A->kw);
+    P->inner_ready = 0;
+    P->cnt_in = malloc(sizeof(int32_t) * A->nodes);
+    P->first_in = malloc(sizeof(int32_t) * A->nodes);
+    P->sig_in = malloc(sizeof(float) * A->nodes);
+    return P->a && P->cnt && P->first && P->sig && P->s && P->v && (P->coef || !backward) && P->live && P->pix
+        && P->cnt_in && P->first_in && P->sig_in;
+}
+
+static void pos_free(pos_t *P) {
+    free(P->a); free(P->cnt); free(P->first); free(P->sig); free(P->s); free(P->v);
+    free(P->coef); free(P->live); free(P->pix); free(P->cnt_in); free(P->first_in); free(P->sig_in);
+}
+
+/* Gather one position's terms and derive everything that depends only on validity. */
+static void pos_setup(const bvt_args *A, pos_t *P, int b, int ho, int wo) {
+    const int T = A->kh * A->kw, C = A->C;
+    const size_t base = (((size_t)b * A->Hp + (size_t)ho * A->sh) * A->Wp + (size_t)wo * A->sw) * C;
+    for (int t = 0; t < T; t++) {
+        P->pix[t] = base + (size_t)A->tap_off[t];
+        const int8_t *px = A->x + P->pix[t];
+        if (A->order) {
+            for (int c = 0; c < C; c++) P->a[c * T + t] = px[c];
+        } else {
+            memcpy(P->a + (size_t)t * C, px, (size_t)C);
+        }
+    }
+    /* Validity depends on the window alone: every window clear of the padding shares it. */
+    int r0 = ho * A->sh - A->ph, c0 = wo * A->sw - A->pw;
+    int inner = !A->zero_pad || (r0 >= 0 && r0 + (A->kh - 1) * A->dh < A->H && c0 >= 0
+                                 && c0 + (A->kw - 1) * A->dw < A->W);
+    if (inner && P->inner_ready) {
+        memcpy(P->cnt, P->cnt_in, sizeof(int32_t) * A->nodes);
+        memcpy(P->first, P->first_in, sizeof(int32_t) * A->nodes);
+        memcpy(P->sig, P->sig_in, sizeof(float) * A->nodes);
+        return;
+    }
+    const int L = A->lev_first[1];
+    for (int l = 0; l < L; l++) {
+        int c = 0, f = -1;
+        for (int i = A->leaf_start[l]; i < A->leaf_start[l + 1]; i++)
+            if (P->a[i]) { if (f < 0) f = i; c++; }
+        P->cnt[l] = c;
+        P->first[l] = f;
+    }
+    for (int li = 1; li < A->nlev; li++) {
+        for (int j = A->lev_first[li]; j < A->lev_first[li + 1]; j++) {
+            int c0 = A->child0[j], c1 = j + 1 < A->lev_first[li + 1] ? A->child0[j + 1] : A->lev_first[li];
+            int c = 0, f = -1;
+            for (int k = c0; k < c1; k++)
+                if (P->cnt[k] > 0) { if (f < 0) f = k; c++; }
+            P->cnt[j] = c;
+            P->first[j] = f;
+        }
+    }
+    for (int j = 0; j < A->nodes; j++)
+        P->sig[j] = A->sigma_valid ? sqrtf((float)(P->cnt[j] > 1 ? P->cnt[j] : 1)) : A->sigma[j];
+    if (inner) {
+        memcpy(P->cnt_in, P->cnt, sizeof(int32_t) * A->nodes);
+        memcpy(P->first_in, P->first, sizeof(int32_t) * A->nodes);
+        memcpy(P->sig_in, P->sig, sizeof(float) * A->nodes);
+        P->inner_ready = 1;
+    }
+}
+
+/* v = sign(s), or the tie value where s == 0, for one node over every channel. */
+static inline void node_vote(const bvt_args *A, pos_t *P, int j, int tie, int is_root) {
+    const int NB = A->Cp / 16;
+    const v16 *s = P->s + (size_t)j * NB;
+    v16 *v = P->v + (size_t)j * NB;
+    if (P->cnt[j] == 0) {  /* abstains: 0, or the root's tie value (+1 under first) */
+        int16_t ab = is_root ? (int16_t)(tie == 0 ? 1 : tie) : 0;
+        v16 z = {0};
+        for (int k = 0; k < NB; k++) v[k] = z + ab;
+        return;
+    }
+    if (tie == 0 && j < A->lev_first[1]) {  /* a leaf: its first valid term, every channel */
+        int f = P->first[j];
+        const v16 *wr = (const v16 *)(A->w + (size_t)f * A->Cp);
+        int16_t af = P->a[f];
+        for (int k = 0; k < NB; k++)
+            v[k] = (s[k] < 0) - (s[k] > 0) + ((s[k] == 0) & (wr[k] * af));
+    } else if (tie == 0) {  /* the first non-abstaining child */
+        const v16 *tv = P->v + (size_t)P->first[j] * NB;
+        for (int k = 0; k < NB; k++) v[k] = (s[k] < 0) - (s[k] > 0) + ((s[k] == 0) & tv[k]);
+    } else {
+        int16_t t = (int16_t)tie;
+        for (int k = 0; k < NB; k++) v[k] = (s[k] < 0) - (s[k] > 0) + ((s[k] == 0) & t);
+    }
+}
+
+/* Sums and votes of every node, every channel. */
+static void pos_eval(const bvt_args *A, pos_t *P) {
+    const int L = A->lev_first[1], root = A->nodes - 1, NB = A->Cp / 16;
+    const v16 *W = (const v16 *)A->w;
+    for (int l = 0; l < L; l++) {
+        v16 *s = P->s + (size_t)l * NB;
+        int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
+        for (int k = 0; k < NB; k++) {
+            v16 acc = {0};
+            for (int i = i0; i < i1; i++) acc += W[(size_t)i * NB + k] * (int16_t)P->a[i];
+            s[k] = acc;
+        }
+        node_vote(A, P, l, A->lev_tie[0], l == root);
+    }
+    for (int li = 1; li < A->nlev; li++) {
+        int j1 = A->lev_first[li + 1];
+        for (int j = A->lev_first[li]; j < j1; j++) {
+            int c0 = A->child0[j], c1 = j + 1 < j1 ? A->child0[j + 1] : A->lev_first[li];
+            v16 *s = P->s + (size_t)j * NB;
+            for (int k = 0; k < NB; k++) {
+                v16 acc = {0};
+                for (int c = c0; c < c1; c++) acc += P->v[(size_t)c * NB + k];
+                s[k] = acc;
+            }
+            node_vote(A, P, j, A->lev_tie[li], j == root);
+        }
+    }
+}
+
+/* out: (N, Co, Ho, Wo) */
+int bvt_forward(const bvt_args *A, float *out) {
+    const size_t HW = (size_t)A->Ho * A->Wo;
+    const int root = A->nodes - 1, Co = A->Co, Cp = A->Cp;
+    int err = 0;
+#pragma omp parallel num_threads(A->nthreads) reduction(| : err)
+    {
+        pos_t P;
+        if (!pos_alloc(A, &P, 0)) err = 1;
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < A->N; b++)
+            for (int ho = 0; ho < A->Ho; ho++) {
+                if (err) continue;
+                for (int wo = 0; wo < A->Wo; wo++) {
+                    pos_setup(A, &P, b, ho, wo);
+                    pos_eval(A, &P);
+                    const int16_t *r = (const int16_t *)((A->root_p ? P.s : P.v) + (size_t)root * (Cp / 16));
+                    float *o = out + (size_t)b * Co * HW + (size_t)ho * A->Wo + wo;
+                    for (int c = 0; c < Co; c++) o[c * HW] = (float)r[c];
+                }
+            }
+        pos_free(&P);
+    }
+    return err;
+}
+
+static inline v8f v8f_abs(v8f x) {
+    v8i m = {0};
+    m += 0x7fffffff;
+    return (v8f)((v8i)x & m);
+}
+
+/* dL/ds of one node from its parent's (or the output gradient at the root); 1 if any non-zero.
+ * The same operations as the float path (s / sigma, g / sigma), so a boundary |s| = sigma
+ * passes or stops exactly as there. */
+static inline int node_deriv(const bvt_args *A, const v8f *cp, const v16 *s16, float sig, v8f *cf) {
+    const int N8 = (A->Co + 7) / 8;  /* the pad channels beyond carry no gradient */
+    const v8s *s = (const v8s *)s16;
+    v8i any = {0};
+    if (A->surrogate == 1) {
+        float lim = A->clip * sig;
+        for (int k = 0; k < N8; k++) {
+            v8f sf = __builtin_convertvector(s[k], v8f);
+            v8i pass = v8f_abs(sf) <= lim;
+            v8f d = (v8f)((v8i)(cp[k] / sig) & pass);
+            cf[k] = d;
+            any |= (v8i)d;
+        }
+    } else {
+        for (int k = 0; k < N8; k++) {
+            v8f sf = __builtin_convertvector(s[k], v8f);
+            v8f d = 2.0f - 2.0f * v8f_abs(sf / sig);
+            d = (v8f)((v8i)d & (d > 0.0f));
+            d = d * (cp[k] / sig);
+            cf[k] = d;
+            any |= (v8i)d & 0x7fffffff;  /* -0.0 passes nothing */
+        }
+    }
+    for (int q = 0; q < 8; q++)
+        if (any[q]) return 1;
+    return 0;
+}
+
+/* g: (N, Co, Ho, Wo); gx: (N, Hp, Wp, C) zeroed; gw: (n, Cp) zeroed, term-major. */
+int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
+    const size_t HW = (size_t)A->Ho * A->Wo, CN = (size_t)A->Cp * A->n;
+    const int T = A->kh * A->kw, C = A->C, L = A->lev_first[1], root = A->nodes - 1, Co = A->Co;
+    const int N8 = A->Cp / 8, N8f = (Co + 7) / 8;  /* row stride, blocks with real channels */
+    int nt = A->nthreads > 0 ? A->nthreads : 1;
+    if (nt > A->N) nt = A->N;
+    float *gwt = nt > 1 ? valloc32((size_t)(nt - 1) * CN * sizeof(float)) : NULL;
+    if (nt > 1 && !gwt) return 1;
+    if (gwt) memset(gwt, 0, (size_t)(nt - 1) * CN * sizeof(float));
+    const v8f *WF = (const v8f *)A->wf;
+    int err = 0;
+#pragma omp parallel num_threads(nt) reduction(| : err)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        v8f *GW = (v8f *)(tid ? gwt + (size_t)(tid - 1) * CN : gw);
+        pos_t P;
+        v8f *gi = valloc32(sizeof(float) * A->Cp);
+        if (!pos_alloc(A, &P, 1) || !gi) err = 1;
+#pragma omp for schedule(static)
+        for (int b = 0; b < A->N; b++)
+            for (int ho = 0; ho < A->Ho; ho++)
+                for (int wo = 0; wo < A->Wo; wo++) {
+                    if (err) continue;
+                    pos_setup(A, &P, b, ho, wo);
+                    pos_eval(A, &P);
+                    const float *gp = g + (size_t)b * Co * HW + (size_t)ho * A->Wo + wo;
+                    float *gs = (float *)gi;
+                    for (int o = 0; o < N8f * 8; o++) gs[o] = o < Co ? gp[o * HW] : 0.0f;
+                    v8f *cr = P.coef + (size_t)root * N8;
+                    if (A->root_p) {
+                        memcpy(cr, gi, sizeof(float) * 8 * N8f);
+                        P.live[root] = 1;
+                    } else {
+                        P.live[root] = (uint8_t)node_deriv(A, gi, P.s + (size_t)root * (A->Cp / 16), P.sig[root], cr);
+                    }
+                    for (int j = root - 1; j >= 0; j--) {
+                        int pj = A->parent[j];
+                        /* an abstaining voter has no valid term below it: nothing to pass */
+                        P.live[j] = P.live[pj] && P.cnt[j] > 0
+                            && node_deriv(A, P.coef + (size_t)pj * N8, P.s + (size_t)j * (A->Cp / 16), P.sig[j],
+                                          P.coef + (size_t)j * N8);
+                    }
+                    for (int l = 0; l < L; l++) {
+                        if (!P.live[l]) continue;
+                        const v8f *cf = P.coef + (size_t)l * N8;
+                        const int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
+                        /* (tap, channel) of term i, stepped along instead of divided per term */
+                        int t = A->order ? i0 % T : i0 / C, c = A->order ? i0 / T : i0 % C;
+                        int i = i0;
+                        if (A->wtc) {
+                            /* Few output channels (tap-major order): runs of 8 or 4 channels inside
+                             * one tap (one pixel: valid or padding as a whole) take their input
+                             * gradient as one vector over those channels from (tap, Co, C) weights,
+                             * sum over o of dL/ds[o] * w[o, run], instead of a horizontal sum per
+                             * term over a mostly empty channel vector. */
+                            const float *cs = (const float *)cf;
+                            while (i < i1) {
+                                int r = C - c < i1 - i ? C - c : i1 - i;
+                                int e = i + r;
+                                int8_t ai = P.a[i];
+                                if (ai) {
+                                    float *gxr = gx + P.pix[t] + c;
+                                    const float *wt = A->wtc + (size_t)t * Co * C + c;
+                                    int k = 0;
+                                    for (; k + 8 <= r; k += 8) {
+                                        v8f acc = {0};
+                                        for (int o = 0; o < Co; o++)
+                                            acc += cs[o] * *(const v8fu *)(wt + (size_t)o * C + k);
+                                        *(v8fu *)(gxr + k) += acc;
+                                    }
+                                    for (; k + 4 <= r; k += 4) {
+                                        v4fu acc = {0};
+                                        for (int o = 0; o < Co; o++)
+                                            acc += cs[o] * *(const v4fu *)(wt + (size_t)o * C + k);
+                                        *(v4fu *)(gxr + k) += acc;
+                                    }
+                                    for (; k < r; k++) {
+                                        float acc = 0.0f;
+                                        for (int o = 0; o < Co; o++) acc += cs[o] * wt[(size_t)o * C + k];
+                                        gxr[k] += acc;
+                                    }
+                                    for (int q = i; q < e; q++) {  /* weight gradient, over channels */
+                                        v8f *gr = GW + (size_t)q * N8;
+                                        if (P.a[q] > 0) {
+                                            for (int kk = 0; kk < N8f; kk++) gr[kk] += cf[kk];
+                                        } else {
+                                            for (int kk = 0; kk < N8f; kk++) gr[kk] -= cf[kk];
+                                        }
+                                    }
+                                }  /* else padding: no weight gradient, input discarded */
+                                i = e;
+                                c = 0;
+                                t++;
+                            }
+                            continue;
+                        }
+                        for (; i < i1; i++) {
+                            int8_t ai = P.a[i];
+                            int tt = t, cc = c;
+                            if (A->order) { if (++t == T) { t = 0; c++; } }
+                            else if (++c == C) { c = 0; t++; }
+                            if (!ai) continue;  /* padding: no weight gradient, input discarded */
+                            const v8f *wr = WF + (size_t)i * N8;
+                            v8f *gr = GW + (size_t)i * N8;
+                            v8f acc = {0};
+                            if (ai > 0) {
+                                for (int k = 0; k < N8f; k++) { acc += cf[k] * wr[k]; gr[k] += cf[k]; }
+                            } else {
+                                for (int k = 0; k < N8f; k++) { acc += cf[k] * wr[k]; gr[k] -= cf[k]; }
+                            }
+                            float h = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+                            gx[P.pix[tt] + cc] += h;
+                        }
+                    }
+                }
+        free(gi);
+        pos_free(&P);
+    }
+    for (int t = 0; t + 1 < nt; t++) {
+        const float *src = gwt + (size_t)t * CN;
+        for (size_t k = 0; k < CN; k++) gw[k] += src[k];
+    }
+    free(gwt);
+    return err;
+}

@@ -1,0 +1,302 @@
+"""Votes of a binary conv and their surrogate gradient straight from packed bits (CPU, C).
+
+A hierarchy with small leaves has many leaf sums per output (144 for ``tap,leaf=4`` at 64
+channels); as float tensors they dwarf the layer's output and every element-wise op of the
+vote and of its backward walks them again. ``csrc/vote.c`` never builds them: per output
+position it packs the n terms in flat order into 64-bit words, gets every leaf sum as a
+masked XNOR-popcount, walks the tree on small integers (ties, abstention, ``first``, a ``P``
+root) and, in the backward, recomputes those integers, multiplies the surrogate chain root to
+leaf (zero for most leaves: a 4-term leaf with sigma 2 passes gradient only when it ties) and
+adds only the non-zero leaves' terms into the input and weight gradients.
+
+The semantics are those of :func:`bitvote.voter.reduce_votes` (votes bit-identical; gradients
+equal to its chain rule up to fp32 summation order); the tests hold the two against each
+other. The library is compiled with the system C compiler at first use and cached under
+``$BITVOTE_CACHE``. ``BITVOTE_NATIVE_VOTE=0`` turns the path off, and a missing or failing
+compiler turns it off for good with one line on stderr: the float path then runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from ..binarize import ApproxSign, Ste, Surrogate
+from ..voter import CM, Hierarchy
+
+__all__ = ["wanted", "forced", "pays", "enabled", "available", "conv_votes", "supports"]
+
+_HERE = Path(__file__).parent / "csrc"
+_FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int32, ctypes.c_float
+
+#: the kernels hold every sum in int16
+_MAX_TERMS = 32767
+
+#: up to this many output channels the backward's input gradient runs over a leaf's input
+#: channels (measured faster); above, over output channels
+_FEW_CHANNELS = 16
+
+
+class _Args(ctypes.Structure):
+    """Mirror of ``bvt_args`` in vote.c (same field order)."""
+
+    _fields_ = [
+        ("x", _P), ("w", _P), ("wf", _P),
+        ("N", _I), ("Hp", _I), ("Wp", _I), ("C", _I), ("Co", _I), ("Cp", _I), ("kh", _I), ("kw", _I),
+        ("sh", _I), ("sw", _I), ("dh", _I), ("dw", _I), ("Ho", _I), ("Wo", _I),
+        ("order", _I), ("n", _I), ("nodes", _I), ("nlev", _I),
+        ("lev_first", _P), ("leaf_start", _P),
+        ("child0", _P), ("parent", _P), ("lev_tie", _P), ("sigma", _P),
+        ("sigma_valid", _I), ("root_p", _I), ("surrogate", _I), ("clip", _F), ("nthreads", _I),
+        ("tap_off", _P), ("H", _I), ("W", _I), ("ph", _I), ("pw", _I), ("zero_pad", _I), ("wtc", _P),
+    ]
+
+
+_LIB = None
+_broken: Optional[str] = None
+
+
+def wanted() -> bool:
+    """``BITVOTE_NATIVE_VOTE=0`` asks for the float path everywhere (also for ``mv`` with ``first``)."""
+    return os.environ.get("BITVOTE_NATIVE_VOTE", "1") != "0"
+
+
+def forced() -> bool:
+    """``BITVOTE_NATIVE_VOTE=all``: the kernels take every voter layer, even where they are slower."""
+    return os.environ.get("BITVOTE_NATIVE_VOTE", "1").strip().lower() == "all"
+
+
+def pays(hier: Hierarchy, cout: int) -> bool:
+    """Whether the kernels beat the float path on this layer (or :func:`forced`).
+
+    The float path's matmuls are the plain conv's, and what it adds grows with the number of
+    leaves; the kernels' cost grows with n x Co at vector, not matmul, throughput. So the
+    kernels win on small leaves and lose on large ones with many output channels (measured,
+    one thread, fwd+bwd: ``tap,leaf=4`` 7x faster at 256 channels, ``cm:M{C}(M3(M3))`` 10-50x;
+    ``tap`` 1.7x faster at 64 channels but 1.7x slower at 128 and 3x slower at 256).
+    """
+    if hier.n > _MAX_TERMS:
+        return False
+    if forced() or hier.order == CM:
+        return True
+    leaf = hier.n / len(hier.leaf_sizes)
+    return leaf <= 32 or (leaf <= 64 and cout <= 64)
+
+
+def enabled() -> bool:
+    """Whether the native path may run: wanted, and no failed build so far."""
+    return _broken is None and wanted()
+
+
+def _disable(why: str) -> None:
+    global _broken
+    _broken = why.splitlines()[0][:200] if why else "unknown error"
+    print(f"bitvote: native vote kernels unavailable ({_broken}); using the float path (slower)", file=sys.stderr)
+
+
+def _arch_flags():
+    """AVX2/FMA where this CPU has them (the flags are part of the cache key)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise RuntimeError("no C compiler (install gcc or clang, or set CC)")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    src = (_HERE / "vote.c").read_bytes()
+    cache = Path(os.environ.get("BITVOTE_CACHE", Path.home() / ".cache" / "bitvote"))
+    cache.mkdir(parents=True, exist_ok=True)
+    arch = _arch_flags()
+    err = None
+    for extra in (["-fopenmp"] + arch, ["-fopenmp-simd"] + arch, []):
+        flags = _FLAGS + extra
+        key = hashlib.sha256(src + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
+        so = cache / f"bitvote_vote_{key}.so"
+        if not so.exists():
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                tmp_so = Path(tmp) / so.name
+                res = subprocess.run([cc, *flags, str(_HERE / "vote.c"), "-o", str(tmp_so), "-lm"],
+                                     capture_output=True, text=True)
+                if res.returncode != 0:
+                    err = res.stderr.strip() or f"{cc} failed"
+                    continue
+                os.replace(tmp_so, so)  # atomic: a concurrent process sees no half-written file
+        lib = ctypes.CDLL(str(so))
+        lib.bvt_struct_size.restype = ctypes.c_int
+        if lib.bvt_struct_size() != ctypes.sizeof(_Args):  # pragma: no cover - a build mismatch
+            raise RuntimeError("vote.c and fastvote._Args disagree on the argument struct")
+        lib.bvt_forward.argtypes = [ctypes.POINTER(_Args), _P]
+        lib.bvt_backward.argtypes = [ctypes.POINTER(_Args), _P, _P, _P]
+        lib.bvt_forward.restype = lib.bvt_backward.restype = ctypes.c_int
+        return lib
+    raise RuntimeError(f"compiling vote.c with {cc!r} failed: {err}")
+
+
+def available() -> bool:
+    """Enabled and compiled (compiling at the first call)."""
+    global _LIB
+    if not enabled():
+        return False
+    if _LIB is None:
+        try:
+            _LIB = _build()
+        except Exception as e:  # noqa: BLE001 - no compiler, a failing one, a bad .so: fall back
+            _disable(f"{type(e).__name__}: {e}")
+            return False
+    return True
+
+
+class _Plan:
+    """The tree of one hierarchy as flat int arrays for vote.c (built once per layer shape)."""
+
+    def __init__(self, hier: Hierarchy, C: int, T: int, sigma):
+        n = hier.n
+        self.n = n
+        self.order = 1 if hier.order == CM else 0
+        leaves = hier.leaf_sizes
+        starts = [0]
+        for s in leaves:
+            starts.append(starts[-1] + s)
+        lev_first, child0, fanin = [0, len(leaves)], [], list(leaves)
+        for lv in hier.levels[1:]:
+            pos = lev_first[-2]
+            for g in lv.groups:
+                child0.append(pos)
+                fanin.append(g)
+                pos += g
+            lev_first.append(lev_first[-1] + len(lv.groups))
+        nodes = lev_first[-1]
+        parent = [0] * nodes
+        for li in range(1, len(lev_first) - 1):
+            for j in range(lev_first[li], lev_first[li + 1]):
+                c1 = child0[j + 1 - len(leaves)] if j + 1 < lev_first[li + 1] else lev_first[li]
+                for k in range(child0[j - len(leaves)], c1):
+                    parent[k] = j
+        child0 = [0] * len(leaves) + child0  # indexed by node
+        if sigma == "unit":
+            sig = [1.0] * nodes
+        elif sigma in ("fanin", "valid"):
+            sig = [math.sqrt(g) for g in fanin]
+        else:
+            sig = [float(sigma) * math.sqrt(g) for g in fanin]
+        i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+        self.lev_first = i32(lev_first)
+        self.leaf_start, self.child0, self.parent = i32(starts), i32(child0), i32(parent)
+        self.lev_tie = i32(hier.tie_codes)
+        self.sigma = torch.tensor(sig, dtype=torch.float32)
+        self.nodes, self.nlev = nodes, len(hier.levels)
+        self.sigma_valid = 1 if sigma == "valid" else 0
+        self.root_p = 1 if hier.root == "P" else 0
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(hier: Hierarchy, C: int, T: int, sigma) -> _Plan:
+    return _Plan(hier, C, T, sigma)
+
+
+def supports(surrogate: Surrogate, device: torch.device) -> bool:
+    """The surrogates vote.c knows (exactly these classes: a subclass may change ``grad``)."""
+    return device.type == "cpu" and type(surrogate) in (ApproxSign, Ste)
+
+
+def _args(plan: _Plan, xcl, w, wf, wshape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, keep,
+          wtc=None) -> _Args:
+    """The kernel's arguments; ``keep`` collects tensors that must outlive the call."""
+    N, Hp, Wp, C = xcl.shape
+    Co, _, kh, kw = wshape
+    a = _Args()
+    offs = torch.tensor([(i * dilation[0] * Wp + j * dilation[1]) * C for i in range(kh) for j in range(kw)],
+                        dtype=torch.int64)
+    keep.append(offs)
+    a.tap_off = offs.data_ptr()
+    a.wtc = 0 if wtc is None else wtc.data_ptr()
+    a.H, a.W, a.ph, a.pw = Hp - 2 * padding[0], Wp - 2 * padding[1], padding[0], padding[1]
+    a.zero_pad = int(float(pad_value) == 0.0 and (padding[0] > 0 or padding[1] > 0))
+    a.x, a.w, a.wf = xcl.data_ptr(), w.data_ptr(), 0 if wf is None else wf.data_ptr()
+    a.N, a.Hp, a.Wp, a.C, a.Co, a.Cp, a.kh, a.kw = N, Hp, Wp, C, Co, w.shape[1], kh, kw
+    a.sh, a.sw, a.dh, a.dw, a.Ho, a.Wo = stride[0], stride[1], dilation[0], dilation[1], Ho, Wo
+    a.order, a.n, a.nodes, a.nlev = plan.order, plan.n, plan.nodes, plan.nlev
+    for f in ("lev_first", "leaf_start", "child0", "parent", "lev_tie", "sigma"):
+        setattr(a, f, getattr(plan, f).data_ptr())
+    a.sigma_valid, a.root_p = plan.sigma_valid, plan.root_p
+    a.surrogate = 1 if type(surrogate) is Ste else 0
+    a.clip = float(getattr(surrogate, "clip", 1.0))
+    a.nthreads = torch.get_num_threads()
+    return a
+
+
+class _NativeVoteFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xb, wb, plan, stride, padding, dilation, pad_value, Ho, Wo, surrogate):
+        N, C, H, W = xb.shape
+        Co, _, kh, kw = wb.shape
+        ph, pw = padding
+        xi = torch.where(xb >= 0, 1, -1).to(torch.int8).permute(0, 2, 3, 1)
+        xcl = F.pad(xi, (0, 0, pw, pw, ph, ph), value=int(pad_value)).contiguous()
+        wt = wb.reshape(Co, C, kh * kw)  # term-major (n, Co): the kernels run over channels
+        wt = wt.reshape(Co, -1).t() if plan.order else wt.permute(2, 1, 0).reshape(-1, Co)
+        wi = torch.ones((wt.shape[0], -(-Co // 16) * 16), dtype=torch.int16)  # pad channels: +1, unused
+        wi[:, :Co] = torch.where(wt >= 0, 1, -1)
+        out = torch.empty((N, Co, Ho, Wo), dtype=torch.float32)
+        keep = []
+        a = _args(plan, xcl, wi, None, wb.shape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, keep)
+        if _LIB.bvt_forward(ctypes.byref(a), out.data_ptr()):
+            raise MemoryError("native vote kernel: out of memory")
+        ctx.save_for_backward(xcl, wi)
+        ctx.meta = (plan, tuple(wb.shape), stride, padding, dilation, Ho, Wo, surrogate, xb.dtype, wb.dtype, H, W,
+                    pad_value)
+        return out
+
+    @staticmethod
+    @once_differentiable  # a second derivative through the C kernel is an error, never a silent 0
+    def backward(ctx, g):
+        xcl, wi = ctx.saved_tensors
+        plan, wshape, stride, padding, dilation, Ho, Wo, surrogate, xdt, wdt, H, W, pad_value = ctx.meta
+        Co, C, kh, kw = wshape
+        g = g.float().contiguous()
+        gx = torch.zeros(xcl.shape, dtype=torch.float32)
+        gw = torch.zeros(wi.shape, dtype=torch.float32)
+        wf = wi.float()
+        wf[:, Co:] = 0
+        wtc = None
+        if not plan.order and Co <= _FEW_CHANNELS:  # (taps, Co, C): input gradient over a leaf's channels
+            wtc = wf[:, :Co].reshape(kh * kw, C, Co).transpose(1, 2).contiguous()
+        keep = []
+        a = _args(plan, xcl, wi, wf, wshape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, keep, wtc)
+        if _LIB.bvt_backward(ctypes.byref(a), g.data_ptr(), gx.data_ptr(), gw.data_ptr()):
+            raise MemoryError("native vote kernel: out of memory")
+        ph, pw = padding
+        gxb = gx[:, ph:ph + H, pw:pw + W].permute(0, 3, 1, 2).to(xdt)
+        gw = gw[:, :Co]
+        gwb = gw.t().reshape(Co, C, kh * kw) if plan.order else gw.reshape(kh * kw, C, Co).permute(2, 1, 0)
+        return gxb, gwb.reshape(wshape).to(wdt), None, None, None, None, None, None, None, None
+
+
+def conv_votes(xb, wb, hier: Hierarchy, stride, padding, dilation, pad_value, Ho, Wo, surrogate, sigma):
+    """Votes (N, Co, Ho, Wo) fp32 of one conv group through ``hier``; differentiable."""
+    C, T = xb.shape[1], wb.shape[2] * wb.shape[3]
+    plan = _plan(hier, C, T, sigma)
+    return _NativeVoteFn.apply(xb, wb, plan, stride, padding, dilation, pad_value, Ho, Wo, surrogate)

@@ -1,0 +1,263 @@
+"""The packed-bit vote kernels (bitvote.nn.fastvote) against the brute-force oracle and the float path.
+
+Votes must be bit-identical to the oracle; gradients equal to the float path's chain rule (the
+plain reference implementation of SPEC.md's surrogate) up to fp32 summation order. Sizes sit
+on the kernel's boundaries: output channels around its 16-lane (votes) and 8-lane (gradients)
+blocks, odd channel counts, batches smaller than the thread count, stride 2, every padding.
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bitvote import BinaryConv2d
+from bitvote.nn import fastvote
+
+from oracle import binary_conv
+
+pytestmark = pytest.mark.skipif(not fastvote.available(), reason="no C compiler for the native vote kernels")
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+TIES = [1, -1, "first"]
+
+
+def divisors(n):
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@st.composite
+def layer_case(draw):
+    k = draw(st.sampled_from([1, 2, 3]))
+    C = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9]))
+    Co = draw(st.sampled_from([1, 2, 3, 7, 8, 9, 15, 16, 17, 33]))
+    stride = draw(st.sampled_from([1, 2]))
+    padding = draw(st.integers(0, k - 1))
+    H = draw(st.integers(max(1, k - 2 * padding), 6))
+    W = draw(st.integers(max(1, k - 2 * padding), 6))
+    return dict(k=k, C=C, Co=Co, stride=stride, padding=padding, H=H, W=W, N=draw(st.integers(1, 3)),
+                pad_value=draw(st.sampled_from([0.0, 1.0, -1.0])))
+
+
+@st.composite
+def tree_case(draw, C, T):
+    """(spec, bottom-up levels for the oracle, order, root)."""
+    n = C * T
+    kind = draw(st.sampled_from(["mv", "tap", "groups", "tap,groups", "tap,leaf", "cgroups", "uneven", "cm3", "P"]))
+    if kind == "mv":
+        return "mv", [[n]], "tap", "M"
+    if kind == "tap":
+        return "tap", [[C] * T, [T]], "tap", "M"
+    if kind in ("groups", "cgroups"):
+        g = draw(st.sampled_from(divisors(n)))
+        return f"{kind}={g}", [[n // g] * g, [g]], ("cm" if kind == "cgroups" else "tap"), "M"
+    if kind == "tap,groups":
+        g = draw(st.sampled_from(divisors(C)))
+        return f"tap,groups={g}", [[C // g] * (g * T), [g] * T, [T]], "tap", "M"
+    if kind == "tap,leaf":
+        leaf = draw(st.sampled_from(divisors(C)))
+        return f"tap,leaf={leaf}", [[leaf] * (C // leaf * T), [C // leaf] * T, [T]], "tap", "M"
+    if kind == "cm3" and T == 9:  # the seed's per-channel majority-of-3 over kernel rows
+        return f"cm:M{C}(M3(M3))", [[3] * (3 * C), [3] * C, [C]], "cm", "M"
+    if kind == "P":
+        return f"P(M{C})", [[C] * T, [T]], "tap", "P"
+    # uneven leaves straddling taps (at least two leaves when n allows it)
+    cuts = sorted(draw(st.lists(st.integers(1, n - 1), min_size=1, max_size=3, unique=True))) if n > 1 else []
+    sizes = [b - a for a, b in zip([0] + cuts, cuts + [n])]
+    if len(sizes) == 1:
+        return f"M{n}", [[n]], "tap", "M"
+    return f"M{len(sizes)}(" + ", ".join(f"M{s}" for s in sizes) + ")", [sizes, [len(sizes)]], "tap", "M"
+
+
+def _inputs(data, case):
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    x = torch.randn(case["N"], case["C"], case["H"], case["W"])
+    if data.draw(st.booleans()):  # small integers: ties (s == 0) at every level
+        x = torch.randint(-1, 2, x.shape).float()
+    return x
+
+
+def _run(layer, x, g, native, monkeypatch):
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all" if native else "0")
+    x = x.clone().requires_grad_(True)
+    layer.weight.grad = None
+    y = layer(x)
+    (y * g).sum().backward()
+    return y.detach(), x.grad, layer.weight.grad.clone()
+
+
+def _close(a, b):
+    scale = max(1.0, b.abs().max().item())
+    return (a - b).abs().max().item() <= 1e-5 * scale
+
+
+@SETTINGS
+@given(data=st.data())
+def test_native_votes_match_oracle(data):
+    case = data.draw(layer_case())
+    k, C = case["k"], case["C"]
+    spec, levels, order, root = data.draw(tree_case(C, k * k))
+    ties = [data.draw(st.sampled_from(TIES)) for _ in levels]  # bottom-up, one per written level
+    x = _inputs(data, case)
+    layer = BinaryConv2d(C, case["Co"], k, case["stride"], case["padding"], voter=spec,
+                         pad_value=case["pad_value"], tie=",".join(map(str, reversed(ties))))
+    got = layer(x)
+    want = binary_conv(x, layer.weight.detach(), case["stride"], case["padding"], case["pad_value"],
+                       levels, ties, root, order)
+    assert torch.equal(got, want), (spec, case, ties)
+
+
+@SETTINGS
+@given(data=st.data(), sigma=st.sampled_from(["fanin", "valid", "unit", 0.5]),
+       surrogate=st.sampled_from(["approxsign", "ste"]))
+def test_native_gradients_match_float_path(data, sigma, surrogate):
+    case = data.draw(layer_case())
+    k, C = case["k"], case["C"]
+    spec, levels, _, _ = data.draw(tree_case(C, k * k))
+    tie = ",".join(str(data.draw(st.sampled_from(TIES))) for _ in levels)
+    x = _inputs(data, case)
+    layer = BinaryConv2d(C, case["Co"], k, case["stride"], case["padding"], voter=spec, tie=tie,
+                         pad_value=case["pad_value"], sigma=sigma, surrogate=surrogate)
+    Ho = (case["H"] + 2 * case["padding"] - k) // case["stride"] + 1
+    Wo = (case["W"] + 2 * case["padding"] - k) // case["stride"] + 1
+    g = torch.randn(case["N"], case["Co"], Ho, Wo)
+    with pytest.MonkeyPatch.context() as mp:
+        y0, gx0, gw0 = _run(layer, x, g, False, mp)
+        y1, gx1, gw1 = _run(layer, x, g, True, mp)
+    assert torch.equal(y0, y1), (spec, case, tie)
+    assert _close(gx1, gx0) and _close(gw1, gw0), (spec, case, tie, sigma, surrogate)
+
+
+@pytest.mark.parametrize("spec,C", [("tap,leaf=4", 8), ("tap,groups=4", 12), ("cm:M5(M3(M3))", 5), ("tap", 7)])
+@pytest.mark.parametrize("Co", [15, 16, 17, 32])
+def test_channel_blocks_and_threads(spec, C, Co, monkeypatch):
+    """Outputs around the kernel's channel blocks; a batch of 1 with two threads; stride 2."""
+    torch.manual_seed(Co)
+    layer = BinaryConv2d(C, Co, 3, 2, 1, voter=spec, tie="first")
+    x = torch.randint(-1, 2, (1, C, 7, 5)).float()
+    g = torch.randn(1, Co, 4, 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y0, gx0, gw0 = _run(layer, x, g, False, monkeypatch)
+        y1, gx1, gw1 = _run(layer, x, g, True, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y0, y1)
+    assert _close(gx1, gx0) and _close(gw1, gw0)
+
+
+@pytest.mark.parametrize("stride,pad,pad_value,groups", [(1, 1, 0.0, 1), (2, 1, 0.0, 2), (2, 2, 0.0, 1),
+                                                          (1, 1, 1.0, 1), (2, 1, -1.0, 2)])
+def test_mv_first_matches_oracle_and_float_path(stride, pad, pad_value, groups, monkeypatch):
+    """``mv`` with ``first`` is the plain conv plus one gathered term: same votes, same gradients."""
+    torch.manual_seed(stride + pad)
+    C, Co = 4, 6
+    layer = BinaryConv2d(C, Co, 3, stride, pad, groups=groups, voter="mv", tie="first", pad_value=pad_value)
+    x = torch.randint(-1, 2, (2, C, 6, 5)).float()
+    y = layer(x)
+    cin, cout = C // groups, Co // groups
+    w = layer.weight.detach()
+    want = torch.cat([binary_conv(x[:, i * cin:(i + 1) * cin], w[i * cout:(i + 1) * cout], stride, pad, pad_value,
+                                  [[cin * 9]], ["first"]) for i in range(groups)], 1)
+    assert torch.equal(y, want)
+    g = torch.randn_like(y)
+    y0, gx0, gw0 = _run(layer, x, g, False, monkeypatch)
+    y1, gx1, gw1 = _run(layer, x, g, True, monkeypatch)
+    assert torch.equal(y0, y1) and _close(gx1, gx0) and _close(gw1, gw0)
+
+
+def test_native_is_the_default_and_the_switch_turns_it_off(monkeypatch):
+    calls = []
+    real = fastvote.conv_votes
+    monkeypatch.setattr(fastvote, "conv_votes", lambda *a: calls.append(1) or real(*a))
+    layer = BinaryConv2d(8, 4, 3, 1, 1, voter="tap,leaf=4", tie="first")
+    x = torch.randn(2, 8, 5, 5)
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "1")
+    y1 = layer(x)
+    assert calls == [1]
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "0")
+    assert torch.equal(layer(x), y1) and calls == [1]
+
+
+def test_kernels_take_small_leaves_by_default(monkeypatch):
+    """By default the kernels take small leaves and ``cm:`` trees, the float path large leaves."""
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "1")
+    h = lambda spec, C: BinaryConv2d(C, C, 3, voter=spec).hierarchy  # noqa: E731
+    assert fastvote.pays(h("tap,leaf=4", 256), 256) and fastvote.pays(h("cm:M64(M3(M3))", 64), 64)
+    assert fastvote.pays(h("tap", 64), 64) and not fastvote.pays(h("tap", 256), 256)
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all")
+    assert fastvote.pays(h("tap", 256), 256)
+    assert not fastvote.pays(BinaryConv2d(4096, 1, 3, voter="tap,leaf=4").hierarchy, 1)  # int16 sums
+
+
+def test_missing_compiler_falls_back_once(monkeypatch, capsys):
+    monkeypatch.setattr(fastvote, "_LIB", None)
+    monkeypatch.setattr(fastvote, "_broken", None)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("BITVOTE_CACHE", str(__import__("tempfile").mkdtemp()))
+    layer = BinaryConv2d(4, 3, 3, 1, 1, voter="tap,leaf=2", tie="first")
+    x = torch.randn(1, 4, 5, 5)
+    y = layer(x)
+    assert not fastvote.available()
+    err = capsys.readouterr().err
+    assert err.count("native vote kernels unavailable") == 1 and "Traceback" not in err
+    want = binary_conv(x, layer.weight.detach(), 1, 1, 0.0, [[2] * 18, [2] * 9, [9]], ["first"] * 3)
+    assert torch.equal(y, want)
+    layer(x)
+    assert "unavailable" not in capsys.readouterr().err  # said once
+
+
+def test_native_under_bf16_autocast_keeps_votes_exact():
+    layer = BinaryConv2d(8, 5, 3, 1, 1, voter="tap,leaf=4", tie="first")
+    x = torch.randn(2, 8, 6, 6)
+    y = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya = layer(x)
+    assert ya.dtype == torch.float32 and torch.equal(y, ya)
+
+
+def test_native_plan_caches_per_hierarchy():
+    a = BinaryConv2d(8, 4, 3, voter="tap,leaf=4")
+    b = BinaryConv2d(8, 6, 3, voter="tap,leaf=4")
+    assert a.hierarchy == b.hierarchy
+    p1 = fastvote._plan(a.hierarchy, 8, 9, "fanin")
+    assert fastvote._plan(b.hierarchy, 8, 9, "fanin") is p1
+    assert p1.nodes == 18 + 9 + 1  # leaves, one middle voter per tap, the root
+    assert math.isclose(p1.sigma[0].item(), 2.0) and math.isclose(p1.sigma[-1].item(), 3.0)
+
+
+def test_second_derivative_is_refused_not_zero(monkeypatch):
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all")
+    layer = BinaryConv2d(4, 3, 3, 1, 1, voter="tap,leaf=2", tie="first", input_surrogate=None)
+    x = torch.randn(1, 4, 5, 5).sign().requires_grad_(True)
+    (gx,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_float_path_fused_chains_still_match_eager(monkeypatch, amp):
+    """The float path (``BITVOTE_NATIVE_VOTE=0``) keeps its compiled vote chains exact."""
+    from bitvote import _fuse
+
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "0")
+    monkeypatch.setattr(_fuse, "MIN_NUMEL", 1)
+    x = torch.randint(-1, 2, (2, 8, 6, 6)).float()
+    out = {}
+    for fuse in ("0", "1"):
+        monkeypatch.setenv("BITVOTE_FUSE", fuse)
+        torch.manual_seed(1)
+        layer = BinaryConv2d(8, 4, 3, 1, 1, voter="tap,groups=2", tie="first")
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            y = layer(xi)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        out[fuse] = (y.detach(), xi.grad, layer.weight.grad)
+    (y0, gx0, gw0), (y1, gx1, gw1) = out["0"], out["1"]
+    tol = 2e-2 if amp else 1e-5
+    assert torch.equal(y0, y1) and gw0.abs().sum() > 0
+    assert torch.allclose(gx0, gx1, rtol=tol, atol=tol) and torch.allclose(gw0, gw1, rtol=tol, atol=tol)
