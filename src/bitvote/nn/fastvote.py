@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..binarize import ApproxSign, Ste, Surrogate
+from ..io import cache_root
 from ..voter import CM, Hierarchy
 
 __all__ = ["wanted", "forced", "pays", "enabled", "available", "conv_votes", "supports"]
@@ -127,7 +128,7 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("no C compiler (install gcc or clang, or set CC)")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     src = (_HERE / "vote.c").read_bytes()
-    cache = Path(os.environ.get("BITVOTE_CACHE", Path.home() / ".cache" / "bitvote"))
+    cache = cache_root() / "native"
     cache.mkdir(parents=True, exist_ok=True)
     arch = _arch_flags()
     err = None
