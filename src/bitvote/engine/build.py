@@ -22,7 +22,8 @@ from ..errors import BitvoteError
 __all__ = ["lib", "ISAS", "best_isa", "active_isa", "isa_id", "ConvArgs"]
 
 _HERE = Path(__file__).parent
-_SOURCES = ("kernels.c", "kbody.h")
+_SOURCES = ("kernels.c", "kbody.h", "pack.c", "isa.h")
+_UNITS = ("kernels.c", "pack.c")  # compiled into one shared library
 _FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
 #: ISA names in the order of the C enum; ``best_isa()`` says which this CPU runs.
 ISAS = ("portable", "avx2", "avx512bw", "avx512popcnt")
@@ -74,7 +75,7 @@ def _cache_dir() -> Path:
 def _compile(cc: str, flags, out: Path) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_so = Path(tmp) / out.name
-        cmd = [cc, *flags, str(_HERE / "kernels.c"), "-o", str(tmp_so), "-lm"]
+        cmd = [cc, *flags, *(str(_HERE / u) for u in _UNITS), "-o", str(tmp_so), "-lm"]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(res.stderr.strip() or f"{cc} failed")

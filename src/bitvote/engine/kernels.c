@@ -1,5 +1,5 @@
 /* bitvote packed CPU kernels: XNOR/popcount convolution with fused popcount, vote and
- * threshold epilogues, and the float -> bit packer (docs/engine.md, SPEC.md).
+ * threshold epilogues (docs/engine.md, SPEC.md).
  *
  * Layouts: activations (N, H, W, Wd) uint64, bit c%64 of word c/64 is channel c (1 = +1);
  * bits past C are 0. Weights (Co/8, T, Wd, 8): 8 output channels per vector, tap-major.
@@ -7,15 +7,16 @@
  * voter leaf; any leaf layout (tap- or channel-major, even or not) is a list of segments,
  * sorted by leaf. Popcount and MV have one leaf. The kernel counts mismatches per leaf,
  * s = valid - 2 * mismatches, then the voter levels (bv_reduce) and the epilogue (bv_emit).
- * Built at first use and cached by bitvote/engine/build.py. */
+ * The packer is pack.c. Built at first use and cached by bitvote/engine/build.py. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
 #include <immintrin.h>
 
+#include "isa.h"
+
 enum { BV_OUT_INT = 0, BV_OUT_AFFINE = 1, BV_OUT_SELECT = 2, BV_OUT_BITS = 3 };
-enum { BV_ISA_PORTABLE = 0, BV_ISA_AVX2 = 1, BV_ISA_AVX512BW = 2, BV_ISA_AVX512POPCNT = 3 };
 
 typedef struct {
     const uint64_t *x;
@@ -380,148 +381,4 @@ int bv_conv(const bv_conv_t *p, int isa)
 #endif
     default: return p->kind ? conv_dense_portable(p) : conv_portable(p);
     }
-}
-
-/* ---- the packer: real activations -> bits, bit = (x + shift[c]) >= 0 (-0.0 -> 1, NaN flagged) ----
- * Any strides run the portable loop; NCHW rows (sW == 1) and channels-last pixels (sC == 1)
- * have AVX-512 packers: a compare of 16 floats gives a 16-bit mask, which either becomes 16
- * bits of one word (channels-last) or sets bit c in the words of 16 pixels with a masked OR
- * (NCHW), so no float is read twice and no bit is set one at a time. */
-static int bv_pack_portable(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
-                            const float *shift, uint64_t *out, int Wd, int nthreads)
-{
-    int nan = 0;
-#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
-    for (long row = 0; row < (long)N * H; row++) {
-        const int n = (int)(row / H), y = (int)(row % H);
-        uint64_t *o = out + (size_t)row * W * Wd;
-        memset(o, 0, (size_t)W * Wd * 8);
-        for (int c = 0; c < C; c++) {
-            const float *r = x + n * sN + c * sC + y * sH;
-            const int j = c / 64, b = c % 64;
-            if (shift) {
-                const float sh = shift[c];
-                for (int i = 0; i < W; i++) {
-                    const float v = r[i * sW] + sh;
-                    nan |= v != v;
-                    o[(size_t)i * Wd + j] |= (uint64_t)(v >= 0.0f) << b;
-                }
-            } else {
-                for (int i = 0; i < W; i++) {
-                    const float v = r[i * sW];
-                    nan |= v != v;
-                    o[(size_t)i * Wd + j] |= (uint64_t)(v >= 0.0f) << b;
-                }
-            }
-        }
-    }
-    return nan;
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw")
-/* NCHW with contiguous rows: runs of L pixels (a whole plane when rows are contiguous too),
- * in items of up to 64 pixels (4 x 16): each channel's 256 contiguous bytes are read at once,
- * so the 64 channel streams of an item (one page each for 32x32 planes) are visited 4x less often. */
-static int bv_pack_nchw_avx512(const float *x, int N, int C, int H, int W, long sN, long sC, long sH,
-                               const float *shift, uint64_t *out, int Wd, int nthreads)
-{
-    const int plane = sH == W || H == 1;
-    const long nrun = plane ? N : (long)N * H, L = plane ? (long)H * W : W;
-    const long nblk = (L + 63) / 64;
-    int nan = 0;
-#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
-    for (long it = 0; it < nrun * nblk; it++) {
-        const long run = it / nblk, i0 = (it % nblk) * 64;
-        const float *src = plane ? x + run * sN : x + (run / H) * sN + (run % H) * sH;
-        const long pix0 = run * L + i0;
-        const int nu = (int)((L - i0 + 15) / 16 < 4 ? (L - i0 + 15) / 16 : 4);
-        __mmask16 mk[4];
-        for (int u = 0; u < 4; u++) {
-            const long left = L - i0 - 16 * u;
-            mk[u] = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-        }
-        const __m512i idx = _mm512_setr_epi64(0, Wd, 2L * Wd, 3L * Wd, 4L * Wd, 5L * Wd, 6L * Wd, 7L * Wd);
-        __mmask16 bad = 0;
-        for (int j = 0; j < Wd; j++) {
-            __m512i lo[4], hi[4];
-            for (int u = 0; u < 4; u++) { lo[u] = _mm512_setzero_si512(); hi[u] = _mm512_setzero_si512(); }
-            const int c1 = C < 64 * j + 64 ? C : 64 * j + 64;
-            for (int c = 64 * j; c < c1; c++) {
-                const __m512i bit = _mm512_set1_epi64((long long)(1ULL << (c & 63)));
-                const __m512 sh = _mm512_set1_ps(shift ? shift[c] : 0.0f);
-                for (int u = 0; u < 4; u++) { /* constant trip count: lo/hi stay in registers; mk = 0 past the run */
-                    _mm_prefetch((const char *)(src + c * sC + i0 + 64 + 16 * u), _MM_HINT_T0); /* the next item's line */
-                    __m512 v = _mm512_maskz_loadu_ps(mk[u], src + c * sC + i0 + 16 * u);
-                    if (shift) v = _mm512_add_ps(v, sh);
-                    const __mmask16 m = _mm512_mask_cmp_ps_mask(mk[u], v, _mm512_setzero_ps(), _CMP_GE_OQ);
-                    bad |= _mm512_mask_cmp_ps_mask(mk[u], v, v, _CMP_UNORD_Q);
-                    lo[u] = _mm512_mask_or_epi64(lo[u], (__mmask8)m, lo[u], bit);
-                    hi[u] = _mm512_mask_or_epi64(hi[u], (__mmask8)(m >> 8), hi[u], bit);
-                }
-            }
-            for (int u = 0; u < nu; u++) {
-                uint64_t *o = out + (pix0 + 16 * u) * Wd + j;
-                if (Wd == 1) {
-                    _mm512_mask_storeu_epi64(o, (__mmask8)mk[u], lo[u]);
-                    _mm512_mask_storeu_epi64(o + 8, (__mmask8)(mk[u] >> 8), hi[u]);
-                } else {
-                    _mm512_mask_i64scatter_epi64(o, (__mmask8)mk[u], idx, lo[u], 8);
-                    _mm512_mask_i64scatter_epi64(o + 8 * Wd, (__mmask8)(mk[u] >> 8), idx, hi[u], 8);
-                }
-            }
-        }
-        nan |= bad != 0;
-    }
-    return nan;
-}
-
-/* Channels-last (sC == 1): 64 channels of one pixel are 4 compares -> one word. */
-static int bv_pack_nhwc_avx512(const float *x, int N, int C, int H, int W, long sN, long sH, long sW,
-                               const float *shift, uint64_t *out, int Wd, int nthreads)
-{
-    int nan = 0;
-#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
-    for (long row = 0; row < (long)N * H; row++) {
-      const float *srow = x + (row / H) * sN + (row % H) * sH;
-      for (long pix = row * W; pix < (row + 1) * W; pix++) {
-        const float *src = srow + (pix - row * W) * sW;
-        __mmask16 bad = 0;
-        for (int j = 0; j < Wd; j++) {
-            uint64_t word = 0;
-            for (int q = 0; q < 4; q++) {
-                const int c0 = 64 * j + 16 * q;
-                if (c0 >= C) break;
-                const __mmask16 mk = C - c0 >= 16 ? 0xffff : (__mmask16)((1u << (C - c0)) - 1);
-                __m512 v = _mm512_maskz_loadu_ps(mk, src + c0);
-                if (shift) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, shift + c0));
-                word |= (uint64_t)_mm512_mask_cmp_ps_mask(mk, v, _mm512_setzero_ps(), _CMP_GE_OQ) << (16 * q);
-                bad |= _mm512_mask_cmp_ps_mask(mk, v, v, _CMP_UNORD_Q);
-            }
-            out[pix * Wd + j] = word;
-        }
-        nan |= bad != 0;
-      }
-    }
-    return nan;
-}
-#pragma GCC pop_options
-#endif
-
-/* Pack (any strides, NCHW indexing) into (N, H, W, Wd) words; shift may be NULL. isa = -1
- * picks the best. Returns 1 if any value is NaN. */
-int bv_pack(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
-            const float *shift, uint64_t *out, int Wd, int nthreads, int isa)
-{
-    if (isa < 0) isa = bv_best_isa();
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (isa >= BV_ISA_AVX512BW && C > 0) {
-        if (sC == 1)
-            return bv_pack_nhwc_avx512(x, N, C, H, W, sN, sH, sW, shift, out, Wd, nthreads);
-        if (sW == 1)
-            return bv_pack_nchw_avx512(x, N, C, H, W, sN, sC, sH, shift, out, Wd, nthreads);
-    }
-#endif
-    return bv_pack_portable(x, N, C, H, W, sN, sC, sH, sW, shift, out, Wd, nthreads);
 }
