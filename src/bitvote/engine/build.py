@@ -115,6 +115,11 @@ def lib() -> ctypes.CDLL:
     L.bv_pack.argtypes = [_P, _I, _I, _I, _I, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
                           _P, _P, _I, _I, _I]
     L.bv_pack.restype = ctypes.c_int
+    L.bv_peak.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_int]
+    L.bv_peak.restype = ctypes.c_double
+    L.bv_int8_kind.restype = ctypes.c_int
+    L.bv_set_kernel.argtypes = [ctypes.c_int]
+    L.bv_set_kernel.restype = ctypes.c_int
     if L.bv_struct_size() != ctypes.sizeof(ConvArgs):  # pragma: no cover - a build mismatch
         raise RuntimeError("kernels.c and build.ConvArgs disagree on the argument struct")
     L.openmp = "-fopenmp" in flags

@@ -105,6 +105,7 @@ static int FN(conv)(const bv_conv_t *p)
  * XORed with the CB weight vectors of the group. Results are reduced 8 lanes at a time
  * (reduce8) and emitted with contiguous per-pixel stores (emit8). */
 
+#ifndef BV_VEPI /* (the vector ISAs run vreduce8) */
 /* Votes of 8 lanes through the levels; cnts are per leaf (the same for every lane). */
 static void FN(reduce8)(const bv_conv_t *p, const int32_t *sums, const int32_t *cnts,
                         const int32_t *firsts, int32_t *va, int32_t *vb, int32_t *r)
@@ -141,6 +142,7 @@ static void FN(reduce8)(const bv_conv_t *p, const int32_t *sums, const int32_t *
     }
     for (int q = 0; q < 8; q++) r[q] = va[q];
 }
+#endif
 
 /* bv_post on nl consecutive floats (channels o0.., element index i0..) */
 static inline void FN(post8)(const bv_conv_t *p, size_t i0, int o0, int nl, float *q)
@@ -193,49 +195,110 @@ static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o
 }
 
 #ifdef BV_VEPI
-/* The common epilogues on 8 lanes in vector registers (AVX-512 ISAs): popcount (r = s) or a
- * plain MV (r = sign(s), a fixed tie value inline), to affine / select floats (+ the fused
- * residual / RPReLU, same float ops in the same order as bv_post) or bits. Returns 0 where
- * the scalar emit8 must run instead (int output, a 'first' tie in these lanes). */
+/* Vector epilogues on 8 lanes (8 output channels) in one __m256i, shared by the AVX2 and
+ * AVX-512 ISAs: BV_LD8(mm) turns 8 uint64 mismatch counts into 8 int32 lanes. Each one
+ * computes exactly what bv_vote / bv_reduce / bv_post compute per lane (same rules, same
+ * float ops in the same order); they return 0 where the scalar emit8 must run instead
+ * (int output, a root with no valid input where the layer asks for it). */
 static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r);
-static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, const uint64_t *mm, int vote)
+
+/* bv_vote on 8 lanes: s, c (valid inputs) and f (first valid term / vote) per lane. */
+static inline __m256i FN(vvote)(__m256i s, __m256i c, __m256i f, int tie, int root)
 {
     const __m256i z = _mm256_setzero_si256();
-    const __m256i s = _mm256_sub_epi32(_mm256_set1_epi32(cn),
-                                       _mm256_slli_epi32(_mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)mm)), 1));
+    __m256i r = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_cmpgt_epi32(s, z), 31), _mm256_srli_epi32(_mm256_cmpgt_epi32(z, s), 31));
+    const __m256i tv = tie == 0 ? f : _mm256_set1_epi32(tie);
+    const __m256i none = root ? _mm256_set1_epi32(tie == 0 ? 1 : tie) : z; /* no valid input: abstain / root tie */
+    return _mm256_blendv_epi8(r, _mm256_blendv_epi8(tv, none, _mm256_cmpeq_epi32(c, z)), _mm256_cmpeq_epi32(s, z));
+}
+
+/* First-term values of 8 lanes: +1 where bit `bit` of x agrees with the lane's weight word. */
+static inline __m256i FN(vfirst)(uint64_t x, const uint64_t *w8, int bit)
+{
+    int32_t f[8];
+    for (int q = 0; q < 8; q++) f[q] = (((x ^ w8[q]) >> bit) & 1) ? -1 : 1;
+    return _mm256_loadu_si256((const __m256i *)f);
+}
+
+/* popcount (r = s) or a plain MV (r = vote(s)) of one leaf of cn valid terms; a tie under
+ * 'first' takes the first term's value: channel 0 of the first valid tap (x word xf against
+ * the 8 weight words wf). */
+static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, const uint64_t *mm, int vote,
+                           uint64_t xf, const uint64_t *wf)
+{
+    const __m256i z = _mm256_setzero_si256();
+    const __m256i s = _mm256_sub_epi32(_mm256_set1_epi32(cn), _mm256_slli_epi32(BV_LD8(mm), 1));
     __m256i r = s;
-    if (vote) { /* sign(s); a tie takes the fixed tie value (+1/-1); 'first' ties go to emit8 */
-        const __m256i tie = _mm256_cmpeq_epi32(s, z);
+    if (vote) {
         const int tv = p->lev_tie[0];
-        if (_mm256_movemask_epi8(tie) && (tv == 0 || cn == 0)) return 0;
-        r = _mm256_blendv_epi8(_mm256_set1_epi32(-1), _mm256_set1_epi32(1), _mm256_cmpgt_epi32(s, z));
-        r = _mm256_blendv_epi8(r, _mm256_set1_epi32(tv), tie);
+        const __m256i tie = _mm256_cmpeq_epi32(s, z);
+        const __m256i f = tv == 0 && cn > 0 && _mm256_movemask_epi8(tie) ? FN(vfirst)(xf, wf, 0) : z;
+        r = FN(vvote)(s, _mm256_set1_epi32(cn), f, tv, 1);
     }
     return FN(vemit)(p, pix, o0, r);
 }
 
-/* HMV `tap` (one leaf per tap, one root over all taps) with fixed tie values (+1/-1) at both
- * levels, on 8 lanes: a zero-padded tap abstains, a tap's tie takes tie0, the root's tie1.
- * mm: this block's mismatches of tap t at mm[t * stride]. Returns 0 where emit8 must run. */
+/* HMV `tap` (one leaf per tap, one root over all taps), any tie rules, on 8 lanes: a
+ * zero-padded tap abstains; a tap's 'first' tie takes its channel 0, the root's the vote of
+ * the first valid tap. mm: this block's mismatches of tap t at mm[t * stride]; tp/wb: the
+ * pixel's tap pointers and the block's weights (tws words per tap). */
 static inline int FN(vtap)(const bv_conv_t *p, long pix, int o0, int T, const int32_t *lcnt, const uint64_t *mm,
-                           size_t stride)
+                           size_t stride, const uint64_t *const *tp, const uint64_t *wb, size_t tws)
 {
-    if (p->nlev != 2 || p->root_p || p->L != T || p->lev_nodes[1] != 1 || p->lev_tie[0] == 0 || p->lev_tie[1] == 0)
-        return 0;
-    const __m256i z = _mm256_setzero_si256(), one = _mm256_set1_epi32(1), mone = _mm256_set1_epi32(-1);
-    const __m256i t0 = _mm256_set1_epi32(p->lev_tie[0]);
-    __m256i S = z;
+    if (p->nlev != 2 || p->root_p || p->L != T || p->lev_nodes[1] != 1) return 0;
+    const __m256i z = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    const int t0 = p->lev_tie[0];
+    __m256i S = z, F = z;
+    int nv = 0;
     for (int t = 0; t < T; t++) {
         if (lcnt[t] == 0) continue; /* abstains */
-        const __m256i m = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm + (size_t)t * stride)));
+        const __m256i m = BV_LD8(mm + (size_t)t * stride);
         const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(lcnt[t]), _mm256_slli_epi32(m, 1));
-        __m256i v = _mm256_blendv_epi8(mone, one, _mm256_cmpgt_epi32(sv, z));
-        v = _mm256_blendv_epi8(v, t0, _mm256_cmpeq_epi32(sv, z));
+        __m256i f = z;
+        if (t0 == 0 && _mm256_movemask_epi8(_mm256_cmpeq_epi32(sv, z))) f = FN(vfirst)(tp[t][0], wb + (size_t)t * tws, 0);
+        const __m256i v = FN(vvote)(sv, one, f, t0, 0);
+        if (nv++ == 0) F = v;
         S = _mm256_add_epi32(S, v);
     }
-    __m256i r = _mm256_blendv_epi8(mone, one, _mm256_cmpgt_epi32(S, z));
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(p->lev_tie[1]), _mm256_cmpeq_epi32(S, z));
-    return FN(vemit)(p, pix, o0, r);
+    return FN(vemit)(p, pix, o0, FN(vvote)(S, _mm256_set1_epi32(nv), F, p->lev_tie[1], 1));
+}
+
+/* Any tree (bv_reduce) on 8 lanes: sums/firsts (L x 8 int32) of the leaves, cnts per leaf
+ * (the same for every lane); va/vb: scratch of L x 8 int32. The result goes to r. */
+static inline void FN(vreduce8)(const bv_conv_t *p, const int32_t *sums, const int32_t *cnts, const int32_t *firsts,
+                                int32_t *va, int32_t *vb, int32_t *r)
+{
+    const int last = p->nlev - 1, t0 = p->lev_tie[0];
+    const __m256i z = _mm256_setzero_si256();
+    for (int l = 0; l < p->L; l++) {
+        const __m256i f = t0 == 0 ? _mm256_loadu_si256((const __m256i *)(firsts + l * 8)) : z;
+        _mm256_storeu_si256((__m256i *)(va + l * 8),
+                            FN(vvote)(_mm256_loadu_si256((const __m256i *)(sums + l * 8)), _mm256_set1_epi32(cnts[l]), f, t0, last == 0));
+    }
+    const int32_t *g = p->lev_groups;
+    for (int li = 1; li <= last; li++) {
+        int pos = 0;
+        const int tie = p->lev_tie[li];
+        for (int k = 0; k < p->lev_nodes[li]; k++) {
+            __m256i S = z, C = z, F = z;
+            for (int i = 0; i < g[k]; i++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(va + (pos + i) * 8));
+                S = _mm256_add_epi32(S, v);
+                const __m256i nz = _mm256_xor_si256(_mm256_cmpeq_epi32(v, z), _mm256_set1_epi32(-1));
+                C = _mm256_sub_epi32(C, nz);
+                F = _mm256_blendv_epi8(F, v, _mm256_cmpeq_epi32(F, z));
+            }
+            pos += g[k];
+            if (li == last && p->root_p) {
+                _mm256_storeu_si256((__m256i *)r, S);
+                return;
+            }
+            _mm256_storeu_si256((__m256i *)(vb + k * 8), FN(vvote)(S, C, F, tie, li == last));
+        }
+        g += p->lev_nodes[li];
+        int32_t *t = va; va = vb; vb = t;
+    }
+    memcpy(r, va, 8 * sizeof(int32_t));
 }
 
 /* r (8 lanes) to the float / bit output, with the fused residual and RPReLU. */
@@ -455,7 +518,12 @@ static int FN(conv_dense)(const bv_conv_t *p)
     const int mv1 = p->voter && !pertap && p->nlev == 1; /* a plain MV: vote = sign, tie rule */
     const int C = p->leaf_size[0] / (pertap ? 1 : T); /* channels: leaf sizes are C*T or C */
     const size_t ws = (size_t)T * Wd * 8;             /* words of one channel block */
+    const int NW = T * Wd;
+#ifdef BV_CB9MAX /* the 9-word tile holds no per-block arrays: it may sweep more blocks per loaded pixel */
+    int CB = NW == 9 && !pertap && p->wpc ? BV_CB9MAX : BV_CBMAX;
+#else
     int CB = BV_CBMAX;
+#endif
     while (CB > 1 && (CB > Cob || (size_t)CB * ws * 8 > BV_WGROUP_BYTES)) CB /= 2;
     /* a work item's channel group: G >= CB blocks whose weights stay in L1 (<= BV_GROUP_BYTES),
      * swept in register tiles of CB, so a pixel's setup (taps, borders) is paid once per G */
@@ -467,7 +535,6 @@ static int FN(conv_dense)(const bv_conv_t *p)
     while (PT > 1 && (long)ncg * ((npix + PT - 1) / PT) < 4L * nth) PT /= 2;
     const long npt = (npix + PT - 1) / PT, nitems = (long)ncg * npt;
     const int bytes_out = p->outmode == BV_OUT_BITS ? p->Wdo * 8 : 0;
-    const int NW = T * Wd;
 #ifdef BV_FLAT
     /* one leaf whose pixel words are read as a flat stream (xb[xo[k]], zero words for zero-padded
      * taps, corrected below): the 9-word tile, or Harley-Seal (nibble ISA, up to 248 words) */
@@ -569,9 +636,12 @@ static int FN(conv_dense)(const bv_conv_t *p)
                         for (int c = 0; c < tcb; c++) {
                             const int o0 = (cbs + c) * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
 #ifdef BV_VEPI
-                            if (nl == 8 && (!p->voter || mv1) && FN(vepi)(p, pix, o0, cnts[0], mism + (size_t)c * 8, p->voter))
+                            if (nl == 8 && (!p->voter || mv1) &&
+                                FN(vepi)(p, pix, o0, cnts[0], mism + (size_t)c * 8, p->voter, t1 >= 0 ? tp[t1][0] : 0,
+                                         wg + (size_t)c * ws + (size_t)(t1 >= 0 ? t1 : 0) * Wd * 8))
                                 continue;
-                            if (nl == 8 && pertap && FN(vtap)(p, pix, o0, T, lcnt, mism + (size_t)c * 8, (size_t)tcb * 8))
+                            if (nl == 8 && pertap &&
+                                FN(vtap)(p, pix, o0, T, lcnt, mism + (size_t)c * 8, (size_t)tcb * 8, tp, wg + (size_t)c * ws, (size_t)Wd * 8))
                                 continue;
 #endif
                             if (!p->voter) {
@@ -607,7 +677,12 @@ static int FN(conv_dense)(const bv_conv_t *p)
                                         for (int q = 0; q < 8; q++)
                                             firsts[l * 8 + q] = t >= 0 && tp[t] ? ((((xw ^ ww[q]) & 1) ? -1 : 1)) : 0;
                                     }
+#ifdef BV_VEPI
+                                FN(vreduce8)(p, sums, pertap ? lcnt : cnts, firsts, va, vb, r);
+                                if (nl == 8 && FN(vemit)(p, pix, o0, _mm256_loadu_si256((const __m256i *)r))) continue;
+#else
                                 FN(reduce8)(p, sums, pertap ? lcnt : cnts, firsts, va, vb, r);
+#endif
                             }
                             FN(emit8)(p, pix, n, rem, o0, nl, r);
                         }
@@ -621,4 +696,25 @@ static int FN(conv_dense)(const bv_conv_t *p)
         free(tp); free(toff); free(mism); free(buf); free(xo_full); free(xv);
     }
     return failed ? -1 : 0;
+}
+
+/* Peak probe: the XOR + popcount inner loop of the dense kernel (FN(tile), BV_CBMAX blocks
+ * of 8 channels against 16 input words) on L1-resident data, nothing else: what this ISA's
+ * popcount can do at best. Returns the binary MACs done (iters * CB * 8 * 16 * 64). */
+static double FN(peak_xorpop)(long iters)
+{
+    enum { NWP = 16 };
+    uint64_t w[BV_CBMAX * NWP * 8], x[NWP], mism[BV_CBMAX * 8];
+    for (int i = 0; i < BV_CBMAX * NWP * 8; i++) w[i] = 0x9E3779B97F4A7C15ULL * (uint64_t)(i + 1);
+    for (int i = 0; i < NWP; i++) x[i] = 0xD1B54A32D192ED03ULL * (uint64_t)(i + 7);
+    const uint64_t *tp[1] = {x};
+    uint64_t sink = 0;
+    for (long it = 0; it < iters; it++) {
+        FN(tile)(tp, 1, NWP, w, (size_t)NWP * 8, BV_CBMAX, 0, mism);
+        x[it % NWP] ^= mism[0]; /* a dependency through memory: the loop cannot be hoisted */
+        for (int i = 0; i < BV_CBMAX * 8; i++) sink += mism[i] << (i & 7); /* every lane is live */
+    }
+    volatile uint64_t keep = sink;
+    (void)keep;
+    return (double)iters * BV_CBMAX * 8 * NWP * 64;
 }

@@ -199,7 +199,52 @@ static inline bv_a2 a2_flush(bv_a2 a, bv_a2 b)
     a.hi = _mm256_add_epi64(a.hi, _mm256_sad_epu8(b.hi, _mm256_setzero_si256()));
     return a;
 }
-#define FN(name) name##_avx2
+static inline bv_a2 a2_or(bv_a2 a, bv_a2 b) { a.lo = _mm256_or_si256(a.lo, b.lo); a.hi = _mm256_or_si256(a.hi, b.hi); return a; }
+/* 8 uint64 lanes (counts < 2^31) -> 8 int32 lanes: the vector epilogues' input */
+static inline __m256i a2_ld8(const uint64_t *q)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    const __m256i a = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)q), idx);
+    const __m256i b = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(q + 4)), idx);
+    return _mm256_blend_epi32(a, b, 0xF0);
+}
+/* nibble counts through a weighted table (byte lanes), for the Harley-Seal folds */
+static inline __m256i a2_pcw(__m256i v, __m256i lut)
+{
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, m)),
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m)));
+}
+#define A2_LUT(k) _mm256_setr_epi8(0, k, k, 2 * k, k, 2 * k, 2 * k, 3 * k, k, 2 * k, 2 * k, 3 * k, 2 * k, 3 * k, 3 * k, 4 * k, \
+                                   0, k, k, 2 * k, k, 2 * k, 2 * k, 3 * k, k, 2 * k, 2 * k, 3 * k, 2 * k, 3 * k, 3 * k, 4 * k)
+static inline __m256i a2_hsfold1(__m256i o1, __m256i o2, __m256i o4, __m256i a8, __m256i rs)
+{
+    const __m256i by = _mm256_add_epi8(_mm256_add_epi8(a2_pcw(o1, A2_LUT(1)), a2_pcw(o2, A2_LUT(2))),
+                                       _mm256_add_epi8(a2_pcw(o4, A2_LUT(4)), rs));
+    const __m256i z = _mm256_setzero_si256();
+    return _mm256_add_epi64(_mm256_sad_epu8(by, z), _mm256_slli_epi64(_mm256_sad_epu8(a8, z), 3));
+}
+/* ones + 2 twos + 4 fours + rest (byte lanes) + 8 * eights, as in z_hsfold */
+static inline bv_a2 a2_hsfold(bv_a2 o1, bv_a2 o2, bv_a2 o4, bv_a2 a8, bv_a2 rs)
+{
+    bv_a2 r = {a2_hsfold1(o1.lo, o2.lo, o4.lo, a8.lo, rs.lo), a2_hsfold1(o1.hi, o2.hi, o4.hi, a8.hi, rs.hi)};
+    return r;
+}
+static inline __m256i a2_hs9fold1(__m256i o1, __m256i o2, __m256i o4, __m256i o8)
+{
+    const __m256i by = _mm256_add_epi8(_mm256_add_epi8(a2_pcw(o1, A2_LUT(1)), a2_pcw(o2, A2_LUT(2))),
+                                       _mm256_add_epi8(a2_pcw(o4, A2_LUT(4)), a2_pcw(o8, A2_LUT(8))));
+    return _mm256_sad_epu8(by, _mm256_setzero_si256());
+}
+/* ones + 2 twos + 4 fours + 8 eights of a 9-word tree, as in z_hs9fold */
+static inline bv_a2 a2_hs9fold(bv_a2 o1, bv_a2 o2, bv_a2 o4, bv_a2 o8)
+{
+    bv_a2 r = {a2_hs9fold1(o1.lo, o2.lo, o4.lo, o8.lo), a2_hs9fold1(o1.hi, o2.hi, o4.hi, o8.hi)};
+    return r;
+}
+/* The AVX2 kernels before the carry-save trees and vector epilogues (BITVOTE_KERNEL=v0 /
+ * bv_set_kernel(0)): kept so a benchmark times both in one process. */
+#define FN(name) name##_avx2v0
 #define VT bv_a2
 #define VZERO a2_zero
 #define VLOAD a2_load
@@ -226,6 +271,52 @@ static inline bv_a2 a2_flush(bv_a2 a, bv_a2 b)
 #undef VAND
 #undef VPOPADD
 #undef VSTORE
+/* AVX2 proper: carry-save trees (three-input sums from xor/and/or), vector epilogues */
+#define FN(name) name##_avx2
+#define BV_VEPI 1
+#define BV_LD8 a2_ld8
+#define BV_HS9 1
+#define BV_CSA(s, cy, a, b, c) do { const bv_a2 a_ = (a), b_ = (b), c_ = (c), u_ = a2_xor(a_, b_); \
+        (cy) = a2_or(a2_and(a_, b_), a2_and(u_, c_)); (s) = a2_xor(u_, c_); } while (0)
+#define BV_PC8ADD a2_popacc
+#define BV_HSFOLD a2_hsfold
+#define BV_HS9FOLD a2_hs9fold
+#define VT bv_a2
+#define VZERO a2_zero
+#define VLOAD a2_load
+#define VBCAST a2_bcast
+#define VXOR a2_xor
+#define VAND a2_and
+#define VPOPADD a2_popadd
+#define VSTORE a2_store
+#define VPOPACC a2_popacc
+#define VFLUSH a2_flush
+#define BV_CHUNK 31
+#define BV_CBMAX 4
+#define BV_CB9MAX 8
+#include "kbody.h"
+#undef VPOPACC
+#undef VFLUSH
+#undef BV_CHUNK
+#undef BV_CBMAX
+#undef FN
+#undef VT
+#undef VZERO
+#undef VLOAD
+#undef VBCAST
+#undef VXOR
+#undef VAND
+#undef VPOPADD
+#undef VSTORE
+#undef BV_VEPI
+#undef BV_LD8
+#undef BV_HS9
+#undef BV_CSA
+#undef BV_PC8ADD
+#undef BV_HSFOLD
+#undef BV_HS9FOLD
+#undef BV_CB9MAX
+#undef BV_FLAT
 #pragma GCC pop_options
 
 /* ---- AVX-512BW: one zmm, nibble-table popcount (vpshufb) + vpsadbw ---- */
@@ -268,6 +359,7 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 /* Harley-Seal: carry-save adders (sum = a^b^c, carry = majority) as vpternlogq */
 #define BV_HS 1
 #define BV_VEPI 1
+#define BV_LD8(mm) _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm)))
 #define BV_CSA(s, cy, a, b, c) do { const __m512i a_ = (a), b_ = (b), c_ = (c); \
         (cy) = _mm512_ternarylogic_epi64(a_, b_, c_, 0xE8); (s) = _mm512_ternarylogic_epi64(a_, b_, c_, 0x96); } while (0)
 #define BV_PC8ADD z_popacc
@@ -304,6 +396,7 @@ static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
 #include "kbody.h"
 #undef BV_HS
 #undef BV_VEPI
+#undef BV_LD8
 #undef BV_CSA
 #undef BV_PC8ADD
 #undef BV_HSFOLD
@@ -328,10 +421,12 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #define VFLUSH _mm512_add_epi64
 #define BV_CHUNK (1 << 30)
 #define BV_VEPI 1
+#define BV_LD8(mm) _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm)))
 #define BV_POP9 1
 #define BV_ADD64 _mm512_add_epi64
 #include "kbody.h"
 #undef BV_VEPI
+#undef BV_LD8
 #undef BV_POP9
 #undef BV_ADD64
 #undef BV_FLAT
@@ -350,6 +445,154 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #undef VSTORE
 #pragma GCC pop_options
 #endif
+
+/* Which AVX2 kernels run: 1 (default) the current ones, 0 the earlier ones (byte-lane
+ * popcount tiles, scalar epilogues), so a benchmark can time both in one process. */
+static int bv_kernel_version = 1;
+int bv_set_kernel(int v) { const int old = bv_kernel_version; bv_kernel_version = v; return old; }
+
+/* ---- peak probes: what this CPU's vector units do at best, for the benchmark's "% of peak" ----
+ * Independent accumulators in registers, nothing from memory: fp32 FMA (AVX-512F or AVX2+FMA)
+ * and int8 dot products (VNNI vpdpbusd on 512 or 256 bits where present, else AVX2's
+ * vpmaddubsw + vpmaddwd + vpaddd, the sequence fbgemm's AVX2 kernels use). Each returns the
+ * multiply-accumulates done. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+static double bv_peak_fma_avx2(long iters)
+{
+    __m256 a[10], m = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < 10; i++) a[i] = _mm256_set1_ps((float)i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 10; i++) a[i] = _mm256_fmadd_ps(a[i], m, b);
+    float out[8];
+    __m256 t = a[0];
+    for (int i = 1; i < 10; i++) t = _mm256_add_ps(t, a[i]);
+    _mm256_storeu_ps(out, t);
+    volatile float keep = out[0];
+    (void)keep;
+    return (double)iters * 10 * 8;
+}
+static double bv_peak_int8_avx2(long iters)
+{
+    const __m256i s = _mm256_set1_epi8(-2);
+    __m256i u0 = _mm256_set1_epi8(3), u1 = _mm256_set1_epi8(4), u2 = _mm256_set1_epi8(5), u3 = _mm256_set1_epi8(6);
+    __m256i u4 = _mm256_set1_epi8(7), u5 = _mm256_set1_epi8(8);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
+    for (long it = 0; it < iters; it++) {
+        /* opaque each round (no instruction): the products cannot be hoisted out of the loop */
+        __asm__ volatile("" : "+x"(u0), "+x"(u1), "+x"(u2), "+x"(u3), "+x"(u4), "+x"(u5));
+        a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(u0, s));
+        a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(u1, s));
+        a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(u2, s));
+        a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(u3, s));
+        a4 = _mm256_add_epi16(a4, _mm256_maddubs_epi16(u4, s));
+        a5 = _mm256_add_epi16(a5, _mm256_maddubs_epi16(u5, s));
+    }
+    const __m256i t = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(a0, a1), _mm256_add_epi16(a2, a3)), _mm256_add_epi16(a4, a5));
+    volatile int keep = _mm256_extract_epi32(t, 0);
+    (void)keep;
+    return (double)iters * 6 * 32;
+}
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,avxvnni")
+static double bv_peak_int8_avxvnni(long iters)
+{
+    __m256i acc[10];
+    const __m256i u = _mm256_set1_epi8(3), s = _mm256_set1_epi8(-2);
+    for (int i = 0; i < 10; i++) acc[i] = _mm256_set1_epi32(i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 10; i++) acc[i] = _mm256_dpbusd_avx_epi32(acc[i], u, s);
+    __m256i t = acc[0];
+    for (int i = 1; i < 10; i++) t = _mm256_add_epi32(t, acc[i]);
+    volatile int keep = _mm256_extract_epi32(t, 0);
+    (void)keep;
+    return (double)iters * 10 * 32;
+}
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vnni")
+static double bv_peak_fma_avx512(long iters)
+{
+    __m512 a[12], m = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], m, b);
+    __m512 t = a[0];
+    for (int i = 1; i < 12; i++) t = _mm512_add_ps(t, a[i]);
+    volatile float keep = _mm512_reduce_add_ps(t);
+    (void)keep;
+    return (double)iters * 12 * 16;
+}
+static double bv_peak_int8_avx512vnni(long iters)
+{
+    __m512i acc[12];
+    const __m512i u = _mm512_set1_epi8(3), s = _mm512_set1_epi8(-2);
+    for (int i = 0; i < 12; i++) acc[i] = _mm512_set1_epi32(i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], u, s);
+    __m512i t = acc[0];
+    for (int i = 1; i < 12; i++) t = _mm512_add_epi32(t, acc[i]);
+    volatile int keep = _mm512_reduce_add_epi32(t);
+    (void)keep;
+    return (double)iters * 12 * 64;
+}
+#pragma GCC pop_options
+#endif
+
+/* Which int8 dot product the probe uses: 0 none, 1 AVX2 (vpmaddubsw), 2 AVX-VNNI, 3 AVX-512 VNNI. */
+int bv_int8_kind(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) return 3;
+    if (__builtin_cpu_supports("avxvnni")) return 2;
+    if (__builtin_cpu_supports("avx2")) return 1;
+#endif
+    return 0;
+}
+
+static double bv_peak1(int which, int isa, long iters)
+{
+    switch (which) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case 0:
+        switch (isa) {
+        case BV_ISA_AVX512POPCNT: return peak_xorpop_avx512popcnt(iters);
+        case BV_ISA_AVX512BW: return peak_xorpop_avx512bw(iters);
+        case BV_ISA_AVX2: return bv_kernel_version ? peak_xorpop_avx2(iters) : peak_xorpop_avx2v0(iters);
+        default: return peak_xorpop_portable(iters);
+        }
+    case 1:
+        if (__builtin_cpu_supports("avx512f")) return bv_peak_fma_avx512(iters);
+        if (__builtin_cpu_supports("fma")) return bv_peak_fma_avx2(iters);
+        return 0;
+    case 2:
+        switch (bv_int8_kind()) {
+        case 3: return bv_peak_int8_avx512vnni(iters);
+        case 2: return bv_peak_int8_avxvnni(iters);
+        case 1: return bv_peak_int8_avx2(iters);
+        default: return 0;
+        }
+#else
+    case 0: return peak_xorpop_portable(iters);
+#endif
+    default: return 0;
+    }
+}
+
+/* Peak probe ``which`` (0 XOR+popcount on ``isa``, 1 fp32 FMA, 2 int8 dot products), iters
+ * per thread on nthreads threads; returns the MACs done (0: this CPU has no such unit). */
+double bv_peak(int which, int isa, long iters, int nthreads)
+{
+    const int best = bv_best_isa();
+    if (isa < 0 || isa > best) isa = best;
+    double total = 0;
+#pragma omp parallel num_threads(nthreads > 0 ? nthreads : 1) reduction(+ : total)
+    total += bv_peak1(which, isa, iters);
+    return total;
+}
 
 /* Best ISA this CPU runs (what -1 picks). */
 int bv_best_isa(void)
@@ -375,9 +618,11 @@ int bv_conv(const bv_conv_t *p, int isa)
     if (isa > best) return -2;
     switch (isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
+    case BV_ISA_AVX2:
+        if (bv_kernel_version == 0) return p->kind ? conv_dense_avx2v0(p) : conv_avx2v0(p);
+        return p->kind ? conv_dense_avx2(p) : conv_avx2(p);
     case BV_ISA_AVX512POPCNT: return p->kind ? conv_dense_avx512popcnt(p) : conv_avx512popcnt(p);
     case BV_ISA_AVX512BW: return p->kind ? conv_dense_avx512bw(p) : conv_avx512bw(p);
-    case BV_ISA_AVX2: return p->kind ? conv_dense_avx2(p) : conv_avx2(p);
 #endif
     default: return p->kind ? conv_dense_portable(p) : conv_portable(p);
     }
