@@ -4,97 +4,6 @@
  *   VZERO() VLOAD(p) VBCAST(u) VXOR(a,b) VAND(a,b) VPOPADD(acc,v) VSTORE(p,v)
  * Lanes are output channels: one broadcast input word is XORed with 8 weight words. */
 
-static int FN(conv)(const bv_conv_t *p)
-{
-    const int T = p->kh * p->kw, Wd = p->Wd, L = p->L, S = p->S;
-    const int Cob = (p->Co + 7) / 8, HoWo = p->Ho * p->Wo;
-    const long npix = (long)p->N * HoWo;
-    const int need_first = p->voter && p->lev_tie[0] == 0;
-    int failed = 0;
-#pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
-    {
-        const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
-        uint64_t *mism = malloc((size_t)L * 8 * sizeof(uint64_t));
-        int32_t *vcnt = malloc((size_t)L * 4), *fseg = malloc((size_t)L * 4);
-        int32_t *sums = malloc((size_t)L * 4), *firsts = malloc((size_t)L * 4);
-        int32_t *va = malloc((size_t)L * 4), *vb = malloc((size_t)L * 4);
-        if (!tp || !mism || !vcnt || !fseg || !sums || !firsts || !va || !vb) {
-#pragma omp atomic write
-            failed = 1;
-        } else {
-#pragma omp for schedule(static)
-            for (long pix = 0; pix < npix; pix++) {
-                const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
-                const int oy = rem / p->Wo, ox = rem % p->Wo;
-                int full = 1;
-                for (int ky = 0; ky < p->kh; ky++)
-                    for (int kx = 0; kx < p->kw; kx++) {
-                        const int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
-                        const int t = ky * p->kw + kx;
-                        if (iy >= 0 && iy < p->H && ix >= 0 && ix < p->W) {
-                            tp[t] = p->x + (((size_t)n * p->H + iy) * p->W + ix) * Wd;
-                        } else {
-                            tp[t] = p->padmode ? p->padpix : NULL;
-                            full = 0;
-                        }
-                    }
-                /* valid terms per leaf: all of them unless zero padding cut some off */
-                if (full || p->padmode) {
-                    memcpy(vcnt, p->leaf_size, (size_t)L * 4);
-                } else {
-                    memset(vcnt, 0, (size_t)L * 4);
-                    for (int s = 0; s < S; s++)
-                        if (tp[p->seg_tap[s]]) vcnt[p->seg_leaf[s]] += __builtin_popcountll(p->seg_mask[s]);
-                }
-                if (need_first) {
-                    for (int l = 0; l < L; l++) fseg[l] = -1;
-                    for (int s = 0; s < S; s++) {
-                        const int l = p->seg_leaf[s];
-                        if (tp[p->seg_tap[s]] && (fseg[l] < 0 || p->seg_first[s] < p->seg_first[fseg[l]])) fseg[l] = s;
-                    }
-                }
-                if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
-                for (int cb = 0; cb < Cob; cb++) {
-                    const uint64_t *wb = p->w + (size_t)cb * T * Wd * 8;
-                    VT acc = VZERO();
-                    int cur = p->seg_leaf[0];
-                    for (int s = 0; s < S; s++) {
-                        if (p->seg_leaf[s] != cur) {
-                            VSTORE(mism + (size_t)cur * 8, acc);
-                            acc = VZERO();
-                            cur = p->seg_leaf[s];
-                        }
-                        const uint64_t *xp = tp[p->seg_tap[s]];
-                        if (!xp) continue;
-                        const int j = p->seg_word[s];
-                        VT d = VXOR(VBCAST(xp[j]), VLOAD(wb + ((size_t)p->seg_tap[s] * Wd + j) * 8));
-                        if (p->masked) d = VAND(d, VBCAST(p->seg_mask[s]));
-                        acc = VPOPADD(acc, d);
-                    }
-                    VSTORE(mism + (size_t)cur * 8, acc);
-                    for (int lane = 0; lane < 8; lane++) {
-                        const int o = cb * 8 + lane;
-                        if (o >= p->Co) break;
-                        for (int l = 0; l < L; l++) sums[l] = vcnt[l] - 2 * (int32_t)mism[(size_t)l * 8 + lane];
-                        if (need_first)
-                            for (int l = 0; l < L; l++) {
-                                const int s = fseg[l];
-                                if (s < 0) { firsts[l] = 0; continue; }
-                                const int t = p->seg_tap[s], j = p->seg_word[s];
-                                const int bit = __builtin_ctzll(p->seg_mask[s]);
-                                const uint64_t xw = tp[t][j], ww = wb[((size_t)t * Wd + j) * 8 + lane];
-                                firsts[l] = (((xw ^ ww) >> bit) & 1) ? -1 : 1;
-                            }
-                        const int r = p->voter ? bv_reduce(p, sums, vcnt, firsts, va, vb) : sums[0];
-                        bv_emit(p, pix, n, rem, o, r);
-                    }
-                }
-            }
-        }
-        free(tp); free(mism); free(vcnt); free(fseg); free(sums); free(firsts); free(va); free(vb);
-    }
-    return failed ? -1 : 0;
-}
 
 /* ---- the dense kernel: one leaf (popcount, MV) or one leaf per tap (HMV `tap`) ----------
  * Extra macros: VPOPACC(acc, v) adds popcount(v) to a partial accumulator (byte lanes for the
@@ -212,12 +121,11 @@ static inline __m256i FN(vvote)(__m256i s, __m256i c, __m256i f, int tie, int ro
     return _mm256_blendv_epi8(r, _mm256_blendv_epi8(tv, none, _mm256_cmpeq_epi32(c, z)), _mm256_cmpeq_epi32(s, z));
 }
 
-/* First-term values of 8 lanes: +1 where bit `bit` of x agrees with the lane's weight word. */
+/* First-term values of 8 lanes: +1 where bit `bit` of x agrees with the lane's weight word
+ * (BV_FIRST8: the same on this ISA's vectors, without leaving registers). */
 static inline __m256i FN(vfirst)(uint64_t x, const uint64_t *w8, int bit)
 {
-    int32_t f[8];
-    for (int q = 0; q < 8; q++) f[q] = (((x ^ w8[q]) >> bit) & 1) ? -1 : 1;
-    return _mm256_loadu_si256((const __m256i *)f);
+    return _mm256_sub_epi32(_mm256_set1_epi32(1), _mm256_slli_epi32(BV_FIRST8(x, w8, bit), 1));
 }
 
 /* popcount (r = s) or a plain MV (r = vote(s)) of one leaf of cn valid terms; a tie under
@@ -337,6 +245,227 @@ static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r)
     }
     _mm256_storeu_ps((float *)p->out + i0, v);
     return 1;
+}
+#endif
+
+#ifdef BV_VEPI
+/* The segment kernel on the vector ISAs: register tiles of up to BV_CBMAX channel blocks per
+ * loaded input word (each segment's word is broadcast and masked once, XORed with CB weight
+ * vectors), byte-lane popcounts (VPOPACC, folded by VFLUSH per leaf or every BV_CHUNK
+ * segments), and the tree on 8 lanes at once (vreduce8; a leaf's 'first' term is looked up
+ * only where one of its lanes ties), then the vector epilogue. Same results as the scalar
+ * kernel below, which the portable build runs. */
+static int FN(conv)(const bv_conv_t *p)
+{
+    const int T = p->kh * p->kw, Wd = p->Wd, L = p->L, S = p->S;
+    const int Cob = (p->Co + 7) / 8, HoWo = p->Ho * p->Wo;
+    const long npix = (long)p->N * HoWo;
+    const int need_first = p->voter && p->lev_tie[0] == 0;
+    const size_t ws = (size_t)T * Wd * 8;
+    int CB = BV_CBMAX;
+    while (CB > 1 && CB > Cob) CB /= 2;
+    int failed = 0;
+#pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
+    {
+        const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
+        uint64_t *mism = malloc((size_t)L * CB * 8 * sizeof(uint64_t));
+        int32_t *vcnt = malloc((size_t)L * 4), *fseg = malloc((size_t)L * 4);
+        int32_t *buf = malloc((size_t)L * 8 * 4 * sizeof(int32_t));
+        if (!tp || !mism || !vcnt || !fseg || !buf) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            int32_t *sums = buf, *firsts = buf + L * 8, *va = buf + 2 * L * 8, *vb = buf + 3 * L * 8;
+            int32_t r[8];
+            memset(buf, 0, (size_t)L * 8 * 4 * sizeof(int32_t)); /* firsts of leaves without ties are never selected */
+#pragma omp for schedule(dynamic, 16)
+            for (long pix = 0; pix < npix; pix++) {
+                const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
+                const int oy = rem / p->Wo, ox = rem % p->Wo;
+                int full = 1;
+                for (int ky = 0; ky < p->kh; ky++)
+                    for (int kx = 0; kx < p->kw; kx++) {
+                        const int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
+                        const int t = ky * p->kw + kx;
+                        if (iy >= 0 && iy < p->H && ix >= 0 && ix < p->W) {
+                            tp[t] = p->x + (((size_t)n * p->H + iy) * p->W + ix) * Wd;
+                        } else {
+                            tp[t] = p->padmode ? p->padpix : NULL;
+                            full = 0;
+                        }
+                    }
+                if (full || p->padmode) {
+                    memcpy(vcnt, p->leaf_size, (size_t)L * 4);
+                } else {
+                    memset(vcnt, 0, (size_t)L * 4);
+                    for (int s = 0; s < S; s++)
+                        if (tp[p->seg_tap[s]]) vcnt[p->seg_leaf[s]] += __builtin_popcountll(p->seg_mask[s]);
+                }
+                if (need_first) {
+                    for (int l = 0; l < L; l++) fseg[l] = -1;
+                    for (int s = 0; s < S; s++) {
+                        const int l = p->seg_leaf[s];
+                        if (tp[p->seg_tap[s]] && (fseg[l] < 0 || p->seg_first[s] < p->seg_first[fseg[l]])) fseg[l] = s;
+                    }
+                }
+                if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
+                for (int cb0 = 0; cb0 < Cob; cb0 += CB) {
+                    int tcb = CB;
+                    while (tcb > Cob - cb0) tcb /= 2;
+                    const uint64_t *wg = p->w + (size_t)cb0 * ws;
+#define BV_SEGTILE(NB) do { \
+        VT a8[NB], a64[NB]; \
+        for (int c = 0; c < NB; c++) { a8[c] = VZERO(); a64[c] = VZERO(); } \
+        int cur = p->seg_leaf[0], k = 0; \
+        for (int s = 0; s < S; s++) { \
+            if (p->seg_leaf[s] != cur) { \
+                for (int c = 0; c < NB; c++) { VSTORE(mism + ((size_t)cur * NB + c) * 8, VFLUSH(a64[c], a8[c])); a8[c] = VZERO(); a64[c] = VZERO(); } \
+                cur = p->seg_leaf[s]; k = 0; \
+            } \
+            const uint64_t *xp = tp[p->seg_tap[s]]; \
+            if (!xp) continue; \
+            const size_t wo = ((size_t)p->seg_tap[s] * Wd + p->seg_word[s]) * 8; \
+            const VT xb = VBCAST(xp[p->seg_word[s]]), mb = VBCAST(p->seg_mask[s]); \
+            for (int c = 0; c < NB; c++) { \
+                VT d = VXOR(xb, VLOAD(wg + c * ws + wo)); \
+                if (p->masked) d = VAND(d, mb); \
+                a8[c] = VPOPACC(a8[c], d); \
+            } \
+            if (BV_CHUNK < (1 << 30) && ++k == BV_CHUNK) { \
+                for (int c = 0; c < NB; c++) { a64[c] = VFLUSH(a64[c], a8[c]); a8[c] = VZERO(); } \
+                k = 0; \
+            } \
+        } \
+        for (int c = 0; c < NB; c++) VSTORE(mism + ((size_t)cur * NB + c) * 8, VFLUSH(a64[c], a8[c])); \
+    } while (0)
+                    switch (tcb) {
+#if BV_CBMAX >= 8
+                    case 8: BV_SEGTILE(8); break;
+#endif
+#if BV_CBMAX >= 4
+                    case 4: BV_SEGTILE(4); break;
+#endif
+                    case 2: BV_SEGTILE(2); break;
+                    default: BV_SEGTILE(1);
+                    }
+#undef BV_SEGTILE
+                    for (int c = 0; c < tcb; c++) {
+                        const int o0 = (cb0 + c) * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+                        const uint64_t *wb = wg + (size_t)c * ws;
+                        for (int l = 0; l < L; l++) {
+                            const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(vcnt[l]),
+                                                                _mm256_slli_epi32(BV_LD8(mism + ((size_t)l * tcb + c) * 8), 1));
+                            _mm256_storeu_si256((__m256i *)(sums + l * 8), sv);
+                            if (need_first && vcnt[l] > 0 && _mm256_movemask_epi8(_mm256_cmpeq_epi32(sv, _mm256_setzero_si256()))) {
+                                const int s = fseg[l], t = p->seg_tap[s], j = p->seg_word[s];
+                                _mm256_storeu_si256((__m256i *)(firsts + l * 8),
+                                                    FN(vfirst)(tp[t][j], wb + ((size_t)t * Wd + j) * 8, __builtin_ctzll(p->seg_mask[s])));
+                            }
+                        }
+                        if (p->voter) FN(vreduce8)(p, sums, vcnt, firsts, va, vb, r);
+                        else memcpy(r, sums, sizeof r);
+                        if (nl == 8 && FN(vemit)(p, pix, o0, _mm256_loadu_si256((const __m256i *)r))) continue;
+                        FN(emit8)(p, pix, n, rem, o0, nl, r);
+                    }
+                }
+            }
+        }
+        free(tp); free(mism); free(vcnt); free(fseg); free(buf);
+    }
+    return failed ? -1 : 0;
+}
+#else
+/* the scalar segment kernel (portable build) */
+static int FN(conv)(const bv_conv_t *p)
+{
+    const int T = p->kh * p->kw, Wd = p->Wd, L = p->L, S = p->S;
+    const int Cob = (p->Co + 7) / 8, HoWo = p->Ho * p->Wo;
+    const long npix = (long)p->N * HoWo;
+    const int need_first = p->voter && p->lev_tie[0] == 0;
+    int failed = 0;
+#pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
+    {
+        const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
+        uint64_t *mism = malloc((size_t)L * 8 * sizeof(uint64_t));
+        int32_t *vcnt = malloc((size_t)L * 4), *fseg = malloc((size_t)L * 4);
+        int32_t *sums = malloc((size_t)L * 4), *firsts = malloc((size_t)L * 4);
+        int32_t *va = malloc((size_t)L * 4), *vb = malloc((size_t)L * 4);
+        if (!tp || !mism || !vcnt || !fseg || !sums || !firsts || !va || !vb) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (long pix = 0; pix < npix; pix++) {
+                const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
+                const int oy = rem / p->Wo, ox = rem % p->Wo;
+                int full = 1;
+                for (int ky = 0; ky < p->kh; ky++)
+                    for (int kx = 0; kx < p->kw; kx++) {
+                        const int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
+                        const int t = ky * p->kw + kx;
+                        if (iy >= 0 && iy < p->H && ix >= 0 && ix < p->W) {
+                            tp[t] = p->x + (((size_t)n * p->H + iy) * p->W + ix) * Wd;
+                        } else {
+                            tp[t] = p->padmode ? p->padpix : NULL;
+                            full = 0;
+                        }
+                    }
+                /* valid terms per leaf: all of them unless zero padding cut some off */
+                if (full || p->padmode) {
+                    memcpy(vcnt, p->leaf_size, (size_t)L * 4);
+                } else {
+                    memset(vcnt, 0, (size_t)L * 4);
+                    for (int s = 0; s < S; s++)
+                        if (tp[p->seg_tap[s]]) vcnt[p->seg_leaf[s]] += __builtin_popcountll(p->seg_mask[s]);
+                }
+                if (need_first) {
+                    for (int l = 0; l < L; l++) fseg[l] = -1;
+                    for (int s = 0; s < S; s++) {
+                        const int l = p->seg_leaf[s];
+                        if (tp[p->seg_tap[s]] && (fseg[l] < 0 || p->seg_first[s] < p->seg_first[fseg[l]])) fseg[l] = s;
+                    }
+                }
+                if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
+                for (int cb = 0; cb < Cob; cb++) {
+                    const uint64_t *wb = p->w + (size_t)cb * T * Wd * 8;
+                    VT acc = VZERO();
+                    int cur = p->seg_leaf[0];
+                    for (int s = 0; s < S; s++) {
+                        if (p->seg_leaf[s] != cur) {
+                            VSTORE(mism + (size_t)cur * 8, acc);
+                            acc = VZERO();
+                            cur = p->seg_leaf[s];
+                        }
+                        const uint64_t *xp = tp[p->seg_tap[s]];
+                        if (!xp) continue;
+                        const int j = p->seg_word[s];
+                        VT d = VXOR(VBCAST(xp[j]), VLOAD(wb + ((size_t)p->seg_tap[s] * Wd + j) * 8));
+                        if (p->masked) d = VAND(d, VBCAST(p->seg_mask[s]));
+                        acc = VPOPADD(acc, d);
+                    }
+                    VSTORE(mism + (size_t)cur * 8, acc);
+                    for (int lane = 0; lane < 8; lane++) {
+                        const int o = cb * 8 + lane;
+                        if (o >= p->Co) break;
+                        for (int l = 0; l < L; l++) sums[l] = vcnt[l] - 2 * (int32_t)mism[(size_t)l * 8 + lane];
+                        if (need_first)
+                            for (int l = 0; l < L; l++) {
+                                const int s = fseg[l];
+                                if (s < 0) { firsts[l] = 0; continue; }
+                                const int t = p->seg_tap[s], j = p->seg_word[s];
+                                const int bit = __builtin_ctzll(p->seg_mask[s]);
+                                const uint64_t xw = tp[t][j], ww = wb[((size_t)t * Wd + j) * 8 + lane];
+                                firsts[l] = (((xw ^ ww) >> bit) & 1) ? -1 : 1;
+                            }
+                        const int r = p->voter ? bv_reduce(p, sums, vcnt, firsts, va, vb) : sums[0];
+                        bv_emit(p, pix, n, rem, o, r);
+                    }
+                }
+            }
+        }
+        free(tp); free(mism); free(vcnt); free(fseg); free(sums); free(firsts); free(va); free(vb);
+    }
+    return failed ? -1 : 0;
 }
 #endif
 

@@ -208,6 +208,16 @@ static inline __m256i a2_ld8(const uint64_t *q)
     const __m256i b = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(q + 4)), idx);
     return _mm256_blend_epi32(a, b, 0xF0);
 }
+/* bit `bit` of x ^ w8[q] for the 8 lanes, as 8 int32 lanes of 0 / 1 */
+static inline __m256i a2_first8(uint64_t x, const uint64_t *w8, int bit)
+{
+    const __m256i xb = _mm256_set1_epi64x((long long)x), one = _mm256_set1_epi64x(1);
+    const __m128i sh = _mm_cvtsi32_si128(bit);
+    const __m256i lo = _mm256_and_si256(_mm256_srl_epi64(_mm256_xor_si256(xb, _mm256_loadu_si256((const __m256i *)w8)), sh), one);
+    const __m256i hi = _mm256_and_si256(_mm256_srl_epi64(_mm256_xor_si256(xb, _mm256_loadu_si256((const __m256i *)(w8 + 4))), sh), one);
+    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    return _mm256_blend_epi32(_mm256_permutevar8x32_epi32(lo, idx), _mm256_permutevar8x32_epi32(hi, idx), 0xF0);
+}
 /* nibble counts through a weighted table (byte lanes), for the Harley-Seal folds */
 static inline __m256i a2_pcw(__m256i v, __m256i lut)
 {
@@ -275,6 +285,7 @@ static inline bv_a2 a2_hs9fold(bv_a2 o1, bv_a2 o2, bv_a2 o4, bv_a2 o8)
 #define FN(name) name##_avx2
 #define BV_VEPI 1
 #define BV_LD8 a2_ld8
+#define BV_FIRST8 a2_first8
 #define BV_HS9 1
 #define BV_CSA(s, cy, a, b, c) do { const bv_a2 a_ = (a), b_ = (b), c_ = (c), u_ = a2_xor(a_, b_); \
         (cy) = a2_or(a2_and(a_, b_), a2_and(u_, c_)); (s) = a2_xor(u_, c_); } while (0)
@@ -310,6 +321,7 @@ static inline bv_a2 a2_hs9fold(bv_a2 o1, bv_a2 o2, bv_a2 o4, bv_a2 o8)
 #undef VSTORE
 #undef BV_VEPI
 #undef BV_LD8
+#undef BV_FIRST8
 #undef BV_HS9
 #undef BV_CSA
 #undef BV_PC8ADD
@@ -360,6 +372,8 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 #define BV_HS 1
 #define BV_VEPI 1
 #define BV_LD8(mm) _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm)))
+#define BV_FIRST8(x, w8, bit) _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srl_epi64(_mm512_xor_si512(_mm512_set1_epi64((long long)(x)), \
+        _mm512_loadu_si512((const void *)(w8))), _mm_cvtsi32_si128(bit)), _mm512_set1_epi64(1)))
 #define BV_CSA(s, cy, a, b, c) do { const __m512i a_ = (a), b_ = (b), c_ = (c); \
         (cy) = _mm512_ternarylogic_epi64(a_, b_, c_, 0xE8); (s) = _mm512_ternarylogic_epi64(a_, b_, c_, 0x96); } while (0)
 #define BV_PC8ADD z_popacc
@@ -397,6 +411,7 @@ static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
 #undef BV_HS
 #undef BV_VEPI
 #undef BV_LD8
+#undef BV_FIRST8
 #undef BV_CSA
 #undef BV_PC8ADD
 #undef BV_HSFOLD
@@ -422,11 +437,14 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #define BV_CHUNK (1 << 30)
 #define BV_VEPI 1
 #define BV_LD8(mm) _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm)))
+#define BV_FIRST8(x, w8, bit) _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srl_epi64(_mm512_xor_si512(_mm512_set1_epi64((long long)(x)), \
+        _mm512_loadu_si512((const void *)(w8))), _mm_cvtsi32_si128(bit)), _mm512_set1_epi64(1)))
 #define BV_POP9 1
 #define BV_ADD64 _mm512_add_epi64
 #include "kbody.h"
 #undef BV_VEPI
 #undef BV_LD8
+#undef BV_FIRST8
 #undef BV_POP9
 #undef BV_ADD64
 #undef BV_FLAT
