@@ -188,3 +188,31 @@ def test_bench_rows_have_int8_and_peak_fractions(monkeypatch):
     ep = bench.bench_epilogues(batch=1, reps=1, kernels=kernels)
     assert {r["epilogue"] for r in ep} == {"popcount", "mv", "mv first", "cm"}
     assert all(r["vs_popcount"] > 0 for r in ep) and {r["path"] for r in ep} >= {"dense one-leaf", "segments"}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(L=st.sampled_from([2, 4, 8, 16, 32]), mult=st.sampled_from([2, 3, 4, 5, 8, 16]),
+       ties=st.tuples(*[st.sampled_from([1, -1, "first"])] * 3), Co=st.sampled_from([1, 8, 13]),
+       stride=st.sampled_from([1, 2]), padding=st.sampled_from([0, 1]), pad_value=st.sampled_from([0.0, 1.0, -1.0]),
+       agree=st.sampled_from([0.0, 0.5]), seed=st.integers(0, 2**16))
+def test_field_leaves_match_the_layer(L, mult, ties, Co, stride, padding, pad_value, agree, seed):
+    """`tap,leaf=L` (leaves are L-bit fields of the input words): the SWAR kernel, with a tie
+    rule per level, partial last words (C = 3L, 5L) and more than one word per tap."""
+    C = L * mult
+    if C > 300:
+        return
+    c = dict(C=C, k=3, T=9, N=1, H=4, W=3, Co=Co, agree=agree, seed=seed)
+    x, w = _inputs(c)
+    hier = resolve(f"tap,leaf={L}", C * 9, 9, ties)
+    pc = PackedConv(w >= 0, stride, padding, pad_value, hier)
+    assert pc.kind == 3
+    want = BF.binary_conv2d(x, w, stride, padding, voter=hier, pad_value=pad_value)
+    xw = pack(x)
+    for isa, version in PATHS:
+        old = lib().bv_set_kernel(version)
+        try:
+            assert torch.equal(pc.epilogue("int")(xw, 1, isa).float(), want), (isa, version)
+            bits = pc.epilogue("bits")(xw, 2, isa)
+            assert torch.equal(unpack(bits, Co).permute(0, 3, 1, 2), want > 0), (isa, version)
+        finally:
+            lib().bv_set_kernel(old)

@@ -220,7 +220,7 @@ def bench_epilogues(batch: int = 32, threads: int = 1, reps: int = 5, quick: boo
         for (k, label, hier, pc), m in zip(keys, ms):
             rows.append({"layer": name, "batch": batch, "threads": threads, "kernel": k, "epilogue": label,
                          "voter": "popcount" if hier is None else hier.describe(),
-                         "path": {0: "segments", 1: "dense one-leaf", 2: "dense per-tap"}[pc.kind],
+                         "path": {0: "segments", 1: "dense one-leaf", 2: "dense per-tap", 3: "dense fields"}[pc.kind],
                          "ms": m, "vs_popcount": m / base[k],
                          "gbmacs": batch * co * ho * ho * ci * 9 / m / 1e6, "input": "packed bits",
                          "output": "floats" if hier is None else "bits", "isa": active_isa(),
@@ -228,9 +228,15 @@ def bench_epilogues(batch: int = 32, threads: int = 1, reps: int = 5, quick: boo
     return rows
 
 
+_QUANTIZED: Dict = {}
+
+
 def _quantized_resnet18(width: float, x: torch.Tensor):
     """The float ResNet-18 of this width, post-training quantized to int8 with PyTorch's FX
-    flow (conv-bn-relu fused, x86 qconfig, a few calibration batches), and the float model."""
+    flow (conv-bn-relu fused, x86 qconfig, a few calibration batches), and the float model;
+    built once per width and process (quantizing takes longer than timing)."""
+    if width in _QUANTIZED:
+        return _QUANTIZED[width]
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -246,6 +252,7 @@ def _quantized_resnet18(width: float, x: torch.Tensor):
             for _ in range(2):
                 pm(torch.randn_like(x))
         qm = convert_fx(pm)
+    _QUANTIZED[width] = fm, qm
     return fm, qm
 
 

@@ -469,6 +469,120 @@ static int FN(conv)(const bv_conv_t *p)
 }
 #endif
 
+#if defined(BV_VEPI) && defined(VADD64)
+/* Tap-major leaves of L = 2..32 channels (a power of two dividing C): `tap,leaf=L`, and
+ * `tap,groups=G` where C/G is such an L, i.e. M<T>(M<C/L>(M<L>)). A leaf is an L-bit field
+ * of one input word, so the leaf votes of a whole word come out of SWAR arithmetic on the
+ * 8 lanes' mismatch words d = x ^ w instead of one masked segment per leaf: field counts c
+ * (d - (d >> 1) & 0x55.., then pairwise sums up to width L), then high-bit flags from
+ * c + bias: c > L/2 (-1), c >= L/2 (not +1), the tie where they differ, resolved by the
+ * level's rule ('first': the field's low bit, the leaf's first channel). The tap node sums
+ * popcount(+1 flags) - popcount(-1 flags) over its words; its 'first' value is its field 0.
+ * The taps (a zero-padded one abstains) and the root vote on 8 lanes as in vtap. */
+static int FN(conv_fields)(const bv_conv_t *p)
+{
+    const int T = p->kh * p->kw, Wd = p->Wd, Lf = p->leaf_size[0];
+    const int Cob = (p->Co + 7) / 8, HoWo = p->Ho * p->Wo;
+    const long npix = (long)p->N * HoWo;
+    const int t0 = p->lev_tie[0], t1 = p->lev_tie[1], t2 = p->lev_tie[2];
+    const int nodes = p->L / T; /* leaves per tap */
+    const size_t ws = (size_t)T * Wd * 8;
+    /* SWAR constants for field width Lf (bit patterns repeated every Lf bits) */
+    uint64_t Hm = 0, Kneg = 0, Kpos = 0;
+    for (int f = 0; f < 64; f += Lf) {
+        Hm |= 1ULL << (f + Lf - 1);
+        Kneg |= ((1ULL << (Lf - 1)) - (uint64_t)(Lf / 2) - 1) << f; /* c >= Lf/2 + 1 sets the high bit */
+        Kpos |= ((1ULL << (Lf - 1)) - (uint64_t)(Lf / 2)) << f;     /* c >= Lf/2 sets the high bit */
+    }
+    static const uint64_t mk[5] = {0x5555555555555555ULL, 0x3333333333333333ULL, 0x0F0F0F0F0F0F0F0FULL,
+                                   0x00FF00FF00FF00FFULL, 0x0000FFFF0000FFFFULL};
+    int failed = 0;
+#pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
+    {
+        const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
+        uint64_t *cnt = malloc((size_t)T * 3 * 8 * sizeof(uint64_t)); /* per tap: plus, minus, field-0 flags */
+        if (!tp || !cnt) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            const VT H = VBCAST(Hm), KN = VBCAST(Kneg), KP = VBCAST(Kpos), one = VBCAST(1);
+#pragma omp for schedule(dynamic, 16)
+            for (long pix = 0; pix < npix; pix++) {
+                const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
+                const int oy = rem / p->Wo, ox = rem % p->Wo;
+                for (int ky = 0; ky < p->kh; ky++)
+                    for (int kx = 0; kx < p->kw; kx++) {
+                        const int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
+                        const int t = ky * p->kw + kx;
+                        tp[t] = iy >= 0 && iy < p->H && ix >= 0 && ix < p->W
+                                    ? p->x + (((size_t)n * p->H + iy) * p->W + ix) * Wd
+                                    : (p->padmode ? p->padpix : NULL);
+                    }
+                if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
+                for (int cb = 0; cb < Cob; cb++) {
+                    const uint64_t *wb = p->w + (size_t)cb * ws;
+                    for (int t = 0; t < T; t++) {
+                        const uint64_t *xp = tp[t];
+                        if (!xp) continue;
+                        VT pl = VZERO(), mi = VZERO(), f0 = VZERO();
+                        const int c1 = nodes * Lf; /* channels of the tap */
+                        for (int j = 0; j < Wd; j++) {
+                            const VT d = VXOR(VBCAST(xp[j]), VLOAD(wb + ((size_t)t * Wd + j) * 8));
+                            VT c = VSUB64(d, VAND(VSRL64(d, 1), VBCAST(mk[0])));
+                            for (int b = 1, wdt = 2; wdt < Lf; b++, wdt *= 2)
+                                c = VADD64(VAND(c, VBCAST(mk[b])), VAND(VSRL64(c, wdt), VBCAST(mk[b])));
+                            const VT neg = VAND(VADD64(c, KN), H);      /* c > Lf/2 */
+                            const VT nonpos = VAND(VADD64(c, KP), H);   /* c >= Lf/2 */
+                            const VT tie = VANDNOT(neg, nonpos), pos = VANDNOT(nonpos, H);
+                            VT plus, minus;
+                            if (t0 > 0) { plus = VOR(pos, tie); minus = neg; }
+                            else if (t0 < 0) { plus = pos; minus = VOR(neg, tie); }
+                            else { /* 'first': the field's first channel (low bit of d) */
+                                const VT tn = VAND(tie, VSLL64(d, Lf - 1));
+                                plus = VOR(pos, VANDNOT(tn, tie));
+                                minus = VOR(neg, tn);
+                            }
+                            if (64 * j + 64 > c1) { /* the word's fields past the tap's channels hold no leaf */
+                                const int live = c1 - 64 * j;
+                                const VT lm = VBCAST(live >= 64 ? ~0ULL : (1ULL << live) - 1);
+                                plus = VAND(plus, lm);
+                                minus = VAND(minus, lm);
+                            }
+                            if (j == 0) f0 = VAND(VSRL64(plus, Lf - 1), one); /* leaf 0 votes +1 */
+                            pl = VPOPACC(pl, plus);
+                            mi = VPOPACC(mi, minus);
+                        }
+                        VSTORE(cnt + ((size_t)t * 3) * 8, VFLUSH(VZERO(), pl));
+                        VSTORE(cnt + ((size_t)t * 3 + 1) * 8, VFLUSH(VZERO(), mi));
+                        VSTORE(cnt + ((size_t)t * 3 + 2) * 8, f0);
+                    }
+                    /* taps and root on 8 int32 lanes */
+                    const __m256i z = _mm256_setzero_si256(), o1 = _mm256_set1_epi32(1);
+                    __m256i S = z, F = z;
+                    int nv = 0;
+                    for (int t = 0; t < T; t++) {
+                        if (!tp[t]) continue; /* abstains */
+                        const __m256i st = _mm256_sub_epi32(BV_LD8(cnt + ((size_t)t * 3) * 8), BV_LD8(cnt + ((size_t)t * 3 + 1) * 8));
+                        const __m256i ft = _mm256_sub_epi32(_mm256_slli_epi32(BV_LD8(cnt + ((size_t)t * 3 + 2) * 8), 1), o1);
+                        const __m256i v = FN(vvote)(st, o1, ft, t1, 0);
+                        if (nv++ == 0) F = v;
+                        S = _mm256_add_epi32(S, v);
+                    }
+                    const __m256i r = FN(vvote)(S, _mm256_set1_epi32(nv), F, t2, 1);
+                    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+                    if (nl == 8 && FN(vemit)(p, pix, o0, r)) continue;
+                    int32_t rr[8];
+                    _mm256_storeu_si256((__m256i *)rr, r);
+                    FN(emit8)(p, pix, n, rem, o0, nl, rr);
+                }
+            }
+        }
+        free(tp); free(cnt);
+    }
+    return failed ? -1 : 0;
+}
+#endif
+
 /* Mismatch counts of one pixel against CB channel blocks: mism[(leaf * CB + c) * 8 + lane]. */
 static inline __attribute__((always_inline)) void FN(tile)(const uint64_t *const *tp, const int T, const int Wd,
                                                            const uint64_t *wg, const size_t ws, const int CB,

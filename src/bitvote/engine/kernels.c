@@ -61,9 +61,10 @@ static inline float bv_post(const bv_conv_t *p, size_t i, int o, float v)
     return v;
 }
 
-/* Leaf layouts with a dense kernel: one leaf of every term (popcount, MV), or one leaf per
- * tap holding all its channels (HMV `tap`). Anything else runs on the segment kernel. */
-enum { BV_KIND_SEGMENTS = 0, BV_KIND_ONE_LEAF = 1, BV_KIND_TAP_LEAVES = 2 };
+/* Leaf layouts with a dense kernel: one leaf of every term (popcount, MV), one leaf per
+ * tap holding all its channels (HMV `tap`), or tap-major leaves of L = 2..32 channels
+ * (`tap,leaf=L`: conv_fields on the vector ISAs). Anything else runs on the segment kernel. */
+enum { BV_KIND_SEGMENTS = 0, BV_KIND_ONE_LEAF = 1, BV_KIND_TAP_LEAVES = 2, BV_KIND_FIELDS = 3 };
 
 /* One majority voter (SPEC.md): s > 0 -> +1, s < 0 -> -1; no valid input -> abstain (0),
  * or the tie value at the root (+1 under 'first'); else the tie rule. */
@@ -200,6 +201,11 @@ static inline bv_a2 a2_flush(bv_a2 a, bv_a2 b)
     return a;
 }
 static inline bv_a2 a2_or(bv_a2 a, bv_a2 b) { a.lo = _mm256_or_si256(a.lo, b.lo); a.hi = _mm256_or_si256(a.hi, b.hi); return a; }
+static inline bv_a2 a2_andnot(bv_a2 a, bv_a2 b) { a.lo = _mm256_andnot_si256(a.lo, b.lo); a.hi = _mm256_andnot_si256(a.hi, b.hi); return a; }
+static inline bv_a2 a2_add64(bv_a2 a, bv_a2 b) { a.lo = _mm256_add_epi64(a.lo, b.lo); a.hi = _mm256_add_epi64(a.hi, b.hi); return a; }
+static inline bv_a2 a2_sub64(bv_a2 a, bv_a2 b) { a.lo = _mm256_sub_epi64(a.lo, b.lo); a.hi = _mm256_sub_epi64(a.hi, b.hi); return a; }
+static inline bv_a2 a2_srl64(bv_a2 a, int n) { const __m128i c = _mm_cvtsi32_si128(n); a.lo = _mm256_srl_epi64(a.lo, c); a.hi = _mm256_srl_epi64(a.hi, c); return a; }
+static inline bv_a2 a2_sll64(bv_a2 a, int n) { const __m128i c = _mm_cvtsi32_si128(n); a.lo = _mm256_sll_epi64(a.lo, c); a.hi = _mm256_sll_epi64(a.hi, c); return a; }
 /* 8 uint64 lanes (counts < 2^31) -> 8 int32 lanes: the vector epilogues' input */
 static inline __m256i a2_ld8(const uint64_t *q)
 {
@@ -286,6 +292,12 @@ static inline bv_a2 a2_hs9fold(bv_a2 o1, bv_a2 o2, bv_a2 o4, bv_a2 o8)
 #define BV_VEPI 1
 #define BV_LD8 a2_ld8
 #define BV_FIRST8 a2_first8
+#define VOR a2_or
+#define VANDNOT a2_andnot
+#define VADD64 a2_add64
+#define VSUB64 a2_sub64
+#define VSRL64 a2_srl64
+#define VSLL64 a2_sll64
 #define BV_HS9 1
 #define BV_CSA(s, cy, a, b, c) do { const bv_a2 a_ = (a), b_ = (b), c_ = (c), u_ = a2_xor(a_, b_); \
         (cy) = a2_or(a2_and(a_, b_), a2_and(u_, c_)); (s) = a2_xor(u_, c_); } while (0)
@@ -322,6 +334,12 @@ static inline bv_a2 a2_hs9fold(bv_a2 o1, bv_a2 o2, bv_a2 o4, bv_a2 o8)
 #undef BV_VEPI
 #undef BV_LD8
 #undef BV_FIRST8
+#undef VOR
+#undef VANDNOT
+#undef VADD64
+#undef VSUB64
+#undef VSRL64
+#undef VSLL64
 #undef BV_HS9
 #undef BV_CSA
 #undef BV_PC8ADD
@@ -374,6 +392,12 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 #define BV_LD8(mm) _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm)))
 #define BV_FIRST8(x, w8, bit) _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srl_epi64(_mm512_xor_si512(_mm512_set1_epi64((long long)(x)), \
         _mm512_loadu_si512((const void *)(w8))), _mm_cvtsi32_si128(bit)), _mm512_set1_epi64(1)))
+#define VOR _mm512_or_si512
+#define VANDNOT _mm512_andnot_si512
+#define VADD64 _mm512_add_epi64
+#define VSUB64 _mm512_sub_epi64
+#define VSRL64(v, n) _mm512_srl_epi64((v), _mm_cvtsi32_si128(n))
+#define VSLL64(v, n) _mm512_sll_epi64((v), _mm_cvtsi32_si128(n))
 #define BV_CSA(s, cy, a, b, c) do { const __m512i a_ = (a), b_ = (b), c_ = (c); \
         (cy) = _mm512_ternarylogic_epi64(a_, b_, c_, 0xE8); (s) = _mm512_ternarylogic_epi64(a_, b_, c_, 0x96); } while (0)
 #define BV_PC8ADD z_popacc
@@ -412,6 +436,12 @@ static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
 #undef BV_VEPI
 #undef BV_LD8
 #undef BV_FIRST8
+#undef VOR
+#undef VANDNOT
+#undef VADD64
+#undef VSUB64
+#undef VSRL64
+#undef VSLL64
 #undef BV_CSA
 #undef BV_PC8ADD
 #undef BV_HSFOLD
@@ -439,12 +469,24 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #define BV_LD8(mm) _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm)))
 #define BV_FIRST8(x, w8, bit) _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srl_epi64(_mm512_xor_si512(_mm512_set1_epi64((long long)(x)), \
         _mm512_loadu_si512((const void *)(w8))), _mm_cvtsi32_si128(bit)), _mm512_set1_epi64(1)))
+#define VOR _mm512_or_si512
+#define VANDNOT _mm512_andnot_si512
+#define VADD64 _mm512_add_epi64
+#define VSUB64 _mm512_sub_epi64
+#define VSRL64(v, n) _mm512_srl_epi64((v), _mm_cvtsi32_si128(n))
+#define VSLL64(v, n) _mm512_sll_epi64((v), _mm_cvtsi32_si128(n))
 #define BV_POP9 1
 #define BV_ADD64 _mm512_add_epi64
 #include "kbody.h"
 #undef BV_VEPI
 #undef BV_LD8
 #undef BV_FIRST8
+#undef VOR
+#undef VANDNOT
+#undef VADD64
+#undef VSUB64
+#undef VSRL64
+#undef VSLL64
 #undef BV_POP9
 #undef BV_ADD64
 #undef BV_FLAT
@@ -637,11 +679,13 @@ int bv_conv(const bv_conv_t *p, int isa)
     switch (isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
     case BV_ISA_AVX2:
-        if (bv_kernel_version == 0) return p->kind ? conv_dense_avx2v0(p) : conv_avx2v0(p);
-        return p->kind ? conv_dense_avx2(p) : conv_avx2(p);
-    case BV_ISA_AVX512POPCNT: return p->kind ? conv_dense_avx512popcnt(p) : conv_avx512popcnt(p);
-    case BV_ISA_AVX512BW: return p->kind ? conv_dense_avx512bw(p) : conv_avx512bw(p);
+        if (bv_kernel_version == 0) return p->kind == 1 || p->kind == 2 ? conv_dense_avx2v0(p) : conv_avx2v0(p);
+        return p->kind == BV_KIND_FIELDS ? conv_fields_avx2(p) : p->kind ? conv_dense_avx2(p) : conv_avx2(p);
+    case BV_ISA_AVX512POPCNT:
+        return p->kind == BV_KIND_FIELDS ? conv_fields_avx512popcnt(p) : p->kind ? conv_dense_avx512popcnt(p) : conv_avx512popcnt(p);
+    case BV_ISA_AVX512BW:
+        return p->kind == BV_KIND_FIELDS ? conv_fields_avx512bw(p) : p->kind ? conv_dense_avx512bw(p) : conv_avx512bw(p);
 #endif
-    default: return p->kind ? conv_dense_portable(p) : conv_portable(p);
+    default: return p->kind == 1 || p->kind == 2 ? conv_dense_portable(p) : conv_portable(p);
     }
 }
