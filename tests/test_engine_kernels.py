@@ -216,3 +216,21 @@ def test_field_leaves_match_the_layer(L, mult, ties, Co, stride, padding, pad_va
             assert torch.equal(unpack(bits, Co).permute(0, 3, 1, 2), want > 0), (isa, version)
         finally:
             lib().bv_set_kernel(old)
+
+
+def test_one_leaf_under_a_p_root_is_the_sum():
+    """P(M<n>) (a P root over one leaf, e.g. P(M<C>) for one channel) counts, it does not vote."""
+    g = torch.Generator().manual_seed(4)
+    x, w = torch.randn(2, 1, 4, 4, generator=g), torch.randn(9, 1, 3, 3, generator=g)
+    hier = resolve("P(M1)", 9, 9)
+    want = BF.binary_conv2d(x, w, 1, 1, voter=hier, pad_value=0.0)
+    assert torch.equal(want, oracle.binary_conv(x, w, 1, 1, 0.0))
+    pc = PackedConv(w >= 0, 1, 1, 0.0, hier)
+    for segments in (False, True):
+        pc.use_segments(segments)
+        for isa, version in PATHS:
+            old = lib().bv_set_kernel(version)
+            try:
+                assert torch.equal(pc.epilogue("int")(pack(x), 1, isa).float(), want), (isa, version, segments)
+            finally:
+                lib().bv_set_kernel(old)

@@ -20,8 +20,8 @@ static void FN(reduce8)(const bv_conv_t *p, const int32_t *sums, const int32_t *
                         const int32_t *firsts, int32_t *va, int32_t *vb, int32_t *r)
 {
     const int last = p->nlev - 1, t0 = p->lev_tie[0];
-    if (last == 0) {
-        for (int q = 0; q < 8; q++) r[q] = bv_vote(sums[q], cnts[0], firsts[q], t0, 1);
+    if (last == 0) { /* one leaf: its vote, or its sum under a P root */
+        for (int q = 0; q < 8; q++) r[q] = p->root_p ? sums[q] : bv_vote(sums[q], cnts[0], firsts[q], t0, 1);
         return;
     }
     for (int l = 0; l < p->L; l++)
@@ -128,11 +128,18 @@ static inline __m256i FN(vfirst)(uint64_t x, const uint64_t *w8, int bit)
     return _mm256_sub_epi32(_mm256_set1_epi32(1), _mm256_slli_epi32(BV_FIRST8(x, w8, bit), 1));
 }
 
+/* The first term's value when it is channel 0 of a tap: the sign of that tap's input word's
+ * bit 0 times the 8 lanes' weight signs sg (+1/-1, from the kernel's table). */
+static inline __m256i FN(vfirst0)(uint64_t x, const int32_t *sg)
+{
+    return _mm256_sign_epi32(_mm256_loadu_si256((const __m256i *)sg), _mm256_set1_epi32((x & 1) ? 1 : -1));
+}
+
 /* popcount (r = s) or a plain MV (r = vote(s)) of one leaf of cn valid terms; a tie under
- * 'first' takes the first term's value: channel 0 of the first valid tap (x word xf against
- * the 8 weight words wf). */
+ * 'first' takes the first term's value: channel 0 of the first valid tap (x word xf, the
+ * lanes' weight signs there sf). */
 static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, const uint64_t *mm, int vote,
-                           uint64_t xf, const uint64_t *wf)
+                           uint64_t xf, const int32_t *sf)
 {
     const __m256i z = _mm256_setzero_si256();
     const __m256i s = _mm256_sub_epi32(_mm256_set1_epi32(cn), _mm256_slli_epi32(BV_LD8(mm), 1));
@@ -140,7 +147,7 @@ static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, con
     if (vote) {
         const int tv = p->lev_tie[0];
         const __m256i tie = _mm256_cmpeq_epi32(s, z);
-        const __m256i f = tv == 0 && cn > 0 && _mm256_movemask_epi8(tie) ? FN(vfirst)(xf, wf, 0) : z;
+        const __m256i f = tv == 0 && cn > 0 && _mm256_movemask_epi8(tie) ? FN(vfirst0)(xf, sf) : z;
         r = FN(vvote)(s, _mm256_set1_epi32(cn), f, tv, 1);
     }
     return FN(vemit)(p, pix, o0, r);
@@ -149,9 +156,9 @@ static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, con
 /* HMV `tap` (one leaf per tap, one root over all taps), any tie rules, on 8 lanes: a
  * zero-padded tap abstains; a tap's 'first' tie takes its channel 0, the root's the vote of
  * the first valid tap. mm: this block's mismatches of tap t at mm[t * stride]; tp/wb: the
- * pixel's tap pointers and the block's weights (tws words per tap). */
+ * pixel's tap pointers; sg: the block's weight signs of channel 0, 8 per tap. */
 static inline int FN(vtap)(const bv_conv_t *p, long pix, int o0, int T, const int32_t *lcnt, const uint64_t *mm,
-                           size_t stride, const uint64_t *const *tp, const uint64_t *wb, size_t tws)
+                           size_t stride, const uint64_t *const *tp, const int32_t *sg)
 {
     if (p->nlev != 2 || p->root_p || p->L != T || p->lev_nodes[1] != 1) return 0;
     const __m256i z = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
@@ -163,7 +170,7 @@ static inline int FN(vtap)(const bv_conv_t *p, long pix, int o0, int T, const in
         const __m256i m = BV_LD8(mm + (size_t)t * stride);
         const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(lcnt[t]), _mm256_slli_epi32(m, 1));
         __m256i f = z;
-        if (t0 == 0 && _mm256_movemask_epi8(_mm256_cmpeq_epi32(sv, z))) f = FN(vfirst)(tp[t][0], wb + (size_t)t * tws, 0);
+        if (t0 == 0 && _mm256_movemask_epi8(_mm256_cmpeq_epi32(sv, z))) f = FN(vfirst0)(tp[t][0], sg + (size_t)t * 8);
         const __m256i v = FN(vvote)(sv, one, f, t0, 0);
         if (nv++ == 0) F = v;
         S = _mm256_add_epi32(S, v);
@@ -178,6 +185,10 @@ static inline void FN(vreduce8)(const bv_conv_t *p, const int32_t *sums, const i
 {
     const int last = p->nlev - 1, t0 = p->lev_tie[0];
     const __m256i z = _mm256_setzero_si256();
+    if (last == 0 && p->root_p) { /* P(M<n>): the leaf's sum */
+        memcpy(r, sums, 8 * sizeof(int32_t));
+        return;
+    }
     for (int l = 0; l < p->L; l++) {
         const __m256i f = t0 == 0 ? _mm256_loadu_si256((const __m256i *)(firsts + l * 8)) : z;
         _mm256_storeu_si256((__m256i *)(va + l * 8),
@@ -758,7 +769,7 @@ static int FN(conv_dense)(const bv_conv_t *p)
     const int pertap = p->kind == BV_KIND_TAP_LEAVES, LT = pertap ? T : 1;
     const long npix = (long)p->N * HoWo;
     const int need_first = p->voter && p->lev_tie[0] == 0;
-    const int mv1 = p->voter && !pertap && p->nlev == 1; /* a plain MV: vote = sign, tie rule */
+    const int mv1 = p->voter && !pertap && p->nlev == 1 && !p->root_p; /* a plain MV: vote = sign, tie rule */
     const int C = p->leaf_size[0] / (pertap ? 1 : T); /* channels: leaf sizes are C*T or C */
     const size_t ws = (size_t)T * Wd * 8;             /* words of one channel block */
     const int NW = T * Wd;
@@ -786,6 +797,15 @@ static int FN(conv_dense)(const bv_conv_t *p)
 #else
     const int flat = !pertap && p->wpc && NW == 9;
 #endif
+#endif
+#ifdef BV_VEPI
+    /* 'first' ties at channel 0 of a tap: the weight signs there, (block, tap, lane) */
+    int32_t *wsg = malloc((size_t)Cob * T * 8 * sizeof(int32_t));
+    if (!wsg) return -1;
+    for (int cb = 0; cb < Cob; cb++)
+        for (int t = 0; t < T; t++)
+            for (int q = 0; q < 8; q++)
+                wsg[((size_t)cb * T + t) * 8 + q] = (p->w[(((size_t)cb * T + t) * Wd) * 8 + q] & 1) ? 1 : -1;
 #endif
     int failed = 0;
 #pragma omp parallel num_threads(nth)
@@ -881,10 +901,10 @@ static int FN(conv_dense)(const bv_conv_t *p)
 #ifdef BV_VEPI
                             if (nl == 8 && (!p->voter || mv1) &&
                                 FN(vepi)(p, pix, o0, cnts[0], mism + (size_t)c * 8, p->voter, t1 >= 0 ? tp[t1][0] : 0,
-                                         wg + (size_t)c * ws + (size_t)(t1 >= 0 ? t1 : 0) * Wd * 8))
+                                         wsg + ((size_t)(cbs + c) * T + (t1 >= 0 ? t1 : 0)) * 8))
                                 continue;
                             if (nl == 8 && pertap &&
-                                FN(vtap)(p, pix, o0, T, lcnt, mism + (size_t)c * 8, (size_t)tcb * 8, tp, wg + (size_t)c * ws, (size_t)Wd * 8))
+                                FN(vtap)(p, pix, o0, T, lcnt, mism + (size_t)c * 8, (size_t)tcb * 8, tp, wsg + (size_t)(cbs + c) * T * 8))
                                 continue;
 #endif
                             if (!p->voter) {
@@ -938,6 +958,9 @@ static int FN(conv_dense)(const bv_conv_t *p)
         }
         free(tp); free(toff); free(mism); free(buf); free(xo_full); free(xv);
     }
+#ifdef BV_VEPI
+    free(wsg);
+#endif
     return failed ? -1 : 0;
 }
 

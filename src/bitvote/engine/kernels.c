@@ -80,7 +80,7 @@ static int bv_reduce(const bv_conv_t *p, const int32_t *sums, const int32_t *cnt
                      const int32_t *firsts, int32_t *va, int32_t *vb)
 {
     const int last = p->nlev - 1;
-    if (last == 0) return bv_vote(sums[0], cnts[0], firsts[0], p->lev_tie[0], 1);
+    if (last == 0) return p->root_p ? sums[0] : bv_vote(sums[0], cnts[0], firsts[0], p->lev_tie[0], 1); /* P(M<n>): the sum */
     for (int l = 0; l < p->L; l++) va[l] = bv_vote(sums[l], cnts[l], firsts[l], p->lev_tie[0], 0);
     const int32_t *g = p->lev_groups;
     for (int li = 1; li <= last; li++) {
