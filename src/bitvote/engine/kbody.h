@@ -146,8 +146,7 @@ static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, con
     __m256i r = s;
     if (vote) {
         const int tv = p->lev_tie[0];
-        const __m256i tie = _mm256_cmpeq_epi32(s, z);
-        const __m256i f = tv == 0 && cn > 0 && _mm256_movemask_epi8(tie) ? FN(vfirst0)(xf, sf) : z;
+        const __m256i f = tv == 0 && cn > 0 ? FN(vfirst0)(xf, sf) : z; /* no branch on ties */
         r = FN(vvote)(s, _mm256_set1_epi32(cn), f, tv, 1);
     }
     return FN(vemit)(p, pix, o0, r);
@@ -170,7 +169,7 @@ static inline int FN(vtap)(const bv_conv_t *p, long pix, int o0, int T, const in
         const __m256i m = BV_LD8(mm + (size_t)t * stride);
         const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(lcnt[t]), _mm256_slli_epi32(m, 1));
         __m256i f = z;
-        if (t0 == 0 && _mm256_movemask_epi8(_mm256_cmpeq_epi32(sv, z))) f = FN(vfirst0)(tp[t][0], sg + (size_t)t * 8);
+        if (t0 == 0) f = FN(vfirst0)(tp[t][0], sg + (size_t)t * 8); /* two ops: cheaper than a branch on ties */
         const __m256i v = FN(vvote)(sv, one, f, t0, 0);
         if (nv++ == 0) F = v;
         S = _mm256_add_epi32(S, v);
