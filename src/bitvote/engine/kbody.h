@@ -486,8 +486,9 @@ static int FN(conv)(const bv_conv_t *p)
  * 8 lanes' mismatch words d = x ^ w instead of one masked segment per leaf: field counts c
  * (d - (d >> 1) & 0x55.., then pairwise sums up to width L), then high-bit flags from
  * c + bias: c > L/2 (-1), c >= L/2 (not +1), the tie where they differ, resolved by the
- * level's rule ('first': the field's low bit, the leaf's first channel). The tap node sums
- * popcount(+1 flags) - popcount(-1 flags) over its words; its 'first' value is its field 0.
+ * level's rule ('first': the field's low bit, the leaf's first channel). Every live field
+ * votes +1 or -1, so the tap node's sum is 2 * popcount(+1 flags) - leaves, over its words;
+ * its 'first' value is its field 0.
  * The taps (a zero-padded one abstains) and the root vote on 8 lanes as in vtap. */
 static int FN(conv_fields)(const bv_conv_t *p)
 {
@@ -510,7 +511,7 @@ static int FN(conv_fields)(const bv_conv_t *p)
 #pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
     {
         const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
-        uint64_t *cnt = malloc((size_t)T * 3 * 8 * sizeof(uint64_t)); /* per tap: plus, minus, field-0 flags */
+        uint64_t *cnt = malloc((size_t)T * 2 * 8 * sizeof(uint64_t)); /* per tap: +1 leaves, leaf 0's flag */
         if (!tp || !cnt) {
 #pragma omp atomic write
             failed = 1;
@@ -534,46 +535,43 @@ static int FN(conv_fields)(const bv_conv_t *p)
                     for (int t = 0; t < T; t++) {
                         const uint64_t *xp = tp[t];
                         if (!xp) continue;
-                        VT pl = VZERO(), mi = VZERO(), f0 = VZERO();
+                        VT pl = VZERO(), f0 = VZERO();
                         const int c1 = nodes * Lf; /* channels of the tap */
                         for (int j = 0; j < Wd; j++) {
                             const VT d = VXOR(VBCAST(xp[j]), VLOAD(wb + ((size_t)t * Wd + j) * 8));
                             VT c = VSUB64(d, VAND(VSRL64(d, 1), VBCAST(mk[0])));
                             for (int b = 1, wdt = 2; wdt < Lf; b++, wdt *= 2)
                                 c = VADD64(VAND(c, VBCAST(mk[b])), VAND(VSRL64(c, wdt), VBCAST(mk[b])));
-                            const VT neg = VAND(VADD64(c, KN), H);      /* c > Lf/2 */
-                            const VT nonpos = VAND(VADD64(c, KP), H);   /* c >= Lf/2 */
-                            const VT tie = VANDNOT(neg, nonpos), pos = VANDNOT(nonpos, H);
-                            VT plus, minus;
-                            if (t0 > 0) { plus = VOR(pos, tie); minus = neg; }
-                            else if (t0 < 0) { plus = pos; minus = VOR(neg, tie); }
-                            else { /* 'first': the field's first channel (low bit of d) */
-                                const VT tn = VAND(tie, VSLL64(d, Lf - 1));
-                                plus = VOR(pos, VANDNOT(tn, tie));
-                                minus = VOR(neg, tn);
+                            /* every live field votes +1 or -1: count the +1 fields only */
+                            VT plus;
+                            if (t0 > 0) {
+                                plus = VANDNOT(VAND(VADD64(c, KN), H), H);      /* not c > Lf/2 */
+                            } else {
+                                const VT nonpos = VAND(VADD64(c, KP), H);      /* c >= Lf/2 */
+                                plus = VANDNOT(nonpos, H);
+                                if (t0 == 0) { /* a tie takes the field's first channel (low bit of d) */
+                                    const VT tie = VANDNOT(VAND(VADD64(c, KN), H), nonpos);
+                                    plus = VOR(plus, VANDNOT(VSLL64(d, Lf - 1), tie));
+                                }
                             }
                             if (64 * j + 64 > c1) { /* the word's fields past the tap's channels hold no leaf */
                                 const int live = c1 - 64 * j;
-                                const VT lm = VBCAST(live >= 64 ? ~0ULL : (1ULL << live) - 1);
-                                plus = VAND(plus, lm);
-                                minus = VAND(minus, lm);
+                                plus = VAND(plus, VBCAST(live >= 64 ? ~0ULL : (1ULL << live) - 1));
                             }
                             if (j == 0) f0 = VAND(VSRL64(plus, Lf - 1), one); /* leaf 0 votes +1 */
                             pl = VPOPACC(pl, plus);
-                            mi = VPOPACC(mi, minus);
                         }
-                        VSTORE(cnt + ((size_t)t * 3) * 8, VFLUSH(VZERO(), pl));
-                        VSTORE(cnt + ((size_t)t * 3 + 1) * 8, VFLUSH(VZERO(), mi));
-                        VSTORE(cnt + ((size_t)t * 3 + 2) * 8, f0);
+                        VSTORE(cnt + ((size_t)t * 2) * 8, VFLUSH(VZERO(), pl));
+                        VSTORE(cnt + ((size_t)t * 2 + 1) * 8, f0);
                     }
                     /* taps and root on 8 int32 lanes */
-                    const __m256i z = _mm256_setzero_si256(), o1 = _mm256_set1_epi32(1);
+                    const __m256i z = _mm256_setzero_si256(), o1 = _mm256_set1_epi32(1), nd = _mm256_set1_epi32(nodes);
                     __m256i S = z, F = z;
                     int nv = 0;
                     for (int t = 0; t < T; t++) {
                         if (!tp[t]) continue; /* abstains */
-                        const __m256i st = _mm256_sub_epi32(BV_LD8(cnt + ((size_t)t * 3) * 8), BV_LD8(cnt + ((size_t)t * 3 + 1) * 8));
-                        const __m256i ft = _mm256_sub_epi32(_mm256_slli_epi32(BV_LD8(cnt + ((size_t)t * 3 + 2) * 8), 1), o1);
+                        const __m256i st = _mm256_sub_epi32(_mm256_slli_epi32(BV_LD8(cnt + ((size_t)t * 2) * 8), 1), nd);
+                        const __m256i ft = _mm256_sub_epi32(_mm256_slli_epi32(BV_LD8(cnt + ((size_t)t * 2 + 1) * 8), 1), o1);
                         const __m256i v = FN(vvote)(st, o1, ft, t1, 0);
                         if (nv++ == 0) F = v;
                         S = _mm256_add_epi32(S, v);
