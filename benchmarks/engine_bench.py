@@ -1,7 +1,9 @@
-"""Packed engine vs PyTorch fp32, in one run (issue 5). Run on a quiet machine:
+"""Packed engine vs PyTorch fp32 and int8, in one run, with % of the measured peaks. Run on a
+quiet machine:
 
-    python benchmarks/engine_bench.py            # layers, epilogues, whole ReActNet-18 (MV)
+    python benchmarks/engine_bench.py            # layers, epilogues, whole ReActNet-18 (MV) + int8 ResNet-18
     python benchmarks/engine_bench.py --quick    # a few shapes: checks that it runs
+    python benchmarks/engine_bench.py --threads 1 --kernels v0 v1   # earlier vs current AVX2 kernels
     python benchmarks/engine_bench.py --json > engine.json
 
 Same as ``bitvote bench --layers --model reactnet18``; see docs/engine.md.

@@ -120,27 +120,44 @@ def _bench(args):
 
     rows = []
     threads = [args.threads] if args.threads else [1, 2]
+    kernels = getattr(args, "kernels", None) or ["v1"]
     want_layers = args.layers or not args.model  # --layers with --model times both
     if want_layers:
-        rows += B.bench_layers(threads=threads, reps=args.reps, quick=args.quick)
-        rows += B.bench_epilogues(threads=threads[0], reps=args.reps, quick=args.quick)
-    if args.model:
         for th in threads:
-            rows.append(B.bench_model(args.model, voter=args.voter, batch=8 if args.quick else 32, threads=th,
-                                      reps=args.reps, width=0.25 if args.quick else 1.0))
+            rows.append({"peak": B.peak(th)})
+        rows += B.bench_layers(threads=threads, reps=args.reps, quick=args.quick, kernels=kernels)
+        rows += B.bench_epilogues(threads=threads[0], reps=args.reps, quick=args.quick, kernels=kernels)
+    if args.model:
+        for nb in (1, 8) if args.quick else (1, 32):
+            for th in threads:
+                rows.append(B.bench_model(args.model, voter=args.voter, batch=nb, threads=th,
+                                          reps=args.reps, width=0.25 if args.quick else 1.0))
     if args.json:
         print(json.dumps(rows))
         return
+    print("all figures: measured in this run, on this machine, as it is now (a loaded machine inflates them)")
     for r in rows:
-        if "engine_img_s" in r:
-            print(f"model {r['model']} ({r['voter']}, width {r['width']}) batch {r['batch']} threads {r['threads']}: "
-                  f"engine {r['engine_img_s']:.1f} img/s, torch fp32 {r['torch_img_s']:.1f} img/s, {r['speedup']:.2f}x")
+        if "peak" in r:
+            p = r["peak"]
+            print(f"peak t{p['threads']} [{p['isa']}]: XOR+popcount {p['xorpop']:.0f} G binary MAC/s, "
+                  f"fp32 FMA {p['fp32']:.0f} G MAC/s, int8 {p['int8']:.0f} G MAC/s ({p['int8_unit']})")
+        elif "engine_img_s" in r:
+            line = (f"model {r['model']} ({r['voter']}, width {r['width']}) batch {r['batch']} threads {r['threads']}: "
+                    f"engine {r['engine_img_s']:.1f} img/s, torch fp32 {r['torch_img_s']:.1f} img/s, {r['speedup']:.2f}x")
+            if "resnet18_int8_img_s" in r:
+                line += (f"; float resnet18 fp32 {r['resnet18_fp32_img_s']:.1f} img/s, int8 {r['resnet18_int8_img_s']:.1f} "
+                         f"img/s, engine {r['speedup_int8']:.2f}x int8")
+            print(line)
         elif "epilogue" in r:
-            print(f"{r['layer']:<12} b{r['batch']:<3} t{r['threads']} {r['epilogue']:<8} {r['ms']:8.3f} ms "
-                  f"{r['gbmacs']:7.1f} GMAC/s  ({r['voter']}, packed input)")
+            print(f"{r['layer']:<12} b{r['batch']:<3} t{r['threads']} {r['kernel']} {r['epilogue']:<13} {r['ms']:8.3f} ms "
+                  f"{r['vs_popcount']:5.2f}x popcount {r['gbmacs']:7.1f} GMAC/s  ({r['voter']}, {r['path']}, packed input)")
         else:
-            print(f"{r['layer']:<12} b{r['batch']:<3} t{r['threads']} engine {r['ms']:8.3f} ms  fp32 {r['fp32_ms']:8.3f} ms "
-                  f"{r['speedup']:5.2f}x  {r['gbmacs']:7.1f} GMAC/s  [{r['isa']}]")
+            print(f"{r['layer']:<12} b{r['batch']:<3} t{r['threads']} {r['kernel']} engine {r['ms']:8.3f} ms  "
+                  f"fp32 {r['fp32_ms']:8.3f} ms {r['speedup']:5.2f}x  int8 {r['int8_ms']:8.3f} ms {r['speedup_int8']:5.2f}x  "
+                  f"{r['gbmacs']:6.1f} GMAC/s  peak: engine {100 * r['peak_frac']:3.0f}%"
+                  + (f" fp32 {100 * r['fp32_peak_frac']:3.0f}%" if r["fp32_peak_frac"] is not None else "")
+                  + (f" int8 {100 * r['int8_peak_frac']:3.0f}%" if r["int8_peak_frac"] is not None else "")
+                  + f"  [{r['isa']}]")
 
 
 def add_parser(sub):
@@ -177,6 +194,8 @@ def add_parser(sub):
     p.add_argument("--threads", type=int, default=0, help="one thread count (default: 1 and 2)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="a few shapes, small model: checks that it runs")
+    p.add_argument("--kernels", nargs="+", choices=["v0", "v1"], default=None,
+                   help="AVX2 kernel versions to time side by side (v0: the earlier kernels; default v1)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: the Triton GPU path vs cuDNN fp32/TF32/fp16/bf16, batch 1 and 256 (docs/gpu.md)")
     p.add_argument("--json", action="store_true")

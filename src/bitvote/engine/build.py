@@ -23,7 +23,8 @@ from ..io import cache_root
 __all__ = ["lib", "ISAS", "best_isa", "active_isa", "isa_id", "ConvArgs"]
 
 _HERE = Path(__file__).parent
-_SOURCES = ("kernels.c", "kbody.h")
+_SOURCES = ("kernels.c", "kbody.h", "pack.c", "isa.h")
+_UNITS = ("kernels.c", "pack.c")  # compiled into one shared library
 _FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
 #: ISA names in the order of the C enum; ``best_isa()`` says which this CPU runs.
 ISAS = ("portable", "avx2", "avx512bw", "avx512popcnt")
@@ -76,7 +77,7 @@ def cache_dir() -> Path:
 def _compile(cc: str, flags, out: Path) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_so = Path(tmp) / out.name
-        cmd = [cc, *flags, str(_HERE / "kernels.c"), "-o", str(tmp_so), "-lm"]
+        cmd = [cc, *flags, *(str(_HERE / u) for u in _UNITS), "-o", str(tmp_so), "-lm"]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(res.stderr.strip() or f"{cc} failed")
@@ -116,6 +117,11 @@ def lib() -> ctypes.CDLL:
     L.bv_pack.argtypes = [_P, _I, _I, _I, _I, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
                           _P, _P, _I, _I, _I]
     L.bv_pack.restype = ctypes.c_int
+    L.bv_peak.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_int]
+    L.bv_peak.restype = ctypes.c_double
+    L.bv_int8_kind.restype = ctypes.c_int
+    L.bv_set_kernel.argtypes = [ctypes.c_int]
+    L.bv_set_kernel.restype = ctypes.c_int
     if L.bv_struct_size() != ctypes.sizeof(ConvArgs):  # pragma: no cover - a build mismatch
         raise RuntimeError("kernels.c and build.ConvArgs disagree on the argument struct")
     L.openmp = "-fopenmp" in flags

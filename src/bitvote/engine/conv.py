@@ -61,6 +61,17 @@ def segments(C: int, T: int, hier: Optional[Hierarchy]):
     return out
 
 
+def _field_leaves(hier: Hierarchy, C: int, T: int, Wd: int) -> bool:
+    """True for M<T>(M<C/L>(M<L>)) in tap order with L = 2..32 a power of two dividing C:
+    every leaf is an L-bit field of one input word (the kernel's SWAR path; <= 31 words a tap)."""
+    L = hier.leaf_sizes[0]
+    if hier.order == CM or T < 2 or hier.root != "M" or len(hier.levels) != 3 or Wd > 31:
+        return False
+    if L not in (2, 4, 8, 16, 32) or C % L or set(hier.leaf_sizes) != {L} or len(hier.leaf_sizes) != T * (C // L):
+        return False
+    return list(hier.levels[1].groups) == [C // L] * T and list(hier.levels[2].groups) == [T]
+
+
 def _arr(values, dtype):
     return torch.tensor(list(values) or [0], dtype=dtype)
 
@@ -156,11 +167,14 @@ class PackedConv(ConvEpilogue):
             ties = list(hier.tie_codes)
             root_p = int(hier.root == "P")
         # which kernel: 1 = one leaf (popcount, MV), 2 = one leaf per tap with all its channels
-        # (tap-major HMV `tap`), 0 = the general segment kernel
+        # (tap-major HMV `tap`), 3 = tap-major leaves that are L-bit fields of the input words
+        # (`tap,leaf=L`, L = 2..32 dividing C), 0 = the general segment kernel
         if hier is None or len(hier.leaf_sizes) == 1:
             self.kind = 1
         elif hier.order != CM and T > 1 and tuple(hier.leaf_sizes) == (C,) * T:
             self.kind = 2
+        elif _field_leaves(hier, C, T, Wd):
+            self.kind = 3
         else:
             self.kind = 0
         self.lev_nodes = _arr(nodes, torch.int32)

@@ -4,6 +4,388 @@
  *   VZERO() VLOAD(p) VBCAST(u) VXOR(a,b) VAND(a,b) VPOPADD(acc,v) VSTORE(p,v)
  * Lanes are output channels: one broadcast input word is XORed with 8 weight words. */
 
+
+/* ---- the dense kernel: one leaf (popcount, MV) or one leaf per tap (HMV `tap`) ----------
+ * Extra macros: VPOPACC(acc, v) adds popcount(v) to a partial accumulator (byte lanes for the
+ * nibble table), VFLUSH(acc64, acc) folds a partial accumulator into 64-bit lanes, at most
+ * every BV_CHUNK words; BV_CBMAX: channel blocks (of 8) held in registers at once.
+ * Work items are (group of CB channel blocks, tile of BV_PT output pixels), group-major, so
+ * a group's weights stay in L1 while a thread sweeps its pixels; each loaded input word is
+ * XORed with the CB weight vectors of the group. Results are reduced 8 lanes at a time
+ * (reduce8) and emitted with contiguous per-pixel stores (emit8). */
+
+#ifndef BV_VEPI /* (the vector ISAs run vreduce8) */
+/* Votes of 8 lanes through the levels; cnts are per leaf (the same for every lane). */
+static void FN(reduce8)(const bv_conv_t *p, const int32_t *sums, const int32_t *cnts,
+                        const int32_t *firsts, int32_t *va, int32_t *vb, int32_t *r)
+{
+    const int last = p->nlev - 1, t0 = p->lev_tie[0];
+    if (last == 0) { /* one leaf: its vote, or its sum under a P root */
+        for (int q = 0; q < 8; q++) r[q] = p->root_p ? sums[q] : bv_vote(sums[q], cnts[0], firsts[q], t0, 1);
+        return;
+    }
+    for (int l = 0; l < p->L; l++)
+        for (int q = 0; q < 8; q++) va[l * 8 + q] = bv_vote(sums[l * 8 + q], cnts[l], firsts[l * 8 + q], t0, 0);
+    const int32_t *g = p->lev_groups;
+    for (int li = 1; li <= last; li++) {
+        int pos = 0;
+        const int tie = p->lev_tie[li];
+        for (int k = 0; k < p->lev_nodes[li]; k++) {
+            int32_t s[8] = {0}, c[8] = {0}, f[8] = {0};
+            for (int i = 0; i < g[k]; i++)
+                for (int q = 0; q < 8; q++) {
+                    const int v = va[(pos + i) * 8 + q];
+                    s[q] += v;
+                    c[q] += v != 0;
+                    f[q] = f[q] ? f[q] : v;
+                }
+            pos += g[k];
+            if (li == last && p->root_p) {
+                for (int q = 0; q < 8; q++) r[q] = s[q];
+                return;
+            }
+            for (int q = 0; q < 8; q++) vb[k * 8 + q] = bv_vote(s[q], c[q], f[q], tie, li == last);
+        }
+        g += p->lev_nodes[li];
+        int32_t *t = va; va = vb; vb = t;
+    }
+    for (int q = 0; q < 8; q++) r[q] = va[q];
+}
+#endif
+
+/* bv_post on nl consecutive floats (channels o0.., element index i0..) */
+static inline void FN(post8)(const bv_conv_t *p, size_t i0, int o0, int nl, float *q)
+{
+    if (p->post & 1) {
+        const float *res = p->res + i0;
+        for (int l = 0; l < nl; l++) q[l] = q[l] + res[l];
+    }
+    if (p->post & 2) {
+        const float *si = p->si + o0, *pw = p->pw + o0, *so = p->so + o0;
+        for (int l = 0; l < nl; l++) {
+            const float v = q[l] + si[l];
+            q[l] = (v > 0.0f ? v : pw[l] * v) + so[l];
+        }
+    }
+}
+
+/* Emit 8 lanes (channels o0 .. o0+nl-1) of output pixel pix. */
+static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o0, int nl, const int32_t *r)
+{
+    switch (p->outmode) {
+    case BV_OUT_INT: {
+        int32_t *q = (int32_t *)p->out + ((size_t)n * p->Co + o0) * (size_t)(p->Ho * p->Wo) + rem;
+        for (int l = 0; l < nl; l++) q[(size_t)l * p->Ho * p->Wo] = r[l];
+        break;
+    }
+    case BV_OUT_AFFINE:
+    case BV_OUT_SELECT: { /* computed locally, then stored: the output may be the residual itself */
+        float *q = (float *)p->out + (size_t)pix * p->Co + o0, v[8];
+        const float *a = p->a + o0, *b = p->b + o0;
+        if (p->outmode == BV_OUT_AFFINE)
+            for (int l = 0; l < nl; l++) v[l] = (float)r[l] * a[l] + b[l];
+        else
+            for (int l = 0; l < nl; l++) v[l] = r[l] > 0 ? a[l] : b[l];
+        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, v);
+        for (int l = 0; l < nl; l++) q[l] = v[l];
+        break;
+    }
+    default: {
+        const int32_t *thr = p->thr + o0, *dir = p->dir + o0;
+        unsigned m = 0;
+        for (int l = 0; l < nl; l++) {
+            const int d = dir[l];
+            const unsigned bit = ((d > 0) & (r[l] >= thr[l])) | ((d < 0) & (r[l] <= thr[l])) | ((d == 0) & (thr[l] != 0));
+            m |= bit << l;
+        }
+        ((uint8_t *)p->out)[(size_t)pix * p->Wdo * 8 + o0 / 8] = (uint8_t)m;
+    }
+    }
+}
+
+#ifdef BV_VEPI
+/* Vector epilogues on 8 lanes (8 output channels) in one __m256i, shared by the AVX2 and
+ * AVX-512 ISAs: BV_LD8(mm) turns 8 uint64 mismatch counts into 8 int32 lanes. Each one
+ * computes exactly what bv_vote / bv_reduce / bv_post compute per lane (same rules, same
+ * float ops in the same order); they return 0 where the scalar emit8 must run instead
+ * (int output, a root with no valid input where the layer asks for it). */
+static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r);
+
+/* bv_vote on 8 lanes: s, c (valid inputs) and f (first valid term / vote) per lane. */
+static inline __m256i FN(vvote)(__m256i s, __m256i c, __m256i f, int tie, int root)
+{
+    const __m256i z = _mm256_setzero_si256();
+    __m256i r = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_cmpgt_epi32(s, z), 31), _mm256_srli_epi32(_mm256_cmpgt_epi32(z, s), 31));
+    const __m256i tv = tie == 0 ? f : _mm256_set1_epi32(tie);
+    const __m256i none = root ? _mm256_set1_epi32(tie == 0 ? 1 : tie) : z; /* no valid input: abstain / root tie */
+    return _mm256_blendv_epi8(r, _mm256_blendv_epi8(tv, none, _mm256_cmpeq_epi32(c, z)), _mm256_cmpeq_epi32(s, z));
+}
+
+/* First-term values of 8 lanes: +1 where bit `bit` of x agrees with the lane's weight word
+ * (BV_FIRST8: the same on this ISA's vectors, without leaving registers). */
+static inline __m256i FN(vfirst)(uint64_t x, const uint64_t *w8, int bit)
+{
+    return _mm256_sub_epi32(_mm256_set1_epi32(1), _mm256_slli_epi32(BV_FIRST8(x, w8, bit), 1));
+}
+
+/* The first term's value when it is channel 0 of a tap: the sign of that tap's input word's
+ * bit 0 times the 8 lanes' weight signs sg (+1/-1, from the kernel's table). */
+static inline __m256i FN(vfirst0)(uint64_t x, const int32_t *sg)
+{
+    return _mm256_sign_epi32(_mm256_loadu_si256((const __m256i *)sg), _mm256_set1_epi32((x & 1) ? 1 : -1));
+}
+
+/* popcount (r = s) or a plain MV (r = vote(s)) of one leaf of cn valid terms; a tie under
+ * 'first' takes the first term's value: channel 0 of the first valid tap (x word xf, the
+ * lanes' weight signs there sf). */
+static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, const uint64_t *mm, int vote,
+                           uint64_t xf, const int32_t *sf)
+{
+    const __m256i z = _mm256_setzero_si256();
+    const __m256i s = _mm256_sub_epi32(_mm256_set1_epi32(cn), _mm256_slli_epi32(BV_LD8(mm), 1));
+    __m256i r = s;
+    if (vote) {
+        const int tv = p->lev_tie[0];
+        const __m256i f = tv == 0 && cn > 0 ? FN(vfirst0)(xf, sf) : z; /* no branch on ties */
+        r = FN(vvote)(s, _mm256_set1_epi32(cn), f, tv, 1);
+    }
+    return FN(vemit)(p, pix, o0, r);
+}
+
+/* HMV `tap` (one leaf per tap, one root over all taps), any tie rules, on 8 lanes: a
+ * zero-padded tap abstains; a tap's 'first' tie takes its channel 0, the root's the vote of
+ * the first valid tap. mm: this block's mismatches of tap t at mm[t * stride]; tp/wb: the
+ * pixel's tap pointers; sg: the block's weight signs of channel 0, 8 per tap. */
+static inline int FN(vtap)(const bv_conv_t *p, long pix, int o0, int T, const int32_t *lcnt, const uint64_t *mm,
+                           size_t stride, const uint64_t *const *tp, const int32_t *sg)
+{
+    if (p->nlev != 2 || p->root_p || p->L != T || p->lev_nodes[1] != 1) return 0;
+    const __m256i z = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    const int t0 = p->lev_tie[0];
+    __m256i S = z, F = z;
+    int nv = 0;
+    for (int t = 0; t < T; t++) {
+        if (lcnt[t] == 0) continue; /* abstains */
+        const __m256i m = BV_LD8(mm + (size_t)t * stride);
+        const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(lcnt[t]), _mm256_slli_epi32(m, 1));
+        __m256i f = z;
+        if (t0 == 0) f = FN(vfirst0)(tp[t][0], sg + (size_t)t * 8); /* two ops: cheaper than a branch on ties */
+        const __m256i v = FN(vvote)(sv, one, f, t0, 0);
+        if (nv++ == 0) F = v;
+        S = _mm256_add_epi32(S, v);
+    }
+    return FN(vemit)(p, pix, o0, FN(vvote)(S, _mm256_set1_epi32(nv), F, p->lev_tie[1], 1));
+}
+
+/* Any tree (bv_reduce) on 8 lanes: sums/firsts (L x 8 int32) of the leaves, cnts per leaf
+ * (the same for every lane); va/vb: scratch of L x 8 int32. The result goes to r. */
+static inline void FN(vreduce8)(const bv_conv_t *p, const int32_t *sums, const int32_t *cnts, const int32_t *firsts,
+                                int32_t *va, int32_t *vb, int32_t *r)
+{
+    const int last = p->nlev - 1, t0 = p->lev_tie[0];
+    const __m256i z = _mm256_setzero_si256();
+    if (last == 0 && p->root_p) { /* P(M<n>): the leaf's sum */
+        memcpy(r, sums, 8 * sizeof(int32_t));
+        return;
+    }
+    for (int l = 0; l < p->L; l++) {
+        const __m256i f = t0 == 0 ? _mm256_loadu_si256((const __m256i *)(firsts + l * 8)) : z;
+        _mm256_storeu_si256((__m256i *)(va + l * 8),
+                            FN(vvote)(_mm256_loadu_si256((const __m256i *)(sums + l * 8)), _mm256_set1_epi32(cnts[l]), f, t0, last == 0));
+    }
+    const int32_t *g = p->lev_groups;
+    for (int li = 1; li <= last; li++) {
+        int pos = 0;
+        const int tie = p->lev_tie[li];
+        for (int k = 0; k < p->lev_nodes[li]; k++) {
+            __m256i S = z, C = z, F = z;
+            for (int i = 0; i < g[k]; i++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(va + (pos + i) * 8));
+                S = _mm256_add_epi32(S, v);
+                const __m256i nz = _mm256_xor_si256(_mm256_cmpeq_epi32(v, z), _mm256_set1_epi32(-1));
+                C = _mm256_sub_epi32(C, nz);
+                F = _mm256_blendv_epi8(F, v, _mm256_cmpeq_epi32(F, z));
+            }
+            pos += g[k];
+            if (li == last && p->root_p) {
+                _mm256_storeu_si256((__m256i *)r, S);
+                return;
+            }
+            _mm256_storeu_si256((__m256i *)(vb + k * 8), FN(vvote)(S, C, F, tie, li == last));
+        }
+        g += p->lev_nodes[li];
+        int32_t *t = va; va = vb; vb = t;
+    }
+    memcpy(r, va, 8 * sizeof(int32_t));
+}
+
+/* r (8 lanes) to the float / bit output, with the fused residual and RPReLU. */
+static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r)
+{
+    const __m256i z = _mm256_setzero_si256();
+    __m256 v;
+    switch (p->outmode) {
+    case BV_OUT_AFFINE:
+        v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(r), _mm256_loadu_ps(p->a + o0)), _mm256_loadu_ps(p->b + o0));
+        break;
+    case BV_OUT_SELECT:
+        v = _mm256_blendv_ps(_mm256_loadu_ps(p->b + o0), _mm256_loadu_ps(p->a + o0),
+                             _mm256_castsi256_ps(_mm256_cmpgt_epi32(r, z)));
+        break;
+    case BV_OUT_BITS: {
+        const __m256i thr = _mm256_loadu_si256((const __m256i *)(p->thr + o0));
+        const __m256i d = _mm256_loadu_si256((const __m256i *)(p->dir + o0));
+        const __m256i ge = _mm256_andnot_si256(_mm256_cmpgt_epi32(thr, r), _mm256_cmpgt_epi32(d, z));
+        const __m256i le = _mm256_andnot_si256(_mm256_cmpgt_epi32(r, thr), _mm256_cmpgt_epi32(z, d));
+        const __m256i cst = _mm256_andnot_si256(_mm256_cmpeq_epi32(thr, z), _mm256_cmpeq_epi32(d, z));
+        const int m = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_or_si256(_mm256_or_si256(ge, le), cst)));
+        ((uint8_t *)p->out)[(size_t)pix * p->Wdo * 8 + o0 / 8] = (uint8_t)m;
+        return 1;
+    }
+    default:
+        return 0;
+    }
+    const size_t i0 = (size_t)pix * p->Co + o0;
+    if (p->post & 1) v = _mm256_add_ps(v, _mm256_loadu_ps(p->res + i0));
+    if (p->post & 2) {
+        v = _mm256_add_ps(v, _mm256_loadu_ps(p->si + o0));
+        const __m256 pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
+        v = _mm256_blendv_ps(_mm256_mul_ps(_mm256_loadu_ps(p->pw + o0), v), v, pos);
+        v = _mm256_add_ps(v, _mm256_loadu_ps(p->so + o0));
+    }
+    _mm256_storeu_ps((float *)p->out + i0, v);
+    return 1;
+}
+#endif
+
+#ifdef BV_VEPI
+/* The segment kernel on the vector ISAs: register tiles of up to BV_CBMAX channel blocks per
+ * loaded input word (each segment's word is broadcast and masked once, XORed with CB weight
+ * vectors), byte-lane popcounts (VPOPACC, folded by VFLUSH per leaf or every BV_CHUNK
+ * segments), and the tree on 8 lanes at once (vreduce8; a leaf's 'first' term is looked up
+ * only where one of its lanes ties), then the vector epilogue. Same results as the scalar
+ * kernel below, which the portable build runs. */
+static int FN(conv)(const bv_conv_t *p)
+{
+    const int T = p->kh * p->kw, Wd = p->Wd, L = p->L, S = p->S;
+    const int Cob = (p->Co + 7) / 8, HoWo = p->Ho * p->Wo;
+    const long npix = (long)p->N * HoWo;
+    const int need_first = p->voter && p->lev_tie[0] == 0;
+    const size_t ws = (size_t)T * Wd * 8;
+    int CB = BV_CBMAX;
+    while (CB > 1 && CB > Cob) CB /= 2;
+    int failed = 0;
+#pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
+    {
+        const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
+        uint64_t *mism = malloc((size_t)L * CB * 8 * sizeof(uint64_t));
+        int32_t *vcnt = malloc((size_t)L * 4), *fseg = malloc((size_t)L * 4);
+        int32_t *buf = malloc((size_t)L * 8 * 4 * sizeof(int32_t));
+        if (!tp || !mism || !vcnt || !fseg || !buf) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            int32_t *sums = buf, *firsts = buf + L * 8, *va = buf + 2 * L * 8, *vb = buf + 3 * L * 8;
+            int32_t r[8];
+            memset(buf, 0, (size_t)L * 8 * 4 * sizeof(int32_t)); /* firsts of leaves without ties are never selected */
+#pragma omp for schedule(dynamic, 16)
+            for (long pix = 0; pix < npix; pix++) {
+                const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
+                const int oy = rem / p->Wo, ox = rem % p->Wo;
+                int full = 1;
+                for (int ky = 0; ky < p->kh; ky++)
+                    for (int kx = 0; kx < p->kw; kx++) {
+                        const int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
+                        const int t = ky * p->kw + kx;
+                        if (iy >= 0 && iy < p->H && ix >= 0 && ix < p->W) {
+                            tp[t] = p->x + (((size_t)n * p->H + iy) * p->W + ix) * Wd;
+                        } else {
+                            tp[t] = p->padmode ? p->padpix : NULL;
+                            full = 0;
+                        }
+                    }
+                if (full || p->padmode) {
+                    memcpy(vcnt, p->leaf_size, (size_t)L * 4);
+                } else {
+                    memset(vcnt, 0, (size_t)L * 4);
+                    for (int s = 0; s < S; s++)
+                        if (tp[p->seg_tap[s]]) vcnt[p->seg_leaf[s]] += __builtin_popcountll(p->seg_mask[s]);
+                }
+                if (need_first) {
+                    for (int l = 0; l < L; l++) fseg[l] = -1;
+                    for (int s = 0; s < S; s++) {
+                        const int l = p->seg_leaf[s];
+                        if (tp[p->seg_tap[s]] && (fseg[l] < 0 || p->seg_first[s] < p->seg_first[fseg[l]])) fseg[l] = s;
+                    }
+                }
+                if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
+                for (int cb0 = 0; cb0 < Cob; cb0 += CB) {
+                    int tcb = CB;
+                    while (tcb > Cob - cb0) tcb /= 2;
+                    const uint64_t *wg = p->w + (size_t)cb0 * ws;
+#define BV_SEGTILE(NB) do { \
+        VT a8[NB], a64[NB]; \
+        for (int c = 0; c < NB; c++) { a8[c] = VZERO(); a64[c] = VZERO(); } \
+        int cur = p->seg_leaf[0], k = 0; \
+        for (int s = 0; s < S; s++) { \
+            if (p->seg_leaf[s] != cur) { \
+                for (int c = 0; c < NB; c++) { VSTORE(mism + ((size_t)cur * NB + c) * 8, VFLUSH(a64[c], a8[c])); a8[c] = VZERO(); a64[c] = VZERO(); } \
+                cur = p->seg_leaf[s]; k = 0; \
+            } \
+            const uint64_t *xp = tp[p->seg_tap[s]]; \
+            if (!xp) continue; \
+            const size_t wo = ((size_t)p->seg_tap[s] * Wd + p->seg_word[s]) * 8; \
+            const VT xb = VBCAST(xp[p->seg_word[s]]), mb = VBCAST(p->seg_mask[s]); \
+            for (int c = 0; c < NB; c++) { \
+                VT d = VXOR(xb, VLOAD(wg + c * ws + wo)); \
+                if (p->masked) d = VAND(d, mb); \
+                a8[c] = VPOPACC(a8[c], d); \
+            } \
+            if (BV_CHUNK < (1 << 30) && ++k == BV_CHUNK) { \
+                for (int c = 0; c < NB; c++) { a64[c] = VFLUSH(a64[c], a8[c]); a8[c] = VZERO(); } \
+                k = 0; \
+            } \
+        } \
+        for (int c = 0; c < NB; c++) VSTORE(mism + ((size_t)cur * NB + c) * 8, VFLUSH(a64[c], a8[c])); \
+    } while (0)
+                    switch (tcb) {
+#if BV_CBMAX >= 8
+                    case 8: BV_SEGTILE(8); break;
+#endif
+#if BV_CBMAX >= 4
+                    case 4: BV_SEGTILE(4); break;
+#endif
+                    case 2: BV_SEGTILE(2); break;
+                    default: BV_SEGTILE(1);
+                    }
+#undef BV_SEGTILE
+                    for (int c = 0; c < tcb; c++) {
+                        const int o0 = (cb0 + c) * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+                        const uint64_t *wb = wg + (size_t)c * ws;
+                        for (int l = 0; l < L; l++) {
+                            const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(vcnt[l]),
+                                                                _mm256_slli_epi32(BV_LD8(mism + ((size_t)l * tcb + c) * 8), 1));
+                            _mm256_storeu_si256((__m256i *)(sums + l * 8), sv);
+                            if (need_first && vcnt[l] > 0 && _mm256_movemask_epi8(_mm256_cmpeq_epi32(sv, _mm256_setzero_si256()))) {
+                                const int s = fseg[l], t = p->seg_tap[s], j = p->seg_word[s];
+                                _mm256_storeu_si256((__m256i *)(firsts + l * 8),
+                                                    FN(vfirst)(tp[t][j], wb + ((size_t)t * Wd + j) * 8, __builtin_ctzll(p->seg_mask[s])));
+                            }
+                        }
+                        if (p->voter) FN(vreduce8)(p, sums, vcnt, firsts, va, vb, r);
+                        else memcpy(r, sums, sizeof r);
+                        if (nl == 8 && FN(vemit)(p, pix, o0, _mm256_loadu_si256((const __m256i *)r))) continue;
+                        FN(emit8)(p, pix, n, rem, o0, nl, r);
+                    }
+                }
+            }
+        }
+        free(tp); free(mism); free(vcnt); free(fseg); free(buf);
+    }
+    return failed ? -1 : 0;
+}
+#else
+/* the scalar segment kernel (portable build) */
 static int FN(conv)(const bv_conv_t *p)
 {
     const int T = p->kh * p->kw, Wd = p->Wd, L = p->L, S = p->S;
@@ -95,185 +477,117 @@ static int FN(conv)(const bv_conv_t *p)
     }
     return failed ? -1 : 0;
 }
+#endif
 
-/* ---- the dense kernel: one leaf (popcount, MV) or one leaf per tap (HMV `tap`) ----------
- * Extra macros: VPOPACC(acc, v) adds popcount(v) to a partial accumulator (byte lanes for the
- * nibble table), VFLUSH(acc64, acc) folds a partial accumulator into 64-bit lanes, at most
- * every BV_CHUNK words; BV_CBMAX: channel blocks (of 8) held in registers at once.
- * Work items are (group of CB channel blocks, tile of BV_PT output pixels), group-major, so
- * a group's weights stay in L1 while a thread sweeps its pixels; each loaded input word is
- * XORed with the CB weight vectors of the group. Results are reduced 8 lanes at a time
- * (reduce8) and emitted with contiguous per-pixel stores (emit8). */
-
-/* Votes of 8 lanes through the levels; cnts are per leaf (the same for every lane). */
-static void FN(reduce8)(const bv_conv_t *p, const int32_t *sums, const int32_t *cnts,
-                        const int32_t *firsts, int32_t *va, int32_t *vb, int32_t *r)
+#if defined(BV_VEPI) && defined(VADD64)
+/* Tap-major leaves of L = 2..32 channels (a power of two dividing C): `tap,leaf=L`, and
+ * `tap,groups=G` where C/G is such an L, i.e. M<T>(M<C/L>(M<L>)). A leaf is an L-bit field
+ * of one input word, so the leaf votes of a whole word come out of SWAR arithmetic on the
+ * 8 lanes' mismatch words d = x ^ w instead of one masked segment per leaf: field counts c
+ * (d - (d >> 1) & 0x55.., then pairwise sums up to width L), then high-bit flags from
+ * c + bias: c > L/2 (-1), c >= L/2 (not +1), the tie where they differ, resolved by the
+ * level's rule ('first': the field's low bit, the leaf's first channel). Every live field
+ * votes +1 or -1, so the tap node's sum is 2 * popcount(+1 flags) - leaves, over its words;
+ * its 'first' value is its field 0.
+ * The taps (a zero-padded one abstains) and the root vote on 8 lanes as in vtap. */
+static int FN(conv_fields)(const bv_conv_t *p)
 {
-    const int last = p->nlev - 1, t0 = p->lev_tie[0];
-    if (last == 0) {
-        for (int q = 0; q < 8; q++) r[q] = bv_vote(sums[q], cnts[0], firsts[q], t0, 1);
-        return;
+    const int T = p->kh * p->kw, Wd = p->Wd, Lf = p->leaf_size[0];
+    const int Cob = (p->Co + 7) / 8, HoWo = p->Ho * p->Wo;
+    const long npix = (long)p->N * HoWo;
+    const int t0 = p->lev_tie[0], t1 = p->lev_tie[1], t2 = p->lev_tie[2];
+    const int nodes = p->L / T; /* leaves per tap */
+    const size_t ws = (size_t)T * Wd * 8;
+    /* SWAR constants for field width Lf (bit patterns repeated every Lf bits) */
+    uint64_t Hm = 0, Kneg = 0, Kpos = 0;
+    for (int f = 0; f < 64; f += Lf) {
+        Hm |= 1ULL << (f + Lf - 1);
+        Kneg |= ((1ULL << (Lf - 1)) - (uint64_t)(Lf / 2) - 1) << f; /* c >= Lf/2 + 1 sets the high bit */
+        Kpos |= ((1ULL << (Lf - 1)) - (uint64_t)(Lf / 2)) << f;     /* c >= Lf/2 sets the high bit */
     }
-    for (int l = 0; l < p->L; l++)
-        for (int q = 0; q < 8; q++) va[l * 8 + q] = bv_vote(sums[l * 8 + q], cnts[l], firsts[l * 8 + q], t0, 0);
-    const int32_t *g = p->lev_groups;
-    for (int li = 1; li <= last; li++) {
-        int pos = 0;
-        const int tie = p->lev_tie[li];
-        for (int k = 0; k < p->lev_nodes[li]; k++) {
-            int32_t s[8] = {0}, c[8] = {0}, f[8] = {0};
-            for (int i = 0; i < g[k]; i++)
-                for (int q = 0; q < 8; q++) {
-                    const int v = va[(pos + i) * 8 + q];
-                    s[q] += v;
-                    c[q] += v != 0;
-                    f[q] = f[q] ? f[q] : v;
+    static const uint64_t mk[5] = {0x5555555555555555ULL, 0x3333333333333333ULL, 0x0F0F0F0F0F0F0F0FULL,
+                                   0x00FF00FF00FF00FFULL, 0x0000FFFF0000FFFFULL};
+    int failed = 0;
+#pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
+    {
+        const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
+        uint64_t *cnt = malloc((size_t)T * 2 * 8 * sizeof(uint64_t)); /* per tap: +1 leaves, leaf 0's flag */
+        if (!tp || !cnt) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            const VT H = VBCAST(Hm), KN = VBCAST(Kneg), KP = VBCAST(Kpos), one = VBCAST(1);
+#pragma omp for schedule(dynamic, 16)
+            for (long pix = 0; pix < npix; pix++) {
+                const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
+                const int oy = rem / p->Wo, ox = rem % p->Wo;
+                for (int ky = 0; ky < p->kh; ky++)
+                    for (int kx = 0; kx < p->kw; kx++) {
+                        const int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
+                        const int t = ky * p->kw + kx;
+                        tp[t] = iy >= 0 && iy < p->H && ix >= 0 && ix < p->W
+                                    ? p->x + (((size_t)n * p->H + iy) * p->W + ix) * Wd
+                                    : (p->padmode ? p->padpix : NULL);
+                    }
+                if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
+                for (int cb = 0; cb < Cob; cb++) {
+                    const uint64_t *wb = p->w + (size_t)cb * ws;
+                    for (int t = 0; t < T; t++) {
+                        const uint64_t *xp = tp[t];
+                        if (!xp) continue;
+                        VT pl = VZERO(), f0 = VZERO();
+                        const int c1 = nodes * Lf; /* channels of the tap */
+                        for (int j = 0; j < Wd; j++) {
+                            const VT d = VXOR(VBCAST(xp[j]), VLOAD(wb + ((size_t)t * Wd + j) * 8));
+                            VT c = VSUB64(d, VAND(VSRL64(d, 1), VBCAST(mk[0])));
+                            for (int b = 1, wdt = 2; wdt < Lf; b++, wdt *= 2)
+                                c = VADD64(VAND(c, VBCAST(mk[b])), VAND(VSRL64(c, wdt), VBCAST(mk[b])));
+                            /* every live field votes +1 or -1: count the +1 fields only */
+                            VT plus;
+                            if (t0 > 0) {
+                                plus = VANDNOT(VAND(VADD64(c, KN), H), H);      /* not c > Lf/2 */
+                            } else {
+                                const VT nonpos = VAND(VADD64(c, KP), H);      /* c >= Lf/2 */
+                                plus = VANDNOT(nonpos, H);
+                                if (t0 == 0) { /* a tie takes the field's first channel (low bit of d) */
+                                    const VT tie = VANDNOT(VAND(VADD64(c, KN), H), nonpos);
+                                    plus = VOR(plus, VANDNOT(VSLL64(d, Lf - 1), tie));
+                                }
+                            }
+                            if (64 * j + 64 > c1) { /* the word's fields past the tap's channels hold no leaf */
+                                const int live = c1 - 64 * j;
+                                plus = VAND(plus, VBCAST(live >= 64 ? ~0ULL : (1ULL << live) - 1));
+                            }
+                            if (j == 0) f0 = VAND(VSRL64(plus, Lf - 1), one); /* leaf 0 votes +1 */
+                            pl = VPOPACC(pl, plus);
+                        }
+                        VSTORE(cnt + ((size_t)t * 2) * 8, VFLUSH(VZERO(), pl));
+                        VSTORE(cnt + ((size_t)t * 2 + 1) * 8, f0);
+                    }
+                    /* taps and root on 8 int32 lanes */
+                    const __m256i z = _mm256_setzero_si256(), o1 = _mm256_set1_epi32(1), nd = _mm256_set1_epi32(nodes);
+                    __m256i S = z, F = z;
+                    int nv = 0;
+                    for (int t = 0; t < T; t++) {
+                        if (!tp[t]) continue; /* abstains */
+                        const __m256i st = _mm256_sub_epi32(_mm256_slli_epi32(BV_LD8(cnt + ((size_t)t * 2) * 8), 1), nd);
+                        const __m256i ft = _mm256_sub_epi32(_mm256_slli_epi32(BV_LD8(cnt + ((size_t)t * 2 + 1) * 8), 1), o1);
+                        const __m256i v = FN(vvote)(st, o1, ft, t1, 0);
+                        if (nv++ == 0) F = v;
+                        S = _mm256_add_epi32(S, v);
+                    }
+                    const __m256i r = FN(vvote)(S, _mm256_set1_epi32(nv), F, t2, 1);
+                    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+                    if (nl == 8 && FN(vemit)(p, pix, o0, r)) continue;
+                    int32_t rr[8];
+                    _mm256_storeu_si256((__m256i *)rr, r);
+                    FN(emit8)(p, pix, n, rem, o0, nl, rr);
                 }
-            pos += g[k];
-            if (li == last && p->root_p) {
-                for (int q = 0; q < 8; q++) r[q] = s[q];
-                return;
             }
-            for (int q = 0; q < 8; q++) vb[k * 8 + q] = bv_vote(s[q], c[q], f[q], tie, li == last);
         }
-        g += p->lev_nodes[li];
-        int32_t *t = va; va = vb; vb = t;
+        free(tp); free(cnt);
     }
-    for (int q = 0; q < 8; q++) r[q] = va[q];
-}
-
-/* bv_post on nl consecutive floats (channels o0.., element index i0..) */
-static inline void FN(post8)(const bv_conv_t *p, size_t i0, int o0, int nl, float *q)
-{
-    if (p->post & 1) {
-        const float *res = p->res + i0;
-        for (int l = 0; l < nl; l++) q[l] = q[l] + res[l];
-    }
-    if (p->post & 2) {
-        const float *si = p->si + o0, *pw = p->pw + o0, *so = p->so + o0;
-        for (int l = 0; l < nl; l++) {
-            const float v = q[l] + si[l];
-            q[l] = (v > 0.0f ? v : pw[l] * v) + so[l];
-        }
-    }
-}
-
-/* Emit 8 lanes (channels o0 .. o0+nl-1) of output pixel pix. */
-static inline void FN(emit8)(const bv_conv_t *p, long pix, int n, int rem, int o0, int nl, const int32_t *r)
-{
-    switch (p->outmode) {
-    case BV_OUT_INT: {
-        int32_t *q = (int32_t *)p->out + ((size_t)n * p->Co + o0) * (size_t)(p->Ho * p->Wo) + rem;
-        for (int l = 0; l < nl; l++) q[(size_t)l * p->Ho * p->Wo] = r[l];
-        break;
-    }
-    case BV_OUT_AFFINE:
-    case BV_OUT_SELECT: { /* computed locally, then stored: the output may be the residual itself */
-        float *q = (float *)p->out + (size_t)pix * p->Co + o0, v[8];
-        const float *a = p->a + o0, *b = p->b + o0;
-        if (p->outmode == BV_OUT_AFFINE)
-            for (int l = 0; l < nl; l++) v[l] = (float)r[l] * a[l] + b[l];
-        else
-            for (int l = 0; l < nl; l++) v[l] = r[l] > 0 ? a[l] : b[l];
-        if (p->post) FN(post8)(p, (size_t)pix * p->Co + o0, o0, nl, v);
-        for (int l = 0; l < nl; l++) q[l] = v[l];
-        break;
-    }
-    default: {
-        const int32_t *thr = p->thr + o0, *dir = p->dir + o0;
-        unsigned m = 0;
-        for (int l = 0; l < nl; l++) {
-            const int d = dir[l];
-            const unsigned bit = ((d > 0) & (r[l] >= thr[l])) | ((d < 0) & (r[l] <= thr[l])) | ((d == 0) & (thr[l] != 0));
-            m |= bit << l;
-        }
-        ((uint8_t *)p->out)[(size_t)pix * p->Wdo * 8 + o0 / 8] = (uint8_t)m;
-    }
-    }
-}
-
-#ifdef BV_VEPI
-/* The common epilogues on 8 lanes in vector registers (AVX-512 ISAs): popcount (r = s) or a
- * plain MV (r = sign(s), a fixed tie value inline), to affine / select floats (+ the fused
- * residual / RPReLU, same float ops in the same order as bv_post) or bits. Returns 0 where
- * the scalar emit8 must run instead (int output, a 'first' tie in these lanes). */
-static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r);
-static inline int FN(vepi)(const bv_conv_t *p, long pix, int o0, int32_t cn, const uint64_t *mm, int vote)
-{
-    const __m256i z = _mm256_setzero_si256();
-    const __m256i s = _mm256_sub_epi32(_mm256_set1_epi32(cn),
-                                       _mm256_slli_epi32(_mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)mm)), 1));
-    __m256i r = s;
-    if (vote) { /* sign(s); a tie takes the fixed tie value (+1/-1); 'first' ties go to emit8 */
-        const __m256i tie = _mm256_cmpeq_epi32(s, z);
-        const int tv = p->lev_tie[0];
-        if (_mm256_movemask_epi8(tie) && (tv == 0 || cn == 0)) return 0;
-        r = _mm256_blendv_epi8(_mm256_set1_epi32(-1), _mm256_set1_epi32(1), _mm256_cmpgt_epi32(s, z));
-        r = _mm256_blendv_epi8(r, _mm256_set1_epi32(tv), tie);
-    }
-    return FN(vemit)(p, pix, o0, r);
-}
-
-/* HMV `tap` (one leaf per tap, one root over all taps) with fixed tie values (+1/-1) at both
- * levels, on 8 lanes: a zero-padded tap abstains, a tap's tie takes tie0, the root's tie1.
- * mm: this block's mismatches of tap t at mm[t * stride]. Returns 0 where emit8 must run. */
-static inline int FN(vtap)(const bv_conv_t *p, long pix, int o0, int T, const int32_t *lcnt, const uint64_t *mm,
-                           size_t stride)
-{
-    if (p->nlev != 2 || p->root_p || p->L != T || p->lev_nodes[1] != 1 || p->lev_tie[0] == 0 || p->lev_tie[1] == 0)
-        return 0;
-    const __m256i z = _mm256_setzero_si256(), one = _mm256_set1_epi32(1), mone = _mm256_set1_epi32(-1);
-    const __m256i t0 = _mm256_set1_epi32(p->lev_tie[0]);
-    __m256i S = z;
-    for (int t = 0; t < T; t++) {
-        if (lcnt[t] == 0) continue; /* abstains */
-        const __m256i m = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm + (size_t)t * stride)));
-        const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(lcnt[t]), _mm256_slli_epi32(m, 1));
-        __m256i v = _mm256_blendv_epi8(mone, one, _mm256_cmpgt_epi32(sv, z));
-        v = _mm256_blendv_epi8(v, t0, _mm256_cmpeq_epi32(sv, z));
-        S = _mm256_add_epi32(S, v);
-    }
-    __m256i r = _mm256_blendv_epi8(mone, one, _mm256_cmpgt_epi32(S, z));
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(p->lev_tie[1]), _mm256_cmpeq_epi32(S, z));
-    return FN(vemit)(p, pix, o0, r);
-}
-
-/* r (8 lanes) to the float / bit output, with the fused residual and RPReLU. */
-static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r)
-{
-    const __m256i z = _mm256_setzero_si256();
-    __m256 v;
-    switch (p->outmode) {
-    case BV_OUT_AFFINE:
-        v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(r), _mm256_loadu_ps(p->a + o0)), _mm256_loadu_ps(p->b + o0));
-        break;
-    case BV_OUT_SELECT:
-        v = _mm256_blendv_ps(_mm256_loadu_ps(p->b + o0), _mm256_loadu_ps(p->a + o0),
-                             _mm256_castsi256_ps(_mm256_cmpgt_epi32(r, z)));
-        break;
-    case BV_OUT_BITS: {
-        const __m256i thr = _mm256_loadu_si256((const __m256i *)(p->thr + o0));
-        const __m256i d = _mm256_loadu_si256((const __m256i *)(p->dir + o0));
-        const __m256i ge = _mm256_andnot_si256(_mm256_cmpgt_epi32(thr, r), _mm256_cmpgt_epi32(d, z));
-        const __m256i le = _mm256_andnot_si256(_mm256_cmpgt_epi32(r, thr), _mm256_cmpgt_epi32(z, d));
-        const __m256i cst = _mm256_andnot_si256(_mm256_cmpeq_epi32(thr, z), _mm256_cmpeq_epi32(d, z));
-        const int m = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_or_si256(_mm256_or_si256(ge, le), cst)));
-        ((uint8_t *)p->out)[(size_t)pix * p->Wdo * 8 + o0 / 8] = (uint8_t)m;
-        return 1;
-    }
-    default:
-        return 0;
-    }
-    const size_t i0 = (size_t)pix * p->Co + o0;
-    if (p->post & 1) v = _mm256_add_ps(v, _mm256_loadu_ps(p->res + i0));
-    if (p->post & 2) {
-        v = _mm256_add_ps(v, _mm256_loadu_ps(p->si + o0));
-        const __m256 pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
-        v = _mm256_blendv_ps(_mm256_mul_ps(_mm256_loadu_ps(p->pw + o0), v), v, pos);
-        v = _mm256_add_ps(v, _mm256_loadu_ps(p->so + o0));
-    }
-    _mm256_storeu_ps((float *)p->out + i0, v);
-    return 1;
+    return failed ? -1 : 0;
 }
 #endif
 
@@ -452,10 +766,15 @@ static int FN(conv_dense)(const bv_conv_t *p)
     const int pertap = p->kind == BV_KIND_TAP_LEAVES, LT = pertap ? T : 1;
     const long npix = (long)p->N * HoWo;
     const int need_first = p->voter && p->lev_tie[0] == 0;
-    const int mv1 = p->voter && !pertap && p->nlev == 1; /* a plain MV: vote = sign, tie rule */
+    const int mv1 = p->voter && !pertap && p->nlev == 1 && !p->root_p; /* a plain MV: vote = sign, tie rule */
     const int C = p->leaf_size[0] / (pertap ? 1 : T); /* channels: leaf sizes are C*T or C */
     const size_t ws = (size_t)T * Wd * 8;             /* words of one channel block */
+    const int NW = T * Wd;
+#ifdef BV_CB9MAX /* the 9-word tile holds no per-block arrays: it may sweep more blocks per loaded pixel */
+    int CB = NW == 9 && !pertap && p->wpc ? BV_CB9MAX : BV_CBMAX;
+#else
     int CB = BV_CBMAX;
+#endif
     while (CB > 1 && (CB > Cob || (size_t)CB * ws * 8 > BV_WGROUP_BYTES)) CB /= 2;
     /* a work item's channel group: G >= CB blocks whose weights stay in L1 (<= BV_GROUP_BYTES),
      * swept in register tiles of CB, so a pixel's setup (taps, borders) is paid once per G */
@@ -467,7 +786,6 @@ static int FN(conv_dense)(const bv_conv_t *p)
     while (PT > 1 && (long)ncg * ((npix + PT - 1) / PT) < 4L * nth) PT /= 2;
     const long npt = (npix + PT - 1) / PT, nitems = (long)ncg * npt;
     const int bytes_out = p->outmode == BV_OUT_BITS ? p->Wdo * 8 : 0;
-    const int NW = T * Wd;
 #ifdef BV_FLAT
     /* one leaf whose pixel words are read as a flat stream (xb[xo[k]], zero words for zero-padded
      * taps, corrected below): the 9-word tile, or Harley-Seal (nibble ISA, up to 248 words) */
@@ -476,6 +794,15 @@ static int FN(conv_dense)(const bv_conv_t *p)
 #else
     const int flat = !pertap && p->wpc && NW == 9;
 #endif
+#endif
+#ifdef BV_VEPI
+    /* 'first' ties at channel 0 of a tap: the weight signs there, (block, tap, lane) */
+    int32_t *wsg = malloc((size_t)Cob * T * 8 * sizeof(int32_t));
+    if (!wsg) return -1;
+    for (int cb = 0; cb < Cob; cb++)
+        for (int t = 0; t < T; t++)
+            for (int q = 0; q < 8; q++)
+                wsg[((size_t)cb * T + t) * 8 + q] = (p->w[(((size_t)cb * T + t) * Wd) * 8 + q] & 1) ? 1 : -1;
 #endif
     int failed = 0;
 #pragma omp parallel num_threads(nth)
@@ -569,9 +896,12 @@ static int FN(conv_dense)(const bv_conv_t *p)
                         for (int c = 0; c < tcb; c++) {
                             const int o0 = (cbs + c) * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
 #ifdef BV_VEPI
-                            if (nl == 8 && (!p->voter || mv1) && FN(vepi)(p, pix, o0, cnts[0], mism + (size_t)c * 8, p->voter))
+                            if (nl == 8 && (!p->voter || mv1) &&
+                                FN(vepi)(p, pix, o0, cnts[0], mism + (size_t)c * 8, p->voter, t1 >= 0 ? tp[t1][0] : 0,
+                                         wsg + ((size_t)(cbs + c) * T + (t1 >= 0 ? t1 : 0)) * 8))
                                 continue;
-                            if (nl == 8 && pertap && FN(vtap)(p, pix, o0, T, lcnt, mism + (size_t)c * 8, (size_t)tcb * 8))
+                            if (nl == 8 && pertap &&
+                                FN(vtap)(p, pix, o0, T, lcnt, mism + (size_t)c * 8, (size_t)tcb * 8, tp, wsg + (size_t)(cbs + c) * T * 8))
                                 continue;
 #endif
                             if (!p->voter) {
@@ -607,7 +937,12 @@ static int FN(conv_dense)(const bv_conv_t *p)
                                         for (int q = 0; q < 8; q++)
                                             firsts[l * 8 + q] = t >= 0 && tp[t] ? ((((xw ^ ww[q]) & 1) ? -1 : 1)) : 0;
                                     }
+#ifdef BV_VEPI
+                                FN(vreduce8)(p, sums, pertap ? lcnt : cnts, firsts, va, vb, r);
+                                if (nl == 8 && FN(vemit)(p, pix, o0, _mm256_loadu_si256((const __m256i *)r))) continue;
+#else
                                 FN(reduce8)(p, sums, pertap ? lcnt : cnts, firsts, va, vb, r);
+#endif
                             }
                             FN(emit8)(p, pix, n, rem, o0, nl, r);
                         }
@@ -620,5 +955,29 @@ static int FN(conv_dense)(const bv_conv_t *p)
         }
         free(tp); free(toff); free(mism); free(buf); free(xo_full); free(xv);
     }
+#ifdef BV_VEPI
+    free(wsg);
+#endif
     return failed ? -1 : 0;
+}
+
+/* Peak probe: the XOR + popcount inner loop of the dense kernel (FN(tile), BV_CBMAX blocks
+ * of 8 channels against 16 input words) on L1-resident data, nothing else: what this ISA's
+ * popcount can do at best. Returns the binary MACs done (iters * CB * 8 * 16 * 64). */
+static double FN(peak_xorpop)(long iters)
+{
+    enum { NWP = 16 };
+    uint64_t w[BV_CBMAX * NWP * 8], x[NWP], mism[BV_CBMAX * 8];
+    for (int i = 0; i < BV_CBMAX * NWP * 8; i++) w[i] = 0x9E3779B97F4A7C15ULL * (uint64_t)(i + 1);
+    for (int i = 0; i < NWP; i++) x[i] = 0xD1B54A32D192ED03ULL * (uint64_t)(i + 7);
+    const uint64_t *tp[1] = {x};
+    uint64_t sink = 0;
+    for (long it = 0; it < iters; it++) {
+        FN(tile)(tp, 1, NWP, w, (size_t)NWP * 8, BV_CBMAX, 0, mism);
+        x[it % NWP] ^= mism[0]; /* a dependency through memory: the loop cannot be hoisted */
+        for (int i = 0; i < BV_CBMAX * 8; i++) sink += mism[i] << (i & 7); /* every lane is live */
+    }
+    volatile uint64_t keep = sink;
+    (void)keep;
+    return (double)iters * BV_CBMAX * 8 * NWP * 64;
 }

@@ -1,5 +1,5 @@
 /* bitvote packed CPU kernels: XNOR/popcount convolution with fused popcount, vote and
- * threshold epilogues, and the float -> bit packer (docs/engine.md, SPEC.md).
+ * threshold epilogues (docs/engine.md, SPEC.md).
  *
  * Layouts: activations (N, H, W, Wd) uint64, bit c%64 of word c/64 is channel c (1 = +1);
  * bits past C are 0. Weights (Co/8, T, Wd, 8): 8 output channels per vector, tap-major.
@@ -7,15 +7,16 @@
  * voter leaf; any leaf layout (tap- or channel-major, even or not) is a list of segments,
  * sorted by leaf. Popcount and MV have one leaf. The kernel counts mismatches per leaf,
  * s = valid - 2 * mismatches, then the voter levels (bv_reduce) and the epilogue (bv_emit).
- * Built at first use and cached by bitvote/engine/build.py. */
+ * The packer is pack.c. Built at first use and cached by bitvote/engine/build.py. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
 #include <immintrin.h>
 
+#include "isa.h"
+
 enum { BV_OUT_INT = 0, BV_OUT_AFFINE = 1, BV_OUT_SELECT = 2, BV_OUT_BITS = 3 };
-enum { BV_ISA_PORTABLE = 0, BV_ISA_AVX2 = 1, BV_ISA_AVX512BW = 2, BV_ISA_AVX512POPCNT = 3 };
 
 typedef struct {
     const uint64_t *x;
@@ -60,9 +61,10 @@ static inline float bv_post(const bv_conv_t *p, size_t i, int o, float v)
     return v;
 }
 
-/* Leaf layouts with a dense kernel: one leaf of every term (popcount, MV), or one leaf per
- * tap holding all its channels (HMV `tap`). Anything else runs on the segment kernel. */
-enum { BV_KIND_SEGMENTS = 0, BV_KIND_ONE_LEAF = 1, BV_KIND_TAP_LEAVES = 2 };
+/* Leaf layouts with a dense kernel: one leaf of every term (popcount, MV), one leaf per
+ * tap holding all its channels (HMV `tap`), or tap-major leaves of L = 2..32 channels
+ * (`tap,leaf=L`: conv_fields on the vector ISAs). Anything else runs on the segment kernel. */
+enum { BV_KIND_SEGMENTS = 0, BV_KIND_ONE_LEAF = 1, BV_KIND_TAP_LEAVES = 2, BV_KIND_FIELDS = 3 };
 
 /* One majority voter (SPEC.md): s > 0 -> +1, s < 0 -> -1; no valid input -> abstain (0),
  * or the tie value at the root (+1 under 'first'); else the tie rule. */
@@ -78,7 +80,7 @@ static int bv_reduce(const bv_conv_t *p, const int32_t *sums, const int32_t *cnt
                      const int32_t *firsts, int32_t *va, int32_t *vb)
 {
     const int last = p->nlev - 1;
-    if (last == 0) return bv_vote(sums[0], cnts[0], firsts[0], p->lev_tie[0], 1);
+    if (last == 0) return p->root_p ? sums[0] : bv_vote(sums[0], cnts[0], firsts[0], p->lev_tie[0], 1); /* P(M<n>): the sum */
     for (int l = 0; l < p->L; l++) va[l] = bv_vote(sums[l], cnts[l], firsts[l], p->lev_tie[0], 0);
     const int32_t *g = p->lev_groups;
     for (int li = 1; li <= last; li++) {
@@ -198,7 +200,67 @@ static inline bv_a2 a2_flush(bv_a2 a, bv_a2 b)
     a.hi = _mm256_add_epi64(a.hi, _mm256_sad_epu8(b.hi, _mm256_setzero_si256()));
     return a;
 }
-#define FN(name) name##_avx2
+static inline bv_a2 a2_or(bv_a2 a, bv_a2 b) { a.lo = _mm256_or_si256(a.lo, b.lo); a.hi = _mm256_or_si256(a.hi, b.hi); return a; }
+static inline bv_a2 a2_andnot(bv_a2 a, bv_a2 b) { a.lo = _mm256_andnot_si256(a.lo, b.lo); a.hi = _mm256_andnot_si256(a.hi, b.hi); return a; }
+static inline bv_a2 a2_add64(bv_a2 a, bv_a2 b) { a.lo = _mm256_add_epi64(a.lo, b.lo); a.hi = _mm256_add_epi64(a.hi, b.hi); return a; }
+static inline bv_a2 a2_sub64(bv_a2 a, bv_a2 b) { a.lo = _mm256_sub_epi64(a.lo, b.lo); a.hi = _mm256_sub_epi64(a.hi, b.hi); return a; }
+static inline bv_a2 a2_srl64(bv_a2 a, int n) { const __m128i c = _mm_cvtsi32_si128(n); a.lo = _mm256_srl_epi64(a.lo, c); a.hi = _mm256_srl_epi64(a.hi, c); return a; }
+static inline bv_a2 a2_sll64(bv_a2 a, int n) { const __m128i c = _mm_cvtsi32_si128(n); a.lo = _mm256_sll_epi64(a.lo, c); a.hi = _mm256_sll_epi64(a.hi, c); return a; }
+/* 8 uint64 lanes (counts < 2^31) -> 8 int32 lanes: the vector epilogues' input */
+static inline __m256i a2_ld8(const uint64_t *q)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    const __m256i a = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)q), idx);
+    const __m256i b = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(q + 4)), idx);
+    return _mm256_blend_epi32(a, b, 0xF0);
+}
+/* bit `bit` of x ^ w8[q] for the 8 lanes, as 8 int32 lanes of 0 / 1 */
+static inline __m256i a2_first8(uint64_t x, const uint64_t *w8, int bit)
+{
+    const __m256i xb = _mm256_set1_epi64x((long long)x), one = _mm256_set1_epi64x(1);
+    const __m128i sh = _mm_cvtsi32_si128(bit);
+    const __m256i lo = _mm256_and_si256(_mm256_srl_epi64(_mm256_xor_si256(xb, _mm256_loadu_si256((const __m256i *)w8)), sh), one);
+    const __m256i hi = _mm256_and_si256(_mm256_srl_epi64(_mm256_xor_si256(xb, _mm256_loadu_si256((const __m256i *)(w8 + 4))), sh), one);
+    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    return _mm256_blend_epi32(_mm256_permutevar8x32_epi32(lo, idx), _mm256_permutevar8x32_epi32(hi, idx), 0xF0);
+}
+/* nibble counts through a weighted table (byte lanes), for the Harley-Seal folds */
+static inline __m256i a2_pcw(__m256i v, __m256i lut)
+{
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, m)),
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m)));
+}
+#define A2_LUT(k) _mm256_setr_epi8(0, k, k, 2 * k, k, 2 * k, 2 * k, 3 * k, k, 2 * k, 2 * k, 3 * k, 2 * k, 3 * k, 3 * k, 4 * k, \
+                                   0, k, k, 2 * k, k, 2 * k, 2 * k, 3 * k, k, 2 * k, 2 * k, 3 * k, 2 * k, 3 * k, 3 * k, 4 * k)
+static inline __m256i a2_hsfold1(__m256i o1, __m256i o2, __m256i o4, __m256i a8, __m256i rs)
+{
+    const __m256i by = _mm256_add_epi8(_mm256_add_epi8(a2_pcw(o1, A2_LUT(1)), a2_pcw(o2, A2_LUT(2))),
+                                       _mm256_add_epi8(a2_pcw(o4, A2_LUT(4)), rs));
+    const __m256i z = _mm256_setzero_si256();
+    return _mm256_add_epi64(_mm256_sad_epu8(by, z), _mm256_slli_epi64(_mm256_sad_epu8(a8, z), 3));
+}
+/* ones + 2 twos + 4 fours + rest (byte lanes) + 8 * eights, as in z_hsfold */
+static inline bv_a2 a2_hsfold(bv_a2 o1, bv_a2 o2, bv_a2 o4, bv_a2 a8, bv_a2 rs)
+{
+    bv_a2 r = {a2_hsfold1(o1.lo, o2.lo, o4.lo, a8.lo, rs.lo), a2_hsfold1(o1.hi, o2.hi, o4.hi, a8.hi, rs.hi)};
+    return r;
+}
+static inline __m256i a2_hs9fold1(__m256i o1, __m256i o2, __m256i o4, __m256i o8)
+{
+    const __m256i by = _mm256_add_epi8(_mm256_add_epi8(a2_pcw(o1, A2_LUT(1)), a2_pcw(o2, A2_LUT(2))),
+                                       _mm256_add_epi8(a2_pcw(o4, A2_LUT(4)), a2_pcw(o8, A2_LUT(8))));
+    return _mm256_sad_epu8(by, _mm256_setzero_si256());
+}
+/* ones + 2 twos + 4 fours + 8 eights of a 9-word tree, as in z_hs9fold */
+static inline bv_a2 a2_hs9fold(bv_a2 o1, bv_a2 o2, bv_a2 o4, bv_a2 o8)
+{
+    bv_a2 r = {a2_hs9fold1(o1.lo, o2.lo, o4.lo, o8.lo), a2_hs9fold1(o1.hi, o2.hi, o4.hi, o8.hi)};
+    return r;
+}
+/* The AVX2 kernels before the carry-save trees and vector epilogues (BITVOTE_KERNEL=v0 /
+ * bv_set_kernel(0)): kept so a benchmark times both in one process. */
+#define FN(name) name##_avx2v0
 #define VT bv_a2
 #define VZERO a2_zero
 #define VLOAD a2_load
@@ -225,6 +287,66 @@ static inline bv_a2 a2_flush(bv_a2 a, bv_a2 b)
 #undef VAND
 #undef VPOPADD
 #undef VSTORE
+/* AVX2 proper: carry-save trees (three-input sums from xor/and/or), vector epilogues */
+#define FN(name) name##_avx2
+#define BV_VEPI 1
+#define BV_LD8 a2_ld8
+#define BV_FIRST8 a2_first8
+#define VOR a2_or
+#define VANDNOT a2_andnot
+#define VADD64 a2_add64
+#define VSUB64 a2_sub64
+#define VSRL64 a2_srl64
+#define VSLL64 a2_sll64
+#define BV_HS9 1
+#define BV_CSA(s, cy, a, b, c) do { const bv_a2 a_ = (a), b_ = (b), c_ = (c), u_ = a2_xor(a_, b_); \
+        (cy) = a2_or(a2_and(a_, b_), a2_and(u_, c_)); (s) = a2_xor(u_, c_); } while (0)
+#define BV_PC8ADD a2_popacc
+#define BV_HSFOLD a2_hsfold
+#define BV_HS9FOLD a2_hs9fold
+#define VT bv_a2
+#define VZERO a2_zero
+#define VLOAD a2_load
+#define VBCAST a2_bcast
+#define VXOR a2_xor
+#define VAND a2_and
+#define VPOPADD a2_popadd
+#define VSTORE a2_store
+#define VPOPACC a2_popacc
+#define VFLUSH a2_flush
+#define BV_CHUNK 31
+#define BV_CBMAX 4
+#define BV_CB9MAX 8
+#include "kbody.h"
+#undef VPOPACC
+#undef VFLUSH
+#undef BV_CHUNK
+#undef BV_CBMAX
+#undef FN
+#undef VT
+#undef VZERO
+#undef VLOAD
+#undef VBCAST
+#undef VXOR
+#undef VAND
+#undef VPOPADD
+#undef VSTORE
+#undef BV_VEPI
+#undef BV_LD8
+#undef BV_FIRST8
+#undef VOR
+#undef VANDNOT
+#undef VADD64
+#undef VSUB64
+#undef VSRL64
+#undef VSLL64
+#undef BV_HS9
+#undef BV_CSA
+#undef BV_PC8ADD
+#undef BV_HSFOLD
+#undef BV_HS9FOLD
+#undef BV_CB9MAX
+#undef BV_FLAT
 #pragma GCC pop_options
 
 /* ---- AVX-512BW: one zmm, nibble-table popcount (vpshufb) + vpsadbw ---- */
@@ -267,6 +389,15 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 /* Harley-Seal: carry-save adders (sum = a^b^c, carry = majority) as vpternlogq */
 #define BV_HS 1
 #define BV_VEPI 1
+#define BV_LD8(mm) _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm)))
+#define BV_FIRST8(x, w8, bit) _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srl_epi64(_mm512_xor_si512(_mm512_set1_epi64((long long)(x)), \
+        _mm512_loadu_si512((const void *)(w8))), _mm_cvtsi32_si128(bit)), _mm512_set1_epi64(1)))
+#define VOR _mm512_or_si512
+#define VANDNOT _mm512_andnot_si512
+#define VADD64 _mm512_add_epi64
+#define VSUB64 _mm512_sub_epi64
+#define VSRL64(v, n) _mm512_srl_epi64((v), _mm_cvtsi32_si128(n))
+#define VSLL64(v, n) _mm512_sll_epi64((v), _mm_cvtsi32_si128(n))
 #define BV_CSA(s, cy, a, b, c) do { const __m512i a_ = (a), b_ = (b), c_ = (c); \
         (cy) = _mm512_ternarylogic_epi64(a_, b_, c_, 0xE8); (s) = _mm512_ternarylogic_epi64(a_, b_, c_, 0x96); } while (0)
 #define BV_PC8ADD z_popacc
@@ -303,6 +434,14 @@ static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
 #include "kbody.h"
 #undef BV_HS
 #undef BV_VEPI
+#undef BV_LD8
+#undef BV_FIRST8
+#undef VOR
+#undef VANDNOT
+#undef VADD64
+#undef VSUB64
+#undef VSRL64
+#undef VSLL64
 #undef BV_CSA
 #undef BV_PC8ADD
 #undef BV_HSFOLD
@@ -327,10 +466,27 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #define VFLUSH _mm512_add_epi64
 #define BV_CHUNK (1 << 30)
 #define BV_VEPI 1
+#define BV_LD8(mm) _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm)))
+#define BV_FIRST8(x, w8, bit) _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srl_epi64(_mm512_xor_si512(_mm512_set1_epi64((long long)(x)), \
+        _mm512_loadu_si512((const void *)(w8))), _mm_cvtsi32_si128(bit)), _mm512_set1_epi64(1)))
+#define VOR _mm512_or_si512
+#define VANDNOT _mm512_andnot_si512
+#define VADD64 _mm512_add_epi64
+#define VSUB64 _mm512_sub_epi64
+#define VSRL64(v, n) _mm512_srl_epi64((v), _mm_cvtsi32_si128(n))
+#define VSLL64(v, n) _mm512_sll_epi64((v), _mm_cvtsi32_si128(n))
 #define BV_POP9 1
 #define BV_ADD64 _mm512_add_epi64
 #include "kbody.h"
 #undef BV_VEPI
+#undef BV_LD8
+#undef BV_FIRST8
+#undef VOR
+#undef VANDNOT
+#undef VADD64
+#undef VSUB64
+#undef VSRL64
+#undef VSLL64
 #undef BV_POP9
 #undef BV_ADD64
 #undef BV_FLAT
@@ -349,6 +505,154 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #undef VSTORE
 #pragma GCC pop_options
 #endif
+
+/* Which AVX2 kernels run: 1 (default) the current ones, 0 the earlier ones (byte-lane
+ * popcount tiles, scalar epilogues), so a benchmark can time both in one process. */
+static int bv_kernel_version = 1;
+int bv_set_kernel(int v) { const int old = bv_kernel_version; bv_kernel_version = v; return old; }
+
+/* ---- peak probes: what this CPU's vector units do at best, for the benchmark's "% of peak" ----
+ * Independent accumulators in registers, nothing from memory: fp32 FMA (AVX-512F or AVX2+FMA)
+ * and int8 dot products (VNNI vpdpbusd on 512 or 256 bits where present, else AVX2's
+ * vpmaddubsw + vpmaddwd + vpaddd, the sequence fbgemm's AVX2 kernels use). Each returns the
+ * multiply-accumulates done. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+static double bv_peak_fma_avx2(long iters)
+{
+    __m256 a[10], m = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < 10; i++) a[i] = _mm256_set1_ps((float)i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 10; i++) a[i] = _mm256_fmadd_ps(a[i], m, b);
+    float out[8];
+    __m256 t = a[0];
+    for (int i = 1; i < 10; i++) t = _mm256_add_ps(t, a[i]);
+    _mm256_storeu_ps(out, t);
+    volatile float keep = out[0];
+    (void)keep;
+    return (double)iters * 10 * 8;
+}
+static double bv_peak_int8_avx2(long iters)
+{
+    const __m256i s = _mm256_set1_epi8(-2);
+    __m256i u0 = _mm256_set1_epi8(3), u1 = _mm256_set1_epi8(4), u2 = _mm256_set1_epi8(5), u3 = _mm256_set1_epi8(6);
+    __m256i u4 = _mm256_set1_epi8(7), u5 = _mm256_set1_epi8(8);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
+    for (long it = 0; it < iters; it++) {
+        /* opaque each round (no instruction): the products cannot be hoisted out of the loop */
+        __asm__ volatile("" : "+x"(u0), "+x"(u1), "+x"(u2), "+x"(u3), "+x"(u4), "+x"(u5));
+        a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(u0, s));
+        a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(u1, s));
+        a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(u2, s));
+        a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(u3, s));
+        a4 = _mm256_add_epi16(a4, _mm256_maddubs_epi16(u4, s));
+        a5 = _mm256_add_epi16(a5, _mm256_maddubs_epi16(u5, s));
+    }
+    const __m256i t = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(a0, a1), _mm256_add_epi16(a2, a3)), _mm256_add_epi16(a4, a5));
+    volatile int keep = _mm256_extract_epi32(t, 0);
+    (void)keep;
+    return (double)iters * 6 * 32;
+}
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,avxvnni")
+static double bv_peak_int8_avxvnni(long iters)
+{
+    __m256i acc[10];
+    const __m256i u = _mm256_set1_epi8(3), s = _mm256_set1_epi8(-2);
+    for (int i = 0; i < 10; i++) acc[i] = _mm256_set1_epi32(i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 10; i++) acc[i] = _mm256_dpbusd_avx_epi32(acc[i], u, s);
+    __m256i t = acc[0];
+    for (int i = 1; i < 10; i++) t = _mm256_add_epi32(t, acc[i]);
+    volatile int keep = _mm256_extract_epi32(t, 0);
+    (void)keep;
+    return (double)iters * 10 * 32;
+}
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vnni")
+static double bv_peak_fma_avx512(long iters)
+{
+    __m512 a[12], m = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], m, b);
+    __m512 t = a[0];
+    for (int i = 1; i < 12; i++) t = _mm512_add_ps(t, a[i]);
+    volatile float keep = _mm512_reduce_add_ps(t);
+    (void)keep;
+    return (double)iters * 12 * 16;
+}
+static double bv_peak_int8_avx512vnni(long iters)
+{
+    __m512i acc[12];
+    const __m512i u = _mm512_set1_epi8(3), s = _mm512_set1_epi8(-2);
+    for (int i = 0; i < 12; i++) acc[i] = _mm512_set1_epi32(i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], u, s);
+    __m512i t = acc[0];
+    for (int i = 1; i < 12; i++) t = _mm512_add_epi32(t, acc[i]);
+    volatile int keep = _mm512_reduce_add_epi32(t);
+    (void)keep;
+    return (double)iters * 12 * 64;
+}
+#pragma GCC pop_options
+#endif
+
+/* Which int8 dot product the probe uses: 0 none, 1 AVX2 (vpmaddubsw), 2 AVX-VNNI, 3 AVX-512 VNNI. */
+int bv_int8_kind(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) return 3;
+    if (__builtin_cpu_supports("avxvnni")) return 2;
+    if (__builtin_cpu_supports("avx2")) return 1;
+#endif
+    return 0;
+}
+
+static double bv_peak1(int which, int isa, long iters)
+{
+    switch (which) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case 0:
+        switch (isa) {
+        case BV_ISA_AVX512POPCNT: return peak_xorpop_avx512popcnt(iters);
+        case BV_ISA_AVX512BW: return peak_xorpop_avx512bw(iters);
+        case BV_ISA_AVX2: return bv_kernel_version ? peak_xorpop_avx2(iters) : peak_xorpop_avx2v0(iters);
+        default: return peak_xorpop_portable(iters);
+        }
+    case 1:
+        if (__builtin_cpu_supports("avx512f")) return bv_peak_fma_avx512(iters);
+        if (__builtin_cpu_supports("fma")) return bv_peak_fma_avx2(iters);
+        return 0;
+    case 2:
+        switch (bv_int8_kind()) {
+        case 3: return bv_peak_int8_avx512vnni(iters);
+        case 2: return bv_peak_int8_avxvnni(iters);
+        case 1: return bv_peak_int8_avx2(iters);
+        default: return 0;
+        }
+#else
+    case 0: return peak_xorpop_portable(iters);
+#endif
+    default: return 0;
+    }
+}
+
+/* Peak probe ``which`` (0 XOR+popcount on ``isa``, 1 fp32 FMA, 2 int8 dot products), iters
+ * per thread on nthreads threads; returns the MACs done (0: this CPU has no such unit). */
+double bv_peak(int which, int isa, long iters, int nthreads)
+{
+    const int best = bv_best_isa();
+    if (isa < 0 || isa > best) isa = best;
+    double total = 0;
+#pragma omp parallel num_threads(nthreads > 0 ? nthreads : 1) reduction(+ : total)
+    total += bv_peak1(which, isa, iters);
+    return total;
+}
 
 /* Best ISA this CPU runs (what -1 picks). */
 int bv_best_isa(void)
@@ -374,154 +678,14 @@ int bv_conv(const bv_conv_t *p, int isa)
     if (isa > best) return -2;
     switch (isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    case BV_ISA_AVX512POPCNT: return p->kind ? conv_dense_avx512popcnt(p) : conv_avx512popcnt(p);
-    case BV_ISA_AVX512BW: return p->kind ? conv_dense_avx512bw(p) : conv_avx512bw(p);
-    case BV_ISA_AVX2: return p->kind ? conv_dense_avx2(p) : conv_avx2(p);
+    case BV_ISA_AVX2:
+        if (bv_kernel_version == 0) return p->kind == 1 || p->kind == 2 ? conv_dense_avx2v0(p) : conv_avx2v0(p);
+        return p->kind == BV_KIND_FIELDS ? conv_fields_avx2(p) : p->kind ? conv_dense_avx2(p) : conv_avx2(p);
+    case BV_ISA_AVX512POPCNT:
+        return p->kind == BV_KIND_FIELDS ? conv_fields_avx512popcnt(p) : p->kind ? conv_dense_avx512popcnt(p) : conv_avx512popcnt(p);
+    case BV_ISA_AVX512BW:
+        return p->kind == BV_KIND_FIELDS ? conv_fields_avx512bw(p) : p->kind ? conv_dense_avx512bw(p) : conv_avx512bw(p);
 #endif
-    default: return p->kind ? conv_dense_portable(p) : conv_portable(p);
+    default: return p->kind == 1 || p->kind == 2 ? conv_dense_portable(p) : conv_portable(p);
     }
-}
-
-/* ---- the packer: real activations -> bits, bit = (x + shift[c]) >= 0 (-0.0 -> 1, NaN flagged) ----
- * Any strides run the portable loop; NCHW rows (sW == 1) and channels-last pixels (sC == 1)
- * have AVX-512 packers: a compare of 16 floats gives a 16-bit mask, which either becomes 16
- * bits of one word (channels-last) or sets bit c in the words of 16 pixels with a masked OR
- * (NCHW), so no float is read twice and no bit is set one at a time. */
-static int bv_pack_portable(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
-                            const float *shift, uint64_t *out, int Wd, int nthreads)
-{
-    int nan = 0;
-#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
-    for (long row = 0; row < (long)N * H; row++) {
-        const int n = (int)(row / H), y = (int)(row % H);
-        uint64_t *o = out + (size_t)row * W * Wd;
-        memset(o, 0, (size_t)W * Wd * 8);
-        for (int c = 0; c < C; c++) {
-            const float *r = x + n * sN + c * sC + y * sH;
-            const int j = c / 64, b = c % 64;
-            if (shift) {
-                const float sh = shift[c];
-                for (int i = 0; i < W; i++) {
-                    const float v = r[i * sW] + sh;
-                    nan |= v != v;
-                    o[(size_t)i * Wd + j] |= (uint64_t)(v >= 0.0f) << b;
-                }
-            } else {
-                for (int i = 0; i < W; i++) {
-                    const float v = r[i * sW];
-                    nan |= v != v;
-                    o[(size_t)i * Wd + j] |= (uint64_t)(v >= 0.0f) << b;
-                }
-            }
-        }
-    }
-    return nan;
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw")
-/* NCHW with contiguous rows: runs of L pixels (a whole plane when rows are contiguous too),
- * in items of up to 64 pixels (4 x 16): each channel's 256 contiguous bytes are read at once,
- * so the 64 channel streams of an item (one page each for 32x32 planes) are visited 4x less often. */
-static int bv_pack_nchw_avx512(const float *x, int N, int C, int H, int W, long sN, long sC, long sH,
-                               const float *shift, uint64_t *out, int Wd, int nthreads)
-{
-    const int plane = sH == W || H == 1;
-    const long nrun = plane ? N : (long)N * H, L = plane ? (long)H * W : W;
-    const long nblk = (L + 63) / 64;
-    int nan = 0;
-#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
-    for (long it = 0; it < nrun * nblk; it++) {
-        const long run = it / nblk, i0 = (it % nblk) * 64;
-        const float *src = plane ? x + run * sN : x + (run / H) * sN + (run % H) * sH;
-        const long pix0 = run * L + i0;
-        const int nu = (int)((L - i0 + 15) / 16 < 4 ? (L - i0 + 15) / 16 : 4);
-        __mmask16 mk[4];
-        for (int u = 0; u < 4; u++) {
-            const long left = L - i0 - 16 * u;
-            mk[u] = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-        }
-        const __m512i idx = _mm512_setr_epi64(0, Wd, 2L * Wd, 3L * Wd, 4L * Wd, 5L * Wd, 6L * Wd, 7L * Wd);
-        __mmask16 bad = 0;
-        for (int j = 0; j < Wd; j++) {
-            __m512i lo[4], hi[4];
-            for (int u = 0; u < 4; u++) { lo[u] = _mm512_setzero_si512(); hi[u] = _mm512_setzero_si512(); }
-            const int c1 = C < 64 * j + 64 ? C : 64 * j + 64;
-            for (int c = 64 * j; c < c1; c++) {
-                const __m512i bit = _mm512_set1_epi64((long long)(1ULL << (c & 63)));
-                const __m512 sh = _mm512_set1_ps(shift ? shift[c] : 0.0f);
-                for (int u = 0; u < 4; u++) { /* constant trip count: lo/hi stay in registers; mk = 0 past the run */
-                    _mm_prefetch((const char *)(src + c * sC + i0 + 64 + 16 * u), _MM_HINT_T0); /* the next item's line */
-                    __m512 v = _mm512_maskz_loadu_ps(mk[u], src + c * sC + i0 + 16 * u);
-                    if (shift) v = _mm512_add_ps(v, sh);
-                    const __mmask16 m = _mm512_mask_cmp_ps_mask(mk[u], v, _mm512_setzero_ps(), _CMP_GE_OQ);
-                    bad |= _mm512_mask_cmp_ps_mask(mk[u], v, v, _CMP_UNORD_Q);
-                    lo[u] = _mm512_mask_or_epi64(lo[u], (__mmask8)m, lo[u], bit);
-                    hi[u] = _mm512_mask_or_epi64(hi[u], (__mmask8)(m >> 8), hi[u], bit);
-                }
-            }
-            for (int u = 0; u < nu; u++) {
-                uint64_t *o = out + (pix0 + 16 * u) * Wd + j;
-                if (Wd == 1) {
-                    _mm512_mask_storeu_epi64(o, (__mmask8)mk[u], lo[u]);
-                    _mm512_mask_storeu_epi64(o + 8, (__mmask8)(mk[u] >> 8), hi[u]);
-                } else {
-                    _mm512_mask_i64scatter_epi64(o, (__mmask8)mk[u], idx, lo[u], 8);
-                    _mm512_mask_i64scatter_epi64(o + 8 * Wd, (__mmask8)(mk[u] >> 8), idx, hi[u], 8);
-                }
-            }
-        }
-        nan |= bad != 0;
-    }
-    return nan;
-}
-
-/* Channels-last (sC == 1): 64 channels of one pixel are 4 compares -> one word. */
-static int bv_pack_nhwc_avx512(const float *x, int N, int C, int H, int W, long sN, long sH, long sW,
-                               const float *shift, uint64_t *out, int Wd, int nthreads)
-{
-    int nan = 0;
-#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
-    for (long row = 0; row < (long)N * H; row++) {
-      const float *srow = x + (row / H) * sN + (row % H) * sH;
-      for (long pix = row * W; pix < (row + 1) * W; pix++) {
-        const float *src = srow + (pix - row * W) * sW;
-        __mmask16 bad = 0;
-        for (int j = 0; j < Wd; j++) {
-            uint64_t word = 0;
-            for (int q = 0; q < 4; q++) {
-                const int c0 = 64 * j + 16 * q;
-                if (c0 >= C) break;
-                const __mmask16 mk = C - c0 >= 16 ? 0xffff : (__mmask16)((1u << (C - c0)) - 1);
-                __m512 v = _mm512_maskz_loadu_ps(mk, src + c0);
-                if (shift) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, shift + c0));
-                word |= (uint64_t)_mm512_mask_cmp_ps_mask(mk, v, _mm512_setzero_ps(), _CMP_GE_OQ) << (16 * q);
-                bad |= _mm512_mask_cmp_ps_mask(mk, v, v, _CMP_UNORD_Q);
-            }
-            out[pix * Wd + j] = word;
-        }
-        nan |= bad != 0;
-      }
-    }
-    return nan;
-}
-#pragma GCC pop_options
-#endif
-
-/* Pack (any strides, NCHW indexing) into (N, H, W, Wd) words; shift may be NULL. isa = -1
- * picks the best. Returns 1 if any value is NaN. */
-int bv_pack(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
-            const float *shift, uint64_t *out, int Wd, int nthreads, int isa)
-{
-    if (isa < 0) isa = bv_best_isa();
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (isa >= BV_ISA_AVX512BW && C > 0) {
-        if (sC == 1)
-            return bv_pack_nhwc_avx512(x, N, C, H, W, sN, sH, sW, shift, out, Wd, nthreads);
-        if (sW == 1)
-            return bv_pack_nchw_avx512(x, N, C, H, W, sN, sC, sH, shift, out, Wd, nthreads);
-    }
-#endif
-    return bv_pack_portable(x, N, C, H, W, sN, sC, sH, sW, shift, out, Wd, nthreads);
 }
