@@ -104,3 +104,13 @@ def test_train_does_not_import_experiments():
     for path in (PKG / "train").glob("*.py"):
         mods = [m for m, _, _ in _imports(path, "bitvote.train")]
         assert not any(m.startswith("bitvote.experiments") for m in mods), path.name
+
+
+def test_no_module_imports_a_private_name():
+    """What another module needs has a public name; an underscore stays inside its module."""
+    bad = []
+    for path in SOURCES:
+        name = _module_name(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        bad += _private_imports(path, package, name)
+    assert not bad, "modules import private names:\n" + "\n".join(bad)
