@@ -199,11 +199,14 @@ def test_conv_groups():
         ("M3(M200, M200, M176)", 576, 9, "M3(M200, M200, M176)"),
         ("M1(M576)", 576, 9, "M576"),
         ("M576(M1)", 576, 9, "M576"),
+        ("P(M1)", 27, 9, "P27(M1)"),
         ("M9(M4(M128))", 4608, 9, "M9(M4(M128))"),
     ],
 )
 def test_resolve(spec, n, taps, text):
-    assert resolve(spec, n, taps).describe() == text
+    h = resolve(spec, n, taps)
+    assert h.describe() == text
+    assert resolve(h.describe(), n, taps) == h  # the canonical text parses back to the same tree
 
 
 @pytest.mark.parametrize(

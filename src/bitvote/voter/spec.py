@@ -310,6 +310,8 @@ def _count(x) -> int:
 
 def _tree_text(h: Hierarchy) -> str:
     # Build nested node texts bottom-up, collapsing runs of identical children.
+    if h.depth == 1 and h.root == "P":  # counts its terms; written as it parses back
+        return f"P{h.levels[0].groups[0]}(M1)"
     texts = [f"M{g}" for g in h.levels[0].groups]
     for li, lv in enumerate(h.levels[1:], start=1):
         kind = h.root if li == h.depth - 1 else "M"
