@@ -32,13 +32,14 @@ __all__ = ["model_from_checkpoint", "layer_units", "count_units", "layer_design"
 
 def model_from_checkpoint(path) -> nn.Module:
     """Rebuild a model from a checkpoint's ``config`` (weights are not needed to count units)."""
-    from ..train.checkpoint import read
+    from ..train.checkpoint import create_from_config, read
 
     cfg = dict(read(path, require=("config",))["config"])
     opts = cfg.pop("options", None) or {}
+    if not isinstance(opts, dict):
+        raise BitvoteError(f"checkpoint {path}: config option 'options' is not a dict")
     cfg.update(opts)
-    name = cfg.pop("name")
-    return models.create(name, **cfg)
+    return create_from_config(cfg, path)
 
 
 def _input_shape(model: nn.Module):
