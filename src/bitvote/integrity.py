@@ -13,6 +13,7 @@ Only torch and numpy here, so every layer (data, train, engine) can use it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 from typing import Tuple
@@ -22,11 +23,12 @@ import torch
 
 from .errors import BitvoteError
 
-__all__ = ["KEY", "digest", "seal", "unseal", "note_unsealed", "array_digest"]
+__all__ = ["KEY", "digest", "seal", "unseal", "note_unsealed", "deferred_notes", "array_digest"]
 
 KEY = "digest"
 _PREFIX = "sha256:"
 _noted = set()
+_pending = None  # a list while the CLI defers notes to the end of a command (see deferred_notes)
 
 
 def _feed(h, v) -> None:
@@ -87,8 +89,29 @@ def unseal(state: dict, path, what: str) -> Tuple[dict, bool]:
 def note_unsealed(path, what: str) -> None:
     """The one-line note for a file without a digest (once per file and process)."""
     key = (what, str(path))
-    if key in _noted:
-        return
-    _noted.add(key)
-    print(f"bitvote: note: {what} {path} carries no digest (not written by this bitvote): "
-          "loaded without an integrity check", file=sys.stderr)
+    line = (f"bitvote: note: {what} {path} carries no digest (not written by this bitvote): "
+            "loaded without an integrity check")
+    if _pending is not None:
+        if key not in _noted and (key, line) not in _pending:
+            _pending.append((key, line))
+    elif key not in _noted:
+        _noted.add(key)
+        print(line, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def deferred_notes():
+    """Collect notes during a command and print them after it, only if it did not fail: a
+    refused input is then exactly one error line, not a note about a file that never loaded."""
+    global _pending
+    outer, _pending = _pending, []
+    notes = _pending
+    try:
+        yield
+    except BaseException:
+        _pending = outer
+        raise
+    _pending = outer
+    for key, line in notes:
+        _noted.add(key)
+        print(line, file=sys.stderr)

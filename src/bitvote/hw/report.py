@@ -40,9 +40,13 @@ def load_results(paths) -> List[dict]:
         if not p.is_file():
             raise BitvoteError(f"results file {str(path)!r} does not exist")
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise BitvoteError(f"results file {str(path)!r} is not JSON: {e.msg} at line {e.lineno}") from None
+        except UnicodeDecodeError as e:
+            raise BitvoteError(f"results file {str(path)!r} is not UTF-8 text (byte {e.start})") from None
+        except RecursionError:
+            raise BitvoteError(f"results file {str(path)!r} nests too deeply to be a results file") from None
         if isinstance(data, dict) and "top1" in data:
             items = [data]
         elif isinstance(data, dict) and isinstance(data.get("rows", data.get("results")), list):

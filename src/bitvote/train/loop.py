@@ -39,6 +39,7 @@ from . import distributed as Dist
 from .kd import distribution_loss
 from .optim import SCHEDULES, lr_at, make_optimizer
 from .progress import Progress, write_csv
+from .resume import resumed_config
 
 __all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint"]
 
@@ -83,16 +84,11 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast on the CPU too (CUDA always trains in bf16); votes stay exact
     compile: bool = False  # torch.compile the model (worth it on CUDA; slow to start on the CPU)
     stop_after_steps: int = 0  # end this invocation after N steps with last.pt written (0: run to the end)
+    override: bool = False  # resume: apply the given options that differ from the saved run (see .resume)
+    given: Optional[tuple] = None  # the options the user set (the CLI records them); None: the non-defaults
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-#: options that must agree between ``--resume`` and the run found in ``out``
-_IDENTITY = ("model", "dataset", "width", "voter", "bn")
-#: options a resumed run may change: where things are, not what is computed
-_RUNTIME = ("data", "device", "threads", "ckpt_every_s", "ckpt_every_steps", "download", "quiet", "resume",
-            "sync_bn", "stop_after_steps", "amp", "compile")
 
 
 class _Killed(Exception):
@@ -241,6 +237,8 @@ def _check(cfg: TrainConfig):
         raise BitvoteError(f"--wd must be a non-negative finite number, got {cfg.wd}")
     if not 0 <= cfg.label_smoothing < 1:
         raise BitvoteError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.label_smoothing and cfg.teacher:
+        raise BitvoteError("--label-smoothing has no effect with --teacher (the distribution loss has no labels)")
 
 
 def _rng_state(device) -> dict:
@@ -255,22 +253,6 @@ def _set_rng_state(st: dict, device) -> None:
     random.setstate(st["python"])
     if device.type == "cuda" and "cuda" in st:
         torch.cuda.set_rng_state(st["cuda"], device)
-
-
-def _resumed_config(cfg: TrainConfig, ck: dict, path) -> TrainConfig:
-    saved = dict(ck.get("args") or {})
-    for k in _IDENTITY:
-        mine = getattr(cfg, k)
-        if mine is not None and saved.get(k) is not None and mine != saved[k]:
-            if k == "width" and float(mine) == float(saved[k]):
-                continue
-            raise BitvoteError(f"--resume: {path} is a run with {k} {saved[k]!r}, not {mine!r}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    merged = {k: v for k, v in saved.items() if k in known}
-    for k in _RUNTIME:
-        merged[k] = getattr(cfg, k)
-    merged["out"] = cfg.out
-    return TrainConfig(**merged)
 
 
 def _step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0, amp=False, agc=None):
@@ -346,8 +328,8 @@ def _train(cfg: TrainConfig, world, dev, _stop_after) -> dict:
         if not cfg.resume:
             raise BitvoteError(f"{out} already holds a run (last.pt): pass --resume to continue it or choose another --out")
         ck = C.load(last)
-        cfg = _resumed_config(cfg, ck, last)
-        if ck.get("finished"):
+        cfg = resumed_config(cfg, ck, last)
+        if ck.get("finished") and cfg.epochs <= ck["epoch"]:
             res = ck.get("result") or {}
             if world.main:
                 _write_logs(out, ck.get("history") or [], res)  # in case a kill came right after last.pt
