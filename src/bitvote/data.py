@@ -16,6 +16,7 @@ sharded run sees exactly the same images.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -114,9 +115,28 @@ def _test_write_delay() -> float:
         return 0.0
 
 
+#: write failures that are the machine's state, not a bug: one line naming the file
+_WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.EFBIG: "the file is too large for the file system"}
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old one or the whole new one: temp, fsync, rename."""
-    path = Path(path)
+    """Write a file so that readers see the old one or the whole new one: temp, fsync, rename.
+
+    A full disk (or a read-only one) is one :class:`BitvoteError` naming the file; the previous
+    file is left as it was and the temp file is removed.
+    """
+    try:
+        _atomic_write_bytes(Path(path), data)
+    except OSError as e:
+        if e.errno not in _WRITE_ERRORS:
+            raise
+        kept = " (the previous file is intact)" if Path(path).exists() else ""
+        raise BitvoteError(f"cannot write {path}: {_WRITE_ERRORS[e.errno]}{kept}") from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -185,3 +185,19 @@ def engine_data(s: str) -> str:
     if not p.is_dir():
         raise _Bad(f"{s} is a file but not a .pt file of images")
     return s
+
+
+def pad_value(s: str) -> float:
+    """The padding of binary activations: 0 (abstain), 1 or -1."""
+    v = _float(s)
+    if v not in (0.0, 1.0, -1.0):
+        raise _Bad(f"must be 0, 1 or -1, got {s}")
+    return v
+
+
+def device(s: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N`` (whether that device exists is checked when it is used)."""
+    s = text(s)
+    if s != "cpu" and not (s == "cuda" or (s.startswith("cuda:") and s[5:].isdigit())):
+        raise _Bad(f"unknown device {s!r}: choose cpu, cuda or cuda:N")
+    return s

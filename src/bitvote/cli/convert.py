@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import BitvoteError
-from .args import input_file, nonneg_int, output_dir, output_file, positive_float, positive_int, text
+from .args import device, pad_value, input_file, nonneg_int, output_dir, output_file, positive_float, positive_int, text
 
 
 def add_parser(sub):
@@ -15,13 +15,13 @@ def add_parser(sub):
     p.add_argument("checkpoint", type=input_file)
     p.add_argument("--voter", type=text, required=True, help="voter spec, e.g. mv, tap, groups=4, 'tap,leaf=16'")
     p.add_argument("--tie", type=text, help="tie rule: 1, -1, first, or a root-first list (default: the checkpoint's, else 1)")
-    p.add_argument("--pad-value", type=float, help="padding of binary activations in the voter layers: 0, 1 or -1")
+    p.add_argument("--pad-value", type=pad_value, help="padding of binary activations in the voter layers: 0, 1 or -1")
     p.add_argument("--out", type=output_file, help="write the converted checkpoint here")
     p.add_argument("--recalibrate-bn", type=nonneg_int, default=0, metavar="N",
                    help="re-estimate BN statistics on N training images after the swap (no gradients)")
     p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
     p.add_argument("--test-subset", type=positive_int, help="evaluate on a fixed random subset of N test images")
-    p.add_argument("--device", type=text, default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--threads", type=positive_int)
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -39,7 +39,7 @@ def add_parser(sub):
     p.add_argument("--tie", type=text, help="seed table only: tie rule for every voter row (default: 1 for mv, first for hierarchies)")
     p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
     p.add_argument("--out", type=output_dir, help="output folder (default runs/reproduce-PRESET)")
-    p.add_argument("--device", type=text, default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--threads", type=positive_int)
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--quiet", action="store_true")

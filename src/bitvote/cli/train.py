@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .args import fraction, input_file, nonneg_float, nonneg_int, output_dir, positive_float, positive_int, seed, text
+from .args import device, pad_value, fraction, input_file, nonneg_float, nonneg_int, output_dir, positive_float, positive_int, seed, text
 
 
 def _opt_float(s):
@@ -36,7 +36,7 @@ def add_parser(sub):
     p.add_argument("--tie", type=text, help="tie rule: 1, -1, first, or a root-first list")
     p.add_argument("--surrogate", choices=["approxsign", "ste"], help="the vote's backward")
     p.add_argument("--sigma", type=text, help="the vote's surrogate width rule (e.g. fanin)")
-    p.add_argument("--pad-value", type=float, help="padding of binary activations: 0, 1 or -1")
+    p.add_argument("--pad-value", type=pad_value, help="padding of binary activations: 0, 1 or -1")
     p.add_argument("--bn", choices=["bn", "none", "free"], help="normalization form (default bn, or the --init checkpoint's)")
     p.add_argument("--width", type=positive_float, help="channel width multiplier (default 1.0)")
     p.add_argument("--epochs", type=positive_int, default=10)
@@ -51,7 +51,7 @@ def add_parser(sub):
     p.add_argument("--test-subset", type=positive_int, help="evaluate on a fixed random subset of N test images")
     p.add_argument("--eval-every", type=positive_int, default=1, help="evaluate every N epochs (default 1)")
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--device", type=text, default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", type=output_dir, required=True, help="run folder: last.pt, best.pt, log.csv, result.json")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (starts fresh if there is none); "
                    "an option given here that differs from the saved run is refused, naming it")
@@ -82,7 +82,7 @@ def add_parser(sub):
     p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on its dataset's test split")
     p.add_argument("checkpoint", type=input_file)
     p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
-    p.add_argument("--device", type=text, default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--test-subset", type=positive_int, help="evaluate a fixed random subset of N test images")
     p.add_argument("--threads", type=positive_int)
@@ -93,7 +93,7 @@ def add_parser(sub):
     p = sub.add_parser("demo", help="the main job: the seed's experiment in small (train, convert to MV/HMV, retrain), ~3 minutes on 2 cores")
     p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else download)")
     p.add_argument("--out", type=output_dir, default="runs/demo")
-    p.add_argument("--device", type=text, default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--threads", type=positive_int)
     p.add_argument("--no-download", action="store_true")
     p.set_defaults(func=_demo)
