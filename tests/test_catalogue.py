@@ -43,6 +43,10 @@ HUGE = "1" + "0" * 30
 def bad_values(t):
     """Values the validating type ``t`` must refuse."""
     ints = ["nan", "1.5", "", "abc", HUGE]
+    if hasattr(t, "lo"):  # a bounded count
+        return [str(t.lo - 1), str(t.hi + 1), *ints]
+    if hasattr(t, "hi"):  # a bounded positive number
+        return ["0", "-1", "nan", "inf", "", "abc", f"{t.hi * 10:g}"]
     return {
         A.positive_int: ["0", "-3", *ints],
         A.nonneg_int: ["-3", *ints],
@@ -141,18 +145,23 @@ def test_catalogue_size_and_coverage():
     assert len(CASES) >= 350, len(CASES)
 
 
+RAN = []
+
+
+@pytest.fixture(scope="module")
+def sentinel_parser():
+    """The real parser (built once), every command's work replaced by a call recorder."""
+    p = cli.build_parser()
+    for _, sub in _commands(p):
+        sub.set_defaults(func=lambda args: RAN.append(args) or 0)
+    return p
+
+
 @pytest.mark.parametrize("cmd,opt,value,flag", CASES, ids=[f"{c}|{o}|{v!r}" for c, o, v, _ in CASES])
-def test_refused_at_the_boundary(world, cmd, opt, value, flag, capsys, monkeypatch):
-    ran = []
-    real = cli.build_parser
-
-    def sentinel_parser():
-        p = real()
-        for _, sub in _commands(p):
-            sub.set_defaults(func=lambda args: ran.append(args) or 0)
-        return p
-
-    monkeypatch.setattr(cli, "build_parser", sentinel_parser)
+def test_refused_at_the_boundary(world, sentinel_parser, cmd, opt, value, flag, capsys, monkeypatch):
+    RAN.clear()
+    ran = RAN
+    monkeypatch.setattr(cli, "build_parser", lambda: sentinel_parser)
     monkeypatch.chdir(world["tmp"])
     before = _tree(world["tmp"])
     argv = _argv(cmd, opt, value, flag, world)

@@ -299,6 +299,8 @@ REFUSED = [
     ("run-threads-on-cuda", lambda t: ["run", t / "m.pt", "--data", "synthetic:2", "--device", "cuda",
                                        "--threads", "2"], "--threads"),
     ("convert-onto-itself", lambda t: ["convert", t / "m.pt", "--voter", "mv", "--out", t / "m.pt"], "input"),
+    ("compile-onto-itself", lambda t: ["compile", t / "m.pt", "--out", t / "m.pt"], "input"),
+    ("report-onto-its-input", lambda t: ["hw", "report", t / "bad.json", "--json", t / "bad.json"], "--json"),
     ("report-not-utf8", lambda t: ["hw", "report", t / "bad.json"], "UTF-8"),
     ("data-not-images", lambda t: ["verify", t / "m.pt", "--data", t / "flat.pt"], "flat.pt"),
     ("data-labels-short", lambda t: ["verify", t / "m.pt", "--data", t / "short.pt"], "short.pt"),

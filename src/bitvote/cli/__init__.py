@@ -23,6 +23,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line like every other error (``--help`` has the rest)."""
 
     def error(self, message):
+        opt, sep, rest = message.partition(": ")
+        if opt.startswith("argument ") and rest.startswith("must "):  # "argument --lr: must be" -> "--lr must be"
+            message = f"{opt[len('argument '):]} {rest}"
         self.exit(2, f"bitvote: error: {message} (see {self.prog} --help)\n")
 
 

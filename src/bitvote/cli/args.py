@@ -27,7 +27,7 @@ def _int(s: str) -> int:
     try:
         v = int(str(s).strip(), 10)
     except ValueError:
-        raise _Bad(f"{s!r} is not a whole number") from None
+        raise _Bad(f"must be a whole number, got {s!r}") from None
     return v
 
 
@@ -50,6 +50,49 @@ def nonneg_int(s: str) -> int:
     return _ranged_int(s, 0, "0 or more")
 
 
+def count(hi: int, lo: int = 1):
+    """A count in ``lo .. hi``: for options where a huge value is not a request but a mistake
+    that would hang the machine (a million processes, a Verilog unit of a billion terms)."""
+
+    def check(s: str) -> int:
+        v = _int(s)
+        if v < lo:
+            raise _Bad(f"must be at least {lo}, got {v}")
+        if v > hi:
+            raise _Bad(f"must be at most {hi}, got {s}")
+        return v
+
+    check.lo, check.hi = lo, hi
+    check.__name__ = f"count_{lo}_to_{hi}"
+    return check
+
+
+def positive_float_upto(hi: float):
+    """A finite number in (0, hi]."""
+
+    def check(s: str) -> float:
+        what = f"a positive number up to {hi:g}"
+        v = _float(s, what)
+        if not 0 < v <= hi:
+            raise _Bad(f"must be {what}, got {s}")
+        return v
+
+    check.hi = hi
+    check.__name__ = f"positive_float_upto_{hi:g}"
+    return check
+
+
+#: bounds shared by several commands
+threads = count(1024)
+width = positive_float_upto(16.0)
+kernel = count(32)
+#: terms of one hardware unit (a layer of 4096 channels x 4 x 4) and of one voter spec
+hw_terms = count(1 << 16)
+spec_terms = count(1 << 20)
+#: synthetic images of run / verify
+MAX_SYNTHETIC = 1 << 16
+
+
 def seed(s: str) -> int:
     """A random seed: 0 .. 2**32 - 1 (what every generator accepts)."""
     v = _int(s)
@@ -58,38 +101,38 @@ def seed(s: str) -> int:
     return v
 
 
-def _float(s: str) -> float:
+def _float(s: str, what: str = "a finite number") -> float:
     try:
         v = float(str(s).strip())
     except ValueError:
-        raise _Bad(f"{s!r} is not a number") from None
+        raise _Bad(f"must be {what}, got {s!r}") from None
     if not math.isfinite(v):
-        raise _Bad(f"must be a finite number, got {s}")
+        raise _Bad(f"must be {what}, got {s}")
     return v
 
 
 def positive_float(s: str) -> float:
     """A finite number > 0 (seconds, a learning rate, a width)."""
-    v = _float(s)
-    if not v > 0:
-        raise _Bad(f"must be positive, got {s}")
-    return v
+    what = "a positive finite number"
+    if not _float(s, what) > 0:
+        raise _Bad(f"must be {what}, got {s}")
+    return float(s)
 
 
 def nonneg_float(s: str) -> float:
     """A finite number >= 0 (a tolerance, a decay, a clip factor; 0 often means off)."""
-    v = _float(s)
-    if v < 0:
-        raise _Bad(f"must be 0 or more, got {s}")
-    return v
+    what = "a finite number >= 0"
+    if _float(s, what) < 0:
+        raise _Bad(f"must be {what}, got {s}")
+    return float(s)
 
 
 def fraction(s: str) -> float:
     """A finite number in [0, 1) (label smoothing)."""
-    v = _float(s)
-    if not 0 <= v < 1:
-        raise _Bad(f"must be in [0, 1), got {s}")
-    return v
+    what = "a number in [0, 1)"
+    if not 0 <= _float(s, what) < 1:
+        raise _Bad(f"must be {what}, got {s}")
+    return float(s)
 
 
 def text(s: str) -> str:
@@ -174,8 +217,8 @@ def engine_data(s: str) -> str:
         head, _, n = s.partition(":")
         if head not in ("synthetic", "random"):
             raise _Bad(f"{s!r}: write synthetic:N")
-        if n:
-            positive_int(n)
+        if n and not 1 <= _int(n) <= MAX_SYNTHETIC:
+            raise _Bad(f"synthetic:N needs 1 <= N <= {MAX_SYNTHETIC}, got {n}")
         return s
     p = Path(s).expanduser()
     if p.suffix in (".pt", ".pth"):

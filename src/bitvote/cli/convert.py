@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 
 from ..errors import BitvoteError
-from .args import device, pad_value, input_file, nonneg_int, output_dir, output_file, positive_float, positive_int, text
+from .args import (
+    device, input_file, nonneg_int, output_dir, output_file, pad_value, positive_float_upto, positive_int,
+    text, threads
+)
 
 
 def add_parser(sub):
@@ -22,14 +25,14 @@ def add_parser(sub):
     p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
     p.add_argument("--test-subset", type=positive_int, help="evaluate on a fixed random subset of N test images")
     p.add_argument("--device", type=device, default="cpu")
-    p.add_argument("--threads", type=positive_int)
+    p.add_argument("--threads", type=threads)
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("reproduce", help="the seed's results table: baseline, converted, recalibrated, retrained")
     p.add_argument("--preset", type=text, default="smoke", help="smoke | cpu | full | gpu1 (default smoke)")
-    p.add_argument("--minutes", type=positive_float,
+    p.add_argument("--minutes", type=positive_float_upto(100000.0),
                    help="time budget: epochs are planned from measured step times (gpu1 defaults to 10)")
     p.add_argument("--table", choices=("seed", "appendix"), default="seed",
                    help="seed: baseline / MV / HMV rows (default); appendix: the 4 models x BN / w/o BN / BN-free grid")
@@ -40,7 +43,7 @@ def add_parser(sub):
     p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
     p.add_argument("--out", type=output_dir, help="output folder (default runs/reproduce-PRESET)")
     p.add_argument("--device", type=device, default="cpu")
-    p.add_argument("--threads", type=positive_int)
+    p.add_argument("--threads", type=threads)
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_reproduce)

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from ..errors import BitvoteError
-from .args import engine_data, input_file, nonneg_float, nonneg_int, output_file, positive_int, text
+from .args import (
+    count, engine_data, input_file, nonneg_float, nonneg_int, output_file, positive_int, text, threads
+)
 
 
 def load_data(spec: str, limit: int = 0, num_classes: int = 10):
@@ -87,6 +89,8 @@ def _checked_images(x, y, spec, num_classes):
 def _compile(args):
     from ..engine import graph as G
 
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise BitvoteError(f"--out {args.out} is the input checkpoint: choose another file")
     g = G.compile_model(args.checkpoint)
     G.save(g, args.out)
     sz = G.binary_sizes(g)
@@ -107,8 +111,8 @@ def _run(args):
 
         eng = GpuEngineModel(eng.graph, require_device(args.device))
     x, y = load_data(args.data, args.limit, int(eng.graph.get("config", {}).get("num_classes", 10)))
-    threads = args.threads or 1
-    logits = torch.cat([eng(x[i:i + args.batch], threads).cpu() for i in range(0, x.shape[0], args.batch)])
+    n_threads = args.threads or 1
+    logits = torch.cat([eng(x[i:i + args.batch], n_threads).cpu() for i in range(0, x.shape[0], args.batch)])
     pred = logits.argmax(1)
     res = {"images": int(x.shape[0]), "predictions": pred.tolist()}
     if y is not None:
@@ -195,7 +199,7 @@ def add_parser(sub):
                    "or a dataset folder (its test split)")
     p.add_argument("--limit", type=nonneg_int, default=0, help="the first N images only (default 0: all)")
     p.add_argument("--batch", type=positive_int, default=64)
-    p.add_argument("--threads", type=positive_int, help="CPU engine threads (default 1)")
+    p.add_argument("--threads", type=threads, help="CPU engine threads (default 1)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the Triton GPU path (docs/gpu.md)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run)
@@ -205,7 +209,7 @@ def add_parser(sub):
     p.add_argument("--data", type=engine_data, required=True, help="a .pt file of images (+ labels), synthetic:N, "
                    "or a dataset folder (its test split)")
     p.add_argument("--limit", type=nonneg_int, default=0, help="the first N images only (default 0: all)")
-    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--threads", type=threads, default=1)
     p.add_argument("--eps", type=nonneg_float, default=1e-4, help="a flip is explained by a pre-sign value within eps of 0")
     p.add_argument("--atol", type=nonneg_float, default=1e-3, help="logit tolerance for images without flips")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: check the Triton GPU path")
@@ -216,8 +220,8 @@ def add_parser(sub):
     p.add_argument("--layers", action="store_true", help="per-layer and epilogue timings (default without --model)")
     p.add_argument("--model", type=text, default=None, help="also time a whole model, e.g. reactnet18")
     p.add_argument("--voter", type=text, default=None, help="voter of the whole model (default mv)")
-    p.add_argument("--threads", type=positive_int, default=0, help="one thread count (default: 1 and 2)")
-    p.add_argument("--reps", type=positive_int, default=5)
+    p.add_argument("--threads", type=threads, default=0, help="one thread count (default: 1 and 2)")
+    p.add_argument("--reps", type=count(10000), default=5)
     p.add_argument("--quick", action="store_true", help="a few shapes, small model: checks that it runs")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: the Triton GPU path vs cuDNN fp32/TF32/fp16/bf16, batch 1 and 256 (docs/gpu.md)")

@@ -6,16 +6,18 @@ import json
 import sys
 
 from ..errors import BitvoteError
-from .args import input_file, output_dir, output_file, positive_float, positive_int, seed, text
+from .args import (
+    count, hw_terms, input_file, kernel, output_dir, output_file, positive_float, seed, text, width
+)
 
 
 def _design_args(p, many=False):
     nargs = "+" if many else None
-    p.add_argument("--n", type=positive_int, required=True, nargs=nargs, help="terms per output (C * k * k)")
+    p.add_argument("--n", type=hw_terms, required=True, nargs=nargs, help="terms per output (C * k * k)")
     p.add_argument("--voter", type=text, default="mv", nargs=nargs,
                    help="voter spec (mv, tap, 'M9(M4(M128))', ...) or popcount for the baselines; "
                         "'{C}' is replaced by n / k^2")
-    p.add_argument("--k", type=positive_int, default=1, help="kernel size, so rules resolve: C = n / k^2 (default 1)")
+    p.add_argument("--k", type=kernel, default=1, help="kernel size, so rules resolve: C = n / k^2 (default 1)")
     p.add_argument("--tie", type=text, help="tie rule: 1, -1, first, or root-first list like first,1,-1 (default 1)")
     p.add_argument("--pad", default="+1", choices=["zero", "+1", "-1"],
                    help="zero adds the per-term valid port (abstention); +1/-1: every term valid (default +1)")
@@ -33,7 +35,7 @@ def add_parser(sub):
     p.add_argument("checkpoint", nargs="?", type=input_file, help="checkpoint to rebuild the model from (its config)")
     p.add_argument("--model", type=text, help="model name (instead of a checkpoint)")
     p.add_argument("--voter", type=text, help="voter spec (default popcount; with a checkpoint: swapped in for its own)")
-    p.add_argument("--width", type=positive_float, help="channel width multiplier (with --model; default 1.0)")
+    p.add_argument("--width", type=width, help="channel width multiplier (with --model; default 1.0)")
     p.add_argument("--tie", type=text, help="tie rule (default 1; with a checkpoint: its own)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_units)
@@ -54,7 +56,7 @@ def add_parser(sub):
 
     p = hs.add_parser("check", help="simulate the RTL with iverilog and compare with bitvote.voter")
     _design_args(p, many=True)
-    p.add_argument("--vectors", type=positive_int, default=400, help="random input vectors per design (default 400)")
+    p.add_argument("--vectors", type=count(10**6), default=400, help="random input vectors per design (default 400)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--netlist", action="store_true", help="also simulate the Yosys gate netlist")
     p.set_defaults(func=_check)
@@ -169,6 +171,12 @@ def _check(args):
 def _report(args):
     from ..hw.report import build_report, format_report, load_results, plot_report
 
+    from pathlib import Path
+
+    inputs = {Path(r).resolve() for r in args.results}
+    for flag, out in (("--plot", args.plot), ("--json", args.json_out)):
+        if out and Path(out).resolve() in inputs:
+            raise BitvoteError(f"{flag} {out} is one of the results files: choose another file")
     rows = load_results(args.results)
     rep = build_report(rows, args.timeout, log=lambda m: print(m, file=sys.stderr))
     print(format_report(rep))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
-from .args import device, pad_value, fraction, input_file, nonneg_float, nonneg_int, output_dir, positive_float, positive_int, seed, text
+from .args import (
+    count, device, fraction, input_file, nonneg_float, nonneg_int, output_dir, pad_value, positive_float,
+    positive_int, seed, text, threads, width
+)
 
 
 def _opt_float(s):
@@ -38,8 +41,8 @@ def add_parser(sub):
     p.add_argument("--sigma", type=text, help="the vote's surrogate width rule (e.g. fanin)")
     p.add_argument("--pad-value", type=pad_value, help="padding of binary activations: 0, 1 or -1")
     p.add_argument("--bn", choices=["bn", "none", "free"], help="normalization form (default bn, or the --init checkpoint's)")
-    p.add_argument("--width", type=positive_float, help="channel width multiplier (default 1.0)")
-    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--width", type=width, help="channel width multiplier (default 1.0)")
+    p.add_argument("--epochs", type=count(100000), default=10)
     p.add_argument("--batch-size", type=positive_int, default=128, help="the global batch, split over --nproc processes")
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--wd", type=nonneg_float, help="weight decay on conv/linear weights (default 1e-5 in step 1, else 0)")
@@ -60,7 +63,7 @@ def add_parser(sub):
                         "(learning rate, epochs, schedule, ...); the model's own options can never change")
     p.add_argument("--init", type=input_file, help="start from this checkpoint's weights (e.g. step 1's best.pt)")
     p.add_argument("--teacher", type=input_file, help="distill from this checkpoint (ReActNet's distribution loss)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument("--threads", type=threads, help="torch CPU threads")
     p.add_argument("--agc", type=nonneg_float, metavar="CLIP",
                    help="adaptive gradient clipping factor (default 0.04 for --bn free, else off; 0 turns it off)")
     p.add_argument("--amp", action="store_true",
@@ -73,7 +76,7 @@ def add_parser(sub):
     p.add_argument("--no-download", action="store_true", help="never download the dataset")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--nproc", type=positive_int, help="launch N processes on this machine (torchrun --standalone "
+    p.add_argument("--nproc", type=count(256), help="launch N processes on this machine (torchrun --standalone "
                    "--nproc_per_node N -m bitvote train ...): DDP, gloo on the CPU, nccl on CUDA")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA only)")
     p.set_defaults(func=_train)
@@ -85,7 +88,7 @@ def add_parser(sub):
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--test-subset", type=positive_int, help="evaluate a fixed random subset of N test images")
-    p.add_argument("--threads", type=positive_int)
+    p.add_argument("--threads", type=threads)
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
@@ -94,7 +97,7 @@ def add_parser(sub):
     p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else download)")
     p.add_argument("--out", type=output_dir, default="runs/demo")
     p.add_argument("--device", type=device, default="cpu")
-    p.add_argument("--threads", type=positive_int)
+    p.add_argument("--threads", type=threads)
     p.add_argument("--no-download", action="store_true")
     p.set_defaults(func=_demo)
 
