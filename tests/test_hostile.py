@@ -169,6 +169,8 @@ def test_a_checkpoint_without_digest_loads_with_one_note(tmp_path, capsys):
     ("voter-is-a-number", lambda ck: ck["config"].update(voter=7), "voter"),
     ("option-is-a-tensor", lambda ck: ck["config"].update(width=torch.ones(2)), "'width'"),
     ("model-is-a-list", lambda ck: ck.update(model=[1]), "state dict"),
+    ("classes-huge", lambda ck: ck["config"].update(num_classes=10**12), "num_classes"),
+    ("width-huge", lambda ck: ck["config"].update(width=1e9), "width"),
 ])
 def test_wrong_types_inside_a_checkpoint(tmp_path, capsys, case, change, words):
     m = _tiny_model()
@@ -250,6 +252,18 @@ def test_resume_with_the_same_options_continues(run, capsys, tmp_path):
     assert C.load(out / "last.pt")["step"] == 3
 
 
+def test_resume_from_a_malformed_checkpoint(run, capsys, tmp_path):
+    root, _ = run
+    out = tmp_path / "run"
+    shutil.copytree(root / "run", out)
+    ck = torch.load(out / "last.pt", weights_only=True)
+    ck.pop("digest")
+    ck["rng"] = {"torch": "not a state"}
+    torch.save(ck, out / "last.pt")
+    rc, _, err = _cli(_resume_argv(root, out), capsys)
+    _one_line(rc, err, "last.pt", "random-generator")
+
+
 def test_hw_units_applies_the_voter_to_a_checkpoint(tmp_path, capsys):
     p = tmp_path / "m.pt"
     C.save(p, C.model_checkpoint(_tiny_model()))
@@ -270,6 +284,8 @@ def files(tmp_path):
     torch.save({"x": torch.zeros(2, 3, 32, 32), "y": torch.tensor([0, 10])}, tmp_path / "label.pt")
     torch.save({"x": torch.full((2, 3, 32, 32), float("nan"))}, tmp_path / "nan.pt")
     (tmp_path / "junk.pt").write_text("junk")
+    (tmp_path / "row.json").write_text(json.dumps([{"model": "reactnet18", "voter": "mv", "top1": "high"}]))
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
     return tmp_path
 
 
@@ -301,6 +317,9 @@ REFUSED = [
     ("convert-onto-itself", lambda t: ["convert", t / "m.pt", "--voter", "mv", "--out", t / "m.pt"], "input"),
     ("compile-onto-itself", lambda t: ["compile", t / "m.pt", "--out", t / "m.pt"], "input"),
     ("report-onto-its-input", lambda t: ["hw", "report", t / "bad.json", "--json", t / "bad.json"], "--json"),
+    ("report-row-types", lambda t: ["hw", "report", t / "row.json"], "top1"),
+    ("report-deep-json", lambda t: ["hw", "report", t / "deep.json"], "deep.json"),
+    ("voter-not-utf8", lambda t: ["voter", "mv\udcff"], "UTF-8"),
     ("report-not-utf8", lambda t: ["hw", "report", t / "bad.json"], "UTF-8"),
     ("data-not-images", lambda t: ["verify", t / "m.pt", "--data", t / "flat.pt"], "flat.pt"),
     ("data-labels-short", lambda t: ["verify", t / "m.pt", "--data", t / "short.pt"], "short.pt"),

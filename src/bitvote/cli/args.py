@@ -141,6 +141,10 @@ def text(s: str) -> str:
         raise _Bad("must not be empty")
     if any(c in s for c in "\0\n\r"):
         raise _Bad(f"{s!r} holds a control character")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 on the command line (surrogate-escaped)
+        raise _Bad(f"{s!r} is not UTF-8 text") from None
     return s
 
 

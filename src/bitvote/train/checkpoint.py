@@ -134,6 +134,13 @@ def _check_config(cfg, path) -> None:
         if not isinstance(k, str) or not _plain(v):
             raise BitvoteError(f"checkpoint {path}: config option {k!r} holds a {type(v).__name__}, "
                                "not a plain value")
+    # sizes that would allocate before any other check could look at them
+    n = cfg.get("num_classes", 10)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000:
+        raise BitvoteError(f"checkpoint {path}: num_classes {n!r} in its config is not a class count")
+    w = cfg.get("width", 1.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 16:
+        raise BitvoteError(f"checkpoint {path}: width {w!r} in its config is not a width multiplier in (0, 16]")
 
 
 def create_from_config(cfg: dict, path="checkpoint") -> nn.Module:
@@ -147,7 +154,7 @@ def create_from_config(cfg: dict, path="checkpoint") -> nn.Module:
         return models.create(name, **cfg)
     except BitvoteError as e:
         raise BitvoteError(f"checkpoint {path}: {e}") from None
-    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RuntimeError, MemoryError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BitvoteError(f"checkpoint {path}: its config does not describe a {name} model ({detail})") from None
 

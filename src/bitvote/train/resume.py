@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import torch
+
 from ..errors import BitvoteError
 
 __all__ = ["FIXED", "RESULT", "RUNTIME", "given_options", "resumed_config"]
@@ -80,8 +82,14 @@ def resumed_config(cfg, ck: dict, path):
         raise BitvoteError(f"--resume: {path} is not a training checkpoint (it has no {what!r}): "
                            "choose another --out, or --init from it")
     for k in ("epoch", "batch", "step"):
-        if not isinstance(ck[k], int) or ck[k] < 0:
+        if isinstance(ck[k], bool) or not isinstance(ck[k], int) or ck[k] < 0:
             raise BitvoteError(f"--resume: {path} has a malformed {k!r} ({ck[k]!r})")
+    opt, rng = ck["optimizer"], ck["rng"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
+        raise BitvoteError(f"--resume: {path} has a malformed optimizer state")
+    if not (isinstance(rng, dict) and torch.is_tensor(rng.get("torch")) and rng["torch"].dtype == torch.uint8
+            and isinstance(rng.get("python"), (tuple, list))):
+        raise BitvoteError(f"--resume: {path} has malformed random-generator states")
     saved = ck["args"]
     config = ck.get("config") or {}
     given = given_options(cfg)
