@@ -310,6 +310,8 @@ REFUSED = [
                                              "--out", t / "rtl"], "--epilogue"),
     ("tie-on-popcount", lambda t: ["hw", "rtl", "--n", "9", "--voter", "popcount", "--tie", "first",
                                    "--out", t / "rtl"], "--tie"),
+    ("voter-tie-on-popcount", lambda t: ["voter", "popcount", "--tie", "first"], "--tie"),
+    ("convert-tie-on-popcount", lambda t: ["convert", t / "m.pt", "--voter", "popcount", "--tie", "-1"], "--tie"),
     ("synth-json-and-table", lambda t: ["hw", "synth", "--n", "9", "--json", "--table"], "--json"),
     ("units-width-with-checkpoint", lambda t: ["hw", "units", t / "m.pt", "--width", "0.5"], "--width"),
     ("run-threads-on-cuda", lambda t: ["run", t / "m.pt", "--data", "synthetic:2", "--device", "cuda",

@@ -54,6 +54,8 @@ def _convert(args):
 
     from ..convert import _print_rows, convert_checkpoint
 
+    if args.tie is not None and args.voter.strip().lower() == "popcount":
+        raise BitvoteError("--tie breaks ties of a voter: --voter popcount has none")
     if args.out and Path(args.out).resolve() == Path(args.checkpoint).resolve():
         raise BitvoteError(f"--out {args.out} is the input checkpoint: choose another file")
     if args.threads:

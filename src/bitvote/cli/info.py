@@ -19,7 +19,7 @@ def add_parser(sub):
     p.add_argument("--n", type=spec_terms, help="terms per output (default C * k * k)")
     p.add_argument("--channels", "-C", type=count(1 << 16), help="input channels C (default 64; or n / k^2 with --n)")
     p.add_argument("--k", type=kernel, default=3, help="kernel size k (default 3)")
-    p.add_argument("--tie", type=text, default="1")
+    p.add_argument("--tie", type=text, help="tie rule (default 1)")
     p.set_defaults(func=_voter)
 
 
@@ -52,7 +52,9 @@ def _voter(args):
         raise BitvoteError(f"n = C * k * k = {n} terms is more than one voter spec takes ({spec_terms.hi})")
     if n % taps:
         raise BitvoteError(f"--n {n} is not a multiple of k*k = {taps}")
-    h = resolve(args.spec, n, taps, args.tie, layer=f"C={n // taps}, k={args.k}")
+    h = resolve(args.spec, n, taps, args.tie or "1", layer=f"C={n // taps}, k={args.k}")
+    if h is None and args.tie is not None:
+        raise BitvoteError(f"--tie breaks ties of a voter: {args.spec} is popcount, which has none")
     if h is None:
         print(f"popcount over n = {n} terms")
         return 0
