@@ -58,8 +58,8 @@ def bad_values(t):
         A.device: ["", "tpu", "cuda:x"],
         A.text: ["", "  ", "a\nb"],
         A.input_file: ["{tmp}/missing.pt", "{folder}", ""],
-        A.output_file: ["", "{folder}", "{tmp}/nofolder/x.out", "{afile}/x.out", "{readonly}/x.out"],
-        A.output_dir: ["", "{afile}", "{afile}/sub", "{readonly}/sub"],
+        A.output_file: ["", "{folder}", "{tmp}/nofolder/x.out", "{afile}/x.out", "{readonly}/x.out", os.devnull],
+        A.output_dir: ["", "{afile}", "{afile}/sub", "{readonly}/sub", os.devnull],
         A.engine_data: ["", "{tmp}/missing", "{tmp}/missing.pt", "synthetic:0", "synthetic:-3", "synthetic:x",
                         "{afile}"],
     }.get(t)

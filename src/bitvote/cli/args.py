@@ -190,6 +190,8 @@ def output_file(s: str) -> str:
     p = Path(_path_text(s)).expanduser()
     if str(s).endswith(("/", os.sep)) or p.is_dir():
         raise _Bad(f"{s} is a folder, not a file")
+    if p.exists() and not p.is_file():  # a device or a pipe: the atomic rename would replace it
+        raise _Bad(f"{s} is not a regular file")
     parent = p.absolute().parent
     if not parent.exists():
         raise _Bad(f"{s}: folder {parent} does not exist")
@@ -205,7 +207,7 @@ def output_dir(s: str) -> str:
     the nearest existing folder above it is writable."""
     p = Path(_path_text(s)).expanduser()
     if p.exists() and not p.is_dir():
-        raise _Bad(f"{s} is a file, not a folder")
+        raise _Bad(f"{s} is {'a file' if p.is_file() else 'not a folder'}, not a folder")
     base = _nearest_existing(p)
     if not base.is_dir():
         raise _Bad(f"{s}: {base} is a file, not a folder")
