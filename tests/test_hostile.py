@@ -339,6 +339,16 @@ def test_refused_with_one_line(files, capsys, argv, words):
     assert sorted(files.rglob("*")) == before
 
 
+def test_rtl_refuses_a_folder_in_place_of_its_file(tmp_path, capsys):
+    rc, out, _ = _cli(["hw", "rtl", "--n", "9", "--out", tmp_path / "rtl"], capsys)
+    assert rc == 0
+    v = next((tmp_path / "rtl").glob("*.v"))
+    v.unlink()
+    v.mkdir()
+    rc, _, err = _cli(["hw", "rtl", "--n", "9", "--out", tmp_path / "rtl"], capsys)
+    _one_line(rc, err, v.name, "folder")
+
+
 def test_uint8_images_are_normalized_not_fed_raw(tmp_path):
     from bitvote.cli.engine import load_data
 

@@ -183,6 +183,7 @@ def _report(args):
     ok, note = plot_report(rep, args.plot)
     print(note)
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(rep, f, indent=1)
+        from ..data import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.json_out), (json.dumps(rep, indent=1) + "\n").encode())
     return 0
