@@ -388,7 +388,20 @@ def test_full_disk_keeps_the_previous_checkpoint_and_resume_is_exact(run, tmp_pa
         _one_line(rc, err, "last.pt", "no space left")
         assert (out / "last.pt").read_bytes() == before
         assert not list(out.glob(".*.tmp")), "a temp file was left behind"
+        with open(disk / "filler2", "wb") as f:  # now no byte is left: a fresh run fails cleanly too
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        fresh = ["train", "--width", "0.125", "--epochs", "1", "--batch-size", "8", "--data", root / "data",
+                 "--no-download", "--quiet", "--threads", "1", "--out", disk / "fresh"]
+        rc, _, err = _cli(fresh, capsys)
+        _one_line(rc, err, "no space left")
+        assert not (disk / "fresh").exists()
         filler.unlink()
+        (disk / "filler2").unlink()
         rc, _, err = _cli(_resume_argv(root, out), capsys)
         assert rc == 0, err
         ref = train(TrainConfig(out=str(tmp_path / "ref"), **cfg))

@@ -39,8 +39,11 @@ def hold_folder(folder, what: str = "bitvote"):
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             raise BitvoteError(f"{folder} is in use by another {what} (pid {holder}): wait for it to end, "
                                f"or stop it, then re-run to resume") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:  # a full disk: the pid only names the holder in the message above
+            pass
         yield
     finally:
         if created and [p.name for p in folder.iterdir()] == [".lock"]:
