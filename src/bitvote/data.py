@@ -22,6 +22,7 @@ import io
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -139,14 +140,74 @@ def _find_official(root: Path, spec: _Spec) -> Optional[Path]:
     return None
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits exactly what the official python-format files hold, so reading one runs no code.
+
+    Those files are a dict of bytes keys mapping to a uint8 numpy array, lists of ints and
+    bytes; the only globals their pickle names are numpy's array reconstructors and
+    ``numpy.dtype`` (plus ``_codecs.encode`` for latin-1 bytes, as Python 3 writes them at
+    protocol 2). Any other global - ``os.system``, ``builtins.exec``, a class with a hostile
+    ``__reduce__`` - is refused before it is called; a dtype other than an integer one
+    (object arrays would unpickle arbitrary items) is refused too.
+    """
+
+    _ARRAYS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ARRAYS:
+            return np.zeros(1).__reduce__()[0] if name == "_reconstruct" else np.zeros(1).__reduce_ex__(5)[0]
+        if (module, name) == ("numpy", "ndarray"):
+            return np.ndarray
+        if (module, name) == ("numpy", "dtype"):
+            return _int_dtype
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR file never does")
+
+
+def _int_dtype(spec, *args):
+    dt = np.dtype(spec, *args)
+    if dt.kind not in "ui" or dt.names is not None or dt.subdtype is not None:
+        raise pickle.UnpicklingError(f"it holds a {dt} array, not integers")
+    return dt
+
+
+def _latin1(text, encoding="latin1", *errors):
+    if str(encoding).lower().replace("-", "") not in ("latin1", "iso88591"):
+        raise pickle.UnpicklingError(f"it decodes bytes with {encoding!r}")
+    return text.encode("latin1")
+
+
+def _plain(v, depth=0) -> bool:
+    """Only the types an official file holds (after the unpickler, a belt-and-braces check)."""
+    if isinstance(v, (bytes, str, int, float)) or v is None:
+        return True
+    if isinstance(v, np.ndarray):
+        return v.dtype.kind in "ui"
+    if isinstance(v, (list, tuple)) and depth < 2:
+        return all(_plain(e, depth + 1) for e in v)
+    return False
+
+
 def _unpickle(path: Path):
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            d = _CifarUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise BitvoteError(f"malformed CIFAR folder: {path} is missing") from None
+    except IsADirectoryError:
+        raise BitvoteError(f"malformed CIFAR folder: {path} is a folder, not a file") from None
+    except pickle.UnpicklingError as e:
+        msg = str(e).splitlines()[0] if str(e) else "UnpicklingError"
+        if msg.startswith("it "):
+            raise BitvoteError(f"refused CIFAR file {path}: {msg} (reading it could run code)") from None
+        raise BitvoteError(f"malformed CIFAR file {path}: UnpicklingError") from None
     except Exception as e:
         raise BitvoteError(f"malformed CIFAR file {path}: {type(e).__name__}") from None
+    if not (isinstance(d, dict) and all(isinstance(k, (bytes, str)) and _plain(v) for k, v in d.items())):
+        raise BitvoteError(f"malformed CIFAR file {path}: not a dict of arrays and lists")
+    return {k.encode() if isinstance(k, str) else k: v for k, v in d.items()}
 
 
 def _read_official(folder: Path, spec: _Spec, split: str):
@@ -170,7 +231,7 @@ def _listing(root: Path, split: str, classes: int) -> List[tuple]:
     top = root / split
     if not top.is_dir():
         raise BitvoteError(f"malformed image folder {root}: {split}/ is missing")
-    names = sorted(p.name for p in top.iterdir() if p.is_dir())
+    names = _class_names(top)
     if len(names) != classes:
         raise BitvoteError(f"malformed image folder {top}: {len(names)} class folders, expected {classes}")
     files = []
@@ -182,8 +243,29 @@ def _listing(root: Path, split: str, classes: int) -> List[tuple]:
     return files
 
 
+def _class_names(top: Path) -> List[str]:
+    return sorted(p.name for p in top.iterdir() if p.is_dir())
+
+
+def _check_same_classes(root: Path, split: str) -> None:
+    """Labels are class indices in name order, so train and test must name the same classes:
+    one renamed folder would otherwise shift every label after it, silently."""
+    other = "test" if split == "train" else "train"
+    if not (root / other).is_dir():
+        return
+    mine, theirs = _class_names(root / split), _class_names(root / other)
+    if mine != theirs:
+        only_mine = sorted(set(mine) - set(theirs))
+        only_theirs = sorted(set(theirs) - set(mine))
+        diff = "; ".join(f"only in {s}/: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
+                         for s, v in ((split, only_mine), (other, only_theirs)) if v)
+        raise BitvoteError(f"malformed image folder {root}: train/ and test/ name different classes ({diff}); "
+                           "labels follow the sorted class names, so they must match")
+
+
 def _read_image_folder(root: Path, split: str, spec: _Spec):
     files = _listing(root, split, spec.classes)
+    _check_same_classes(root, split)
     # The cache key covers the folder, its files and their sizes/mtimes: edits invalidate it.
     h = hashlib.sha1(str(root.resolve()).encode())
     for i, p in files:
@@ -191,11 +273,17 @@ def _read_image_folder(root: Path, split: str, spec: _Spec):
         h.update(f"{i}/{p.name}/{st.st_size}/{st.st_mtime_ns}".encode())
     cache = cache_root() / "image-folders" / f"{split}-{h.hexdigest()[:16]}.npz"
     if cache.exists():
+        from .integrity import array_digest
+
         try:
-            with np.load(cache) as z:
-                return z["x"], z["y"]
-        except Exception:
-            pass  # a damaged cache is rebuilt below
+            with np.load(cache, allow_pickle=False) as z:
+                x, y, stored = z["x"], z["y"], str(z["digest"])
+            if stored == array_digest(x=x, y=y) and x.shape == (len(files), 3, 32, 32) and y.shape == (len(files),):
+                return x, y
+            reason = "its digest does not match"
+        except Exception as e:  # noqa: BLE001 - whatever the damage, the cache is rebuilt below
+            reason = type(e).__name__
+        print(f"bitvote: note: cache {cache} is damaged ({reason}): decoding the images again", file=sys.stderr)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover
@@ -211,8 +299,10 @@ def _read_image_folder(root: Path, split: str, spec: _Spec):
         if a.shape != (32, 32, 3):
             raise BitvoteError(f"image {p} is {a.shape[1]}x{a.shape[0]}, expected 32x32")
         x[k] = a.transpose(2, 0, 1)
+    from .integrity import array_digest
+
     buf = io.BytesIO()
-    np.savez(buf, x=x, y=y)
+    np.savez(buf, x=x, y=y, digest=np.array(array_digest(x=x, y=y)))
     atomic_write_bytes(cache, buf.getvalue())
     return x, y
 

@@ -328,7 +328,7 @@ def read_meta(path) -> Dict:
 def read_split(path, split: str, dataset: str, progress: Optional[Callable[[int, int], None]] = None):
     """``(x, y)``: uint8 ``(N, 3, 32, 32)`` and int64 ``(N,)`` of one split of a pack.
 
-    Decoded once and cached under :func:`bitvote.data.cache_dir` (keyed by the pack's
+    Decoded once and cached under :func:`bitvote.io.cache_root` (keyed by the pack's
     SHA-256, which is verified on every read: a changed file never meets a stale cache).
     """
     from . import data as D

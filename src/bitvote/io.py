@@ -13,6 +13,7 @@ Three things every writer in bitvote uses:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import time
@@ -45,13 +46,30 @@ def _test_write_delay() -> float:
         return 0.0
 
 
+#: write failures that are the machine's state, not a bug: one line naming the file
+_WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.EFBIG: "the file is too large for the file system"}
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write a file so that readers see the old one or the whole new one: temp, fsync, rename.
 
     The temp file (``.NAME.XXXX.tmp``) lives beside the target, so the rename stays on one file
-    system; an interrupted write leaves at most that temp file behind.
+    system; an interrupted write leaves at most that temp file behind. A full disk (or a
+    read-only one) is one :class:`BitvoteError` naming the file; the previous file is left as it
+    was and the temp file is removed.
     """
-    path = Path(path)
+    try:
+        _atomic_write_bytes(Path(path), data)
+    except OSError as e:
+        if e.errno not in _WRITE_ERRORS:
+            raise
+        kept = " (the previous file is intact)" if Path(path).exists() else ""
+        raise BitvoteError(f"cannot write {path}: {_WRITE_ERRORS[e.errno]}{kept}") from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -100,8 +118,11 @@ def hold_folder(folder, what: str = "bitvote"):
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             raise BitvoteError(f"{folder} is in use by another {what} (pid {holder}): wait for it to end, "
                                f"or stop it, then re-run to resume") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:  # a full disk: the pid only names the holder in the message above
+            pass
         yield
     finally:
         if created and [p.name for p in folder.iterdir()] == [".lock"]:

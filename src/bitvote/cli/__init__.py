@@ -13,6 +13,7 @@ import os
 import sys
 
 from ..errors import BitvoteError
+from ..integrity import deferred_notes
 
 #: command modules, in the order their commands appear in ``bitvote --help``
 COMMAND_MODULES = ["info", "train", "convert", "engine", "hw", "export", "data"]
@@ -22,6 +23,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line like every other error (``--help`` has the rest)."""
 
     def error(self, message):
+        opt, sep, rest = message.partition(": ")
+        if opt.startswith("argument ") and rest.startswith("must "):  # "argument --lr: must be" -> "--lr must be"
+            message = f"{opt[len('argument '):]} {rest}"
         self.exit(2, f"bitvote: error: {message} (see {self.prog} --help)\n")
 
 
@@ -46,13 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, 2) or --help (0): the same return for in-process callers
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     args.argv = argv  # the raw command line, for commands that relaunch themselves (train --nproc)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
     try:
-        rc = args.func(args)
+        with deferred_notes():
+            rc = args.func(args)
     except BitvoteError as e:
         if args.debug:
             raise

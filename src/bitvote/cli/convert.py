@@ -4,39 +4,46 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from ..errors import BitvoteError
+from .args import (
+    device, input_file, nonneg_int, output_dir, output_file, pad_value, positive_float_upto, positive_int,
+    text, threads
+)
 
 
 def add_parser(sub):
     p = sub.add_parser("convert", help="swap a voter into a trained checkpoint; accuracy before and after")
-    p.add_argument("checkpoint")
-    p.add_argument("--voter", required=True, help="voter spec, e.g. mv, tap, groups=4, 'tap,leaf=16'")
-    p.add_argument("--tie", help="tie rule: 1, -1, first, or a root-first list (default: the checkpoint's, else 1)")
-    p.add_argument("--pad-value", type=float, help="padding of binary activations in the voter layers: 0, 1 or -1")
-    p.add_argument("--out", help="write the converted checkpoint here")
-    p.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+    p.add_argument("checkpoint", type=input_file)
+    p.add_argument("--voter", type=text, required=True, help="voter spec, e.g. mv, tap, groups=4, 'tap,leaf=16'")
+    p.add_argument("--tie", type=text, help="tie rule: 1, -1, first, or a root-first list (default: the checkpoint's, else 1)")
+    p.add_argument("--pad-value", type=pad_value, help="padding of binary activations in the voter layers: 0, 1 or -1")
+    p.add_argument("--out", type=output_file, help="write the converted checkpoint here")
+    p.add_argument("--recalibrate-bn", type=nonneg_int, default=0, metavar="N",
                    help="re-estimate BN statistics on N training images after the swap (no gradients)")
-    p.add_argument("--data", help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
-    p.add_argument("--test-subset", type=int, help="evaluate on a fixed random subset of N test images")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
+    p.add_argument("--test-subset", type=positive_int, help="evaluate on a fixed random subset of N test images")
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--threads", type=threads)
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("reproduce", help="the seed's results table: baseline, converted, recalibrated, retrained")
-    p.add_argument("--preset", default="smoke", help="smoke | cpu | full | gpu1 (default smoke)")
-    p.add_argument("--minutes", type=float,
+    p.add_argument("--preset", type=text, default="smoke", help="smoke | cpu | full | gpu1 (default smoke)")
+    p.add_argument("--minutes", type=positive_float_upto(100000.0),
                    help="time budget: epochs are planned from measured step times (gpu1 defaults to 10)")
     p.add_argument("--table", choices=("seed", "appendix"), default="seed",
                    help="seed: baseline / MV / HMV rows (default); appendix: the 4 models x BN / w/o BN / BN-free grid")
-    p.add_argument("--datasets", default="cifar10", help="appendix only: cifar10, cifar100 or both (comma-separated)")
-    p.add_argument("--models", help="comma-separated models (default: the preset's)")
-    p.add_argument("--voters", nargs="+", help="voter specs, e.g. --voters mv 'tap,groups=4' (default: the preset's)")
-    p.add_argument("--tie", help="tie rule for every voter row (default: 1 for mv, first for hierarchies)")
-    p.add_argument("--data", help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
-    p.add_argument("--out", help="output folder (default runs/reproduce-PRESET)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--datasets", type=text, help="appendix only: cifar10, cifar100 or both (comma-separated; default cifar10)")
+    p.add_argument("--models", type=text, help="comma-separated models (default: the preset's)")
+    p.add_argument("--voters", type=text, nargs="+", help="seed table only: voter specs, e.g. --voters mv 'tap,groups=4' (default: the preset's)")
+    p.add_argument("--tie", type=text, help="seed table only: tie rule for every voter row (default: 1 for mv, first for hierarchies)")
+    p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
+    p.add_argument("--out", type=output_dir, help="output folder (default runs/reproduce-PRESET)")
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--threads", type=threads)
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_reproduce)
@@ -47,6 +54,10 @@ def _convert(args):
 
     from ..train.convert import convert_checkpoint, print_rows
 
+    if args.tie is not None and args.voter.strip().lower() == "popcount":
+        raise BitvoteError("--tie breaks ties of a voter: --voter popcount has none")
+    if args.out and Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise BitvoteError(f"--out {args.out} is the input checkpoint: choose another file")
     if args.threads:
         torch.set_num_threads(args.threads)
     res = convert_checkpoint(args.checkpoint, args.voter, args.out, args.tie, args.pad_value, args.recalibrate_bn,
@@ -66,18 +77,24 @@ def _reproduce(args):
     from ..experiments.reproduce import reproduce
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    if args.models and not models:
+        raise BitvoteError(f"--models {args.models!r} names no model")
     if args.table == "appendix":
         from ..experiments.appendix import reproduce_appendix
 
-        datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+        unused = [f for f, v in (("--minutes", args.minutes), ("--voters", args.voters), ("--tie", args.tie)) if v is not None]
+        if unused:
+            raise BitvoteError(f"{', '.join(unused)}: the appendix table does not take {'it' if len(unused) == 1 else 'them'} "
+                               "(its rows are the model x normalization grid, trained to the preset's epochs)")
+        datasets = [d.strip() for d in (args.datasets or "cifar10").split(",") if d.strip()]
+        if not datasets:
+            raise BitvoteError(f"--datasets {args.datasets!r} names no dataset")
         reproduce_appendix(args.preset, models=models, datasets=datasets, data=args.data, out=args.out,
                            device=args.device, threads=args.threads, download=not args.no_download, quiet=args.quiet)
         return 0
+    if args.datasets is not None:
+        raise BitvoteError("--datasets is for --table appendix; the seed table runs on CIFAR-10")
     extra = {} if args.minutes is None else {"minutes": args.minutes}
-    if args.minutes is not None and not args.minutes > 0:
-        from ..errors import BitvoteError
-
-        raise BitvoteError(f"--minutes must be positive, got {args.minutes}")
     reproduce(args.preset, models=models, voters=args.voters, data=args.data, out=args.out, tie=args.tie,
               device=args.device, threads=args.threads, download=not args.no_download, quiet=args.quiet, **extra)
     return 0

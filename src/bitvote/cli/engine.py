@@ -8,6 +8,9 @@ from pathlib import Path
 import torch
 
 from ..errors import BitvoteError
+from .args import (
+    count, engine_data, input_file, nonneg_float, nonneg_int, output_file, positive_int, text, threads
+)
 
 
 def load_data(spec: str, limit: int = 0, num_classes: int = 10):
@@ -26,14 +29,17 @@ def load_data(spec: str, limit: int = 0, num_classes: int = 10):
     elif Path(spec).suffix in (".pt", ".pth"):
         if not Path(spec).is_file():
             raise BitvoteError(f"data file {spec!r} does not exist")
-        d = torch.load(spec, map_location="cpu", weights_only=True)
+        try:
+            d = torch.load(spec, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - weights_only: a file that is not plain tensors is refused here
+            raise BitvoteError(f"data file {spec!r} is not a readable tensor file of plain tensors "
+                               f"({type(e).__name__})") from None
         if torch.is_tensor(d):
             x = d
         elif isinstance(d, dict):
             x = next((d[k] for k in ("x", "images", "data") if k in d), None)
             y = next((d[k] for k in ("y", "labels", "targets") if k in d), None)
-        if not torch.is_tensor(x) or x.dim() != 4:
-            raise BitvoteError(f"data file {spec!r} holds no (N, C, H, W) image tensor")
+        x, y = _checked_images(x, y, spec, num_classes)
     else:
         from .. import data as D
 
@@ -49,9 +55,42 @@ def load_data(spec: str, limit: int = 0, num_classes: int = 10):
     return x, (None if y is None else torch.as_tensor(y).long())
 
 
+def _checked_images(x, y, spec, num_classes):
+    """Images of a ``--data`` file as the models take them, and labels that can be scored.
+
+    uint8 images are raw pixels: they are normalized as in training (CIFAR-10 or -100 by the
+    class count) rather than fed as 0..255 floats, which would give a plausible wrong accuracy.
+    """
+    if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != 3 or x.shape[0] < 1 or min(x.shape[2:]) < 4:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise BitvoteError(f"data file {spec!r} holds no (N, 3, H, W) image tensor (found {shape})")
+    if x.dtype == torch.uint8:
+        from .. import data as D
+
+        x = D.normalize(x, "cifar100" if num_classes == 100 else "cifar10")
+    elif not x.is_floating_point():
+        raise BitvoteError(f"data file {spec!r}: images are {x.dtype}, expected float (normalized) or uint8 pixels")
+    elif not bool(torch.isfinite(x).all()):
+        raise BitvoteError(f"data file {spec!r}: images hold nan or inf")
+    if y is not None:
+        if not torch.is_tensor(y):
+            try:
+                y = torch.as_tensor(y)
+            except (TypeError, ValueError, RuntimeError):
+                raise BitvoteError(f"data file {spec!r}: labels are not a list of class indices") from None
+        if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.dtype == torch.bool:
+            raise BitvoteError(f"data file {spec!r}: labels must be {x.shape[0]} integer class indices "
+                               f"(found {y.dtype} of shape {tuple(y.shape)})")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise BitvoteError(f"data file {spec!r}: labels outside 0..{num_classes - 1} (the model's classes)")
+    return x, y
+
+
 def _compile(args):
     from ..engine import graph as G
 
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise BitvoteError(f"--out {args.out} is the input checkpoint: choose another file")
     g = G.compile_model(args.checkpoint)
     G.save(g, args.out)
     sz = G.binary_sizes(g)
@@ -63,6 +102,8 @@ def _compile(args):
 def _run(args):
     from ..engine import graph as G
 
+    if args.device != "cpu" and args.threads is not None:
+        raise BitvoteError("--threads sets the CPU engine's threads: the cuda path does not take it")
     eng = G.load(args.model)
     if args.device != "cpu":
         from ..gpu import require_device
@@ -70,7 +111,8 @@ def _run(args):
 
         eng = GpuEngineModel(eng.graph, require_device(args.device))
     x, y = load_data(args.data, args.limit, int(eng.graph.get("config", {}).get("num_classes", 10)))
-    logits = torch.cat([eng(x[i:i + args.batch], args.threads).cpu() for i in range(0, x.shape[0], args.batch)])
+    n_threads = args.threads or 1
+    logits = torch.cat([eng(x[i:i + args.batch], n_threads).cpu() for i in range(0, x.shape[0], args.batch)])
     pred = logits.argmax(1)
     res = {"images": int(x.shape[0]), "predictions": pred.tolist()}
     if y is not None:
@@ -112,7 +154,12 @@ def _verify(args):
 
 
 def _bench(args):
+    if args.voter is not None and not args.model:
+        raise BitvoteError("--voter is the voter of the whole model: it needs --model (the layer timings use popcount, MV and tap)")
+    args.voter = args.voter or "mv"
     if args.device != "cpu":
+        if args.threads:
+            raise BitvoteError("--threads sets CPU threads: the cuda benchmark does not take it")
         from ..gpu.bench import main as gpu_bench
 
         return gpu_bench(args)
@@ -162,37 +209,39 @@ def _bench(args):
 
 def add_parser(sub):
     p = sub.add_parser("compile", help="compile a trained checkpoint into a packed engine graph (.bvm)")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True, help="output .bvm file")
+    p.add_argument("checkpoint", type=input_file)
+    p.add_argument("--out", type=output_file, required=True, help="output .bvm file")
     p.set_defaults(func=_compile)
 
     p = sub.add_parser("run", help="evaluate an engine graph")
-    p.add_argument("model", help=".bvm file from `bitvote compile`")
-    p.add_argument("--data", required=True, help="a .pt file of images (+ labels) or synthetic:N")
-    p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("model", type=input_file, help=".bvm file from `bitvote compile`")
+    p.add_argument("--data", type=engine_data, required=True, help="a .pt file of images (+ labels), synthetic:N, "
+                   "or a dataset folder (its test split)")
+    p.add_argument("--limit", type=nonneg_int, default=0, help="the first N images only (default 0: all)")
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--threads", type=threads, help="CPU engine threads (default 1)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the Triton GPU path (docs/gpu.md)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("verify", help="check the engine against PyTorch: exact per layer, flips traced end to end")
-    p.add_argument("checkpoint")
-    p.add_argument("--data", required=True, help="a .pt file of images (+ labels) or synthetic:N")
-    p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--eps", type=float, default=1e-4, help="a flip is explained by a pre-sign value within eps of 0")
-    p.add_argument("--atol", type=float, default=1e-3, help="logit tolerance for images without flips")
+    p.add_argument("checkpoint", type=input_file)
+    p.add_argument("--data", type=engine_data, required=True, help="a .pt file of images (+ labels), synthetic:N, "
+                   "or a dataset folder (its test split)")
+    p.add_argument("--limit", type=nonneg_int, default=0, help="the first N images only (default 0: all)")
+    p.add_argument("--threads", type=threads, default=1)
+    p.add_argument("--eps", type=nonneg_float, default=1e-4, help="a flip is explained by a pre-sign value within eps of 0")
+    p.add_argument("--atol", type=nonneg_float, default=1e-3, help="logit tolerance for images without flips")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: check the Triton GPU path")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("bench", help="time the engine against PyTorch fp32 in the same run")
     p.add_argument("--layers", action="store_true", help="per-layer and epilogue timings (default without --model)")
-    p.add_argument("--model", default=None, help="also time a whole model, e.g. reactnet18")
-    p.add_argument("--voter", default="mv", help="voter of the whole model (default mv)")
-    p.add_argument("--threads", type=int, default=0, help="one thread count (default: 1 and 2)")
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--model", type=text, default=None, help="also time a whole model, e.g. reactnet18")
+    p.add_argument("--voter", type=text, default=None, help="voter of the whole model (default mv)")
+    p.add_argument("--threads", type=threads, default=0, help="one thread count (default: 1 and 2)")
+    p.add_argument("--reps", type=count(10000), default=5)
     p.add_argument("--quick", action="store_true", help="a few shapes, small model: checks that it runs")
     p.add_argument("--kernels", nargs="+", choices=["v0", "v1"], default=None,
                    help="AVX2 kernel versions to time side by side (v0: the earlier kernels; default v1)")

@@ -4,38 +4,63 @@ from __future__ import annotations
 
 import json
 
+from .args import (
+    count, device, fraction, input_file, nonneg_float, nonneg_int, output_dir, pad_value, positive_float,
+    positive_int, seed, text, threads, width
+)
+
+
+#: dest -> option strings of ``bitvote train`` (to tell an option given from a default)
+_TRAIN_OPTIONS = {}
+#: CLI dest -> TrainConfig field, where they differ
+_FIELD = {"ckpt_every": "ckpt_every_s", "no_download": "download"}
+
+
+def _given(argv) -> tuple:
+    """The TrainConfig fields named on the command line (``--lr 1e-3`` counts even though it is
+    the default: ``--resume`` must compare it with the saved run)."""
+    given = set()
+    for dest, opts in _TRAIN_OPTIONS.items():
+        if any(a in opts or a.split("=", 1)[0] in opts for a in argv if a.startswith("--")):
+            given.add(_FIELD.get(dest, dest))
+    return tuple(sorted(given))
+
 
 def add_parser(sub):
     p = sub.add_parser("train", help="train a model on CIFAR-10/100 (resumable)")
-    p.add_argument("--model", help="model name (default reactnet18, or the --init checkpoint's)")
+    p.add_argument("--model", type=text, help="model name (default reactnet18, or the --init checkpoint's)")
     p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
-    p.add_argument("--data", help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data; downloads when missing)")
-    p.add_argument("--voter", help="voter spec (default popcount, or the --init checkpoint's)")
-    p.add_argument("--tie", help="tie rule: 1, -1, first, or a root-first list")
+    p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data; downloads when missing)")
+    p.add_argument("--voter", type=text, help="voter spec (default popcount, or the --init checkpoint's)")
+    p.add_argument("--tie", type=text, help="tie rule: 1, -1, first, or a root-first list")
     p.add_argument("--surrogate", choices=["approxsign", "ste"], help="the vote's backward")
-    p.add_argument("--sigma", help="the vote's surrogate width rule (e.g. fanin)")
-    p.add_argument("--pad-value", type=float, help="padding of binary activations: 0, 1 or -1")
+    p.add_argument("--sigma", type=text, help="the vote's surrogate width rule (e.g. fanin)")
+    p.add_argument("--pad-value", type=pad_value, help="padding of binary activations: 0, 1 or -1")
     p.add_argument("--bn", choices=["bn", "none", "free"], help="normalization form (default bn, or the --init checkpoint's)")
-    p.add_argument("--width", type=float, help="channel width multiplier (default 1.0)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128, help="the global batch, split over --nproc processes")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--wd", type=float, help="weight decay on conv/linear weights (default 1e-5 in step 1, else 0)")
+    p.add_argument("--width", type=width, help="channel width multiplier (default 1.0)")
+    p.add_argument("--epochs", type=count(100000), default=10)
+    p.add_argument("--batch-size", type=positive_int, default=128, help="the global batch, split over --nproc processes")
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--wd", type=nonneg_float, help="weight decay on conv/linear weights (default 1e-5 in step 1, else 0)")
     p.add_argument("--schedule", default="linear", choices=["linear", "cosine", "constant"])
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--label-smoothing", type=fraction, default=0.0)
     p.add_argument("--step", type=int, default=2, choices=[1, 2],
                    help="1: binary activations, real weights; 2: binary weights too (default)")
-    p.add_argument("--subset", type=int, help="train on a fixed random subset of N images")
-    p.add_argument("--test-subset", type=int, help="evaluate on a fixed random subset of N test images")
-    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True, help="run folder: last.pt, best.pt, log.csv, result.json")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (starts fresh if there is none)")
-    p.add_argument("--init", help="start from this checkpoint's weights (e.g. step 1's best.pt)")
-    p.add_argument("--teacher", help="distill from this checkpoint (ReActNet's distribution loss)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--agc", type=float, metavar="CLIP",
+    p.add_argument("--subset", type=positive_int, help="train on a fixed random subset of N images")
+    p.add_argument("--test-subset", type=positive_int, help="evaluate on a fixed random subset of N test images")
+    p.add_argument("--eval-every", type=positive_int, default=1, help="evaluate every N epochs (default 1)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--out", type=output_dir, required=True, help="run folder: last.pt, best.pt, log.csv, result.json")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (starts fresh if there is none); "
+                   "an option given here that differs from the saved run is refused, naming it")
+    p.add_argument("--override", action="store_true",
+                   help="with --resume: continue with the given options that differ from the saved run "
+                        "(learning rate, epochs, schedule, ...); the model's own options can never change")
+    p.add_argument("--init", type=input_file, help="start from this checkpoint's weights (e.g. step 1's best.pt)")
+    p.add_argument("--teacher", type=input_file, help="distill from this checkpoint (ReActNet's distribution loss)")
+    p.add_argument("--threads", type=threads, help="torch CPU threads")
+    p.add_argument("--agc", type=nonneg_float, metavar="CLIP",
                    help="adaptive gradient clipping factor (default 0.04 for --bn free, else off; 0 turns it off)")
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast on the CPU too (CUDA always uses it); votes and ties stay exact")
@@ -43,34 +68,35 @@ def add_parser(sub):
     p.add_argument("--weight-grad", default="scaled", choices=["scaled", "unscaled"],
                    help="latent weights' gradient under the scaled popcount: scaled (x mean|W|, the forward's "
                         "chain rule; default) or unscaled (the reference ReActNet/Bi-Real code)")
-    p.add_argument("--ckpt-every", type=float, default=120.0, help="mid-epoch checkpoint every S seconds")
-    p.add_argument("--ckpt-every-steps", type=int, default=0, help="mid-epoch checkpoint every N steps")
-    p.add_argument("--stop-after-steps", type=int, default=0,
+    p.add_argument("--ckpt-every", type=nonneg_float, default=120.0, help="mid-epoch checkpoint every S seconds")
+    p.add_argument("--ckpt-every-steps", type=nonneg_int, default=0, help="mid-epoch checkpoint every N steps")
+    p.add_argument("--stop-after-steps", type=nonneg_int, default=0,
                    help="end this invocation after N steps with last.pt written; --resume continues")
     p.add_argument("--no-download", action="store_true", help="never download the dataset")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--nproc", type=int, help="launch N processes on this machine (torchrun --standalone "
+    p.add_argument("--nproc", type=count(256), help="launch N processes on this machine (torchrun --standalone "
                    "--nproc_per_node N -m bitvote train ...): DDP, gloo on the CPU, nccl on CUDA")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA only)")
     p.set_defaults(func=_train)
+    _TRAIN_OPTIONS.update({a.dest: a.option_strings for a in p._actions if a.option_strings})
 
     p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on its dataset's test split")
-    p.add_argument("checkpoint")
-    p.add_argument("--data", help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--test-subset", type=int, help="evaluate a fixed random subset of N test images")
-    p.add_argument("--threads", type=int)
+    p.add_argument("checkpoint", type=input_file)
+    p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--batch-size", type=positive_int, default=500)
+    p.add_argument("--test-subset", type=positive_int, help="evaluate a fixed random subset of N test images")
+    p.add_argument("--threads", type=threads)
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("demo", help="the main job: the seed's experiment in small (train, convert to MV/HMV, retrain), ~3 minutes on 2 cores")
-    p.add_argument("--data", help="data root (default $BITVOTE_DATA, else download)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else download)")
+    p.add_argument("--out", type=output_dir, default="runs/demo")
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--threads", type=threads)
     p.add_argument("--no-download", action="store_true")
     p.set_defaults(func=_demo)
 
@@ -102,8 +128,12 @@ def _train(args):
         init=args.init, teacher=args.teacher, threads=args.threads, ckpt_every_s=args.ckpt_every,
         ckpt_every_steps=args.ckpt_every_steps, download=not args.no_download, quiet=args.quiet,
         sync_bn=args.sync_bn, stop_after_steps=args.stop_after_steps, amp=args.amp, compile=args.compile,
-        agc=args.agc, weight_grad=args.weight_grad,
+        agc=args.agc, weight_grad=args.weight_grad, override=args.override, given=_given(args.argv),
     )
+    if args.override and not args.resume:
+        raise BitvoteError("--override only applies with --resume (it lets a resumed run take changed options)")
+    if args.sync_bn and (args.nproc or 1) < 2 and env_world()[1] < 2:
+        raise BitvoteError("--sync-bn synchronizes BatchNorm across processes: it needs --nproc 2 or more")
     if args.nproc is not None:
         if args.nproc < 1:
             raise BitvoteError(f"--nproc must be at least 1, got {args.nproc}")

@@ -204,11 +204,15 @@ def compile_model(model_or_path) -> Dict:
 
 
 def save(graph: Dict, path) -> None:
-    """Write an engine graph atomically."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save(graph, tmp)
-    tmp.replace(p)
+    """Write an engine graph atomically, with a digest of its contents (:mod:`bitvote.integrity`)."""
+    import io
+
+    from ..io import atomic_write_bytes
+    from ..integrity import seal
+
+    buf = io.BytesIO()
+    torch.save(seal(graph), buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def load(path) -> "EngineModel":
@@ -222,7 +226,18 @@ def load(path) -> "EngineModel":
         raise BitvoteError(f"engine graph {str(path)!r} is not readable: {str(e).splitlines()[0]}") from None
     if not isinstance(g, dict) or g.get("format") != FORMAT:
         raise BitvoteError(f"{str(path)!r} is not a bitvote engine graph ({FORMAT})")
-    return EngineModel(g)
+    from ..integrity import note_unsealed, unseal
+
+    g, sealed = unseal(g, repr(str(path)), "engine graph")
+    if not sealed:
+        note_unsealed(repr(str(path)), "engine graph")
+    try:
+        return EngineModel(g)
+    except BitvoteError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        raise BitvoteError(f"engine graph {str(path)!r} is malformed ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def binary_sizes(graph: Dict, model: Optional[nn.Module] = None) -> Dict[str, int]:

@@ -130,7 +130,7 @@ class Protocol:
         if p.is_file():
             try:
                 return json.loads(p.read_text())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 return None  # cannot happen with atomic writes; recompute if it does
         return None
 
@@ -143,7 +143,7 @@ class Protocol:
         mine = {k: self.p.get(k) for k in _PROTOCOL_KEYS}
         f = self.out / "protocol.json"
         if f.is_file():
-            theirs = json.loads(f.read_text())
+            theirs = _read_json(f)
             diff = [k for k in _PROTOCOL_KEYS if theirs.get(k) != mine[k]]
             if diff:
                 raise BitvoteError(f"--out {self.out} holds a reproduction with other settings "
@@ -285,7 +285,7 @@ def plan_epochs(p: dict, models: Sequence[str], rows: Sequence[VoterRow], n_trai
     """
     f = out / "plan.json"
     if f.is_file():
-        return json.loads(f.read_text())
+        return _read_json(f)
     steps = max(1, n_train // p["batch_size"])
     base_s = sum(_time_steps(m, "popcount", 1, p, device) for m in models) * steps
     vote_s = sum(_time_steps(m, vr.spec, vr.tie, p, device) for m in models for vr in rows) * steps
@@ -310,6 +310,17 @@ def _validate(models: Sequence[str], rows: Sequence[VoterRow], width: float) -> 
         for vr in rows:
             opts = {} if vr.pad_value is None else {"pad_value": vr.pad_value}
             M.create(name, voter=vr.spec, width=width, tie=vr.tie, **opts)
+
+
+def _read_json(f: Path) -> dict:
+    """A JSON dict this module wrote into the output folder; damage is one line naming it."""
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise BitvoteError(f"{f} is damaged (not JSON text): delete it to start that part again") from None
+    if not isinstance(d, dict):
+        raise BitvoteError(f"{f} is damaged (not a JSON object): delete it to start that part again")
+    return d
 
 
 def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, voters: Optional[Sequence[str]] = None,

@@ -20,6 +20,8 @@ popcount + runtime threshold (BN folded, FINN-style) and popcount + unfolded BN.
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -33,6 +35,28 @@ from .units import layer_design, layer_units
 __all__ = ["load_results", "model_cost", "build_report", "format_report", "plot_report"]
 
 
+def _number(v, lo=-math.inf, hi=math.inf) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+
+
+def _check_row(r: dict, where: str) -> None:
+    """The fields the report reads, with types it can use (a results file may be hand-edited)."""
+    if not isinstance(r["model"], str) or not isinstance(r["voter"], str):
+        raise BitvoteError(f"{where}: 'model' and 'voter' must be strings")
+    if not (r["top1"] is None or _number(r["top1"], 0, 100)):
+        raise BitvoteError(f"{where}: 'top1' must be a percentage, got {r['top1']!r}")
+    if r.get("top5") is not None and not _number(r["top5"], 0, 100):
+        raise BitvoteError(f"{where}: 'top5' must be a percentage, got {r['top5']!r}")
+    if "width" in r and not (_number(r["width"]) and 0 < r["width"] <= 16):
+        raise BitvoteError(f"{where}: 'width' must be a multiplier in (0, 16], got {r['width']!r}")
+    nc = r.get("num_classes", 10)
+    if isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= 100_000:
+        raise BitvoteError(f"{where}: 'num_classes' must be a class count, got {nc!r}")
+    for k in ("tie", "label", "variant"):
+        if r.get(k) is not None and not isinstance(r[k], (str, int)):
+            raise BitvoteError(f"{where}: {k!r} must be a string, got {type(r[k]).__name__}")
+
+
 def load_results(paths) -> List[dict]:
     """Rows from results files (see the module docstring); one-line errors name the file."""
     rows = []
@@ -41,9 +65,13 @@ def load_results(paths) -> List[dict]:
         if not p.is_file():
             raise BitvoteError(f"results file {str(path)!r} does not exist")
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise BitvoteError(f"results file {str(path)!r} is not JSON: {e.msg} at line {e.lineno}") from None
+        except UnicodeDecodeError as e:
+            raise BitvoteError(f"results file {str(path)!r} is not UTF-8 text (byte {e.start})") from None
+        except RecursionError:
+            raise BitvoteError(f"results file {str(path)!r} nests too deeply to be a results file") from None
         if isinstance(data, dict) and "top1" in data:
             items = [data]
         elif isinstance(data, dict) and isinstance(data.get("rows", data.get("results")), list):
@@ -55,6 +83,11 @@ def load_results(paths) -> List[dict]:
         for i, r in enumerate(items):
             if not isinstance(r, dict) or not all(k in r for k in ("model", "voter", "top1")):
                 raise BitvoteError(f"results file {str(path)!r}, row {i}: needs 'model', 'voter' and 'top1'")
+            _check_row(r, f"results file {str(path)!r}, row {i}")
+            if r["top1"] is None:  # a diverged run: no accuracy to place
+                print(f"bitvote: note: results file {str(path)!r}, row {i} ({r['model']}, {r['voter']}) has no top1 "
+                      "(diverged): left out", file=sys.stderr)
+                continue
             rows.append(dict(r, source=str(path)))
     if not rows:
         raise BitvoteError("no result rows in " + ", ".join(map(str, paths)))

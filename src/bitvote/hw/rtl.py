@@ -320,8 +320,12 @@ def generate(d: Design) -> str:
 
 def write(d: Design, out_dir) -> Path:
     """Write ``<out_dir>/<name>.v`` and return its path."""
+    from ..io import atomic_write_bytes
+    from ..errors import BitvoteError
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{d.name}.v"
-    path.write_text(generate(d))
+    if path.is_dir():
+        raise BitvoteError(f"cannot write {path}: a folder of that name is in the way")
+    atomic_write_bytes(path, generate(d).encode())  # a full disk is one line, never half a module
     return path

@@ -78,7 +78,10 @@ def synth_verilog(verilog: str, top: str, timeout: Optional[float] = None, use_c
     entry = cdir / f"{top}-{key}.json"
     netlist = cdir / f"{top}-{key}_gates.v"
     if use_cache and entry.exists() and netlist.exists():
-        return dict(json.loads(entry.read_text()), cached=True)
+        try:
+            return dict(json.loads(entry.read_text()), cached=True)
+        except (ValueError, TypeError):  # a damaged cache entry (not JSON, not an object): synthesize again
+            pass
     cdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bitvote-synth-") as tmp:
         t = Path(tmp)

@@ -16,8 +16,7 @@ is the model's own list (``bitvote.models.voter_layers``).
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -32,13 +31,14 @@ __all__ = ["model_from_checkpoint", "layer_units", "count_units", "layer_design"
 
 def model_from_checkpoint(path) -> nn.Module:
     """Rebuild a model from a checkpoint's ``config`` (weights are not needed to count units)."""
-    from ..train.checkpoint import read
+    from ..train.checkpoint import create_from_config, read
 
     cfg = dict(read(path, require=("config",))["config"])
     opts = cfg.pop("options", None) or {}
+    if not isinstance(opts, dict):
+        raise BitvoteError(f"checkpoint {path}: config option 'options' is not a dict")
     cfg.update(opts)
-    name = cfg.pop("name")
-    return models.create(name, **cfg)
+    return create_from_config(cfg, path)
 
 
 def _input_shape(model: nn.Module):
@@ -158,7 +158,6 @@ def format_units(u: dict) -> str:
             lines.append(head + f"{_fmt(r['popcount_units'])} popcount of width {r['popcount_width']}")
         else:
             lv = r["levels"]
-            first = lv[0]
             lines.append(head + f"{r['resolved']}: " + "; ".join(
                 f"L{x['level']} {_fmt(x['units'])} {'P' if x['kind'].startswith('P') else 'MV'}{x['fan_in']}" for x in lv))
     t = u["total"]

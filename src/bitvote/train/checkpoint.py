@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .. import integrity
 from ..io import atomic_write_bytes
 from ..errors import BitvoteError
 
 __all__ = ["save", "load", "load_model", "model_from_checkpoint", "model_checkpoint", "set_binary_weights",
-           "FORMAT"]
+           "create_from_config", "FORMAT"]
 
 FORMAT = "bitvote-checkpoint/1"
 
@@ -49,9 +50,13 @@ def model_checkpoint(model: nn.Module, **extra) -> dict:
 
 
 def save(path, state: dict) -> None:
-    """Serialize to memory, then temp file + fsync + rename: a kill leaves the old file intact."""
+    """Serialize to memory, then temp file + fsync + rename: a kill leaves the old file intact.
+
+    The file carries a digest of everything in it (:mod:`bitvote.integrity`), so a damaged
+    copy is refused on load instead of giving a plausible wrong accuracy.
+    """
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(integrity.seal(state), buf)
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
@@ -70,6 +75,13 @@ def read(path, require=("model", "config")) -> dict:
     accepted (the engine and the hardware tools take such hand-made files too); :func:`load`
     adds the check that ``bitvote train`` wrote it.
     """
+    ck, sealed = _read(path, require)
+    if not sealed:
+        integrity.note_unsealed(path, "checkpoint")
+    return ck
+
+
+def _read(path, require) -> tuple:
     path = Path(path)
     if not path.is_file():
         raise BitvoteError(f"checkpoint {path} does not exist")
@@ -85,33 +97,86 @@ def read(path, require=("model", "config")) -> dict:
         raise BitvoteError(f"checkpoint {path} is {kind} ({type(e).__name__})") from None
     if not isinstance(ck, dict):
         raise BitvoteError(f"{path} is not a bitvote checkpoint")
+    ck, sealed = integrity.unseal(ck, path, "checkpoint")
     for key in require:
         if key not in ck:
             raise BitvoteError(f"checkpoint {path} has no {key!r}: not a bitvote checkpoint, or damaged")
     cfg = ck.get("config")
     if "config" in require and not (isinstance(cfg, dict) and cfg.get("name")):
         raise BitvoteError(f"checkpoint {path} has no model config with a model name")
-    return ck
+    if "config" in ck:
+        _check_config(ck["config"], path)
+    if "model" in ck:
+        sd = ck["model"]
+        if not (isinstance(sd, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items())):
+            raise BitvoteError(f"checkpoint {path}: 'model' is not a state dict (names to tensors)")
+    return ck, sealed
+
+
+def _plain(v, depth=0) -> bool:
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return True
+    if depth < 3 and isinstance(v, (list, tuple)):
+        return all(_plain(x, depth + 1) for x in v)
+    if depth < 3 and isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def _check_config(cfg, path) -> None:
+    """A model config is ``models.create`` keyword arguments: a name string and plain values."""
+    if not isinstance(cfg, dict):
+        raise BitvoteError(f"checkpoint {path}: 'config' is a {type(cfg).__name__}, not a dict of model options")
+    if "name" in cfg and not isinstance(cfg["name"], str):
+        raise BitvoteError(f"checkpoint {path}: the model name in its config is a {type(cfg['name']).__name__}, "
+                           "not a string")
+    for k, v in cfg.items():
+        if not isinstance(k, str) or not _plain(v):
+            raise BitvoteError(f"checkpoint {path}: config option {k!r} holds a {type(v).__name__}, "
+                               "not a plain value")
+    # sizes that would allocate before any other check could look at them
+    n = cfg.get("num_classes", 10)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000:
+        raise BitvoteError(f"checkpoint {path}: num_classes {n!r} in its config is not a class count")
+    w = cfg.get("width", 1.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 16:
+        raise BitvoteError(f"checkpoint {path}: width {w!r} in its config is not a width multiplier in (0, 16]")
+
+
+def create_from_config(cfg: dict, path="checkpoint") -> nn.Module:
+    """``models.create(**config)`` where a wrong type in the config is a one-line error naming
+    the file, not a traceback from deep inside a model's constructor."""
+    from .. import models
+
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    try:
+        return models.create(name, **cfg)
+    except BitvoteError as e:
+        raise BitvoteError(f"checkpoint {path}: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RuntimeError, MemoryError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BitvoteError(f"checkpoint {path}: its config does not describe a {name} model ({detail})") from None
 
 
 def load(path) -> dict:
     """:func:`read` a checkpoint that ``bitvote train`` / ``convert`` wrote."""
-    ck = read(path, require=())
+    ck, sealed = _read(path, require=())
     if ck.get("format") != FORMAT:
         raise BitvoteError(f"{path} is not a bitvote checkpoint")
     for key in ("model", "config"):
         if key not in ck:
             raise BitvoteError(f"checkpoint {path} has no {key!r}: it is damaged")
+    if not sealed:
+        integrity.note_unsealed(path, "checkpoint")
     return ck
 
 
 def model_from_checkpoint(ck: dict, path="checkpoint") -> nn.Module:
     """Rebuild the model a checkpoint was taken from and load its weights."""
-    from .. import models
-
     cfg = dict(ck["config"])
-    name = cfg.pop("name", None)
-    model = models.create(name, **cfg)
+    name = cfg.get("name")
+    model = create_from_config(cfg, path)
     if not ck.get("binary_weights", True):
         set_binary_weights(model, False)
     try:

@@ -41,6 +41,7 @@ from . import distributed as Dist
 from .kd import distribution_loss
 from .optim import SCHEDULES, lr_at, make_optimizer
 from .progress import Progress, write_csv
+from .resume import resumed_config
 
 __all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint", "device", "check_config",
            "load_for_evaluation", "build_model", "optimizer_step", "autocast", "biased_deep_hierarchy",
@@ -88,16 +89,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (worth it on CUDA; slow to start on the CPU)
     stop_after_steps: int = 0  # end this invocation after N steps with last.pt written (0: run to the end)
     weight_grad: str = "scaled"  # scaled: the forward's chain rule (x mean|W|); unscaled: ReActNet/Bi-Real's
+    override: bool = False  # resume: apply the given options that differ from the saved run (see .resume)
+    given: Optional[tuple] = None  # the options the user set (the CLI records them); None: the non-defaults
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-#: options that must agree between ``--resume`` and the run found in ``out``
-_IDENTITY = ("model", "dataset", "width", "voter", "bn")
-#: options a resumed run may change: where things are, not what is computed
-_RUNTIME = ("data", "device", "threads", "ckpt_every_s", "ckpt_every_steps", "download", "quiet", "resume",
-            "sync_bn", "stop_after_steps", "amp", "compile")
 
 
 class SimulatedKill(Exception):
@@ -268,6 +264,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise BitvoteError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.weight_grad not in WEIGHT_GRADS:
         raise BitvoteError(f"--weight-grad must be one of {', '.join(WEIGHT_GRADS)}, got {cfg.weight_grad!r}")
+    if cfg.label_smoothing and cfg.teacher:
+        raise BitvoteError("--label-smoothing has no effect with --teacher (the distribution loss has no labels)")
 
 
 def _rng_state(device) -> dict:
@@ -282,22 +280,6 @@ def _set_rng_state(st: dict, device) -> None:
     random.setstate(st["python"])
     if device.type == "cuda" and "cuda" in st:
         torch.cuda.set_rng_state(st["cuda"], device)
-
-
-def _resumed_config(cfg: TrainConfig, ck: dict, path) -> TrainConfig:
-    saved = dict(ck.get("args") or {})
-    for k in _IDENTITY:
-        mine = getattr(cfg, k)
-        if mine is not None and saved.get(k) is not None and mine != saved[k]:
-            if k == "width" and float(mine) == float(saved[k]):
-                continue
-            raise BitvoteError(f"--resume: {path} is a run with {k} {saved[k]!r}, not {mine!r}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    merged = {k: v for k, v in saved.items() if k in known}
-    for k in _RUNTIME:
-        merged[k] = getattr(cfg, k)
-    merged["out"] = cfg.out
-    return TrainConfig(**merged)
 
 
 def optimizer_step(model, teacher, opt, x, y, lr, label_smoothing, dev, scale=1.0, amp=False, agc=None):
@@ -418,8 +400,8 @@ class _Run:
             raise BitvoteError(f"{self.out} already holds a run (last.pt): pass --resume to continue it "
                                f"or choose another --out")
         self.ck = C.load(self.last)
-        self.cfg = _resumed_config(self.cfg, self.ck, self.last)
-        if not self.ck.get("finished"):
+        self.cfg = resumed_config(self.cfg, self.ck, self.last)
+        if not self.ck.get("finished") or self.cfg.epochs > self.ck["epoch"]:
             return None
         res = self.ck.get("result") or {}
         if self.world.main:
