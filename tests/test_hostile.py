@@ -217,6 +217,19 @@ def _resume_argv(root, out, *extra):
             "--out", out, "--resume", *extra]
 
 
+def test_every_training_option_has_a_resume_rule():
+    """A new TrainConfig field must say whether a resumed run may change it: fixed by the
+    saved model, changing the result (refused unless --override), or runtime only."""
+    import dataclasses
+
+    from bitvote.train import resume
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    lists = (set(resume.FIXED), set(resume.RESULT), set(resume.RUNTIME))
+    assert fields == set().union(*lists), fields ^ set().union(*lists)
+    assert not (lists[0] & lists[1] or lists[0] & lists[2] or lists[1] & lists[2])
+
+
 def test_resume_names_every_changed_option(run, capsys):
     root, _ = run
     before = (root / "run" / "last.pt").read_bytes()
