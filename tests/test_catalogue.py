@@ -35,6 +35,9 @@ BASE = {  # the smallest valid command line of each command (the bad option is a
     "hw synth": ["hw", "synth", "--n", "9"],
     "hw check": ["hw", "check", "--n", "9"],
     "hw report": ["hw", "report", "{ckpt}"],
+    "export": ["export", "{ckpt}", "--format", "onnx", "--out", "{tmp}/m.onnx"],
+    "data pack": ["data", "pack", "{folder}", "--out", "{tmp}/c.bvd"],
+    "data info": ["data", "info", "{ckpt}"],
 }
 
 HUGE = "1" + "0" * 30
@@ -58,6 +61,7 @@ def bad_values(t):
         A.device: ["", "tpu", "cuda:x"],
         A.text: ["", "  ", "a\nb"],
         A.input_file: ["{tmp}/missing.pt", "{folder}", ""],
+        A.input_path: ["{tmp}/missing", ""],
         A.output_file: ["", "{folder}", "{tmp}/nofolder/x.out", "{afile}/x.out", "{readonly}/x.out", os.devnull],
         A.output_dir: ["", "{afile}", "{afile}/sub", "{readonly}/sub", os.devnull],
         A.engine_data: ["", "{tmp}/missing", "{tmp}/missing.pt", "synthetic:0", "synthetic:-3", "synthetic:x",

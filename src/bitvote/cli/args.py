@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 __all__ = ["positive_int", "nonneg_int", "seed", "positive_float", "nonneg_float", "fraction", "text",
-           "input_file", "output_file", "output_dir", "engine_data", "MAX_COUNT"]
+           "input_file", "input_path", "output_file", "output_dir", "engine_data", "MAX_COUNT"]
 
 #: the largest count any option takes (images, steps, epochs, vectors, terms): an int32
 MAX_COUNT = 2**31 - 1
@@ -163,6 +163,16 @@ def input_file(s: str) -> str:
         raise _Bad(f"{s} does not exist")
     if p.is_dir():
         raise _Bad(f"{s} is a folder, not a file")
+    if not os.access(p, os.R_OK):
+        raise _Bad(f"{s} is not readable")
+    return s
+
+
+def input_path(s: str) -> str:
+    """An existing file or folder to read (a dataset source, say)."""
+    p = Path(_path_text(s)).expanduser()
+    if not p.exists():
+        raise _Bad(f"{s} does not exist")
     if not os.access(p, os.R_OK):
         raise _Bad(f"{s} is not readable")
     return s

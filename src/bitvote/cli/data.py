@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from .args import count, input_file, input_path, output_file
+
 
 def add_parser(sub):
     p = sub.add_parser("data", help="pack CIFAR into one file (.bvd) that --data reads like a folder")
@@ -11,17 +13,17 @@ def add_parser(sub):
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
     q = dsub.add_parser("pack", help="pack an image folder or cifar-10-batches-py into one .bvd file")
-    q.add_argument("src", help="an image folder (train/<class>/*, test/<class>/*) or cifar-10-batches-py "
+    q.add_argument("src", type=input_path, help="an image folder (train/<class>/*, test/<class>/*) or cifar-10-batches-py "
                                "(or a folder holding it)")
-    q.add_argument("--out", required=True, help="the file to write, e.g. cifar10.bvd (written atomically)")
-    q.add_argument("--jpeg-quality", type=int, default=None,
+    q.add_argument("--out", required=True, type=output_file, help="the file to write, e.g. cifar10.bvd (written atomically)")
+    q.add_argument("--jpeg-quality", type=count(100), default=None,
                    help="official pixels only: re-encode as JPEG at this quality (lossy; at 75 about 2.5x smaller) "
                         "instead of lossless PNG")
     q.add_argument("--quiet", action="store_true", help="no progress lines")
     q.set_defaults(func=_pack)
 
     q = dsub.add_parser("info", help="check a .bvd file (SHA-256, tables) and print what it holds")
-    q.add_argument("file")
+    q.add_argument("file", type=input_file)
     q.set_defaults(func=_info)
 
 

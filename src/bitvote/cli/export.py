@@ -3,36 +3,26 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from ..errors import BitvoteError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+from .args import engine_data, input_file, output_file, positive_int
 
 
 def add_parser(sub):
     p = sub.add_parser("export", help="export a checkpoint as ONNX (onnxruntime, ...) or QONNX (FINN)")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", type=input_file)
     p.add_argument("--format", required=True, choices=("onnx", "qonnx"),
                    help="onnx: standard opset 17, every voter; qonnx: FINN's dialect, popcount and mv layers")
-    p.add_argument("--out", required=True, help="output file (.onnx)")
-    p.add_argument("--batch", type=_positive_int,
+    p.add_argument("--out", required=True, type=output_file, help="output file (.onnx)")
+    p.add_argument("--batch", type=positive_int,
                    help="fixed batch size (onnx: default dynamic; qonnx: default 1)")
     p.add_argument("--probes", action="store_true",
                    help="add every binary layer's integer result (sums, votes, each tree level's votes) as extra outputs")
-    p.add_argument("--check", metavar="DATA",
+    p.add_argument("--check", metavar="DATA", type=engine_data,
                    help="run the written file on DATA (synthetic:N, a .pt file or a data root) and compare with PyTorch")
-    p.add_argument("--limit", type=_positive_int, help="with --check: at most N images")
+    p.add_argument("--limit", type=positive_int, help="with --check: at most N images")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_export)
 
