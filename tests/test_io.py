@@ -32,7 +32,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(BitvoteError, match="no space left .* previous file is intact"):
         atomic_write_bytes(f, b"new")
     assert f.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
