@@ -15,7 +15,7 @@ import sys
 from ..errors import BitvoteError
 
 #: command modules, in the order their commands appear in ``bitvote --help``
-COMMAND_MODULES = ["info", "train", "convert", "engine", "hw", "export", "data"]
+COMMAND_MODULES = ["info", "train", "convert", "engine", "hw", "export", "data", "search"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,7 +9,9 @@ import json
 def add_parser(sub):
     p = sub.add_parser("convert", help="swap a voter into a trained checkpoint; accuracy before and after")
     p.add_argument("checkpoint")
-    p.add_argument("--voter", required=True, help="voter spec, e.g. mv, tap, groups=4, 'tap,leaf=16'")
+    p.add_argument("--voter", help="voter spec, e.g. mv, tap, groups=4, 'tap,leaf=16', or per layer "
+                   "'layer1.*=tap,leaf=4;*=mv'")
+    p.add_argument("--voter-map", metavar="FILE.json", help="per-layer voters (a JSON object {pattern: spec})")
     p.add_argument("--tie", help="tie rule: 1, -1, first, or a root-first list (default: the checkpoint's, else 1)")
     p.add_argument("--pad-value", type=float, help="padding of binary activations in the voter layers: 0, 1 or -1")
     p.add_argument("--out", help="write the converted checkpoint here")
@@ -24,11 +26,18 @@ def add_parser(sub):
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("reproduce", help="the seed's results table: baseline, converted, recalibrated, retrained")
-    p.add_argument("--preset", default="smoke", help="smoke | cpu | full | gpu1 (default smoke)")
+    p.add_argument("--preset", default="smoke", help="smoke | cpu | full | gpu1 | frontier-cpu (default smoke)")
     p.add_argument("--minutes", type=float,
                    help="time budget: epochs are planned from measured step times (gpu1 defaults to 10)")
-    p.add_argument("--table", choices=("seed", "appendix"), default="seed",
-                   help="seed: baseline / MV / HMV rows (default); appendix: the 4 models x BN / w/o BN / BN-free grid")
+    p.add_argument("--table", choices=("seed", "appendix", "ablation"), default="seed",
+                   help="seed: baseline / MV / HMV rows (default); appendix: the 4 models x BN / w/o BN / BN-free grid; "
+                        "ablation: every retraining recipe at equal budget on the preset's ablation voter")
+    p.add_argument("--recipe", help="retraining recipe of every voter row, e.g. recal+kd+leafsigma=2 "
+                   "(default: the preset's; docs/reproduce.md)")
+    p.add_argument("--recipes", nargs="+", help="ablation only: the recipes to compare (default: the preset's)")
+    p.add_argument("--voter-map", action="append", default=[], metavar="FILE.json",
+                   help="a per-layer voter row (what bitvote search writes); repeatable")
+    p.add_argument("--retrain-epochs", type=int, help="retraining budget of every row (default: the preset's)")
     p.add_argument("--datasets", default="cifar10", help="appendix only: cifar10, cifar100 or both (comma-separated)")
     p.add_argument("--models", help="comma-separated models (default: the preset's)")
     p.add_argument("--voters", nargs="+", help="voter specs, e.g. --voters mv 'tap,groups=4' (default: the preset's)")
@@ -49,7 +58,9 @@ def _convert(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = convert_checkpoint(args.checkpoint, args.voter, args.out, args.tie, args.pad_value, args.recalibrate_bn,
+    from .train import voter_arg
+
+    res = convert_checkpoint(args.checkpoint, voter_arg(args, required=True), args.out, args.tie, args.pad_value, args.recalibrate_bn,
                              args.data, args.device, args.test_subset, download=not args.no_download)
     if args.json:
         print(json.dumps(res))
@@ -78,6 +89,18 @@ def _reproduce(args):
         from ..errors import BitvoteError
 
         raise BitvoteError(f"--minutes must be positive, got {args.minutes}")
+    from ..models import read_voter_map
+
+    if args.recipe is not None:
+        extra["recipe"] = args.recipe
+    if args.retrain_epochs is not None:
+        if args.retrain_epochs < 1:
+            from ..errors import BitvoteError
+
+            raise BitvoteError(f"--retrain-epochs must be at least 1, got {args.retrain_epochs}")
+        extra["retrain_epochs"] = args.retrain_epochs
+    maps = [read_voter_map(f) for f in args.voter_map]
     reproduce(args.preset, models=models, voters=args.voters, data=args.data, out=args.out, tie=args.tie,
-              device=args.device, threads=args.threads, download=not args.no_download, quiet=args.quiet, **extra)
+              device=args.device, threads=args.threads, download=not args.no_download, quiet=args.quiet,
+              table=args.table, recipes=args.recipes, voter_maps=maps, **extra)
     return 0
