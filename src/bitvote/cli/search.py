@@ -24,6 +24,7 @@ def add_parser(sub):
     p.add_argument("--retrain-lr", type=float, default=1e-3)
     p.add_argument("--recipe", default="plain", help="retraining recipe (docs/reproduce.md)")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--subset", type=int, help="retrain on a fixed random subset of N training images")
     p.add_argument("--test-subset", type=int, help="report on a fixed random subset of N test images")
     p.add_argument("--data", help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data)")
     p.add_argument("--out", required=True, help="folder: mapping.json, search.md, results.json, retrained/")
@@ -53,7 +54,8 @@ def _search(args):
     parse_recipe(args.recipe)
     res = search(args.checkpoint, args.budget, args.data, args.out, args.candidates, args.tie, args.holdout,
                  args.recalibrate_bn, args.cost, args.retrain_epochs, args.retrain_lr, args.recipe, args.device,
-                 args.threads, not args.no_download, args.test_subset, args.batch_size, quiet=args.quiet)
+                 args.threads, not args.no_download, args.test_subset, args.batch_size, quiet=args.quiet,
+                 subset=args.subset)
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "retrained"}))
     else:

@@ -133,8 +133,12 @@ def search(ckpt, budget: float, data=None, out="runs/search", candidates: Option
            tie="first", holdout: int = 500, recalibrate: int = 1000, cost: str = "auto", retrain_epochs: int = 0,
            retrain_lr: float = 1e-3, recipe: str = "plain", device="cpu", threads=None, download=True,
            test_subset: Optional[int] = None, batch_size: int = 128, timeout: Optional[float] = None,
-           quiet: bool = False) -> dict:
-    """Run the search (see the module docstring); returns what ``OUT/mapping.json`` holds."""
+           quiet: bool = False, subset: Optional[int] = None) -> dict:
+    """Run the search (see the module docstring); returns what ``OUT/mapping.json`` holds.
+
+    ``subset``/``test_subset``: the retraining's training subset and the report's test images,
+    as ``bitvote reproduce`` draws them (seed 0), so a searched row compares with its rows.
+    """
     import torch
 
     from ..models import voter_map_text
@@ -209,7 +213,7 @@ def search(ckpt, budget: float, data=None, out="runs/search", candidates: Option
                                                    "retrain_epochs": retrain_epochs}, mapping)
             log(f"retraining the mapping: {epochs} epochs, recipe {recipe}")
             res = train(TrainConfig(init=str(ckpt), voter=mapping, tie=str(tie), dataset=dataset, data=data,
-                                    test_subset=test_subset, epochs=epochs, lr=retrain_lr, batch_size=batch_size,
+                                    subset=subset, test_subset=test_subset, epochs=epochs, lr=retrain_lr, batch_size=batch_size,
                                     device=device, threads=threads, download=download, resume=True, quiet=quiet,
                                     out=str(out / "retrained"), surrogate="approxsign", **opts))
             retrained = res
