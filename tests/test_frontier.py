@@ -336,7 +336,7 @@ def test_search_writes_a_mapping_under_budget_that_train_and_frontier_read(paren
     got = json.loads((fr / "frontier.json").read_text())
     searched = next(r for r in got if not r["baseline"])
     assert abs(searched["vs_baseline"] + 1 - res["area_fraction"]) < 1e-9 and searched["dtop1"] is not None
-    assert "unit-gate estimate" in (fr / "frontier.md").read_text()
+    assert "unit-count model" in (fr / "frontier.md").read_text()
     pytest.importorskip("matplotlib")
     assert (fr / "frontier.png").stat().st_size > 1000
     for argv, what in ((["--budget", "0"], "--budget"), (["--budget", "0.01"], "cheapest mapping"),

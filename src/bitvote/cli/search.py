@@ -19,7 +19,7 @@ def add_parser(sub):
     p.add_argument("--recalibrate-bn", type=int, default=1000, metavar="N",
                    help="training images BN is re-estimated on after each conversion")
     p.add_argument("--cost", default="auto", choices=["auto", "synth", "units"],
-                   help="area from synthesis (yosys, cached) or the unit-gate model; auto: synth if yosys is installed")
+                   help="area from synthesis (yosys, cached) or the unit-count model; auto: synth if yosys is installed")
     p.add_argument("--retrain-epochs", type=int, default=0, help="retrain the chosen mapping this long (0: no)")
     p.add_argument("--retrain-lr", type=float, default=1e-3)
     p.add_argument("--recipe", default="plain", help="retraining recipe (docs/reproduce.md)")
@@ -39,7 +39,7 @@ def add_parser(sub):
     p.add_argument("results", nargs="+", help="results.json / ablation.json files")
     p.add_argument("--out", required=True, help="folder: frontier.md, frontier.json, frontier.png")
     p.add_argument("--cost", default="auto", choices=["auto", "synth", "units"],
-                   help="area from synthesis (yosys, cached) or the unit-gate model")
+                   help="area from synthesis (yosys, cached) or the unit-count model")
     p.add_argument("--modes", default="baseline,retrained",
                    help="row modes to include, comma-separated, or all (default baseline,retrained)")
     p.add_argument("--timeout", type=float, help="seconds per yosys run")
@@ -60,7 +60,7 @@ def _search(args):
         print(json.dumps({k: v for k, v in res.items() if k != "retrained"}))
     else:
         print(f"{res['model']} x{res['width']:g}: mapping at {res['area_fraction']:.3f} of the popcount + threshold "
-              f"area ({'synthesized' if res['area_source'] == 'synth' else 'unit-gate estimate'}; budget "
+              f"area ({'synthesized' if res['area_source'] == 'synth' else 'unit-count model'}; budget "
               f"{res['budget']:g}): top1 {res['top1']:.2f}%; {args.out}/mapping.json, search.md, results.json")
     return 0
 

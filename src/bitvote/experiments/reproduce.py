@@ -65,8 +65,7 @@ PRESETS: Dict[str, dict] = {
                                  "cm:M(M3(M3))", "cm:P(M3)"),
                          width=0.125, subset=10000, test_subset=2000, batch_size=128, epochs=15, lr=2e-3,
                          retrain_epochs=6, retrain_lr=1e-3, recalibrate=1000, pad_variant=True,
-                         recipe="plateau=2", ablation_voters=("tap,leaf=4",), ablation_models=("reactnet18",),
-                         search_candidates=("mv", "tap", "tap,leaf=8", "tap,leaf=4", "cm:M(M3(M3))")),
+                         recipe="plateau=2", ablation_voters=("tap,leaf=4",), ablation_models=("reactnet18",)),
 }
 
 #: the recipes `--table ablation` compares (docs/reproduce.md, "Retraining recipes")
@@ -78,7 +77,6 @@ for _name, _p in PRESETS.items():
     _p.setdefault("ablation_recipes", ABLATION_RECIPES)
     _p.setdefault("ablation_voters", (_p["voters"][-1],))  # the cheapest design of the sweep
     _p.setdefault("ablation_models", _p["models"][:1])
-    _p.setdefault("search_candidates", ("mv", "tap", "tap,leaf=4"))
 
 #: the keys that decide what a stage computes: a folder holds one protocol
 _PROTOCOL_KEYS = ("width", "subset", "test_subset", "batch_size", "epochs", "lr", "retrain_epochs", "retrain_lr",
@@ -97,6 +95,10 @@ class VoterRow:
     def slug(self) -> str:
         """A folder name: ``tap_groups_4-tiefirst``, ``mv-tie1-pad1``."""
         s = "".join(c if c.isalnum() else "_" for c in self.spec)
+        if len(s) > 48:  # a per-layer mapping: keep folder names short and distinct
+            import hashlib
+
+            s = s[:32] + "_" + hashlib.sha1(self.spec.encode()).hexdigest()[:10]
         s += "-tie" + "".join(c if c.isalnum() else "_" for c in str(self.tie).replace("-", "m"))
         if self.pad_value is not None:
             s += f"-pad{self.pad_value:+g}".replace("+", "p").replace("-", "m")

@@ -1,4 +1,4 @@
-"""Voter area per layer and per model, from synthesis or, without Yosys, from a unit-gate model.
+"""Voter area per layer and per model, from synthesis or, without Yosys, from a unit-count model.
 
 The per-layer search and the frontier need the same number: a model's voter/popcount area
 per image, ``sum over voter layers of outputs x transistors per one-output design`` (the
@@ -9,7 +9,7 @@ runtime-threshold baseline. ``source="synth"`` synthesizes each distinct design 
 machine without Yosys; ``"auto"`` picks synth when ``yosys`` is on the PATH. Every result
 says which it used.
 
-The unit-gate model: a counter of f one-bit inputs is ~``f - bitlen(f)`` full adders (28 T
+The unit-count model: a counter of f one-bit inputs is ~``f - bitlen(f)`` full adders (28 T
 each); a voter compares the count with a constant (~12 T per bit; a voter of 3 or fewer inputs
 is one gate, ~12 T), a popcount or a ``P`` root with a runtime threshold register (~24 T per
 bit). Depth: ~2 full-adder delays per halving of
@@ -53,7 +53,7 @@ def _voter_T(f: int, per_bit: int) -> int:
 
 
 def unit_estimate(design) -> dict:
-    """``{"transistors", "depth_cmos"}`` of a one-output design from the unit-gate model."""
+    """``{"transistors", "depth_cmos"}`` of a one-output design from the unit-count model."""
     if design.kind == "xnor":
         return {"transistors": 12 * design.n, "depth_cmos": 2}
     if design.hier is None:  # popcount + runtime threshold

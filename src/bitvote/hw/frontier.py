@@ -2,7 +2,7 @@
 
 Reads ``results.json`` / ``ablation.json`` files (``bitvote reproduce``, ``bitvote search``,
 any list of rows with ``model``, ``voter``, ``top1``), prices each row's voter with
-:mod:`bitvote.hw.cost` (synthesis when Yosys is there, else the unit-gate model, said in the
+:mod:`bitvote.hw.cost` (synthesis when Yosys is there, else the unit-count model, said in the
 table) and writes ``OUT/frontier.md`` (top-1, top-5, voter area and depth, both against the
 row's popcount baseline, the Pareto front marked), ``OUT/frontier.json`` and
 ``OUT/frontier.png`` (the Pareto plot, with matplotlib).
@@ -81,7 +81,7 @@ def frontier_rows(rows: List[dict], source: str = "auto", modes: Sequence[str] =
 def format_frontier(rows: List[dict]) -> str:
     front = {id(r) for r in pareto_front(rows)}
     src = rows[0]["source"]
-    what = "synthesized (yosys)" if src == "synth" else "unit-gate estimate (no synthesis)"
+    what = "synthesized (yosys)" if src == "synth" else "unit-count model (no synthesis)"
     lines = [f"Voter area and depth: {what}; voter/popcount epilogue per image, XNOR array excluded.", "",
              "| model | width | row | top-1 | vs baseline | top-5 | voter area (M T) | vs popcount+thr | depth | "
              "depth vs baseline | Pareto |",

@@ -181,7 +181,7 @@ def search(ckpt, budget: float, data=None, out="runs/search", candidates: Option
         hold = D.Split(train_split.x[perm[:n_hold]], train_split.y[perm[:n_hold]], dataset, train_split.source)
         rest = D.Split(train_split.x[perm[n_hold:]], train_split.y[perm[n_hold:]], dataset, train_split.source)
         n_recal = min(recalibrate, len(rest))
-        log(f"area from {'synthesis (yosys, cached)' if src == 'synth' else 'the unit-gate model (no yosys)'}")
+        log(f"area from {'synthesis (yosys, cached)' if src == 'synth' else 'the unit-count model (no yosys)'}")
         cache: dict = {}
         areas = layer_areas(net, candidates, src, tie, cache, timeout)
         base_T = sum(a["popcount"]["area_T"] for a in areas.values())
@@ -235,7 +235,7 @@ def search(ckpt, budget: float, data=None, out="runs/search", candidates: Option
         atomic_write_bytes(out / "mapping.json", (json.dumps(result, indent=1) + "\n").encode())
         atomic_write_bytes(out / "results.json", (json.dumps(rows, indent=1) + "\n").encode())
         md = (f"# Per-layer voter search: {cfg['name']} width {cfg['width']:g}, budget {budget:g}\n\n"
-              f"Area: {'synthesized (yosys)' if src == 'synth' else 'unit-gate estimate (no synthesis)'}, voter/"
+              f"Area: {'synthesized (yosys)' if src == 'synth' else 'unit-count model (no synthesis)'}, voter/"
               f"popcount epilogue only. Sensitivity: each layer converted alone, BN re-estimated on {n_recal} "
               f"training images, top-1 on {n_hold} other training images (reference: popcount, recalibrated "
               f"the same way: {sens['reference']:.2f}). Choice: least summed top-1 loss under the budget "
