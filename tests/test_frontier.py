@@ -354,3 +354,18 @@ def test_frontier_rejects_bad_input(tmp_path, capsys):
     assert "no row of mode" in capsys.readouterr().err
     assert main(["frontier", str(f), "--out", str(tmp_path / "o"), "--cost", "units", "--modes", "bogus"]) == 2
     assert "--modes" in capsys.readouterr().err
+
+
+def test_reproduce_rows_for_per_layer_mappings_and_bad_recipes(capsys, tmp_path):
+    from bitvote.experiments.reproduce import voter_rows
+
+    m = {f"layer{i}.{j}.conv": "tap,leaf=4" for i in range(1, 5) for j in range(4)}
+    rows = voter_rows(["mv", M.voter_map_text(m)])
+    assert [r.tie for r in rows] == ["1", "1", "first"] and rows[-1].voter == m
+    assert len(rows[-1].slug) < 60 and rows[-1].slug != voter_rows([M.voter_map_text({"layer1.*": "mv"})])[0].slug
+    for argv, what in ((["--recipe", "fast"], "unknown part"), (["--table", "ablation", "--recipes", "kd+kd"], "twice"),
+                       (["--retrain-epochs", "0"], "--retrain-epochs")):
+        assert main(["reproduce", "--preset", "smoke", "--out", str(tmp_path / "r"), "--no-download", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bitvote: error:") and what in err, (argv, err)
+    assert not (tmp_path / "r").exists()

@@ -107,7 +107,12 @@ class VoterRow:
     @property
     def label(self) -> str:
         pad = "" if self.pad_value is None else f", pad {self.pad_value:+g}"
-        return f"{self.spec} (tie {self.tie}{pad})"
+        name = self.spec
+        if isinstance(self.voter, dict):  # the table shows the mapping whole; plots need a short name
+            import hashlib
+
+            name = f"per-layer {hashlib.sha1(self.spec.encode()).hexdigest()[:6]}"
+        return f"{name} (tie {self.tie}{pad})"
 
     @property
     def voter(self):
@@ -130,11 +135,11 @@ def voter_rows(specs: Sequence[str], tie: Optional[str] = None, pad_variant: boo
         spec = str(spec).strip()
         if not spec:
             continue
-        if is_popcount(spec):
-            raise BitvoteError("--voters: popcount is the baseline, not a voter row")
         if isinstance(_as_voter(spec), dict):  # a per-layer mapping: hierarchies, tie first
             rows.append(VoterRow(spec, str(tie if tie is not None else "first")))
             continue
+        if is_popcount(spec):
+            raise BitvoteError("--voters: popcount is the baseline, not a voter row")
         t = tie if tie is not None else ("1" if is_mv(spec) else "first")
         rows.append(VoterRow(spec, str(t)))
         if is_mv(spec) and pad_variant:
