@@ -10,11 +10,12 @@ machine without Yosys; ``"auto"`` picks synth when ``yosys`` is on the PATH. Eve
 says which it used.
 
 The unit-count model: a counter of f one-bit inputs is ~``f - bitlen(f)`` full adders (28 T
-each); a voter compares the count with a constant (~12 T per bit; a voter of 3 or fewer inputs
-is one gate, ~12 T), a popcount or a ``P`` root with a runtime threshold register (~24 T per
-bit). Depth: ~2 full-adder delays per halving of
-the inputs, plus the compare. It ranks designs as synthesis does (``tests/test_hw_cost.py``)
-but its absolute values are rough.
+each); a voter compares the count with a constant (~12 T per bit; a voter of 4 or fewer inputs
+is one gate, 6-20 T), a popcount or a ``P`` root with a runtime threshold register (~24 T per
+bit). Depth: ~2 full-adder delays per halving of the inputs, plus the compare. It orders the
+wide designs as synthesis does (popcount > mv > groups/tap; ``tests/test_frontier.py``) but
+overestimates mid-size leaves (ReActNet-18 at width 1/8: ``tap,leaf=8`` 0.80 of popcount +
+threshold against 0.57 synthesized), so a search or frontier meant for numbers uses synthesis.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def _counter(f: int) -> int:
 
 
 def _voter_T(f: int, per_bit: int) -> int:
-    if per_bit == 12 and f <= 3:  # a wire, a 2-input gate with its tie, a majority-of-3 gate
-        return (0, 0, 6, 12)[f]
+    if per_bit == 12 and f <= 4:  # a wire, a 2-input gate with its tie, majority-of-3 and -of-4 gates
+        return (0, 0, 6, 12, 20)[f]
     return _counter(f) + per_bit * (f + 1).bit_length()
 
 
