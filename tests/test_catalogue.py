@@ -38,6 +38,8 @@ BASE = {  # the smallest valid command line of each command (the bad option is a
     "export": ["export", "{ckpt}", "--format", "onnx", "--out", "{tmp}/m.onnx"],
     "data pack": ["data", "pack", "{folder}", "--out", "{tmp}/c.bvd"],
     "data info": ["data", "info", "{ckpt}"],
+    "search": ["search", "{ckpt}", "--budget", "0.5", "--out", "{tmp}/search"],
+    "frontier": ["frontier", "{ckpt}", "--out", "{tmp}/frontier"],
 }
 
 HUGE = "1" + "0" * 30

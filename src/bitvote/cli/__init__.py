@@ -16,7 +16,7 @@ from ..errors import BitvoteError
 from ..integrity import deferred_notes
 
 #: command modules, in the order their commands appear in ``bitvote --help``
-COMMAND_MODULES = ["info", "train", "convert", "engine", "hw", "export", "data"]
+COMMAND_MODULES = ["info", "train", "convert", "engine", "hw", "export", "data", "search"]
 
 
 class _Parser(argparse.ArgumentParser):

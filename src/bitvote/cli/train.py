@@ -31,7 +31,10 @@ def add_parser(sub):
     p.add_argument("--model", type=text, help="model name (default reactnet18, or the --init checkpoint's)")
     p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
     p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else ~/.cache/bitvote/data; downloads when missing)")
-    p.add_argument("--voter", type=text, help="voter spec (default popcount, or the --init checkpoint's)")
+    p.add_argument("--voter", type=text, help="voter spec, or per layer 'layer1.*=tap,leaf=4;*=mv' (first match wins, the "
+                   "rest popcount); default popcount, or the --init checkpoint's")
+    p.add_argument("--voter-map", type=input_file, metavar="FILE.json", help="per-layer voters from a JSON object "
+                   "{pattern: spec} (what bitvote search writes); instead of --voter")
     p.add_argument("--tie", type=text, help="tie rule: 1, -1, first, or a root-first list")
     p.add_argument("--surrogate", choices=["approxsign", "ste"], help="the vote's backward")
     p.add_argument("--sigma", type=text, help="the vote's surrogate width rule (e.g. fanin)")
@@ -59,6 +62,16 @@ def add_parser(sub):
                         "(learning rate, epochs, schedule, ...); the model's own options can never change")
     p.add_argument("--init", type=input_file, help="start from this checkpoint's weights (e.g. step 1's best.pt)")
     p.add_argument("--teacher", type=input_file, help="distill from this checkpoint (ReActNet's distribution loss)")
+    p.add_argument("--self-distill", action="store_true",
+                   help="distill from the --init checkpoint itself (the popcount parent; no extra training)")
+    p.add_argument("--recalibrate-bn", type=nonneg_int, default=0, metavar="N",
+                   help="re-estimate BN on N train images before the first step and at every --progressive stage")
+    p.add_argument("--progressive", type=text, metavar="SCHEDULE",
+                   help="'mv;tap': train through these voters before --voter, or 'layers': convert layer group "
+                        "by layer group; each stage gets an equal share of the steps")
+    p.add_argument("--patience", type=nonneg_int, default=0, metavar="E",
+                   help="stop early when the train loss has not fallen for E epochs (0: off)")
+    p.add_argument("--min-delta", type=fraction, default=1e-3, help="relative fall that counts for --patience")
     p.add_argument("--threads", type=threads, help="torch CPU threads")
     p.add_argument("--agc", type=nonneg_float, metavar="CLIP",
                    help="adaptive gradient clipping factor (default 0.04 for --bn free, else off; 0 turns it off)")
@@ -101,6 +114,25 @@ def add_parser(sub):
     p.set_defaults(func=_demo)
 
 
+def voter_arg(args, required: bool = False):
+    """``--voter`` (a spec or a ``PATTERN=SPEC;...`` mapping) or ``--voter-map FILE``: one parser
+    for train, convert, reproduce and search."""
+    from ..errors import BitvoteError
+    from ..models import parse_voter_map, read_voter_map
+
+    given = getattr(args, "voter", None)
+    vmap = getattr(args, "voter_map", None)
+    if given is not None and vmap is not None:
+        raise BitvoteError("--voter and --voter-map both give the voter: use one")
+    if vmap is not None:
+        return read_voter_map(vmap)
+    if given is None:
+        if required:
+            raise BitvoteError("give the voter: --voter SPEC or --voter-map FILE.json")
+        return None
+    return parse_voter_map(given)
+
+
 def _without_nproc(argv):
     """The command line minus ``--nproc N``: what each launched worker runs."""
     out, skip = [], False
@@ -120,7 +152,7 @@ def _train(args):
     from ..train.distributed import env_world, launch
 
     cfg = TrainConfig(
-        model=args.model, dataset=args.dataset, data=args.data, voter=args.voter, tie=args.tie,
+        model=args.model, dataset=args.dataset, data=args.data, voter=voter_arg(args), tie=args.tie,
         surrogate=args.surrogate, sigma=args.sigma, pad_value=args.pad_value, bn=args.bn, width=args.width,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, wd=args.wd, schedule=args.schedule,
         label_smoothing=args.label_smoothing, step=args.step, subset=args.subset, test_subset=args.test_subset,
@@ -129,6 +161,8 @@ def _train(args):
         ckpt_every_steps=args.ckpt_every_steps, download=not args.no_download, quiet=args.quiet,
         sync_bn=args.sync_bn, stop_after_steps=args.stop_after_steps, amp=args.amp, compile=args.compile,
         agc=args.agc, weight_grad=args.weight_grad, override=args.override, given=_given(args.argv),
+        self_distill=args.self_distill, recalibrate_bn=args.recalibrate_bn, progressive=args.progressive,
+        patience=args.patience, min_delta=args.min_delta,
     )
     if args.override and not args.resume:
         raise BitvoteError("--override only applies with --resume (it lets a resumed run take changed options)")

@@ -18,7 +18,7 @@ from typing import List
 from ..io import atomic_write_bytes
 from ..voter import is_mv
 
-__all__ = ["format_table", "header", "write_all", "plot", "display_name"]
+__all__ = ["format_table", "header", "write_all", "plot", "display_name", "format_ablation", "write_ablation"]
 
 #: display names, spelled as the seed's tables spell them
 NAMES = {"reactnet18": "ReActNet-18", "birealnet18": "Bi-RealNet-18", "xnornet18": "XNORNet-18",
@@ -47,7 +47,7 @@ def header(rows: List[dict], p: dict) -> str:
             f"Converted: the baseline's weights with the voter swapped in; + BN recalibration: BN statistics "
             f"re-estimated on {p['recalibrate']} training images. Retrained: from the baseline, {_epochs(p['retrain_epochs'])} "
             f"through the voter ({p['surrogate']}, sigma {p['sigma']}, lr {p['retrain_lr']:g}), the same budget "
-            f"for every row. Tie: +1 for MV, `first` for hierarchies unless stated. Each voter row names the "
+            f"for every row (recipe `{p.get('recipe', 'plain')}`). Tie: +1 for MV, `first` for hierarchies unless stated. Each voter row names the "
             f"hierarchies it resolved to, layer by layer (distinct ones, in layer order).")
 
 
@@ -61,12 +61,25 @@ def _acc(v) -> str:
 
 def _voter_text(r: dict) -> str:
     spec, res = r["voter"], r.get("resolved") or ""
-    mv = is_mv(spec)
+    try:
+        mv = is_mv(spec)
+    except Exception:  # a per-layer mapping ("layer1.*=tap;*=mv") is no single voter
+        mv = False
     what = "Majority Voter" if mv else f"HMV `{spec}`"
     extra = [] if mv and str(r.get("tie")) == "1" else [f"tie {r.get('tie')}"]
     if r.get("pad_value") is not None:
         extra.append(f"pad {r['pad_value']:+g}")
     return what + (f" ({', '.join(extra)})" if extra else "") + (f" = {res}" if res else "")
+
+
+def _recipe_note(r: dict) -> str:
+    """``, recipe kd, 4 of 6 epochs (plateau)`` for a row that is not the plain full budget."""
+    parts = []
+    if r.get("recipe") not in (None, "plain"):
+        parts.append(f"recipe {r['recipe']}")
+    if r.get("stopped") == "plateau":
+        parts.append(f"{r.get('epochs_run')} of {r.get('epochs')} epochs, loss stopped falling")
+    return "".join(", " + x for x in parts)
 
 
 def format_table(rows: List[dict]) -> str:
@@ -81,7 +94,7 @@ def format_table(rows: List[dict]) -> str:
         elif r["mode"] == "recalibrated":
             name = f"{m} with {_voter_text(r)} + BN recalibration"
         else:
-            name = f"Our {m} with {_voter_text(r)} (retrained)"
+            name = f"Our {m} with {_voter_text(r)} (retrained{_recipe_note(r)})"
         t5 = "" if r["top5"] is None else f"{r['top5']:.2f}"
         lines.append(f"| {name} | {_acc(r['top1'])} | {t5} |")
     return "\n".join(lines)
@@ -145,3 +158,37 @@ def write_all(out: Path, rows: List[dict], p: dict, wall_s: float, print_table=T
     if print_table:
         print(f"\n{header(rows, p)}\n\n{table}\n\n{out / 'table.md'}, {out / 'results.json'}"
               + ("" if note else f", {out / 'accuracy.png'}"), flush=True)
+
+
+def format_ablation(rows: List[dict]) -> str:
+    """One line per (model, voter, recipe): retrained top-1/top-5, epochs run, why it stopped,
+    the gap to the baseline; the converted and recalibrated rows as references."""
+    lines = ["| Model | Voter | Recipe | Top-1 (%) | Top-5 (%) | vs baseline | Epochs | Stopped | Wall (min) |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|"]
+    base = {r["model"]: r for r in rows if r["mode"] == "baseline"}
+    for r in rows:
+        b = base.get(r["model"])
+        gap = "" if r["top1"] is None or b is None else f"{r['top1'] - b['top1']:+.2f}"
+        recipe = {"baseline": "(popcount baseline)", "converted": "(converted)",
+                  "recalibrated": "(+ BN recalibration)"}.get(r["mode"], r.get("recipe") or "plain")
+        t5 = "" if r["top5"] is None else f"{r['top5']:.2f}"
+        ep = r.get("epochs_run", r.get("epochs")) if r["mode"] == "retrained" else ""
+        wall = f"{float(r.get('wall_s') or 0) / 60:.1f}"
+        voter = "popcount" if r["mode"] == "baseline" else f"`{r['voter']}` (tie {r.get('tie')})"
+        lines.append(f"| {display_name(r['model'])} | {voter} | {recipe} | {_acc(r['top1'])} | {t5} | {gap} | {ep} | "
+                     f"{r.get('stopped', '') if r['mode'] == 'retrained' else ''} | {wall} |")
+    return "\n".join(lines)
+
+
+def write_ablation(out: Path, rows: List[dict], p: dict, wall_s: float, print_table=True, log=print) -> None:
+    """ablation.md and ablation.json (the rows, in results.json's form); prints the table."""
+    out = Path(out)
+    table = format_ablation(rows)
+    text = (f"# Retraining recipes at equal budget (preset `{p['preset']}`)\n\n{header(rows, p)}\n\n"
+            f"Every recipe retrains from the same baseline for at most {_epochs(p['retrain_epochs'])} "
+            f"(`long=X` recipes excepted).\n\n{table}\n\nThis invocation: {wall_s / 60:.1f} min.\n")
+    atomic_write_bytes(out / "ablation.md", text.encode())
+    ok = [r for r in rows if r["top1"] is not None]
+    atomic_write_bytes(out / "ablation.json", (json.dumps(ok, indent=1) + "\n").encode())
+    if print_table:
+        print(f"\n{table}\n\n{out / 'ablation.md'}, {out / 'ablation.json'}", flush=True)

@@ -56,10 +56,27 @@ PRESETS: Dict[str, dict] = {
     "gpu1": dict(models=("reactnet18", "birealnet18"), voters=("mv", "tap"), width=1.0, subset=None,
                  test_subset=None, batch_size=256, epochs=None, lr=2e-3, retrain_epochs=None, retrain_lr=1e-3,
                  recalibrate=10000, pad_variant=False, minutes=10.0),
+    # the accuracy-vs-area frontier at the cpu preset's scale: every design the hardware sweep
+    # prices, retrained up to 6 epochs (until the train loss stops falling for 2); the
+    # ablation (`--table ablation`) compares the recipes on the small-leaf row at equal budget.
+    # Every training stage stays under an hour on one CPU thread (docs/reproduce.md).
+    "frontier-cpu": dict(models=("reactnet18", "birealnet18"),
+                         voters=("mv", "groups=4", "tap", "tap,groups=4", "tap,leaf=4", "tap,leaf=8",
+                                 "cm:M(M3(M3))", "cm:P(M3)"),
+                         width=0.125, subset=10000, test_subset=2000, batch_size=128, epochs=15, lr=2e-3,
+                         retrain_epochs=6, retrain_lr=1e-3, recalibrate=1000, pad_variant=True,
+                         recipe="plateau=2", ablation_voters=("tap,leaf=4",), ablation_models=("reactnet18",)),
 }
 
-for _p in PRESETS.values():
+#: the recipes `--table ablation` compares (docs/reproduce.md, "Retraining recipes")
+ABLATION_RECIPES = ("plain", "recal", "kd", "leafsigma=2", "leafsigma=4", "prog", "layers", "recal+kd+leafsigma=2")
+
+for _name, _p in PRESETS.items():
     _p.setdefault("minutes", None)  # a time budget replaces the epochs when given (plan_epochs)
+    _p.setdefault("recipe", "plain")  # the retraining recipe of every voter row (experiments.recipes)
+    _p.setdefault("ablation_recipes", ABLATION_RECIPES)
+    _p.setdefault("ablation_voters", (_p["voters"][-1],))  # the cheapest design of the sweep
+    _p.setdefault("ablation_models", _p["models"][:1])
 
 #: the keys that decide what a stage computes: a folder holds one protocol
 _PROTOCOL_KEYS = ("width", "subset", "test_subset", "batch_size", "epochs", "lr", "retrain_epochs", "retrain_lr",
@@ -78,6 +95,10 @@ class VoterRow:
     def slug(self) -> str:
         """A folder name: ``tap_groups_4-tiefirst``, ``mv-tie1-pad1``."""
         s = "".join(c if c.isalnum() else "_" for c in self.spec)
+        if len(s) > 48:  # a per-layer mapping: keep folder names short and distinct
+            import hashlib
+
+            s = s[:32] + "_" + hashlib.sha1(self.spec.encode()).hexdigest()[:10]
         s += "-tie" + "".join(c if c.isalnum() else "_" for c in str(self.tie).replace("-", "m"))
         if self.pad_value is not None:
             s += f"-pad{self.pad_value:+g}".replace("+", "p").replace("-", "m")
@@ -86,7 +107,25 @@ class VoterRow:
     @property
     def label(self) -> str:
         pad = "" if self.pad_value is None else f", pad {self.pad_value:+g}"
-        return f"{self.spec} (tie {self.tie}{pad})"
+        name = self.spec
+        if isinstance(self.voter, dict):  # the table shows the mapping whole; plots need a short name
+            import hashlib
+
+            name = f"per-layer {hashlib.sha1(self.spec.encode()).hexdigest()[:6]}"
+        return f"{name} (tie {self.tie}{pad})"
+
+    @property
+    def voter(self):
+        """The spec, or for a per-layer row (``PATTERN=SPEC;...``) its mapping."""
+        from ..models import parse_voter_map
+
+        return parse_voter_map(self.spec)
+
+    def retrain_key(self, recipe: str) -> str:
+        """Stage key and folder of this row retrained by ``recipe`` (``plain``: the historical names)."""
+        from .recipes import recipe_slug
+
+        return self.slug if recipe_slug(recipe) == "plain" else f"{self.slug}--{recipe_slug(recipe)}"
 
 
 def voter_rows(specs: Sequence[str], tie: Optional[str] = None, pad_variant: bool = True) -> List[VoterRow]:
@@ -95,6 +134,9 @@ def voter_rows(specs: Sequence[str], tie: Optional[str] = None, pad_variant: boo
     for spec in specs:
         spec = str(spec).strip()
         if not spec:
+            continue
+        if isinstance(_as_voter(spec), dict):  # a per-layer mapping: hierarchies, tie first
+            rows.append(VoterRow(spec, str(tie if tie is not None else "first")))
             continue
         if is_popcount(spec):
             raise BitvoteError("--voters: popcount is the baseline, not a voter row")
@@ -105,6 +147,12 @@ def voter_rows(specs: Sequence[str], tie: Optional[str] = None, pad_variant: boo
     if not rows:
         raise BitvoteError("--voters: no voter given")
     return rows
+
+
+def _as_voter(spec):
+    from ..models import parse_voter_map
+
+    return parse_voter_map(spec)
 
 
 def _is_divergence(e: BitvoteError) -> bool:
@@ -202,7 +250,7 @@ class Protocol:
         if all(got):
             return got
         net, _ = load_model(base["checkpoint"], self.device)
-        convert_model(net, vr.spec, vr.tie, vr.pad_value)
+        convert_model(net, vr.voter, vr.tie, vr.pad_value)
         common = dict(voter=vr.spec, tie=vr.tie, pad_value=vr.pad_value, label=vr.label, resolved=resolved(net),
                       epochs=self.p["epochs"], status="ok")
         t = time.monotonic()
@@ -221,19 +269,26 @@ class Protocol:
         self.log(f"{model} {vr.label}: + BN recalibration top1 {ev['top1']:.2f}")
         return rows
 
-    def retrained(self, model: str, base: dict, vr: VoterRow, resolved_text: str) -> dict:
-        key = f"{vr.slug}.retrained"
+    def retrained(self, model: str, base: dict, vr: VoterRow, resolved_text: str, recipe: Optional[str] = None) -> dict:
+        """The row retrained from the baseline by ``recipe`` (default: the preset's)."""
+        from .recipes import recipe_options, recipe_slug
+
+        recipe = recipe or self.p["recipe"]
+        name = vr.retrain_key(recipe)
+        key = f"{name}.retrained"
         got = self.done(model, key)
         if got:
             return got
-        self.log(f"{model} {vr.label}: retraining through the voter ({self.p['retrain_epochs']} epochs)")
-        common = dict(voter=vr.spec, tie=vr.tie, pad_value=vr.pad_value, label=vr.label, resolved=resolved_text,
-                      mode="retrained", variant="retrained", epochs=self.p["retrain_epochs"],
-                      surrogate=self.p["surrogate"], sigma=self.p["sigma"])
+        opts, epochs = recipe_options(recipe, self.p, vr.voter)
+        self.log(f"{model} {vr.label}: retraining through the voter ({epochs} epochs, recipe {recipe})")
+        label = vr.label if recipe_slug(recipe) == "plain" else f"{vr.label} [{recipe}]"
+        common = dict(voter=vr.spec, tie=vr.tie, pad_value=vr.pad_value, label=label, resolved=resolved_text,
+                      mode="retrained", variant="retrained", epochs=epochs, recipe=recipe,
+                      surrogate=self.p["surrogate"], sigma=opts["sigma"])
         try:
-            res = self.train_stage(init=base["checkpoint"], voter=vr.spec, tie=vr.tie, pad_value=vr.pad_value,
-                              surrogate=self.p["surrogate"], sigma=self.p["sigma"], epochs=self.p["retrain_epochs"],
-                              lr=self.p["retrain_lr"], out=str(self.out / model / vr.slug))
+            res = self.train_stage(init=base["checkpoint"], voter=vr.voter, tie=vr.tie, pad_value=vr.pad_value,
+                                   surrogate=self.p["surrogate"], epochs=epochs, lr=self.p["retrain_lr"],
+                                   out=str(self.out / model / name), **opts)
         except BitvoteError as e:
             if not _is_divergence(e):
                 raise
@@ -241,7 +296,10 @@ class Protocol:
             return self.record(model, key, self.base_row(model, **common, status="diverged", error=str(e),
                                                          top1=None, top5=None, n=None))
         return self.record(model, key, self.base_row(model, **common, status="ok", top1=res["top1"], top5=res["top5"],
-                                                     n=res["n"], wall_s=res.get("wall_s")))
+                                                     n=res["n"], wall_s=res.get("wall_s"),
+                                                     epochs_run=res.get("epochs_run", epochs),
+                                                     stopped=res.get("stopped", "budget"),
+                                                     checkpoint=res.get("best")))
 
 
 def _time_steps(model_name: str, voter: str, tie, p: dict, device, steps: int = 6) -> float:
@@ -309,7 +367,7 @@ def _validate(models: Sequence[str], rows: Sequence[VoterRow], width: float) -> 
     for name in models:
         for vr in rows:
             opts = {} if vr.pad_value is None else {"pad_value": vr.pad_value}
-            M.create(name, voter=vr.spec, width=width, tie=vr.tie, **opts)
+            M.create(name, voter=vr.voter, width=width, tie=vr.tie, **opts)
 
 
 def _read_json(f: Path) -> dict:
@@ -325,13 +383,23 @@ def _read_json(f: Path) -> dict:
 
 def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, voters: Optional[Sequence[str]] = None,
               data=None, out=None, tie=None, device="cpu", threads=None, download=True, quiet=False,
-              print_table=True, **overrides) -> List[dict]:
+              print_table=True, table: str = "seed", recipes: Optional[Sequence[str]] = None,
+              voter_maps: Sequence = (), **overrides) -> List[dict]:
     """Run (or resume) the protocol; writes ``table.md``, ``results.json``, ``accuracy.png``.
 
     Returns every row (diverged rows included, with ``top1`` None). ``overrides`` change preset
-    values (``width``, ``epochs``, ``subset``, ...): the folder's ``protocol.json`` then
-    records them, and a re-run with other values into the same folder is an error.
+    values (``width``, ``epochs``, ``subset``, ``recipe``, ...): the folder's ``protocol.json``
+    then records the ones that decide a stage, and a re-run with other values into the same
+    folder is an error. ``voter_maps``: per-layer voters (``{pattern: spec}``), one row each.
+
+    ``table="ablation"``: the preset's ``ablation_models`` x ``ablation_voters`` (or
+    ``models``/``voters``), retrained by every recipe of ``recipes`` (default the preset's
+    ``ablation_recipes``) at the same budget; writes ``ablation.md`` and ``ablation.json``
+    beside the seed table's files (the baseline and conversions are shared with it).
     """
+    from ..models import voter_map_text
+    from .recipes import parse_recipe
+
     import torch
 
     from ..train import device as as_device
@@ -343,10 +411,18 @@ def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, vot
     if unknown:
         raise BitvoteError(f"unknown reproduce option(s): {', '.join(sorted(unknown))}")
     p.update(overrides)
-    models = list(models or p["models"])
+    if table not in ("seed", "ablation"):
+        raise BitvoteError(f"unknown table {table!r}: choose seed or ablation")
+    ablation = table == "ablation"
+    recipes = list(recipes or (p["ablation_recipes"] if ablation else [p["recipe"]]))
+    for r in recipes:
+        parse_recipe(r)
+    models = list(models or (p["ablation_models"] if ablation else p["models"]))
     if voters is not None:  # accept "a;b" as well as a list
         voters = [v for item in voters for v in str(item).split(";")]
-    rows_spec = voter_rows(voters or p["voters"], tie, p["pad_variant"])
+    specs = list(voters or (p["ablation_voters"] if ablation and not voter_maps else [] if voter_maps else p["voters"]))
+    specs += [voter_map_text(m) for m in voter_maps]
+    rows_spec = voter_rows(specs, tie, p["pad_variant"] and not ablation)
     as_device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -358,10 +434,11 @@ def reproduce(preset: str = "smoke", models: Optional[Sequence[str]] = None, vot
     if not planned and p["epochs"] is None:
         raise BitvoteError(f"preset {preset!r} sizes its epochs from a time budget: pass --minutes")
     with hold_folder(out, "bitvote reproduce"):
-        return _run(proto, models, rows_spec, planned, print_table)
+        return _run(proto, models, rows_spec, planned, print_table, recipes, ablation)
 
 
-def _run(proto: "Protocol", models, rows_spec, planned: bool, print_table: bool) -> List[dict]:
+def _run(proto: "Protocol", models, rows_spec, planned: bool, print_table: bool, recipes=None,
+         ablation: bool = False) -> List[dict]:
     """The protocol proper, with ``proto.out`` held by this process."""
     from . import report as R
 
@@ -379,6 +456,11 @@ def _run(proto: "Protocol", models, rows_spec, planned: bool, print_table: bool)
         for vr in rows_spec:
             conv = proto.converted(model, base, vr)
             rows.extend(conv)
-            rows.append(proto.retrained(model, base, vr, conv[0]["resolved"]))
-    R.write_all(out, rows, p, time.monotonic() - t0, print_table=print_table and not proto.quiet, log=proto.log)
+            for recipe in recipes or [p["recipe"]]:
+                rows.append(proto.retrained(model, base, vr, conv[0]["resolved"], recipe))
+    if ablation:
+        R.write_ablation(out, rows, p, time.monotonic() - t0, print_table=print_table and not proto.quiet,
+                         log=proto.log)
+    else:
+        R.write_all(out, rows, p, time.monotonic() - t0, print_table=print_table and not proto.quiet, log=proto.log)
     return rows

@@ -32,7 +32,7 @@ from .design import make_design
 from .synth import synth
 from .units import layer_design, layer_units
 
-__all__ = ["load_results", "model_cost", "build_report", "format_report", "plot_report"]
+__all__ = ["load_results", "model_cost", "build_report", "format_report", "plot_report", "pareto"]
 
 
 def _number(v, lo=-math.inf, hi=math.inf) -> bool:
@@ -158,6 +158,9 @@ def _pareto(rows: List[dict]) -> List[dict]:
                 front.append(r)
                 best = r["top1"]
     return front
+
+
+pareto = _pareto
 
 
 def format_report(rep: List[dict]) -> str:

@@ -18,7 +18,8 @@ from ..errors import BitvoteError
 from ..nn.layers import VoterLayer
 from ..voter import is_popcount, tie_text
 
-__all__ = ["register", "create", "names", "set_voter", "voter_layers", "VoterMap"]
+__all__ = ["register", "create", "names", "set_voter", "voter_layers", "VoterMap", "spec_for", "parse_voter_map",
+           "voter_map_text", "read_voter_map"]
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -80,6 +81,70 @@ def _spec_for(name: str, voter: VoterMap) -> str:
                 return spec
         return "popcount"
     return voter
+
+
+#: the voter spec of layer ``name`` under ``voter`` (the first matching pattern; unmatched: popcount)
+spec_for = _spec_for
+
+_GLOB = set("*?[.")
+
+
+def parse_voter_map(text: str) -> VoterMap:
+    """A ``--voter`` argument: one spec, or ``PATTERN=SPEC;PATTERN=SPEC...`` (first match wins).
+
+    Specs contain ``=`` themselves (``groups=4``, ``tap,leaf=4``), so the text is a mapping
+    only when it has a ``;`` or its first ``=`` follows a layer-name pattern (one with a ``.``
+    or a glob character: ``layer1.*=tap,leaf=4``, ``*=mv``); a layer that no pattern matches
+    keeps popcount. The specs themselves are checked where they meet the layers.
+    """
+    text = str(text).strip()
+    key = text.partition("=")[0]
+    if ";" not in text and not (_GLOB & set(key) and "=" in text):
+        if not text:
+            raise BitvoteError("--voter: empty voter spec")
+        return text
+    out = {}
+    for item in text.split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        pattern, eq, spec = (t.strip() for t in item.partition("="))
+        if not eq or not pattern or not spec:
+            raise BitvoteError(f"--voter {text!r}: {item!r} is not PATTERN=SPEC (e.g. 'layer1.*=tap,leaf=4;*=mv')")
+        if pattern in out:
+            raise BitvoteError(f"--voter {text!r}: pattern {pattern!r} is given twice")
+        out[pattern] = spec
+    if not out:
+        raise BitvoteError(f"--voter {text!r}: no PATTERN=SPEC entry")
+    return out
+
+
+def voter_map_text(voter: VoterMap) -> str:
+    """The one-line text of a voter (what :func:`parse_voter_map` reads back)."""
+    if isinstance(voter, Mapping):
+        return ";".join(f"{k}={v}" for k, v in voter.items())
+    return str(voter)
+
+
+def read_voter_map(path) -> dict:
+    """A ``--voter-map FILE.json``: an object ``{"pattern": "spec", ...}`` (first match wins), or
+    what ``bitvote search`` writes (the same object under ``"voter"``)."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise BitvoteError(f"--voter-map {str(path)!r} does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BitvoteError(f"--voter-map {str(path)!r} is not JSON ({e})") from None
+    if isinstance(data, dict) and isinstance(data.get("voter"), dict):
+        data = data["voter"]
+    if not isinstance(data, dict) or not data or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                                            for k, v in data.items()):
+        raise BitvoteError(f"--voter-map {str(path)!r}: expected a JSON object of layer pattern -> voter spec strings")
+    return {k.strip(): v.strip() for k, v in data.items()}
 
 
 def set_voter(model: nn.Module, voter: VoterMap = "popcount", tie=None, **layer_options) -> nn.Module:

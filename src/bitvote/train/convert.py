@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .. import data as D
 from ..errors import BitvoteError
-from ..models import set_voter, voter_layers
+from ..models import set_voter, voter_layers, voter_map_text
 from ..voter import is_popcount
 from .checkpoint import model_checkpoint, save as save_checkpoint
 from .loop import evaluate, load_for_evaluation
@@ -93,7 +93,7 @@ def convert_checkpoint(ckpt, voter, out=None, tie=None, pad_value=None, recalibr
     rows = []
 
     def row(mode):
-        r = {"mode": mode, "voter": str(model.config["voter"]), "resolved": resolved(model), **evaluate(model, test)}
+        r = {"mode": mode, "voter": voter_map_text(model.config["voter"]), "resolved": resolved(model), **evaluate(model, test)}
         rows.append(r)
         if not quiet:
             print(f"{mode:>13}: {r['voter']} [{r['resolved']}] top1 {r['top1']:.2f}%  top5 {r['top5']:.2f}%", flush=True)

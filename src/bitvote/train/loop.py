@@ -91,6 +91,12 @@ class TrainConfig:
     weight_grad: str = "scaled"  # scaled: the forward's chain rule (x mean|W|); unscaled: ReActNet/Bi-Real's
     override: bool = False  # resume: apply the given options that differ from the saved run (see .resume)
     given: Optional[tuple] = None  # the options the user set (the CLI records them); None: the non-defaults
+    # retraining recipes (docs/reproduce.md, "Retraining recipes")
+    self_distill: bool = False  # the --init checkpoint (the popcount parent) is the distillation teacher
+    recalibrate_bn: int = 0  # re-estimate BN on N train images before the first step and at every voter stage
+    progressive: Optional[str] = None  # "V1;V2" voters before the target, or "layers": convert layer group by group
+    patience: int = 0  # stop when the epoch's train loss has not fallen for N epochs (0: run every epoch)
+    min_delta: float = 1e-3  # "fallen" means below (1 - min_delta) x the best earlier epoch's loss
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -262,6 +268,18 @@ def check_config(cfg: TrainConfig) -> None:
         raise BitvoteError(f"--wd must be a non-negative finite number, got {cfg.wd}")
     if not 0 <= cfg.label_smoothing < 1:
         raise BitvoteError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.self_distill and not cfg.init:
+        raise BitvoteError("--self-distill needs --init: the checkpoint retrained from is the teacher")
+    if cfg.self_distill and cfg.teacher:
+        raise BitvoteError("--self-distill and --teacher both name a teacher: give one")
+    if isinstance(cfg.recalibrate_bn, bool) or not isinstance(cfg.recalibrate_bn, int) or cfg.recalibrate_bn < 0:
+        raise BitvoteError(f"--recalibrate-bn must be 0 (off) or a number of images, got {cfg.recalibrate_bn!r}")
+    if isinstance(cfg.patience, bool) or not isinstance(cfg.patience, int) or cfg.patience < 0:
+        raise BitvoteError(f"--patience must be 0 (off) or a number of epochs, got {cfg.patience!r}")
+    if not 0 <= cfg.min_delta < 1:
+        raise BitvoteError(f"--min-delta must be in [0, 1), got {cfg.min_delta}")
+    if cfg.progressive is not None and not str(cfg.progressive).strip():
+        raise BitvoteError("--progressive: give 'layers' or voters before the target, e.g. 'mv;tap'")
     if cfg.weight_grad not in WEIGHT_GRADS:
         raise BitvoteError(f"--weight-grad must be one of {', '.join(WEIGHT_GRADS)}, got {cfg.weight_grad!r}")
     if cfg.label_smoothing and cfg.teacher:
@@ -349,6 +367,51 @@ def train(cfg: TrainConfig, *, _stop_after: Optional[int] = None) -> dict:
         world.close()
 
 
+def voter_stages(target, progressive: Optional[str], layer_names) -> list:
+    """The voters a run trains through, in order, each for an equal share of its steps.
+
+    ``progressive`` ``None``: the target alone. ``"V1;V2"``: V1, V2, then the target
+    (e.g. ``mv;tap`` before ``tap,leaf=4``). ``"layers"``: the target converted one layer group
+    (``layer1``, ``layer2``, ...) more per stage, the rest still popcount. Each stage is a plain
+    voter (a spec or an exact-name mapping), so a checkpoint can rebuild it.
+    """
+    from ..models import parse_voter_map, spec_for
+
+    if not progressive:
+        return [target]
+    if str(progressive).strip().lower() == "layers":
+        groups = []
+        for n in layer_names:
+            if n.split(".")[0] not in groups:
+                groups.append(n.split(".")[0])
+        stages = []
+        for i in range(1, len(groups)):
+            stages.append({n: (spec_for(n, target) if n.split(".")[0] in groups[:i] else "popcount")
+                           for n in layer_names})
+        return stages + [target]
+    chain = [parse_voter_map(v) for v in str(progressive).split(";") if v.strip()]
+    if any(is_popcount(v) for v in chain if isinstance(v, str)):
+        raise BitvoteError("--progressive: the run starts from its --init checkpoint's popcount; list voters only")
+    return chain + [target]
+
+
+def stage_at(step: int, total: int, k: int) -> int:
+    """The stage of global step ``step`` when ``k`` stages share ``total`` steps equally; aligned
+    to the end, so the last steps always train the target even when ``total < k``."""
+    total = max(total, 1)
+    return max(0, k - 1 - ((total - 1 - min(step, total - 1)) * k) // total)
+
+
+def plateaued(losses, patience: int, min_delta: float) -> bool:
+    """True when none of the last ``patience`` epochs' losses fell below ``(1 - min_delta)`` x
+    the best loss before them: the loss has stopped falling."""
+    if patience < 1 or len(losses) <= patience:
+        return False
+    best_before = min(losses[:-patience])
+    return min(losses[-patience:]) > best_before * (1.0 - min_delta) if best_before > 0 else \
+        min(losses[-patience:]) >= best_before
+
+
 def _epoch_stats() -> dict:
     """The running sums of the epoch in progress (kept in ``last.pt`` for a mid-epoch resume)."""
     return {"loss": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
@@ -374,6 +437,8 @@ class _Run:
         self.stats = _epoch_stats()
         self.wall0 = 0.0  # wall time of the earlier invocations
         self.saved_step = None  # the step of the last checkpoint this run can fall back to
+        self.stages, self.stage = None, -1  # the voter stages (a recipe's schedule) and the one in place
+        self.stop_reason = "budget"
 
     def run(self) -> dict:
         res = self.open()
@@ -465,16 +530,50 @@ class _Run:
         # drop_last, as ReActNet / AB-BNN; a tiny subset still gets one batch
         self.steps = max(1, len(self.train_set) // cfg.batch_size)
         self.total = cfg.epochs * self.steps
+        if self.ck is None and (cfg.progressive or cfg.recalibrate_bn):
+            from ..models import voter_layers
+
+            self.stages = voter_stages(model.config["voter"], cfg.progressive, [n for n, _ in voter_layers(model)])
 
     def load_teacher(self) -> Optional[nn.Module]:
+        """``--teacher``, or with ``self_distill`` the ``--init`` checkpoint as it was loaded (the
+        parent being converted: a teacher that costs no extra training)."""
         cfg = self.cfg
-        if not cfg.teacher:
+        path = cfg.init if cfg.self_distill else cfg.teacher
+        if not path:
             return None
-        teacher, _ = C.load_model(cfg.teacher, self.dev)
+        teacher, _ = C.load_model(path, self.dev)
         if teacher.config["num_classes"] != self.train_set.num_classes:
-            raise BitvoteError(f"--teacher {cfg.teacher} has {teacher.config['num_classes']} classes, "
+            raise BitvoteError(f"--teacher {path} has {teacher.config['num_classes']} classes, "
                                f"{cfg.dataset} has {self.train_set.num_classes}")
-        return teacher
+        return teacher.eval()
+
+    def enter_stage(self) -> None:
+        """Put the voter of the current step's stage in place (BN re-estimated when asked).
+
+        Called before every step; it acts on the first step of a stage only. A resumed run
+        knows its stage from ``last.pt``, and recalibration is deterministic, so a kill at a
+        stage boundary replays the same switch.
+        """
+        if not self.stages:
+            return
+        k = stage_at(self.gstep, self.total, len(self.stages))
+        if k == self.stage:
+            return
+        from ..models import set_voter
+        from .convert import recalibrate_bn
+
+        cfg, model = self.cfg, self.model
+        set_voter(model, self.stages[k], cfg.tie if cfg.tie is not None else model.config.get("tie"))
+        if cfg.recalibrate_bn:
+            recalibrate_bn(model, self.train_set, cfg.recalibrate_bn, seed=cfg.seed)
+            model.train()
+        self.stage = k
+        if len(self.stages) > 1:
+            from ..models import voter_map_text
+
+            self.prog.note(f"bitvote train: step {self.gstep}: voter stage {k + 1}/{len(self.stages)}: "
+                           f"{voter_map_text(self.stages[k])}")
 
     def restore(self) -> None:
         """Counters, sums, optimizer and RNG states of the checkpoint resumed from."""
@@ -486,6 +585,7 @@ class _Run:
         self.history, self.best = list(ck.get("history") or []), float(ck.get("best_top1", -1.0))
         self.stats = dict(ck.get("epoch_stats") or self.stats)
         self.wall0 = float(ck.get("wall_s", 0.0))
+        self.stages, self.stage = ck.get("voter_stages"), int(ck.get("voter_stage", -1))
         _set_rng_state(ck["rng"], self.dev)
         self.saved_step = self.gstep
 
@@ -515,6 +615,7 @@ class _Run:
             epoch=self.epoch, batch=self.batch, step=self.gstep, rng=_rng_state(self.dev), data_seed=cfg.seed,
             args=cfg.to_dict(), history=self.history, best_top1=self.best, epoch_stats=dict(self.stats),
             wall_s=self.wall_s(), finished=finished, result=result, world_size=self.world.size,
+            voter_stages=self.stages, voter_stage=self.stage,
         )
 
     def wall_s(self) -> float:
@@ -546,6 +647,7 @@ class _Run:
         plan = D.epoch_plan(len(self.train_set), cfg.seed, self.epoch)
         self.t_epoch = time.monotonic()
         while self.batch < self.steps:
+            self.enter_stage()
             self.train_step(plan)
             stop = bool(cfg.stop_after_steps) and self.steps_run >= cfg.stop_after_steps
             self.checkpoint_if_due(stop)
@@ -626,7 +728,9 @@ class _Run:
                "train_acc": 100.0 * stats["correct"] / max(stats["seen"], 1),
                "images_per_s": stats["seen"] / max(stats["time"], 1e-9), "epoch_s": stats["time"],
                "test_top1": None, "test_top5": None}
-        if (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs:
+        losses = [h["train_loss"] for h in self.history] + [row["train_loss"]]
+        plateau = self.epoch + 1 < cfg.epochs and plateaued(losses, cfg.patience, cfg.min_delta)
+        if (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs or plateau:
             Dist.sync_buffers(self.model, self.world)
             ev = _evaluate_world(self.model, self.test_set, self.world, self.dev)
             row["test_top1"], row["test_top5"] = ev["top1"], ev["top5"]
@@ -637,7 +741,9 @@ class _Run:
         improved = row["test_top1"] is not None and row["test_top1"] > self.best
         if improved:
             self.best = row["test_top1"]
-        finished = self.epoch == cfg.epochs
+        if plateau:
+            self.stop_reason = "plateau"
+        finished = self.epoch == cfg.epochs or plateau
         result = self.result(row) if finished else None
         # best.pt before last.pt: a kill in between replays the epoch and rewrites both
         self.save(([self.out / "best.pt"] if improved else []) + [self.last], finished, result)
@@ -659,7 +765,8 @@ class _Run:
                 "model": model.config["name"], "voter": model.config["voter"], "width": model.config["width"],
                 "dataset": cfg.dataset, "n": len(self.test_set), "epochs": cfg.epochs, "step": cfg.step,
                 "train_images": len(self.train_set), "wall_s": row["wall_s"], "out": str(self.out),
-                "last": str(self.last), "best": str(self.out / "best.pt")}
+                "last": str(self.last), "best": str(self.out / "best.pt"), "epochs_run": self.epoch,
+                "stopped": self.stop_reason}
 
     def stopped(self) -> dict:
         """End an invocation cut short by ``stop_after_steps`` (``last.pt`` is written)."""

@@ -17,7 +17,7 @@ import torch
 from .._fuse import fused
 from ..binarize import SurrogateLike, get_surrogate
 from ..errors import BitvoteError
-from .spec import SIGMA_RULES, Hierarchy, SigmaLike, Tie
+from .spec import SIGMA_RULES, Hierarchy, SigmaLike, Tie, split_sigma
 
 __all__ = [
     "reduce_votes",
@@ -223,6 +223,7 @@ def reduce_votes(
     first = leaf_first
     v = None
     last = hier.depth - 1
+    sigma, leaf_mult = split_sigma(sigma)  # "fanin,leaf=2": the leaf level of a hierarchy twice as wide
     for li, level in enumerate(hier.levels):
         if li > 0:
             first = first_live(v, c, level.groups, dim) if level.tie.is_first else None
@@ -247,5 +248,7 @@ def reduce_votes(
             fill = torch.where(c == 0, torch.full((), abstain, dtype=s.dtype, device=s.device),
                                fill if torch.is_tensor(fill) else torch.full((), fill, dtype=s.dtype, device=s.device))
         sig = sigma_for(sigma, level.groups, c, s, dim)
+        if li == 0 and last > 0 and leaf_mult != 1.0:
+            sig = sig * leaf_mult
         v = _VoteFn.apply(s, fill, surrogate, sig)
     return v.squeeze(dim)

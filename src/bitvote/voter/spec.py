@@ -42,6 +42,7 @@ __all__ = [
     "is_popcount",
     "is_mv",
     "check_sigma",
+    "split_sigma",
     "SIGMA_RULES",
     "TAP",
     "CM",
@@ -646,8 +647,36 @@ def _tree_levels(tree: _Node, n: int, misfit):
 # --------------------------------------------------------------------------------------------
 
 
+def split_sigma(rule: SigmaLike):
+    """``(base rule, leaf multiplier)`` of a sigma rule: ``"fanin,leaf=2"`` -> ``("fanin", 2.0)``.
+
+    The leaf multiplier widens the surrogate of a hierarchy's leaf level only (hierarchies of
+    two or more levels; a flat MV is its own root and keeps the base rule): with sigma =
+    sqrt(fan-in) a leaf of 4 terms has u = s / 2 in {-2, -1, 0, 1, 2}, where ApproxSign's
+    derivative is zero except at a tie, so small leaves pass almost no gradient.
+    """
+    if isinstance(rule, str) and "," in rule:
+        base, *opts = [t.strip().lower() for t in rule.split(",")]
+        mult = 1.0
+        for o in opts:
+            key, eq, val = o.partition("=")
+            try:
+                mult = float(val) if key == "leaf" and eq else None
+            except ValueError:
+                mult = None
+            if mult is None or not (0 < mult < float("inf")):
+                raise BitvoteError(f"sigma rule {rule!r}: after the base rule only leaf=F (a positive number) is allowed")
+        return base, mult
+    return rule, 1.0
+
+
 def check_sigma(rule: SigmaLike) -> SigmaLike:
-    """Validate a sigma rule early (at layer construction), accepting numbers as strings."""
+    """Validate a sigma rule early (at layer construction), accepting numbers as strings;
+    ``BASE,leaf=F`` (:func:`split_sigma`) comes back in its normal text form."""
+    if isinstance(rule, str) and "," in rule:
+        base, mult = split_sigma(rule)
+        base = check_sigma(base)
+        return f"{base},leaf={mult:g}" if mult != 1.0 else base
     if isinstance(rule, str):
         r = rule.strip().lower()
         if r in SIGMA_RULES:
