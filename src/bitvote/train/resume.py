@@ -28,7 +28,8 @@ __all__ = ["FIXED", "RESULT", "RUNTIME", "given_options", "resumed_config"]
 FIXED = ("model", "dataset", "width", "voter", "tie", "surrogate", "sigma", "pad_value", "bn", "step", "init")
 #: change the result: a different value is refused unless ``override``
 RESULT = ("epochs", "batch_size", "lr", "wd", "schedule", "label_smoothing", "subset", "test_subset", "eval_every",
-          "seed", "teacher", "agc", "amp", "weight_grad")
+          "seed", "teacher", "agc", "amp", "weight_grad", "self_distill", "recalibrate_bn", "progressive", "patience",
+          "min_delta")
 #: where things are and how fast: always the resuming command's
 RUNTIME = ("data", "device", "threads", "ckpt_every_s", "ckpt_every_steps", "download", "quiet", "resume", "sync_bn",
            "stop_after_steps", "compile", "out", "given", "override")
