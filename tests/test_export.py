@@ -373,6 +373,7 @@ def test_fixed_batch_runs_in_whole_slices():
 def test_cli_names_the_extra_when_packages_are_missing(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     ck = tmp_path / "none.pt"
+    ck.write_bytes(b"never read: the missing extra is said first")
     rc = main(["export", str(ck), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1

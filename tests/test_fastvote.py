@@ -111,7 +111,7 @@ def test_native_votes_match_oracle(data):
 
 
 @SETTINGS
-@given(data=st.data(), sigma=st.sampled_from(["fanin", "valid", "unit", 0.5]),
+@given(data=st.data(), sigma=st.sampled_from(["fanin", "valid", "unit", 0.5, "fanin,leaf=2", "valid,leaf=3", "0.5,leaf=1.5"]),
        surrogate=st.sampled_from(["approxsign", "ste"]))
 def test_native_gradients_match_float_path(data, sigma, surrogate):
     case = data.draw(layer_case())

@@ -51,7 +51,7 @@ def test_sigma_rule_text_round_trips_and_bad_rules_fail():
     assert check_sigma("fanin,leaf=2") == "fanin,leaf=2"
     assert check_sigma(" Valid , leaf=0.5 ") == "valid,leaf=0.5"
     assert check_sigma("fanin,leaf=1") == "fanin"
-    assert split_sigma("1.5,leaf=3") == ("1.5", 3.0)
+    assert split_sigma("1.5,leaf=3") == (1.5, 3.0)  # the factor as a number, as sigma_for takes it
     for bad in ("fanin,leaf=0", "fanin,leaf=x", "fanin,root=2", "bogus,leaf=2", "fanin,leaf"):
         with pytest.raises(BitvoteError):
             check_sigma(bad)

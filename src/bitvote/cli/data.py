@@ -16,7 +16,7 @@ def add_parser(sub):
     q.add_argument("src", type=input_path, help="an image folder (train/<class>/*, test/<class>/*) or cifar-10-batches-py "
                                "(or a folder holding it)")
     q.add_argument("--out", required=True, type=output_file, help="the file to write, e.g. cifar10.bvd (written atomically)")
-    q.add_argument("--jpeg-quality", type=count(100), default=None,
+    q.add_argument("--jpeg-quality", type=count(95), default=None,
                    help="official pixels only: re-encode as JPEG at this quality (lossy; at 75 about 2.5x smaller) "
                         "instead of lossless PNG")
     q.add_argument("--quiet", action="store_true", help="no progress lines")

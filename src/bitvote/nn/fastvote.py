@@ -38,6 +38,7 @@ from torch.autograd.function import once_differentiable
 from ..binarize import ApproxSign, Ste, Surrogate
 from ..io import cache_root
 from ..voter import CM, Hierarchy
+from ..voter.spec import split_sigma
 
 __all__ = ["wanted", "forced", "pays", "enabled", "available", "conv_votes", "supports"]
 
@@ -197,12 +198,17 @@ class _Plan:
                 for k in range(child0[j - len(leaves)], c1):
                     parent[k] = j
         child0 = [0] * len(leaves) + child0  # indexed by node
+        sigma, leaf_mult = split_sigma(sigma)
         if sigma == "unit":
             sig = [1.0] * nodes
-        elif sigma in ("fanin", "valid"):
+        elif sigma == "valid":  # the kernel takes sqrt(live inputs) times this factor
+            sig = [1.0] * nodes
+        elif sigma == "fanin":
             sig = [math.sqrt(g) for g in fanin]
         else:
             sig = [float(sigma) * math.sqrt(g) for g in fanin]
+        if len(hier.levels) > 1 and leaf_mult != 1.0:  # "BASE,leaf=F": the leaf level F times as wide
+            sig = [v * leaf_mult if j < lev_first[1] else v for j, v in enumerate(sig)]
         i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
         self.lev_first = i32(lev_first)
         self.leaf_start, self.child0, self.parent = i32(starts), i32(child0), i32(parent)

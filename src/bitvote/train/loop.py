@@ -466,7 +466,8 @@ class _Run:
                                f"or choose another --out")
         self.ck = C.load(self.last)
         self.cfg = resumed_config(self.cfg, self.ck, self.last)
-        if not self.ck.get("finished") or self.cfg.epochs > self.ck["epoch"]:
+        saved_epochs = (self.ck.get("args") or {}).get("epochs", self.ck["epoch"])
+        if not self.ck.get("finished") or self.cfg.epochs > saved_epochs:  # a larger budget (--override)
             return None
         res = self.ck.get("result") or {}
         if self.world.main:

@@ -666,6 +666,11 @@ def split_sigma(rule: SigmaLike):
                 mult = None
             if mult is None or not (0 < mult < float("inf")):
                 raise BitvoteError(f"sigma rule {rule!r}: after the base rule only leaf=F (a positive number) is allowed")
+        if base not in SIGMA_RULES:  # a factor f (f * sqrt(fan-in)) written as text
+            try:
+                base = float(base)
+            except ValueError:
+                pass  # an unknown name: check_sigma / sigma_for name it
         return base, mult
     return rule, 1.0
 

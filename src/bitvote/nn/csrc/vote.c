@@ -41,7 +41,7 @@ typedef struct {
     const int32_t *child0;     /* per node above the leaves: its first child (node index) */
     const int32_t *parent;     /* per node below the root: its parent */
     const int32_t *lev_tie;    /* per level: voter.Tie codes, 1, -1, or 0 = first */
-    const float *sigma;        /* per node: nominal sigma (fanin rule or factor; 1 for unit) */
+    const float *sigma;        /* per node: nominal sigma (fanin rule or factor; 1 for unit); under sigma_valid a factor */
     int sigma_valid;           /* 1: sigma = sqrt(max(live inputs, 1)) instead */
     int root_p;                /* 1: the root counts its children's votes */
     int surrogate;             /* 0: approxsign, 1: ste */
@@ -143,7 +143,7 @@ static void pos_setup(const bvt_args *A, pos_t *P, int b, int ho, int wo) {
         }
     }
     for (int j = 0; j < A->nodes; j++)
-        P->sig[j] = A->sigma_valid ? sqrtf((float)(P->cnt[j] > 1 ? P->cnt[j] : 1)) : A->sigma[j];
+        P->sig[j] = A->sigma_valid ? sqrtf((float)(P->cnt[j] > 1 ? P->cnt[j] : 1)) * A->sigma[j] : A->sigma[j];
     if (inner) {
         memcpy(P->cnt_in, P->cnt, sizeof(int32_t) * A->nodes);
         memcpy(P->first_in, P->first, sizeof(int32_t) * A->nodes);
