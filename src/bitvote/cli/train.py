@@ -105,7 +105,7 @@ def add_parser(sub):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("demo", help="the main job: the seed's experiment in small (train, convert to MV/HMV, retrain), ~3 minutes on 2 cores")
+    p = sub.add_parser("demo", help="the main job: the seed's experiment in small (train, convert to MV/HMV, retrain), ~4 minutes on 2 cores")
     p.add_argument("--data", type=text, help="data root (default $BITVOTE_DATA, else download)")
     p.add_argument("--out", type=output_dir, default="runs/demo")
     p.add_argument("--device", type=device, default="cpu")
