@@ -285,26 +285,34 @@ def _read_image_folder(root: Path, split: str, spec: _Spec):
             reason = type(e).__name__
         print(f"bitvote: note: cache {cache} is damaged ({reason}): decoding the images again", file=sys.stderr)
     try:
-        from PIL import Image
+        import PIL.Image  # noqa: F401 - Pillow present: one clear line otherwise
     except ImportError:  # pragma: no cover
         raise BitvoteError("reading an image folder needs Pillow: pip install pillow") from None
     x = np.empty((len(files), 3, 32, 32), np.uint8)
     y = np.fromiter((i for i, _ in files), np.int64, len(files))
     for k, (_, p) in enumerate(files):
-        try:
-            with Image.open(p) as im:
-                a = np.asarray(im.convert("RGB"))
-        except Exception:
-            raise BitvoteError(f"cannot decode image {p}") from None
-        if a.shape != (32, 32, 3):
-            raise BitvoteError(f"image {p} is {a.shape[1]}x{a.shape[0]}, expected 32x32")
-        x[k] = a.transpose(2, 0, 1)
+        x[k] = decode_image(p, p)
     from .integrity import array_digest
 
     buf = io.BytesIO()
     np.savez(buf, x=x, y=y, digest=np.array(array_digest(x=x, y=y)))
     atomic_write_bytes(cache, buf.getvalue())
     return x, y
+
+
+def decode_image(src, what) -> np.ndarray:
+    """An image (a path or a binary file object) as (3, 32, 32) uint8 RGB; ``what`` names it in
+    errors. The one decoder of image folders and of packed files, so both give the same pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(src) as im:
+            a = np.asarray(im.convert("RGB"))
+    except Exception:
+        raise BitvoteError(f"cannot decode image {what}") from None
+    if a.shape != (32, 32, 3):
+        raise BitvoteError(f"image {what} is {a.shape[1]}x{a.shape[0]}, expected 32x32")
+    return a.transpose(2, 0, 1)
 
 
 def _download(root: Path, spec: _Spec) -> Path:

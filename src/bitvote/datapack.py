@@ -99,17 +99,10 @@ def _class_dirs(top: Path) -> List[str]:
 
 
 def _decode(data: bytes, what) -> np.ndarray:
-    """Encoded image -> (3, 32, 32) uint8, exactly as :mod:`bitvote.data` decodes an image file."""
-    from PIL import Image
+    """Encoded image bytes -> (3, 32, 32) uint8, with the image folders' decoder."""
+    from .data import decode_image
 
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            a = np.asarray(im.convert("RGB"))
-    except Exception:
-        raise BitvoteError(f"cannot decode image {what}") from None
-    if a.shape != (32, 32, 3):
-        raise BitvoteError(f"image {what} is {a.shape[1]}x{a.shape[0]}, expected 32x32")
-    return a.transpose(2, 0, 1)
+    return decode_image(io.BytesIO(data), what)
 
 
 class _Progress:
