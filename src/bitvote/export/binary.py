@@ -36,11 +36,6 @@ from .graph import QONNX_DOMAIN, Builder
 __all__ = ["lower_binary_conv", "out_size"]
 
 
-def is_first(tie) -> bool:
-    """Whether a level's tie rule is ``first`` (a plain spelling or a resolved tie object)."""
-    return bool(getattr(tie, "is_first", tie == "first"))
-
-
 def out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
@@ -142,7 +137,7 @@ def lower_binary_conv(b: Builder, layer, x: str, hw, name: str, dialect: str = "
     h = layer.hierarchy
     if dialect == "qonnx":
         return _lower_qonnx(b, layer, g, W, alpha, x, name, raw)
-    if h is None or (h.is_mv and not is_first(h.levels[0].tie)):
+    if h is None or (h.is_mv and not h.levels[0].tie.is_first):
         padded = g.pad_value != 0.0 and any(g.pad)
         xp = _pad(b, x, *g.pad, g.pad_value, name) if padded else x
         s = b.op("Conv", [xp, _wconst(b, W, name + ".weight")], name + ".sum" if h is not None or alpha is not None or raw else name,
@@ -172,7 +167,7 @@ def _block_plan(h, C, T):
     """The block cut of :func:`bitvote.nn.functional.conv_leaf_sums`: (plan, terms per block)."""
     leaves = h.leaf_sizes
     bounds = [int(v) for v in np.cumsum(leaves)]
-    first = is_first(h.levels[0].tie)
+    first = h.levels[0].tie.is_first
     if h.order != "cm" or len(leaves) == 1:
         return "tap", reduce(math.gcd, bounds, C)
     if all(x % T == 0 for x in bounds) and not first:
@@ -253,7 +248,7 @@ def _lower_tree(b: Builder, g: _Geometry, W: np.ndarray, h, x: str, name: str, l
     vb = _block_valid(g, plan, bs) if g.zero_pad else None
     c = None if vb is None else vb @ A0  # valid terms per leaf (Ho, Wo, L)
     first = None
-    if is_first(h.levels[0].tie):
+    if h.levels[0].tie.is_first:
         fb = blocks if plan == "taps" else _blocks(b, g, W, x, plan, bs, name, first_only=True)
         S = _first_live(None if vb is None else vb > 0, per_leaf, g.Ho, g.Wo)
         first = b.op("MatMul", [b.op("Mul", [fb, b.const(S, name + ".first0.sel")], name + ".first0.m"),
@@ -264,7 +259,7 @@ def _lower_tree(b: Builder, g: _Geometry, W: np.ndarray, h, x: str, name: str, l
         lvl = f"{name}.l{li}"
         if li > 0:
             A = _aggregate(level.groups)
-            if is_first(level.tie) and not (li == last and h.root == "P"):
+            if level.tie.is_first and not (li == last and h.root == "P"):
                 S = _first_live(None if c is None else c > 0, level.groups, g.Ho, g.Wo)
                 first = b.op("MatMul", [b.op("Mul", [v, b.const(S, lvl + ".sel")], lvl + ".first.m"),
                                         b.const(A, lvl + ".agg")], lvl + ".first")
@@ -274,7 +269,7 @@ def _lower_tree(b: Builder, g: _Geometry, W: np.ndarray, h, x: str, name: str, l
         if li == last and h.root == "P":
             v = s
             break
-        if is_first(level.tie):
+        if level.tie.is_first:
             fill = first
             if c is not None and li == last:  # a root without valid terms takes +1
                 fill = b.op("Add", [first, b.const((c == 0).astype(np.float32), lvl + ".dead")], lvl + ".fillv")
@@ -307,7 +302,7 @@ def qonnx_supported(layer) -> Optional[str]:
                 "popcount per output channel and thresholds it, while a vote of votes needs a popcount per "
                 "leaf (weights masked to 0, which bipolar weights cannot hold) and a second threshold stage; "
                 "export it with --format onnx, or convert the layer to mv or popcount")
-    if is_first(h.levels[0].tie):
+    if h.levels[0].tie.is_first:
         return ("tie rule 'first' looks up the first term, which no threshold on the sum can do; "
                 "export it with --format onnx, or use tie +1 or -1")
     return None
