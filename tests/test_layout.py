@@ -24,6 +24,8 @@ ABOVE = {
     "models": {"data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
     "data": {"train", "experiments", "engine", "gpu", "hw", "export", "cli"},
     "io": {"data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "native": {"binarize", "voter", "nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export",
+               "cli"},
     "train": {"experiments", "engine", "gpu", "hw", "export", "cli"},
     "experiments": {"engine", "gpu", "hw", "export", "cli"},
     "engine": {"cli"},

@@ -10,13 +10,10 @@ Python. OpenMP gives the threads; if the compiler lacks it, the kernels run sing
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
+from .. import native
 from ..errors import BitvoteError
 from ..io import cache_root
 
@@ -57,16 +54,6 @@ class ConvArgs(ctypes.Structure):
 _LIB = None
 
 
-def _compiler() -> str:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not cc:
-        raise BitvoteError(
-            "no C compiler found for the packed engine: install gcc or clang (e.g. "
-            "`apt-get install gcc`) or set CC"
-        )
-    return cc
-
-
 def cache_dir() -> Path:
     """Where the compiled kernels are cached: ``engine`` under :func:`bitvote.io.cache_root`."""
     d = cache_root() / "engine"
@@ -74,41 +61,13 @@ def cache_dir() -> Path:
     return d
 
 
-def _compile(cc: str, flags, out: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        tmp_so = Path(tmp) / out.name
-        cmd = [cc, *flags, *(str(_HERE / u) for u in _UNITS), "-o", str(tmp_so), "-lm"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(res.stderr.strip() or f"{cc} failed")
-        os.replace(tmp_so, out)  # atomic: a concurrent process sees the old or the new file
-
-
 def lib() -> ctypes.CDLL:
     """The loaded kernel library (compiled on first use, then cached on disk and in memory)."""
     global _LIB
     if _LIB is not None:
         return _LIB
-    cc = _compiler()
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    except OSError as e:
-        raise BitvoteError(f"C compiler {cc!r} does not run: {e}") from None
-    src = b"".join((_HERE / s).read_bytes() for s in _SOURCES)
-    last_err = None
-    for extra in (["-fopenmp"], []):
-        flags = _FLAGS + extra
-        key = hashlib.sha256(src + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
-        so = cache_dir() / f"bitvote_kernels_{key}.so"
-        if not so.exists():
-            try:
-                _compile(cc, flags, so)
-            except RuntimeError as e:
-                last_err = e
-                continue
-        break
-    else:
-        raise BitvoteError(f"compiling the engine kernels with {cc!r} failed: {str(last_err).splitlines()[0]}")
+    so, flags = native.build([_HERE / u for u in _UNITS], [_FLAGS + ["-fopenmp"], _FLAGS], "bitvote_kernels", cache_dir(),
+                             "the engine kernels", headers=[_HERE / h for h in _SOURCES if h not in _UNITS])
     L = ctypes.CDLL(str(so))
     L.bv_conv.argtypes = [ctypes.POINTER(ConvArgs), ctypes.c_int]
     L.bv_conv.restype = ctypes.c_int

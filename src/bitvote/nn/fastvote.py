@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import math
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -35,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .. import native
 from ..binarize import ApproxSign, Ste, Surrogate
 from ..io import cache_root
 from ..voter import CM, Hierarchy
@@ -124,37 +121,17 @@ def _arch_flags():
 
 
 def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not cc:
-        raise RuntimeError("no C compiler (install gcc or clang, or set CC)")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    src = (_HERE / "vote.c").read_bytes()
-    cache = cache_root() / "native"
-    cache.mkdir(parents=True, exist_ok=True)
     arch = _arch_flags()
-    err = None
-    for extra in (["-fopenmp"] + arch, ["-fopenmp-simd"] + arch, []):
-        flags = _FLAGS + extra
-        key = hashlib.sha256(src + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
-        so = cache / f"bitvote_vote_{key}.so"
-        if not so.exists():
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                tmp_so = Path(tmp) / so.name
-                res = subprocess.run([cc, *flags, str(_HERE / "vote.c"), "-o", str(tmp_so), "-lm"],
-                                     capture_output=True, text=True)
-                if res.returncode != 0:
-                    err = res.stderr.strip() or f"{cc} failed"
-                    continue
-                os.replace(tmp_so, so)  # atomic: a concurrent process sees no half-written file
-        lib = ctypes.CDLL(str(so))
-        lib.bvt_struct_size.restype = ctypes.c_int
-        if lib.bvt_struct_size() != ctypes.sizeof(_Args):  # pragma: no cover - a build mismatch
-            raise RuntimeError("vote.c and fastvote._Args disagree on the argument struct")
-        lib.bvt_forward.argtypes = [ctypes.POINTER(_Args), _P]
-        lib.bvt_backward.argtypes = [ctypes.POINTER(_Args), _P, _P, _P]
-        lib.bvt_forward.restype = lib.bvt_backward.restype = ctypes.c_int
-        return lib
-    raise RuntimeError(f"compiling vote.c with {cc!r} failed: {err}")
+    so, _ = native.build([_HERE / "vote.c"], [_FLAGS + ["-fopenmp"] + arch, _FLAGS + ["-fopenmp-simd"] + arch, _FLAGS],
+                         "bitvote_vote", cache_root() / "native", "the native vote kernels")
+    lib = ctypes.CDLL(str(so))
+    lib.bvt_struct_size.restype = ctypes.c_int
+    if lib.bvt_struct_size() != ctypes.sizeof(_Args):  # pragma: no cover - a build mismatch
+        raise RuntimeError("vote.c and fastvote._Args disagree on the argument struct")
+    lib.bvt_forward.argtypes = [ctypes.POINTER(_Args), _P]
+    lib.bvt_backward.argtypes = [ctypes.POINTER(_Args), _P, _P, _P]
+    lib.bvt_forward.restype = lib.bvt_backward.restype = ctypes.c_int
+    return lib
 
 
 def available() -> bool:

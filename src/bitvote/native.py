@@ -1,0 +1,61 @@
+"""C libraries compiled at first use and cached: the packed engine's kernels and the voter
+training kernels.
+
+The system C compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``) builds the sources once per
+content, flag set and compiler version (all three are in the file name), into a folder under
+:func:`bitvote.io.cache_root`. Flag sets are tried in order (with OpenMP first, then without),
+so a compiler without OpenMP still gives a working single-threaded library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Sequence, Tuple
+
+from .errors import BitvoteError
+
+__all__ = ["compiler", "build"]
+
+
+def compiler(what: str) -> str:
+    """The C compiler to use, or one clear error naming what needed it."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise BitvoteError(f"no C compiler found for {what}: install gcc or clang (e.g. `apt-get install gcc`) "
+                           "or set CC")
+    return cc
+
+
+def build(units: Sequence[Path], flag_sets: Sequence[Sequence[str]], name: str, folder: Path, what: str,
+          headers: Sequence[Path] = ()) -> Tuple[Path, Sequence[str]]:
+    """``(path, flags)`` of the cached shared library of ``units`` (``folder/NAME_KEY.so``),
+    compiled when missing with the first flag set that works; ``headers`` count in the key but
+    are not compiled."""
+    cc = compiler(what)
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    except OSError as e:
+        raise BitvoteError(f"C compiler {cc!r} does not run: {e}") from None
+    src = b"".join(Path(p).read_bytes() for p in (*units, *headers))
+    folder.mkdir(parents=True, exist_ok=True)
+    err = None
+    for flags in flag_sets:
+        key = hashlib.sha256(src + " ".join(flags).encode() + version.encode()).hexdigest()[:16]
+        so = folder / f"{name}_{key}.so"
+        if so.exists():
+            return so, flags
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            tmp_so = Path(tmp) / so.name
+            res = subprocess.run([cc, *flags, *(str(u) for u in units), "-o", str(tmp_so), "-lm"],
+                                 capture_output=True, text=True)
+            if res.returncode != 0:
+                err = res.stderr.strip() or f"{cc} failed"
+                continue
+            os.replace(tmp_so, so)  # atomic: a concurrent process sees no half-written file
+        return so, flags
+    raise BitvoteError(f"compiling {what} with {cc!r} failed: {str(err).splitlines()[0]}")
