@@ -72,7 +72,7 @@ def tree_case(draw, C, T):
     return f"M{len(sizes)}(" + ", ".join(f"M{s}" for s in sizes) + ")", [sizes, [len(sizes)]], "tap", "M"
 
 
-def _inputs(data, case):
+def random_inputs(data, case):
     torch.manual_seed(data.draw(st.integers(0, 2**16)))
     x = torch.randn(case["N"], case["C"], case["H"], case["W"])
     if data.draw(st.booleans()):  # small integers: ties (s == 0) at every level
@@ -101,7 +101,7 @@ def test_native_votes_match_oracle(data):
     k, C = case["k"], case["C"]
     spec, levels, order, root = data.draw(tree_case(C, k * k))
     ties = [data.draw(st.sampled_from(TIES)) for _ in levels]  # bottom-up, one per written level
-    x = _inputs(data, case)
+    x = random_inputs(data, case)
     layer = BinaryConv2d(C, case["Co"], k, case["stride"], case["padding"], voter=spec,
                          pad_value=case["pad_value"], tie=",".join(map(str, reversed(ties))))
     got = layer(x)
@@ -118,7 +118,7 @@ def test_native_gradients_match_float_path(data, sigma, surrogate):
     k, C = case["k"], case["C"]
     spec, levels, _, _ = data.draw(tree_case(C, k * k))
     tie = ",".join(str(data.draw(st.sampled_from(TIES))) for _ in levels)
-    x = _inputs(data, case)
+    x = random_inputs(data, case)
     layer = BinaryConv2d(C, case["Co"], k, case["stride"], case["padding"], voter=spec, tie=tie,
                          pad_value=case["pad_value"], sigma=sigma, surrogate=surrogate)
     Ho = (case["H"] + 2 * case["padding"] - k) // case["stride"] + 1

@@ -33,7 +33,7 @@ def add_parser(sub):
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("reproduce", help="the seed's results table: baseline, converted, recalibrated, retrained")
-    p.add_argument("--preset", type=text, default="smoke", help="smoke | cpu | full | gpu1 | frontier-cpu (default smoke)")
+    p.add_argument("--preset", type=text, default="smoke", help="smoke | cpu | mid | full | gpu1 | frontier-cpu (default smoke)")
     p.add_argument("--minutes", type=positive_float_upto(100000.0),
                    help="time budget: epochs are planned from measured step times (gpu1 defaults to 10)")
     p.add_argument("--table", choices=("seed", "appendix", "ablation"), default="seed",

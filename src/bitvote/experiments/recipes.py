@@ -9,6 +9,7 @@ sigma, cross-entropy, the preset's retraining epochs):
 | ``recal`` | BN re-estimated on the preset's recalibration images before the first step (and at every stage) |
 | ``kd`` | distillation from the popcount parent itself (the baseline being converted: no extra training) |
 | ``leafsigma=F`` | the leaf level's surrogate width x F (sigma rule ``BASE,leaf=F``); flat MV unchanged |
+| ``flat`` | a hierarchy's backward is one MV's over all its terms (sigma rule ``BASE,flat``), its forward the exact tree |
 | ``prog`` / ``prog=V1/V2`` | train through ``mv`` (or V1, V2, ...) before the target voter, equal shares of the steps |
 | ``layers`` | convert layer group by layer group (``layer1``, then ``layer1``+``layer2``, ...), equal shares |
 | ``plateau=P`` | stop early when the train loss has not fallen for P epochs |
@@ -25,7 +26,7 @@ from ..errors import BitvoteError
 
 __all__ = ["ATOMS", "parse_recipe", "recipe_options", "recipe_slug"]
 
-ATOMS = ("plain", "recal", "kd", "leafsigma", "prog", "layers", "plateau", "long")
+ATOMS = ("plain", "recal", "kd", "leafsigma", "flat", "prog", "layers", "plateau", "long")
 
 
 def parse_recipe(text: str) -> List[Tuple[str, str]]:
@@ -73,6 +74,7 @@ def recipe_options(text: str, p: dict, spec) -> Tuple[Dict, int]:
     voter is ``spec``, under preset values ``p`` (``sigma``, ``recalibrate``, ``retrain_epochs``)."""
     opts: Dict = {"sigma": p["sigma"]}
     epochs = int(p["retrain_epochs"])
+    flat = False
     for name, val in parse_recipe(text):
         if name == "recal":
             opts["recalibrate_bn"] = int(p["recalibrate"])
@@ -80,6 +82,8 @@ def recipe_options(text: str, p: dict, spec) -> Tuple[Dict, int]:
             opts["self_distill"] = True
         elif name == "leafsigma":
             opts["sigma"] = f"{p['sigma']},leaf={float(val):g}"
+        elif name == "flat":
+            flat = True
         elif name == "prog":
             chain = [v for v in val.split("/") if v] if val else ["mv"]
             if isinstance(spec, str) and spec.strip().lower() == chain[-1]:
@@ -92,4 +96,6 @@ def recipe_options(text: str, p: dict, spec) -> Tuple[Dict, int]:
             opts["patience"] = int(val)
         elif name == "long":
             epochs = max(1, round(epochs * float(val)))
+    if flat:
+        opts["sigma"] = f"{opts['sigma']},flat"
     return opts, epochs

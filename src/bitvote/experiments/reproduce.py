@@ -66,10 +66,18 @@ PRESETS: Dict[str, dict] = {
                          width=0.125, subset=10000, test_subset=2000, batch_size=128, epochs=15, lr=2e-3,
                          retrain_epochs=6, retrain_lr=1e-3, recalibrate=1000, pad_variant=True,
                          recipe="plateau=2", ablation_voters=("tap,leaf=4",), ablation_models=("reactnet18",)),
+    # a credible scale on a CPU: width 1/2 on all of CIFAR-10. Measured on a 2-core AVX2 CPU:
+    # one popcount epoch takes ~18 min on one thread (~9.5 min on two), so the 40-epoch
+    # baseline is ~12 h of one thread per model: run it in slices (every stage resumes
+    # mid-epoch), one process per model (`--models`, its own `--out`)
+    "mid": dict(models=("reactnet18", "birealnet18"), voters=("mv", "tap", "tap,leaf=4"), width=0.5, subset=None,
+                test_subset=None, batch_size=128, epochs=40, lr=2e-3, retrain_epochs=5, retrain_lr=1e-3,
+                recalibrate=10000, pad_variant=True, recipe="plateau=2"),
 }
 
 #: the recipes `--table ablation` compares (docs/reproduce.md, "Retraining recipes")
-ABLATION_RECIPES = ("plain", "recal", "kd", "leafsigma=2", "leafsigma=4", "prog", "layers", "recal+kd+leafsigma=2")
+ABLATION_RECIPES = ("plain", "flat", "kd+flat", "recal+kd+flat", "leafsigma=2", "kd", "recal", "leafsigma=4", "prog",
+                    "layers", "recal+kd+leafsigma=2")
 
 for _name, _p in PRESETS.items():
     _p.setdefault("minutes", None)  # a time budget replaces the epochs when given (plan_epochs)

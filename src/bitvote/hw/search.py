@@ -48,34 +48,47 @@ def choose(areas: Dict[str, Dict[str, dict]], losses: Dict[str, Dict[str, float]
     """The per-layer choice of least summed loss whose summed area is at most ``budget_T``.
 
     ``areas[layer][spec]["area_T"]`` and ``losses[layer][spec]`` (points of top-1 lost; the
-    popcount option has loss 0). Areas are rounded up to steps of ``scale_T / resolution``,
-    so the choice is feasible in exact areas too. Raises a one-line error when even the
-    cheapest voter everywhere does not fit.
+    popcount option has loss 0). A dynamic programme over areas rounded to steps of
+    ``scale_T / resolution``; each step keeps the partial choices that no other beats in both
+    loss and exact area, so rounding never loses a feasible or a better choice, and the
+    result fits the budget in exact areas. Raises a one-line error when even the cheapest
+    voter everywhere does not fit.
     """
     layers = list(areas)
     scale_T = scale_T or sum(a["popcount"]["area_T"] for a in areas.values())
     step = scale_T / resolution
-    cap = int(math.floor(budget_T / step + 1e-9))
     check_budget(areas, budget_T, scale_T)
-    # best[c] = (loss, choices) with rounded area exactly <= c, built layer by layer
-    INF = float("inf")
-    best = [(0.0, ())] + [(INF, None)] * cap
+    limit = budget_T + 1e-9 * max(1.0, scale_T)
+    cap = int(math.floor(limit / step)) + 1
+    # fronts[c]: non-dominated (loss, exact area, choices) whose area rounds down to step c
+    fronts: Dict[int, list] = {0: [(0.0, 0.0, ())]}
     for n in layers:
-        opts = [(s, int(math.ceil(a["area_T"] / step - 1e-9)), float(losses[n].get(s, 0.0)))
+        opts = [(s, float(a["area_T"]), float(losses[n].get(s, 0.0)))
                 for s, a in areas[n].items() if s == "popcount" or s in losses[n]]
-        nxt = [(INF, None)] * (cap + 1)
-        for c in range(cap + 1):
-            lc, ch = best[c]
-            if ch is None:
-                continue
-            for s, w, loss in opts:
-                if c + w <= cap and lc + loss < nxt[c + w][0] - 1e-12:
-                    nxt[c + w] = (lc + loss, ch + (s,))
-        best = nxt
-    loss, ch = min((b for b in best if b[1] is not None), key=lambda b: b[0], default=(INF, None))
-    if ch is None:  # rounding made the exact-fit cheapest mapping infeasible
-        raise BitvoteError(f"budget {budget_T / scale_T:.3f} is too tight for the area resolution: raise --budget")
+        nxt: Dict[int, list] = {}
+        for front in fronts.values():
+            for lc, ac, ch in front:
+                for s, area, loss in opts:
+                    a = ac + area
+                    if a > limit:
+                        continue
+                    nxt.setdefault(min(cap, int(a / step)), []).append((lc + loss, a, ch + (s,)))
+        fronts = {c: _pareto(states) for c, states in nxt.items()}
+    done = [st for front in fronts.values() for st in front]
+    if not done:  # the cheapest areas belong to candidates without a measured loss
+        raise BitvoteError(f"budget {budget_T / scale_T:.3f} is below the cheapest measured mapping: raise --budget")
+    loss, _, ch = min(done, key=lambda t: (t[0], t[1]))
     return dict(zip(layers, ch))
+
+
+def _pareto(states: list) -> list:
+    """The states no other beats in both loss and area (ties: the first kept)."""
+    out, best_area = [], float("inf")
+    for st in sorted(states, key=lambda t: (t[0], t[1])):
+        if st[1] < best_area - 1e-12:
+            out.append(st)
+            best_area = st[1]
+    return out
 
 
 def _accuracy(net, split: D.Split) -> float:

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from ..binarize import binarize, binarize_weight, get_surrogate
 from ..errors import BitvoteError
 from ..voter import CM, Hierarchy
-from ..voter.reduce import first_nonzero as _first_nonzero, first_true as _first_true, reduce_votes, \
-    segment_starts as _starts, segment_sum as _segsum, vote_dtype
+from ..voter.reduce import first_nonzero as _first_nonzero, first_true as _first_true, \
+    flat_changes, flat_surrogate, reduce_votes, segment_starts as _starts, segment_sum as _segsum, vote_dtype
+from ..voter.spec import sigma_is_flat, sigma_without_flat
 from . import fastvote
 
 __all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary"]
@@ -370,33 +371,54 @@ def binary_conv2d(
         xb, wb = xb.to(gemm_dtype), wb.to(gemm_dtype)
         if voter.is_mv and (not voter.levels[0].tie.is_first or fastvote.wanted()):
             # Fast path: one leaf over every term is the plain convolution.
-            s = F.conv2d(pad_binary(xb, padding, pad_value) if pad_value != 0 else xb, wb, None, stride,
-                         0 if pad_value != 0 else padding, dilation, groups).float()
-            valid = None
-            if float(pad_value) == 0.0 and any(p > 0 for p in _pair(padding)):
-                cin = xb.shape[1] // groups
-                ones_x = torch.ones((1, cin) + tuple(xb.shape[2:]), device=xb.device)
-                valid = F.conv2d(ones_x, torch.ones((1,) + tuple(wb.shape[1:]), device=wb.device), None, stride, padding, dilation)
+            s, valid = _sums_and_valid(xb, wb, stride, padding, dilation, groups, pad_value)
             first = None
             if voter.levels[0].tie == "first":
                 first = _mv_first_term(xb.detach(), wb.detach(), groups, stride, padding, dilation, pad_value,
                                        s.shape[-2:]).unsqueeze(1)
             return reduce_votes(voter, s.unsqueeze(1), None if valid is None else valid.unsqueeze(1), first,
-                                dim=1, surrogate=surrogate, sigma=sigma)
-        outs = []
-        cin, cout = xb.shape[1] // groups, wb.shape[0] // groups
-        if _use_native(voter, xb, surrogate, cout):
-            st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
-            Ho = _out_size(xb.shape[2] + 2 * pd[0], wb.shape[2], st[0], dl[0])
-            Wo = _out_size(xb.shape[3] + 2 * pd[1], wb.shape[3], st[1], dl[1])
-            for g in range(groups):
-                outs.append(fastvote.conv_votes(xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter,
-                                                st, pd, dl, pad_value, Ho, Wo, get_surrogate(surrogate), sigma))
-            return outs[0] if groups == 1 else torch.cat(outs, 1)
+                                dim=1, surrogate=surrogate, sigma=sigma_without_flat(sigma))
+        if sigma_is_flat(sigma) and flat_changes(voter):
+            # Exact votes without a graph, and one MV's backward at the popcount: the cost of a
+            # popcount layer plus a forward-only vote, whatever the tree.
+            with torch.no_grad():
+                votes = _hier_votes(xb.detach(), wb.detach(), voter, stride, padding, dilation, groups, pad_value,
+                                    surrogate, sigma_without_flat(sigma))
+            s, valid = _sums_and_valid(xb, wb, stride, padding, dilation, groups, pad_value)
+            return flat_surrogate(votes, s, None if valid is None else valid.expand_as(s), voter.n, surrogate, sigma)
+        return _hier_votes(xb, wb, voter, stride, padding, dilation, groups, pad_value, surrogate,
+                           sigma_without_flat(sigma))
+
+
+def _sums_and_valid(xb, wb, stride, padding, dilation, groups, pad_value):
+    """The popcount ``s`` (fp32) of every output and, under zero padding, its valid-term counts."""
+    s = F.conv2d(pad_binary(xb, padding, pad_value) if pad_value != 0 else xb, wb, None, stride,
+                 0 if pad_value != 0 else padding, dilation, groups).float()
+    valid = None
+    if float(pad_value) == 0.0 and any(p > 0 for p in _pair(padding)):
+        cin = xb.shape[1] // groups
+        ones_x = torch.ones((1, cin) + tuple(xb.shape[2:]), device=xb.device)
+        valid = F.conv2d(ones_x, torch.ones((1,) + tuple(wb.shape[1:]), device=wb.device), None, stride, padding,
+                         dilation)
+    return s, valid
+
+
+def _hier_votes(xb, wb, voter, stride, padding, dilation, groups, pad_value, surrogate, sigma):
+    """Votes of a hierarchy, per conv group: the packed-bit kernels where they pay, else leaf sums."""
+    outs = []
+    cin, cout = xb.shape[1] // groups, wb.shape[0] // groups
+    if _use_native(voter, xb, surrogate, cout):
+        st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
+        Ho = _out_size(xb.shape[2] + 2 * pd[0], wb.shape[2], st[0], dl[0])
+        Wo = _out_size(xb.shape[3] + 2 * pd[1], wb.shape[3], st[1], dl[1])
         for g in range(groups):
-            sums, valid, first, dim = conv_leaf_sums(
-                xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter, stride, padding, dilation, pad_value
-            )
-            y = reduce_votes(voter, sums, valid, first, dim=dim, surrogate=surrogate, sigma=sigma)
-            outs.append(_out_layout(y.float(), dim))
+            outs.append(fastvote.conv_votes(xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter,
+                                            st, pd, dl, pad_value, Ho, Wo, get_surrogate(surrogate), sigma))
         return outs[0] if groups == 1 else torch.cat(outs, 1)
+    for g in range(groups):
+        sums, valid, first, dim = conv_leaf_sums(
+            xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter, stride, padding, dilation, pad_value
+        )
+        y = reduce_votes(voter, sums, valid, first, dim=dim, surrogate=surrogate, sigma=sigma)
+        outs.append(_out_layout(y.float(), dim))
+    return outs[0] if groups == 1 else torch.cat(outs, 1)

@@ -17,10 +17,12 @@ import torch
 from .._fuse import fused
 from ..binarize import SurrogateLike, get_surrogate
 from ..errors import BitvoteError
-from .spec import SIGMA_RULES, Hierarchy, SigmaLike, Tie, split_sigma
+from .spec import SIGMA_RULES, Hierarchy, SigmaLike, Tie, sigma_parts, sigma_without_flat, split_sigma
 
 __all__ = [
     "reduce_votes",
+    "flat_surrogate",
+    "flat_changes",
     "vote",
     "vote_dtype",
     "segment_sum",
@@ -56,6 +58,38 @@ class _VoteFn(torch.autograd.Function):
     def backward(ctx, g):
         (s,) = ctx.saved_tensors
         return ctx.surrogate.backward(g, s, ctx.sigma), None, None, None
+
+
+class _FlatGradFn(torch.autograd.Function):
+    """Forward ``votes`` unchanged; backward the surrogate of one MV at the total sum ``s``.
+
+    ``votes`` come from a no-grad pass, so the hierarchy's own chain rule never runs: every
+    term's gradient is ``F'(s / sigma) / sigma`` times the incoming one, as in an MV.
+    """
+
+    @staticmethod
+    def forward(ctx, votes, s, surrogate, sigma):
+        ctx.save_for_backward(s)
+        ctx.surrogate, ctx.sigma = surrogate, sigma
+        return votes.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        (s,) = ctx.saved_tensors
+        return None, ctx.surrogate.backward(g.to(s.dtype), s, ctx.sigma), None, None
+
+
+def flat_surrogate(votes: torch.Tensor, total: torch.Tensor, valid: Optional[torch.Tensor], n: int,
+                   surrogate: SurrogateLike, sigma: SigmaLike) -> torch.Tensor:
+    """``votes`` (exact, no grad) with the backward of one MV over all ``n`` terms.
+
+    ``total``: the sum of every valid term of each output (the popcount ``s``, differentiable),
+    shaped like ``votes``; ``valid``: its valid-term counts (``None``: all valid). The width
+    comes from the base of ``sigma`` (its ``leaf=``/``flat`` options do not apply to one MV).
+    """
+    base = sigma_parts(sigma)[0]
+    sig = sigma_for(base, [n], valid, total, 0)
+    return _FlatGradFn.apply(votes, total, get_surrogate(surrogate), sig)
 
 
 def _vote_forward_pure(s, fill):
@@ -176,6 +210,24 @@ def sigma_for(rule: SigmaLike, groups: Sequence[int], valid: Optional[torch.Tens
     raise BitvoteError(f"unknown sigma rule {rule!r}: use one of {', '.join(SIGMA_RULES)} or a number")
 
 
+def flat_changes(hier: Hierarchy) -> bool:
+    """Whether the ``flat`` backward differs from the chain rule for this tree.
+
+    ``flat`` gives the root the terms of its inputs directly: a voting (``M``) root then is
+    one MV over all terms; a counting (``P``) root counts its children, each one MV over its
+    own terms, which is the chain rule already when the children are leaves (``P(M3)``).
+    Deeper trees under a ``P`` root are refused (one line).
+    """
+    if hier.depth == 1:
+        return False
+    if hier.root == "P":
+        if hier.depth == 2:
+            return False
+        raise BitvoteError(f"sigma rule '...,flat' under a counting root is defined over leaves only: "
+                           f"{hier.describe()} has {hier.depth} levels")
+    return True
+
+
 def vote_dtype(hier: Hierarchy, dtype: torch.dtype) -> torch.dtype:
     """The narrowest dtype in which this hierarchy's votes are exact: ``dtype`` or fp32.
 
@@ -218,6 +270,17 @@ def reduce_votes(
     dim = dim % nd
     if leaf_sums.shape[dim] != len(hier.leaf_sizes):
         raise ValueError(f"expected {len(hier.leaf_sizes)} leaves along dim {dim}, got {leaf_sums.shape[dim]}")
+    if sigma_parts(sigma)[2]:  # "...,flat": exact votes, one MV's backward
+        own = sigma_without_flat(sigma)
+        if not flat_changes(hier):
+            return reduce_votes(hier, leaf_sums, leaf_valid, leaf_first, dim=dim, surrogate=surrogate, sigma=own)
+        detach = lambda t: t.detach() if torch.is_tensor(t) else t  # noqa: E731
+        first = tuple(detach(t) for t in leaf_first) if isinstance(leaf_first, tuple) else detach(leaf_first)
+        with torch.no_grad():
+            votes = reduce_votes(hier, leaf_sums.detach(), leaf_valid, first, dim=dim, surrogate=surrogate, sigma=own)
+        total = leaf_sums.float().sum(dim)
+        valid = None if leaf_valid is None else leaf_valid.float().sum(dim).expand_as(total)
+        return flat_surrogate(votes.float(), total, valid, hier.n, surrogate, sigma).to(votes.dtype)
     s = leaf_sums
     c = leaf_valid  # valid inputs per node; abstention depends only on it, never on term values
     first = leaf_first

@@ -647,41 +647,69 @@ def _tree_levels(tree: _Node, n: int, misfit):
 # --------------------------------------------------------------------------------------------
 
 
-def split_sigma(rule: SigmaLike):
-    """``(base rule, leaf multiplier)`` of a sigma rule: ``"fanin,leaf=2"`` -> ``("fanin", 2.0)``.
+def sigma_parts(rule: SigmaLike):
+    """``(base rule, leaf multiplier, flat)`` of a sigma rule: ``"fanin,leaf=2"`` -> ``("fanin", 2.0, False)``.
 
-    The leaf multiplier widens the surrogate of a hierarchy's leaf level only (hierarchies of
-    two or more levels; a flat MV is its own root and keeps the base rule): with sigma =
-    sqrt(fan-in) a leaf of 4 terms has u = s / 2 in {-2, -1, 0, 1, 2}, where ApproxSign's
-    derivative is zero except at a tie, so small leaves pass almost no gradient.
+    After the base rule come options, comma-separated:
+
+    * ``leaf=F`` widens the surrogate of a hierarchy's leaf level only (hierarchies of two or
+      more levels; a flat MV is its own root and keeps the base rule): with sigma =
+      sqrt(fan-in) a leaf of 4 terms has u = s / 2 in {-2, -1, 0, 1, 2}, where ApproxSign's
+      derivative is zero except at a tie, so small leaves pass almost no gradient.
+    * ``flat``: the hierarchy's backward is that of one MV over all its terms (the surrogate
+      at the popcount ``s`` with the base rule's width), while its forward stays the exact
+      hierarchical vote. Every term then gets a gradient, as in an MV.
     """
     if isinstance(rule, str) and "," in rule:
         base, *opts = [t.strip().lower() for t in rule.split(",")]
-        mult = 1.0
+        mult, flat = 1.0, False
         for o in opts:
+            if o == "flat" and not flat:
+                flat = True
+                continue
             key, eq, val = o.partition("=")
             try:
-                mult = float(val) if key == "leaf" and eq else None
+                m = float(val) if key == "leaf" and eq else None
             except ValueError:
-                mult = None
-            if mult is None or not (0 < mult < float("inf")):
-                raise BitvoteError(f"sigma rule {rule!r}: after the base rule only leaf=F (a positive number) is allowed")
+                m = None
+            if m is None or not (0 < m < float("inf")):
+                raise BitvoteError(f"sigma rule {rule!r}: after the base rule only leaf=F (a positive number) "
+                                   f"and flat are allowed")
+            mult = m
         if base not in SIGMA_RULES:  # a factor f (f * sqrt(fan-in)) written as text
             try:
                 base = float(base)
             except ValueError:
                 pass  # an unknown name: check_sigma / sigma_for name it
-        return base, mult
-    return rule, 1.0
+        return base, mult, flat
+    return rule, 1.0, False
+
+
+def split_sigma(rule: SigmaLike):
+    """``(base rule, leaf multiplier)`` of a sigma rule (:func:`sigma_parts` without ``flat``)."""
+    base, mult, _ = sigma_parts(rule)
+    return base, mult
+
+
+def sigma_is_flat(rule: SigmaLike) -> bool:
+    """Whether the rule asks for the flat (one-MV) backward through a hierarchy."""
+    return sigma_parts(rule)[2]
+
+
+def sigma_without_flat(rule: SigmaLike) -> SigmaLike:
+    """The rule the hierarchy's own votes use: ``"fanin,leaf=2,flat"`` -> ``"fanin,leaf=2"``."""
+    base, mult, _ = sigma_parts(rule)
+    return f"{base},leaf={mult:g}" if mult != 1.0 else base
 
 
 def check_sigma(rule: SigmaLike) -> SigmaLike:
     """Validate a sigma rule early (at layer construction), accepting numbers as strings;
-    ``BASE,leaf=F`` (:func:`split_sigma`) comes back in its normal text form."""
+    ``BASE,leaf=F,flat`` (:func:`sigma_parts`) comes back in its normal text form."""
     if isinstance(rule, str) and "," in rule:
-        base, mult = split_sigma(rule)
+        base, mult, flat = sigma_parts(rule)
         base = check_sigma(base)
-        return f"{base},leaf={mult:g}" if mult != 1.0 else base
+        text = f"{base},leaf={mult:g}" if mult != 1.0 else f"{base}"
+        return text + ",flat" if flat else (text if mult != 1.0 else base)
     if isinstance(rule, str):
         r = rule.strip().lower()
         if r in SIGMA_RULES:
