@@ -12,7 +12,8 @@ A step is the whole training step of ``bitvote train``: batched crop/flip/normal
 batch, forward, cross-entropy, backward, Adam. Rows report images/s (median over timed steps)
 and the step time relative to ``resnet18`` and to the popcount ReActNet-18 at the same width.
 ``--paths old,new`` times every voter row twice, on the float leaf-sum path
-(``BITVOTE_NATIVE_VOTE=0``) and on the packed-bit kernels of :mod:`bitvote.nn.fastvote`.
+(``BITVOTE_NATIVE_VOTE=0``) and on the packed-bit kernels of :mod:`bitvote.nn.fastvote`;
+``flat`` adds the row trained with sigma ``fanin,flat`` (exact votes, one MV's backward).
 Run it on a quiet machine: other processes on the cores distort every number.
 """
 
@@ -32,9 +33,9 @@ from bitvote import data as D
 from bitvote import models
 from bitvote.train.optim import make_optimizer
 
-def measure(name, voter, width, batch, steps, warmup, seed=0, tie=None, clock=time.perf_counter):
+def measure(name, voter, width, batch, steps, warmup, seed=0, tie=None, clock=time.perf_counter, sigma=None):
     torch.manual_seed(seed)
-    model = models.create(name, voter=voter, width=width).train()
+    model = models.create(name, voter=voter, width=width, **({} if sigma is None else {"sigma": sigma})).train()
     if tie is not None and voter != "popcount":
         models.set_voter(model, voter, tie=tie)
     opt = make_optimizer(model, 1e-3, 0.0)
@@ -69,7 +70,8 @@ def main(argv=None):
                     help="fused CPU vote chains (BITVOTE_FUSE); both = each voter row twice")
     ap.add_argument("--paths", default="new",
                     help="vote paths of the voter rows, comma-separated: new (packed-bit kernels), old (float "
-                         "leaf sums, BITVOTE_NATIVE_VOTE=0); old,new = each voter row twice")
+                         "leaf sums, BITVOTE_NATIVE_VOTE=0), flat (sigma fanin,flat on the kernels); "
+                         "old,new = each voter row twice")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time, or this process's CPU time (with --threads 1, a loaded machine's "
                          "other processes then distort less)")
@@ -77,8 +79,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     tie = None if a.tie is None else (a.tie if a.tie == "first" else int(a.tie))
     paths = [p.strip() for p in a.paths.split(",") if p.strip()]
-    if not paths or any(p not in ("old", "new") for p in paths):
-        ap.error(f"--paths: expected old, new or old,new, got {a.paths!r}")
+    if not paths or any(p not in ("old", "new", "flat") for p in paths):
+        ap.error(f"--paths: expected old, new, flat or a comma-separated list of them, got {a.paths!r}")
     plan = [("resnet18", "popcount", True, "-")]
     for v in a.voters.split(";"):
         v = v.strip()
@@ -100,7 +102,8 @@ def main(argv=None):
             os.environ["BITVOTE_FUSE"] = "1" if fz else "0"
             os.environ["BITVOTE_NATIVE_VOTE"] = "0" if path == "old" else "1"
             s = measure(name, voter, w, a.batch_size, a.steps, a.warmup, tie=tie,
-                        clock=time.process_time if a.clock == "cpu" else time.perf_counter)
+                        clock=time.process_time if a.clock == "cpu" else time.perf_counter,
+                        sigma="fanin,flat" if path == "flat" else None)
             base = base or s
             if name == "reactnet18" and voter == "popcount" and pop is None:
                 pop = s

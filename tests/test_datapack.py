@@ -225,3 +225,30 @@ def test_a_pack_without_a_split(tmp_path):
     assert len(D.load("cifar10", "train", out)) == 10
     with pytest.raises(BitvoteError, match="has no test split"):
         D.load("cifar10", "test", out)
+
+
+def test_run_and_verify_read_a_pack_like_its_folder(tmp_path, capsys):
+    import json
+
+    from bitvote import models as M
+
+    src = make_folder(tmp_path / "imgs")
+    pack = tmp_path / "c10.bvd"
+    P.pack_folder(src, pack)
+    torch.manual_seed(0)
+    net = M.create("reactnet18", voter="mv", width=0.125).eval()
+    ck = tmp_path / "ck.pt"
+    torch.save({"model": net.state_dict(), "config": net.config}, ck)
+    bvm = tmp_path / "m.bvm"
+    assert main(["compile", str(ck), "--out", str(bvm)]) == 0
+    capsys.readouterr()
+    got = {}
+    for name, where in (("folder", src), ("pack", pack)):
+        assert main(["run", str(bvm), "--data", str(where), "--json"]) == 0
+        got[name] = json.loads(capsys.readouterr().out)["predictions"]
+    assert got["pack"] == got["folder"] and len(got["pack"]) == 20
+    assert main(["verify", str(ck), "--data", str(pack), "--limit", "4"]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    (tmp_path / "plain.bin").write_bytes(b"x")
+    assert main(["run", str(bvm), "--data", str(tmp_path / "plain.bin")]) == 2
+    assert ".bvd pack" in capsys.readouterr().err

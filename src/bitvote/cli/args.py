@@ -227,7 +227,7 @@ def output_dir(s: str) -> str:
 
 
 def engine_data(s: str) -> str:
-    """``--data`` of run / verify: ``synthetic[:N]``, a ``.pt`` file, or a dataset folder."""
+    """``--data`` of run / verify: ``synthetic[:N]``, a ``.pt`` file, a dataset folder or a ``.bvd`` pack."""
     s = _path_text(s)
     if s.startswith(("synthetic", "random")):
         head, _, n = s.partition(":")
@@ -240,9 +240,9 @@ def engine_data(s: str) -> str:
     if p.suffix in (".pt", ".pth"):
         return input_file(s)
     if not p.exists():
-        raise _Bad(f"{s} does not exist (a .pt file of images, synthetic:N, or a dataset folder)")
-    if not p.is_dir():
-        raise _Bad(f"{s} is a file but not a .pt file of images")
+        raise _Bad(f"{s} does not exist (a .pt file of images, synthetic:N, a dataset folder or a .bvd pack)")
+    if not p.is_dir() and p.suffix != ".bvd":
+        raise _Bad(f"{s} is a file but neither a .pt file of images nor a .bvd pack")
     return s
 
 

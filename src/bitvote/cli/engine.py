@@ -18,8 +18,8 @@ def load_data(spec: str, limit: int = 0, num_classes: int = 10):
 
     ``synthetic[:N]``: N random images (no labels; seeded). A ``.pt``/``.pth`` file: a tensor
     of images, or a dict with ``x``/``images`` and optionally ``y``/``labels``. Anything else
-    is a dataset root for :mod:`bitvote.data`: the test split of CIFAR-10 or CIFAR-100 (chosen
-    by the model's number of classes), normalized as in training.
+    is a dataset root or ``.bvd`` pack for :mod:`bitvote.data`: the test split of CIFAR-10 or
+    CIFAR-100 (chosen by the model's number of classes), normalized as in training.
     """
     x = y = None
     if spec.startswith("synthetic") or spec.startswith("random"):
@@ -216,7 +216,7 @@ def add_parser(sub):
     p = sub.add_parser("run", help="evaluate an engine graph")
     p.add_argument("model", type=input_file, help=".bvm file from `bitvote compile`")
     p.add_argument("--data", type=engine_data, required=True, help="a .pt file of images (+ labels), synthetic:N, "
-                   "or a dataset folder (its test split)")
+                   "a dataset folder or a .bvd pack (its test split)")
     p.add_argument("--limit", type=nonneg_int, default=0, help="the first N images only (default 0: all)")
     p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--threads", type=threads, help="CPU engine threads (default 1)")
@@ -227,7 +227,7 @@ def add_parser(sub):
     p = sub.add_parser("verify", help="check the engine against PyTorch: exact per layer, flips traced end to end")
     p.add_argument("checkpoint", type=input_file)
     p.add_argument("--data", type=engine_data, required=True, help="a .pt file of images (+ labels), synthetic:N, "
-                   "or a dataset folder (its test split)")
+                   "a dataset folder or a .bvd pack (its test split)")
     p.add_argument("--limit", type=nonneg_int, default=0, help="the first N images only (default 0: all)")
     p.add_argument("--threads", type=threads, default=1)
     p.add_argument("--eps", type=nonneg_float, default=1e-4, help="a flip is explained by a pre-sign value within eps of 0")

@@ -57,22 +57,22 @@ PRESETS: Dict[str, dict] = {
                  test_subset=None, batch_size=256, epochs=None, lr=2e-3, retrain_epochs=None, retrain_lr=1e-3,
                  recalibrate=10000, pad_variant=False, minutes=10.0),
     # the accuracy-vs-area frontier at the cpu preset's scale: every design the hardware sweep
-    # prices, retrained up to 6 epochs (until the train loss stops falling for 2); the
-    # ablation (`--table ablation`) compares the recipes on the small-leaf row at equal budget.
+    # prices, retrained up to 6 epochs (until the train loss stops falling for 2) by the recipe
+    # the ablation (`--table ablation`, the small-leaf row at equal budget) measured best: flat
     # Every training stage stays under an hour on one CPU thread (docs/reproduce.md).
     "frontier-cpu": dict(models=("reactnet18", "birealnet18"),
                          voters=("mv", "groups=4", "tap", "tap,groups=4", "tap,leaf=4", "tap,leaf=8",
                                  "cm:M(M3(M3))", "cm:P(M3)"),
                          width=0.125, subset=10000, test_subset=2000, batch_size=128, epochs=15, lr=2e-3,
                          retrain_epochs=6, retrain_lr=1e-3, recalibrate=1000, pad_variant=True,
-                         recipe="plateau=2", ablation_voters=("tap,leaf=4",), ablation_models=("reactnet18",)),
+                         recipe="flat+plateau=2", ablation_voters=("tap,leaf=4",), ablation_models=("reactnet18",)),
     # a credible scale on a CPU: width 1/2 on all of CIFAR-10. Measured on a 2-core AVX2 CPU:
     # one popcount epoch takes ~18 min on one thread (~9.5 min on two), so the 40-epoch
     # baseline is ~12 h of one thread per model: run it in slices (every stage resumes
     # mid-epoch), one process per model (`--models`, its own `--out`)
     "mid": dict(models=("reactnet18", "birealnet18"), voters=("mv", "tap", "tap,leaf=4"), width=0.5, subset=None,
                 test_subset=None, batch_size=128, epochs=40, lr=2e-3, retrain_epochs=5, retrain_lr=1e-3,
-                recalibrate=10000, pad_variant=True, recipe="plateau=2"),
+                recalibrate=10000, pad_variant=True, recipe="flat+plateau=2"),
 }
 
 #: the recipes `--table ablation` compares (docs/reproduce.md, "Retraining recipes")

@@ -164,7 +164,7 @@ pareto = _pareto
 
 
 def format_report(rep: List[dict]) -> str:
-    """A markdown table (areas in millions of transistors, per image, unit-gate estimate)."""
+    """A markdown table (areas in millions of transistors per image, from Yosys synthesis of each unit)."""
     front = {id(r) for r in _pareto(rep)}
     lines = ["| model | width | voter | top-1 | top-5 | voter area (M T) | vs popcount+thr | depth (cmos) | + XNOR array (M T) | Pareto |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|:-:|"]
@@ -213,7 +213,7 @@ def plot_report(rep: List[dict], path) -> Tuple[bool, str]:
             ax.scatter([x], [r["top1"]], marker="o", s=40, color=c, zorder=3)
             ax.annotate(r["label"], (x, r["top1"]), textcoords="offset points", xytext=(5, -3), fontsize=7)
     models_ = sorted({f"{r['model']} x{r['width']:g}" for r in rep})
-    ax.set_xlabel("voter / popcount area per image (million transistors, unit-gate estimate)\n"
+    ax.set_xlabel("voter / popcount area per image (million transistors, Yosys synthesis)\n"
                   "squares: popcount + threshold baseline, diamonds: popcount + unfolded BN, dots: voters", fontsize=8)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs voter area: " + ", ".join(models_), fontsize=9)
