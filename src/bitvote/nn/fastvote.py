@@ -238,8 +238,9 @@ class _NativeVoteFn(torch.autograd.Function):
         N, C, H, W = xb.shape
         Co, _, kh, kw = wb.shape
         ph, pw = padding
-        xi = torch.where(xb >= 0, 1, -1).to(torch.int8).permute(0, 2, 3, 1)
-        xcl = F.pad(xi, (0, 0, pw, pw, ph, ph), value=int(pad_value)).contiguous()
+        # +1 where x >= 0, else -1, channels last, padded: one int8 pass, no int64 temporary
+        xcl = torch.full((N, H + 2 * ph, W + 2 * pw, C), int(pad_value), dtype=torch.int8)
+        xcl[:, ph:ph + H, pw:pw + W].copy_((xb >= 0).permute(0, 2, 3, 1)).mul_(2).sub_(1)
         wt = wb.reshape(Co, C, kh * kw)  # term-major (n, Co): the kernels run over channels
         wt = wt.reshape(Co, -1).t() if plan.order else wt.permute(2, 1, 0).reshape(-1, Co)
         wi = torch.ones((wt.shape[0], -(-Co // 16) * 16), dtype=torch.int16)  # pad channels: +1, unused
