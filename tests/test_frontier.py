@@ -253,6 +253,7 @@ def test_ablation_table_runs_each_recipe_from_one_baseline(parent, tmp_path):
     assert rows[-1]["sigma"] == "fanin,leaf=2" and rows[-1]["stopped"] == "budget"
     text = (out / "ablation.md").read_text()
     assert "| leafsigma=2 |" in text and "`tap` (tie first)" in text
+    assert "each row's recipe in its row" in text and "recipe `plain`)" not in text
     assert len(json.loads((out / "ablation.json").read_text())) == 5
     assert (out / "stages" / "reactnet18" / "tap-tiefirst--leafsigma2.retrained.json").is_file()
     assert (out / "stages" / "reactnet18" / "tap-tiefirst.retrained.json").is_file()
