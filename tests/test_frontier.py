@@ -4,6 +4,7 @@ Tiny data (24 training / 12 test images, width 1/8, batch 8: 3 steps an epoch), 
 training here takes seconds; one popcount parent is trained once for the module.
 """
 
+import importlib.util
 import itertools
 import json
 
@@ -313,7 +314,7 @@ def test_knapsack_choice_is_the_best_feasible_one(layers, frac):
     assert loss <= min(sum(o[2] for o in c) for c in feasible) + 1e-6
 
 
-def test_search_writes_a_mapping_under_budget_that_train_and_frontier_read(parent, tmp_path, capsys):
+def test_search_writes_a_mapping_under_budget_that_train_and_frontier_read(parent, tmp_path, capsys, monkeypatch):
     data, ckpt, _ = parent
     out = tmp_path / "s"
     rc = main(["search", str(ckpt), "--budget", "0.8", "--candidates", "cm:M(M3(M3))", "--cost", "units",
@@ -332,8 +333,16 @@ def test_search_writes_a_mapping_under_budget_that_train_and_frontier_read(paren
                  "--no-download", "--json"]) == 0
     capsys.readouterr()
     fr = tmp_path / "fr"
+    labels = []
+    if importlib.util.find_spec("matplotlib"):
+        import matplotlib.axes
+
+        real = matplotlib.axes.Axes.set_xlabel
+        monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel", lambda ax, t, **k: labels.append(t) or real(ax, t, **k))
     assert main(["frontier", str(out / "results.json"), "--out", str(fr), "--cost", "units", "--modes", "all",
                  "--quiet"]) == 0
+    assert labels or not importlib.util.find_spec("matplotlib")
+    assert all("unit-count model" in t and "Yosys" not in t for t in labels)
     got = json.loads((fr / "frontier.json").read_text())
     searched = next(r for r in got if not r["baseline"])
     assert abs(searched["vs_baseline"] + 1 - res["area_fraction"]) < 1e-9 and searched["dtop1"] is not None

@@ -112,7 +112,8 @@ def frontier(paths: Sequence, out, source: str = "auto", modes: Sequence[str] = 
     out.mkdir(parents=True, exist_ok=True)
     table = format_frontier(rows)
     atomic_write_bytes(out / "frontier.json", (json.dumps(rows, indent=1) + "\n").encode())
-    ok, note = plot_report(rows, out / "frontier.png")
+    ok, note = plot_report(rows, out / "frontier.png",
+                           "Yosys synthesis" if rows and rows[0]["source"] == "synth" else "unit-count model")
     wall = time.monotonic() - t0
     text = (f"# Accuracy vs voter area\n\nFrom {', '.join(map(str, paths))}.\n\n{table}\n\n"
             f"{'![Pareto plot](frontier.png)' if ok else note}\n\nPriced in {wall:.0f} s.\n")

@@ -181,8 +181,10 @@ def format_report(rep: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_report(rep: List[dict], path) -> Tuple[bool, str]:
-    """Accuracy vs voter area, Pareto front drawn, baselines marked. ``(ok, note)``."""
+def plot_report(rep: List[dict], path, area_source: str = "Yosys synthesis") -> Tuple[bool, str]:
+    """Accuracy vs voter area, Pareto front drawn, baselines marked. ``(ok, note)``.
+
+    ``area_source`` names where the areas came from, on the x axis."""
     try:
         import matplotlib
 
@@ -213,7 +215,7 @@ def plot_report(rep: List[dict], path) -> Tuple[bool, str]:
             ax.scatter([x], [r["top1"]], marker="o", s=40, color=c, zorder=3)
             ax.annotate(r["label"], (x, r["top1"]), textcoords="offset points", xytext=(5, -3), fontsize=7)
     models_ = sorted({f"{r['model']} x{r['width']:g}" for r in rep})
-    ax.set_xlabel("voter / popcount area per image (million transistors, Yosys synthesis)\n"
+    ax.set_xlabel(f"voter / popcount area per image (million transistors, {area_source})\n"
                   "squares: popcount + threshold baseline, diamonds: popcount + unfolded BN, dots: voters", fontsize=8)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs voter area: " + ", ".join(models_), fontsize=9)
