@@ -80,7 +80,7 @@ def random_inputs(data, case):
     return x
 
 
-def _run(layer, x, g, native, monkeypatch):
+def run_layer(layer, x, g, native, monkeypatch):
     monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all" if native else "0")
     x = x.clone().requires_grad_(True)
     layer.weight.grad = None
@@ -89,7 +89,7 @@ def _run(layer, x, g, native, monkeypatch):
     return y.detach(), x.grad, layer.weight.grad.clone()
 
 
-def _close(a, b):
+def close_fp32(a, b):
     scale = max(1.0, b.abs().max().item())
     return (a - b).abs().max().item() <= 1e-5 * scale
 
@@ -125,10 +125,10 @@ def test_native_gradients_match_float_path(data, sigma, surrogate):
     Wo = (case["W"] + 2 * case["padding"] - k) // case["stride"] + 1
     g = torch.randn(case["N"], case["Co"], Ho, Wo)
     with pytest.MonkeyPatch.context() as mp:
-        y0, gx0, gw0 = _run(layer, x, g, False, mp)
-        y1, gx1, gw1 = _run(layer, x, g, True, mp)
+        y0, gx0, gw0 = run_layer(layer, x, g, False, mp)
+        y1, gx1, gw1 = run_layer(layer, x, g, True, mp)
     assert torch.equal(y0, y1), (spec, case, tie)
-    assert _close(gx1, gx0) and _close(gw1, gw0), (spec, case, tie, sigma, surrogate)
+    assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0), (spec, case, tie, sigma, surrogate)
 
 
 @pytest.mark.parametrize("spec,C", [("tap,leaf=4", 8), ("tap,groups=4", 12), ("cm:M5(M3(M3))", 5), ("tap", 7)])
@@ -142,12 +142,12 @@ def test_channel_blocks_and_threads(spec, C, Co, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        y0, gx0, gw0 = _run(layer, x, g, False, monkeypatch)
-        y1, gx1, gw1 = _run(layer, x, g, True, monkeypatch)
+        y0, gx0, gw0 = run_layer(layer, x, g, False, monkeypatch)
+        y1, gx1, gw1 = run_layer(layer, x, g, True, monkeypatch)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(y0, y1)
-    assert _close(gx1, gx0) and _close(gw1, gw0)
+    assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
 
 
 @pytest.mark.parametrize("stride,pad,pad_value,groups", [(1, 1, 0.0, 1), (2, 1, 0.0, 2), (2, 2, 0.0, 1),
@@ -165,9 +165,9 @@ def test_mv_first_matches_oracle_and_float_path(stride, pad, pad_value, groups, 
                                   [[cin * 9]], ["first"]) for i in range(groups)], 1)
     assert torch.equal(y, want)
     g = torch.randn_like(y)
-    y0, gx0, gw0 = _run(layer, x, g, False, monkeypatch)
-    y1, gx1, gw1 = _run(layer, x, g, True, monkeypatch)
-    assert torch.equal(y0, y1) and _close(gx1, gx0) and _close(gw1, gw0)
+    y0, gx0, gw0 = run_layer(layer, x, g, False, monkeypatch)
+    y1, gx1, gw1 = run_layer(layer, x, g, True, monkeypatch)
+    assert torch.equal(y0, y1) and close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
 
 
 def test_native_is_the_default_and_the_switch_turns_it_off(monkeypatch):

@@ -17,22 +17,9 @@ from bitvote.experiments.recipes import recipe_options, recipe_slug
 from bitvote.voter import check_sigma, reduce_votes, resolve, sigma_parts, sigma_without_flat
 
 from oracle import binary_conv
-from test_fastvote import TIES, random_inputs, layer_case, tree_case
+from test_fastvote import TIES, close_fp32, layer_case, random_inputs, run_layer, tree_case
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def _grads(layer, x, g, native, monkeypatch):
-    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all" if native else "0")
-    x = x.clone().requires_grad_(True)
-    layer.weight.grad = None
-    y = layer(x)
-    (y * g).sum().backward()
-    return y.detach(), x.grad, layer.weight.grad.clone()
-
-
-def _close(a, b):
-    return (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
 
 
 def _out_shape(case):
@@ -74,7 +61,7 @@ def test_flat_votes_are_exact_and_gradients_are_one_mv(data, base, surrogate, na
     flat = BinaryConv2d(C, case["Co"], k, voter=spec, tie=tie, sigma=f"{base},flat", **opts)
     g = torch.randn(_out_shape(case))
     with pytest.MonkeyPatch.context() as mp:
-        y, gx, gw = _grads(flat, x, g, native, mp)
+        y, gx, gw = run_layer(flat, x, g, native, mp)
         want = binary_conv(x, flat.weight.detach(), case["stride"], case["padding"], case["pad_value"],
                            levels, ties, root, order)
         assert torch.equal(y, want), (spec, case, tie)
@@ -83,8 +70,8 @@ def test_flat_votes_are_exact_and_gradients_are_one_mv(data, base, surrogate, na
         else:
             ref = BinaryConv2d(C, case["Co"], k, voter="mv", sigma=base, **opts)
         ref.weight.data.copy_(flat.weight.data)
-        _, gx0, gw0 = _grads(ref, x, g, native, mp)
-    assert _close(gx, gx0) and _close(gw, gw0), (spec, case, tie, base, surrogate)
+        _, gx0, gw0 = run_layer(ref, x, g, native, mp)
+    assert close_fp32(gx, gx0) and close_fp32(gw, gw0), (spec, case, tie, base, surrogate)
     if root == "M" and len(levels) > 1:
         n = C * k * k
 
@@ -93,7 +80,7 @@ def test_flat_votes_are_exact_and_gradients_are_one_mv(data, base, surrogate, na
 
         want_gx = _proxy_input_grad(x, flat.weight.detach(), g, case["stride"], case["padding"], case["pad_value"],
                                     sigma_of, surrogate)
-        assert _close(gx, want_gx), (spec, case, base, surrogate)
+        assert close_fp32(gx, want_gx), (spec, case, base, surrogate)
 
 
 @SETTINGS

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from ..io import atomic_write_bytes
 from ..voter import is_mv
@@ -35,14 +35,14 @@ def _dataset_label(rows: List[dict], p: dict) -> str:
     return f"{name} (JPEG copy)" if "jpeg" in src.lower() else name
 
 
-def header(rows: List[dict], p: dict, recipe: Optional[str] = "preset") -> str:
+def header(rows: List[dict], p: dict, own_recipes: bool = False) -> str:
     """One paragraph: dataset, width, epochs, subset, the retraining recipe and the ties.
 
-    ``recipe``: the one every row retrained by (``"preset"``: the preset's), or ``None`` when
-    the rows name their own (the ablation).
+    ``own_recipes``: each row names its recipe (the ablation), so the preset's is not stated.
     """
     sub = f"{p['subset']} training images" if p.get("subset") else "the full training split"
     test = f"{p['test_subset']} test images" if p.get("test_subset") else "the full test split"
+    recipe = " (each row's recipe in its row)" if own_recipes else f" (recipe `{p.get('recipe', 'plain')}`)"
     n = next((r.get("n") for r in rows if r.get("n")), None)
     if n and not p.get("test_subset"):
         test = f"the full test split ({n} images)"
@@ -51,14 +51,8 @@ def header(rows: List[dict], p: dict, recipe: Optional[str] = "preset") -> str:
             f"Converted: the baseline's weights with the voter swapped in; + BN recalibration: BN statistics "
             f"re-estimated on {p['recalibrate']} training images. Retrained: from the baseline, {_epochs(p['retrain_epochs'])} "
             f"through the voter ({p['surrogate']}, sigma {p['sigma']}, lr {p['retrain_lr']:g}), the same budget "
-            f"for every row{_recipe_text(p, recipe)}. Tie: +1 for MV, `first` for hierarchies unless stated. Each voter row names the "
+            f"for every row{recipe}. Tie: +1 for MV, `first` for hierarchies unless stated. Each voter row names the "
             f"hierarchies it resolved to, layer by layer (distinct ones, in layer order).")
-
-
-def _recipe_text(p: dict, recipe: Optional[str]) -> str:
-    if recipe is None:
-        return " (each row's recipe in its row)"
-    return f" (recipe `{p.get('recipe', 'plain') if recipe == 'preset' else recipe}`)"
 
 
 def _epochs(n) -> str:
@@ -194,7 +188,7 @@ def write_ablation(out: Path, rows: List[dict], p: dict, wall_s: float, print_ta
     """ablation.md and ablation.json (the rows, in results.json's form); prints the table."""
     out = Path(out)
     table = format_ablation(rows)
-    text = (f"# Retraining recipes at equal budget (preset `{p['preset']}`)\n\n{header(rows, p, None)}\n\n"
+    text = (f"# Retraining recipes at equal budget (preset `{p['preset']}`)\n\n{header(rows, p, own_recipes=True)}\n\n"
             f"Every recipe retrains from the same baseline for at most {_epochs(p['retrain_epochs'])} "
             f"(`long=X` recipes excepted).\n\n{table}\n\nThis invocation: {wall_s / 60:.1f} min.\n")
     atomic_write_bytes(out / "ablation.md", text.encode())

@@ -78,10 +78,14 @@ def frontier_rows(rows: List[dict], source: str = "auto", modes: Sequence[str] =
     return out
 
 
+def area_source_text(source: str) -> str:
+    """Where a row's areas come from, as the table and the plot say it."""
+    return "synthesized (yosys)" if source == "synth" else "unit-count model (no synthesis)"
+
+
 def format_frontier(rows: List[dict]) -> str:
     front = {id(r) for r in pareto_front(rows)}
-    src = rows[0]["source"]
-    what = "synthesized (yosys)" if src == "synth" else "unit-count model (no synthesis)"
+    what = area_source_text(rows[0]["source"])
     lines = [f"Voter area and depth: {what}; voter/popcount epilogue per image, XNOR array excluded.", "",
              "| model | width | row | top-1 | vs baseline | top-5 | voter area (M T) | vs popcount+thr | depth | "
              "depth vs baseline | Pareto |",
@@ -112,8 +116,7 @@ def frontier(paths: Sequence, out, source: str = "auto", modes: Sequence[str] = 
     out.mkdir(parents=True, exist_ok=True)
     table = format_frontier(rows)
     atomic_write_bytes(out / "frontier.json", (json.dumps(rows, indent=1) + "\n").encode())
-    ok, note = plot_report(rows, out / "frontier.png",
-                           "Yosys synthesis" if rows and rows[0]["source"] == "synth" else "unit-count model")
+    ok, note = plot_report(rows, out / "frontier.png", area_source_text(rows[0]["source"]))
     wall = time.monotonic() - t0
     text = (f"# Accuracy vs voter area\n\nFrom {', '.join(map(str, paths))}.\n\n{table}\n\n"
             f"{'![Pareto plot](frontier.png)' if ok else note}\n\nPriced in {wall:.0f} s.\n")

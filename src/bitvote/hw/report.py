@@ -181,7 +181,7 @@ def format_report(rep: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_report(rep: List[dict], path, area_source: str = "Yosys synthesis") -> Tuple[bool, str]:
+def plot_report(rep: List[dict], path, area_source: str = "synthesized (yosys)") -> Tuple[bool, str]:
     """Accuracy vs voter area, Pareto front drawn, baselines marked. ``(ok, note)``.
 
     ``area_source`` names where the areas came from, on the x axis."""

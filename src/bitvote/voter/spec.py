@@ -699,7 +699,14 @@ def sigma_is_flat(rule: SigmaLike) -> bool:
 def sigma_without_flat(rule: SigmaLike) -> SigmaLike:
     """The rule the hierarchy's own votes use: ``"fanin,leaf=2,flat"`` -> ``"fanin,leaf=2"``."""
     base, mult, _ = sigma_parts(rule)
-    return f"{base},leaf={mult:g}" if mult != 1.0 else base
+    return _sigma_text(base, mult, False)
+
+
+def _sigma_text(base: SigmaLike, mult: float, flat: bool) -> SigmaLike:
+    """The normal form of a parsed rule: the base alone when it has no options."""
+    if mult == 1.0 and not flat:
+        return base
+    return f"{base}" + (f",leaf={mult:g}" if mult != 1.0 else "") + (",flat" if flat else "")
 
 
 def check_sigma(rule: SigmaLike) -> SigmaLike:
@@ -707,9 +714,7 @@ def check_sigma(rule: SigmaLike) -> SigmaLike:
     ``BASE,leaf=F,flat`` (:func:`sigma_parts`) comes back in its normal text form."""
     if isinstance(rule, str) and "," in rule:
         base, mult, flat = sigma_parts(rule)
-        base = check_sigma(base)
-        text = f"{base},leaf={mult:g}" if mult != 1.0 else f"{base}"
-        return text + ",flat" if flat else (text if mult != 1.0 else base)
+        return _sigma_text(check_sigma(base), mult, flat)
     if isinstance(rule, str):
         r = rule.strip().lower()
         if r in SIGMA_RULES:
