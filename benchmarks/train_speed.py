@@ -12,8 +12,11 @@ A step is the whole training step of ``bitvote train``: batched crop/flip/normal
 batch, forward, cross-entropy, backward, Adam. Rows report images/s (median over timed steps)
 and the step time relative to ``resnet18`` and to the popcount ReActNet-18 at the same width.
 ``--paths old,new`` times every voter row twice, on the float leaf-sum path
-(``BITVOTE_NATIVE_VOTE=0``) and on the packed-bit kernels of :mod:`bitvote.nn.fastvote`;
-``flat`` adds the row trained with sigma ``fanin,flat`` (exact votes, one MV's backward).
+(``BITVOTE_NATIVE_VOTE=0``) and on the default path (the packed-bit kernels of
+:mod:`bitvote.nn.fastvote`, and for counted kernel rows such as ``cm:P(M3)`` the GEMMs of
+:mod:`bitvote.nn.rowvote`); ``kernels`` is the default without those GEMMs
+(``BITVOTE_ROW_VOTE=0``); ``flat`` adds the row trained with sigma ``fanin,flat`` (exact
+votes, one MV's backward).
 Run it on a quiet machine: other processes on the cores distort every number.
 """
 
@@ -69,9 +72,9 @@ def main(argv=None):
     ap.add_argument("--fuse", choices=("on", "off", "both"), default="on",
                     help="fused CPU vote chains (BITVOTE_FUSE); both = each voter row twice")
     ap.add_argument("--paths", default="new",
-                    help="vote paths of the voter rows, comma-separated: new (packed-bit kernels), old (float "
-                         "leaf sums, BITVOTE_NATIVE_VOTE=0), flat (sigma fanin,flat on the kernels); "
-                         "old,new = each voter row twice")
+                    help="vote paths of the voter rows, comma-separated: new (the default: packed-bit kernels, "
+                         "kernel-row GEMMs), kernels (packed-bit kernels only, BITVOTE_ROW_VOTE=0), old (float "
+                         "leaf sums, BITVOTE_NATIVE_VOTE=0), flat (sigma fanin,flat); old,new = each voter row twice")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time, or this process's CPU time (with --threads 1, a loaded machine's "
                          "other processes then distort less)")
@@ -79,8 +82,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     tie = None if a.tie is None else (a.tie if a.tie == "first" else int(a.tie))
     paths = [p.strip() for p in a.paths.split(",") if p.strip()]
-    if not paths or any(p not in ("old", "new", "flat") for p in paths):
-        ap.error(f"--paths: expected old, new, flat or a comma-separated list of them, got {a.paths!r}")
+    if not paths or any(p not in ("old", "new", "kernels", "flat") for p in paths):
+        ap.error(f"--paths: expected old, new, kernels, flat or a comma-separated list of them, got {a.paths!r}")
     plan = [("resnet18", "popcount", True, "-")]
     for v in a.voters.split(";"):
         v = v.strip()
@@ -101,6 +104,7 @@ def main(argv=None):
         for name, voter, fz, path in plan:
             os.environ["BITVOTE_FUSE"] = "1" if fz else "0"
             os.environ["BITVOTE_NATIVE_VOTE"] = "0" if path == "old" else "1"
+            os.environ["BITVOTE_ROW_VOTE"] = "0" if path in ("old", "kernels") else "1"
             s = measure(name, voter, w, a.batch_size, a.steps, a.warmup, tie=tie,
                         clock=time.process_time if a.clock == "cpu" else time.perf_counter,
                         sigma="fanin,flat" if path == "flat" else None)

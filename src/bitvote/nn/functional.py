@@ -31,7 +31,7 @@ from ..voter import CM, Hierarchy
 from ..voter.reduce import first_nonzero as _first_nonzero, first_true as _first_true, \
     flat_changes, flat_surrogate, reduce_votes, segment_starts as _starts, segment_sum as _segsum, vote_dtype
 from ..voter.spec import sigma_is_flat, sigma_without_flat
-from . import fastvote
+from . import fastvote, rowvote
 
 __all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary"]
 
@@ -407,13 +407,15 @@ def _hier_votes(xb, wb, voter, stride, padding, dilation, groups, pad_value, sur
     """Votes of a hierarchy, per conv group: the packed-bit kernels where they pay, else leaf sums."""
     outs = []
     cin, cout = xb.shape[1] // groups, wb.shape[0] // groups
-    if _use_native(voter, xb, surrogate, cout):
+    rows = rowvote.enabled() and rowvote.supports(voter, (cout, cin) + tuple(wb.shape[2:]))
+    if rows or _use_native(voter, xb, surrogate, cout):
         st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
         Ho = _out_size(xb.shape[2] + 2 * pd[0], wb.shape[2], st[0], dl[0])
         Wo = _out_size(xb.shape[3] + 2 * pd[1], wb.shape[3], st[1], dl[1])
+        kernel = rowvote.conv_votes if rows else fastvote.conv_votes
         for g in range(groups):
-            outs.append(fastvote.conv_votes(xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter,
-                                            st, pd, dl, pad_value, Ho, Wo, get_surrogate(surrogate), sigma))
+            outs.append(kernel(xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter,
+                               st, pd, dl, pad_value, Ho, Wo, get_surrogate(surrogate), sigma))
         return outs[0] if groups == 1 else torch.cat(outs, 1)
     for g in range(groups):
         sums, valid, first, dim = conv_leaf_sums(
