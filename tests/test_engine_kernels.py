@@ -234,3 +234,46 @@ def test_one_leaf_under_a_p_root_is_the_sum():
                 assert torch.equal(pc.epilogue("int")(pack(x), 1, isa).float(), want), (isa, version, segments)
             finally:
                 lib().bv_set_kernel(old)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(C=st.sampled_from([1, 7, 63, 64, 65, 129]), k=st.sampled_from([2, 3]),
+       shape=st.sampled_from(["P({r})", "M({r})", "M({r}({k}))", "P({r}({k}))"]),
+       tie=st.sampled_from([1, -1, "first", ("first", 1), (1, "first"), (-1, 1, "first"), ("first", -1, 1)]),
+       Co=st.sampled_from([1, 8, 13]), stride=st.sampled_from([1, 2]), padding=st.sampled_from([0, 1, 2]),
+       pad_value=st.sampled_from([0.0, 1.0, -1.0]), agree=st.sampled_from([0.0, 0.5]), seed=st.integers(0, 2**16))
+def test_row_leaves_match_the_layer(C, k, shape, tie, Co, stride, padding, pad_value, agree, seed):
+    """Channel-major trees over kernel rows (`cm:P(M3)`, `cm:M(M3)`, `cm:M<C>(M3(M3))`,
+    `cm:P(M3(M3))`, and fan-ins of 2): the word-wise majority kernel, with every border class
+    (a row of 2 or 1 valid taps ties or stands alone, an empty row abstains, a channel votes
+    over 2 rows), a tie rule per level, partial last words, several words per row."""
+    if padding >= k:
+        return
+    c = dict(C=C, k=k, T=k * k, N=2, H=5, W=4, Co=Co, agree=agree, seed=seed)
+    x, w = _inputs(c)
+    spec = "cm:" + shape.format(r=f"M{k}", k=f"M{k}")
+    try:
+        hier = resolve(spec, C * k * k, k * k, tie)
+    except BitvoteError:  # a tie sequence for another depth
+        return
+    pc = PackedConv(w >= 0, stride, padding, pad_value, hier)
+    assert pc.kind == 4, spec
+    want = BF.binary_conv2d(x, w, stride, padding, voter=hier, pad_value=pad_value)
+    if C * k <= 8:
+        levels = [lv.groups for lv in hier.levels]
+        ties = [lv.tie.plain for lv in hier.levels]
+        assert torch.equal(want, oracle.binary_conv(x, w, stride, padding, pad_value, levels, ties, hier.root, "cm"))
+    xw = pack(x)
+    for isa, version in PATHS:
+        old = lib().bv_set_kernel(version)
+        try:
+            assert torch.equal(pc.epilogue("int")(xw, 1, isa).float(), want), (spec, isa, version)
+            if hier.root == "P":
+                a, b = torch.linspace(0.5, 2.0, Co), torch.linspace(-1.0, 1.0, Co)
+                got = pc.epilogue("affine", a, b)(xw, 2, isa)
+                assert torch.allclose(got, want * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)), (spec, isa, version)
+            else:
+                bits = pc.epilogue("bits")(xw, 2, isa)
+                assert torch.equal(unpack(bits, Co).permute(0, 3, 1, 2), want > 0), (spec, isa, version)
+        finally:
+            lib().bv_set_kernel(old)

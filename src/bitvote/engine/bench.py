@@ -60,6 +60,8 @@ EPILOGUES = [
     ("tap,leaf=16", "tap,leaf=16", "first"),
     ("cm:M(C)(M9)", "cm:M{C}(M9)", 1),
     ("cgroups=4", "cgroups=4", 1),
+    ("cm:P(M3) first", "cm:P(M3)", "first"),
+    ("cm:M(M3(M3)) first", "cm:M(M3(M3))", "first"),
 ]
 
 _KERNELS = {"v0": 0, "v1": 1}
@@ -207,7 +209,7 @@ def bench_epilogues(batch: int = 32, threads: int = 1, reps: int = 5, quick: boo
         for label, spec, tie in EPILOGUES:
             hier = None if spec is None else resolve(spec.format(C=ci), ci * 9, 9, tie)
             pc = PackedConv(w >= 0, s, 1, 0.0, hier, name)
-            pc.epilogue("affine") if hier is None else pc.epilogue("bits")
+            pc.epilogue("affine") if hier is None or hier.root == "P" else pc.epilogue("bits")  # counts stay numbers
             convs.append((label, hier, pc))
         fns, keys = [], []
         for k in kernels:
@@ -220,10 +222,11 @@ def bench_epilogues(batch: int = 32, threads: int = 1, reps: int = 5, quick: boo
         for (k, label, hier, pc), m in zip(keys, ms):
             rows.append({"layer": name, "batch": batch, "threads": threads, "kernel": k, "epilogue": label,
                          "voter": "popcount" if hier is None else hier.describe(),
-                         "path": {0: "segments", 1: "dense one-leaf", 2: "dense per-tap", 3: "dense fields"}[pc.kind],
+                         "path": {0: "segments", 1: "dense one-leaf", 2: "dense per-tap", 3: "dense fields",
+                                  4: "kernel rows"}[pc.kind],
                          "ms": m, "vs_popcount": m / base[k],
                          "gbmacs": batch * co * ho * ho * ci * 9 / m / 1e6, "input": "packed bits",
-                         "output": "floats" if hier is None else "bits", "isa": active_isa(),
+                         "output": "floats" if hier is None or hier.root == "P" else "bits", "isa": active_isa(),
                          "timing": _clock(threads)[1]})
     return rows
 

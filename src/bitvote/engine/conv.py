@@ -61,6 +61,16 @@ def segments(C: int, T: int, hier: Optional[Hierarchy]):
     return out
 
 
+def _row_leaves(hier: Hierarchy, C: int, kh: int, kw: int) -> bool:
+    """Whether ``hier`` is a channel-major tree over whole kernel rows (rows of kw = 2 or 3 taps):
+    a count or vote of the row votes, or per-channel votes over kh = 2 or 3 rows under a root."""
+    if hier.order != CM or kw not in (2, 3) or tuple(hier.leaf_sizes) != (kw,) * (C * kh):
+        return False
+    if hier.depth == 2:
+        return True
+    return hier.depth == 3 and kh in (2, 3) and hier.levels[1].groups == (kh,) * C
+
+
 def _field_leaves(hier: Hierarchy, C: int, T: int, Wd: int) -> bool:
     """True for M<T>(M<C/L>(M<L>)) in tap order with L = 2..32 a power of two dividing C:
     every leaf is an L-bit field of one input word (the kernel's SWAR path; <= 31 words a tap)."""
@@ -168,13 +178,16 @@ class PackedConv(ConvEpilogue):
             root_p = int(hier.root == "P")
         # which kernel: 1 = one leaf (popcount, MV), 2 = one leaf per tap with all its channels
         # (tap-major HMV `tap`), 3 = tap-major leaves that are L-bit fields of the input words
-        # (`tap,leaf=L`, L = 2..32 dividing C), 0 = the general segment kernel
+        # (`tap,leaf=L`, L = 2..32 dividing C), 4 = channel-major trees over kernel rows
+        # (`cm:P(M3)`, `cm:M<C>(M3(M3))`), 0 = the general segment kernel
         if hier is None or len(hier.leaf_sizes) == 1:
             self.kind = 1
         elif hier.order != CM and T > 1 and tuple(hier.leaf_sizes) == (C,) * T:
             self.kind = 2
         elif _field_leaves(hier, C, T, Wd):
             self.kind = 3
+        elif _row_leaves(hier, C, self.kh, self.kw):
+            self.kind = 4
         else:
             self.kind = 0
         self.lev_nodes = _arr(nodes, torch.int32)

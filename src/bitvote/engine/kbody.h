@@ -591,6 +591,123 @@ static int FN(conv_fields)(const bv_conv_t *p)
 }
 #endif
 
+#if defined(BV_VEPI) && defined(VADD64)
+/* Channel-major trees over kernel rows (kw, kh = 2 or 3): cm:P(M3), cm:M(M3), cm:M<C>(M3(M3)),
+ * cm:P(M3(M3)). A leaf is one kernel row of one input channel, so a whole word of leaves (64
+ * channels) votes in a few word ops on the 8 lanes' mismatch words d_i = x_i ^ w_i of the
+ * row's taps, and so does the per-channel vote over rows, on the rows' vote words. Words hold
+ * -1 votes (a set bit: the voter says -1; majority is self-dual, so no inversion is needed):
+ * three valid inputs, -1 = maj(d0, d1, d2); two (a zero-padded border, or a fan-in of 2) tie
+ * when they differ: -1 = d0 & d1 under tie +1, d0 | d1 under -1, d0 under 'first' (the first
+ * valid input); one valid input is its own vote; a row without a valid tap abstains. The
+ * root counts or votes on (votes) - 2 * (-1 votes) per lane; its 'first' is channel 0's vote
+ * (its first valid row's, for a tree of rows only). */
+static inline VT FN(rowvote)(const VT *d, int m, int tie)
+{
+    if (m == 1) return d[0];
+    if (m == 3) return VOR(VAND(d[0], d[1]), VAND(d[2], VOR(d[0], d[1])));
+    return tie > 0 ? VAND(d[0], d[1]) : tie < 0 ? VOR(d[0], d[1]) : d[0];
+}
+
+static int FN(conv_rows)(const bv_conv_t *p)
+{
+    const int T = p->kh * p->kw, Wd = p->Wd, C = p->L / p->kh; /* leaves: C x kh rows */
+    const int Cob = (p->Co + 7) / 8, HoWo = p->Ho * p->Wo;
+    const long npix = (long)p->N * HoWo;
+    const int deep = p->nlev == 3, tl = p->lev_tie[0], tm = p->lev_tie[1], tr = p->lev_tie[p->nlev - 1];
+    const size_t ws = (size_t)T * Wd * 8;
+    int failed = 0;
+#pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
+    {
+        const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
+        if (!tp) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            const VT ones = VBCAST(~0ULL);
+#pragma omp for schedule(dynamic, 16)
+            for (long pix = 0; pix < npix; pix++) {
+                const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
+                const int oy = rem / p->Wo, ox = rem % p->Wo;
+                int tv[3][3], m[3], rv[3], nr = 0;
+                for (int ky = 0; ky < p->kh; ky++) {
+                    m[ky] = 0;
+                    for (int kx = 0; kx < p->kw; kx++) {
+                        const int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
+                        const int t = ky * p->kw + kx;
+                        tp[t] = iy >= 0 && iy < p->H && ix >= 0 && ix < p->W
+                                    ? p->x + (((size_t)n * p->H + iy) * p->W + ix) * Wd
+                                    : (p->padmode ? p->padpix : NULL);
+                        if (tp[t]) tv[ky][m[ky]++] = t;
+                    }
+                    if (m[ky]) rv[nr++] = ky; /* rows that vote */
+                }
+                if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
+                /* every tap valid (the interior): straight-line, input words broadcast once per pixel */
+                const int full = nr == 3 && p->kw == 3 && m[0] == 3 && m[1] == 3 && m[2] == 3 && Wd <= 8;
+                VT xv[9 * 8];
+                if (full)
+                    for (int t = 0; t < 9; t++)
+                        for (int j = 0; j < Wd; j++) xv[t * 8 + j] = VBCAST(tp[t][j]);
+                for (int cb = 0; cb < Cob; cb++) {
+                    const uint64_t *wb = p->w + (size_t)cb * ws;
+                    VT acc = VZERO(), first = VZERO();
+                    for (int j = 0; j < Wd; j++) {
+                        VT pr[3];
+                        if (full) {
+                            VT d[9];
+                            for (int t = 0; t < 9; t++) d[t] = VXOR(xv[t * 8 + j], VLOAD(wb + ((size_t)t * Wd + j) * 8));
+                            for (int r = 0; r < 3; r++)
+                                pr[r] = VOR(VAND(d[3 * r], d[3 * r + 1]), VAND(d[3 * r + 2], VOR(d[3 * r], d[3 * r + 1])));
+                        } else
+                        for (int r = 0; r < nr; r++) {
+                            const int ky = rv[r];
+                            VT pt[3];
+                            for (int i = 0; i < m[ky]; i++)
+                                pt[i] = VXOR(VBCAST(tp[tv[ky][i]][j]), VLOAD(wb + ((size_t)tv[ky][i] * Wd + j) * 8));
+                            pr[r] = FN(rowvote)(pt, m[ky], tl);
+                        }
+                        VT live = ones;
+                        if (64 * j + 64 > C) { /* channels past C hold no leaf */
+                            const int k = C - 64 * j;
+                            live = VBCAST(k >= 64 ? ~0ULL : (1ULL << k) - 1);
+                        }
+                        if (deep) {
+                            const VT pc = VAND(FN(rowvote)(pr, nr, tm), live);
+                            if (j == 0) first = pc;
+                            acc = VFLUSH(acc, VPOPACC(VZERO(), pc));
+                        } else {
+                            if (j == 0) first = pr[0];
+                            VT pl = VZERO();
+                            for (int r = 0; r < nr; r++) pl = VPOPACC(pl, VAND(pr[r], live));
+                            acc = VFLUSH(acc, pl);
+                        }
+                    }
+                    uint64_t cnt[8], f0[8];
+                    VSTORE(cnt, acc);
+                    VSTORE(f0, first);
+                    const int votes = deep ? C : C * nr;
+                    int32_t rr[8], fr[8];
+                    for (int q = 0; q < 8; q++) {
+                        rr[q] = votes - 2 * (int32_t)cnt[q];
+                        fr[q] = (f0[q] & 1) ? -1 : 1;
+                    }
+                    __m256i r = _mm256_loadu_si256((const __m256i *)rr);
+                    if (!p->root_p)
+                        r = FN(vvote)(r, _mm256_set1_epi32(votes), _mm256_loadu_si256((const __m256i *)fr), tr, 1);
+                    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+                    if (nl == 8 && FN(vemit)(p, pix, o0, r)) continue;
+                    _mm256_storeu_si256((__m256i *)rr, r);
+                    FN(emit8)(p, pix, n, rem, o0, nl, rr);
+                }
+            }
+        }
+        free(tp);
+    }
+    return failed ? -1 : 0;
+}
+#endif
+
 /* Mismatch counts of one pixel against CB channel blocks: mism[(leaf * CB + c) * 8 + lane]. */
 static inline __attribute__((always_inline)) void FN(tile)(const uint64_t *const *tp, const int T, const int Wd,
                                                            const uint64_t *wg, const size_t ws, const int CB,
