@@ -480,6 +480,21 @@ static int FN(conv)(const bv_conv_t *p)
 #endif
 
 #if defined(BV_VEPI) && defined(VADD64)
+/* The input words of every tap of output pixel (n, oy, ox): the pixel's words, the pad word
+ * (+1/-1 padding), or NULL for a zero-padded tap (its terms are not valid). */
+static inline void FN(tap_words)(const bv_conv_t *p, int n, int oy, int ox, const uint64_t **tp)
+{
+    for (int ky = 0; ky < p->kh; ky++)
+        for (int kx = 0; kx < p->kw; kx++) {
+            const int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
+            tp[ky * p->kw + kx] = iy >= 0 && iy < p->H && ix >= 0 && ix < p->W
+                                      ? p->x + (((size_t)n * p->H + iy) * p->W + ix) * p->Wd
+                                      : (p->padmode ? p->padpix : NULL);
+        }
+}
+#endif
+
+#if defined(BV_VEPI) && defined(VADD64)
 /* Tap-major leaves of L = 2..32 channels (a power of two dividing C): `tap,leaf=L`, and
  * `tap,groups=G` where C/G is such an L, i.e. M<T>(M<C/L>(M<L>)). A leaf is an L-bit field
  * of one input word, so the leaf votes of a whole word come out of SWAR arithmetic on the
@@ -520,15 +535,7 @@ static int FN(conv_fields)(const bv_conv_t *p)
 #pragma omp for schedule(dynamic, 16)
             for (long pix = 0; pix < npix; pix++) {
                 const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
-                const int oy = rem / p->Wo, ox = rem % p->Wo;
-                for (int ky = 0; ky < p->kh; ky++)
-                    for (int kx = 0; kx < p->kw; kx++) {
-                        const int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
-                        const int t = ky * p->kw + kx;
-                        tp[t] = iy >= 0 && iy < p->H && ix >= 0 && ix < p->W
-                                    ? p->x + (((size_t)n * p->H + iy) * p->W + ix) * Wd
-                                    : (p->padmode ? p->padpix : NULL);
-                    }
+                FN(tap_words)(p, n, rem / p->Wo, rem % p->Wo, tp);
                 if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
                 for (int cb = 0; cb < Cob; cb++) {
                     const uint64_t *wb = p->w + (size_t)cb * ws;
@@ -628,18 +635,12 @@ static int FN(conv_rows)(const bv_conv_t *p)
 #pragma omp for schedule(dynamic, 16)
             for (long pix = 0; pix < npix; pix++) {
                 const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
-                const int oy = rem / p->Wo, ox = rem % p->Wo;
+                FN(tap_words)(p, n, rem / p->Wo, rem % p->Wo, tp);
                 int tv[3][3], m[3], rv[3], nr = 0;
                 for (int ky = 0; ky < p->kh; ky++) {
                     m[ky] = 0;
-                    for (int kx = 0; kx < p->kw; kx++) {
-                        const int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
-                        const int t = ky * p->kw + kx;
-                        tp[t] = iy >= 0 && iy < p->H && ix >= 0 && ix < p->W
-                                    ? p->x + (((size_t)n * p->H + iy) * p->W + ix) * Wd
-                                    : (p->padmode ? p->padpix : NULL);
-                        if (tp[t]) tv[ky][m[ky]++] = t;
-                    }
+                    for (int kx = 0; kx < p->kw; kx++)
+                        if (tp[ky * p->kw + kx]) tv[ky][m[ky]++] = ky * p->kw + kx;
                     if (m[ky]) rv[nr++] = ky; /* rows that vote */
                 }
                 if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
