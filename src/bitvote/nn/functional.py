@@ -407,7 +407,8 @@ def _hier_votes(xb, wb, voter, stride, padding, dilation, groups, pad_value, sur
     """Votes of a hierarchy, per conv group: the packed-bit kernels where they pay, else leaf sums."""
     outs = []
     cin, cout = xb.shape[1] // groups, wb.shape[0] // groups
-    rows = rowvote.enabled() and rowvote.supports(voter, (cout, cin) + tuple(wb.shape[2:]))
+    rows = (rowvote.enabled() and rowvote.supports(voter, (cout, cin) + tuple(wb.shape[2:]))
+            and not torch.compiler.is_compiling())  # its tables come from an autograd probe
     if rows or _use_native(voter, xb, surrogate, cout):
         st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
         Ho = _out_size(xb.shape[2] + 2 * pd[0], wb.shape[2], st[0], dl[0])
