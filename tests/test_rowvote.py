@@ -158,3 +158,19 @@ def test_votes_exact_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = conv(x)
     assert torch.equal(got.float(), want)
+
+
+def test_tables_built_under_inference_mode(monkeypatch):
+    """The polynomials come from an autograd probe: a first call under inference mode or
+    no_grad (evaluation) must still build them."""
+    monkeypatch.setattr(rowvote, "_TABLES", {})
+    torch.manual_seed(1)
+    conv = layer(3, 4, 3, 1, 1, 0.0, "first", sigma="valid")
+    x = torch.randn(2, 3, 9, 9)
+    with torch.inference_mode():
+        got = conv(x)
+    monkeypatch.setattr(rowvote, "_TABLES", {})
+    with torch.no_grad():
+        again = conv(x)
+    monkeypatch.setenv("BITVOTE_ROW_VOTE", "0")
+    assert torch.equal(got, again) and torch.equal(got, conv(x))
