@@ -238,26 +238,27 @@ def test_one_leaf_under_a_p_root_is_the_sum():
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(C=st.sampled_from([1, 7, 63, 64, 65, 129]), k=st.sampled_from([2, 3]),
-       shape=st.sampled_from(["P({r})", "M({r})", "M({r}({k}))", "P({r}({k}))"]),
+       shape=st.sampled_from(["P({r})", "M({r})", "M({r}({k}))", "P({r}({k}))", "M({c})", "P({c})"]),
        tie=st.sampled_from([1, -1, "first", ("first", 1), (1, "first"), (-1, 1, "first"), ("first", -1, 1)]),
        Co=st.sampled_from([1, 8, 13]), stride=st.sampled_from([1, 2]), padding=st.sampled_from([0, 1, 2]),
        pad_value=st.sampled_from([0.0, 1.0, -1.0]), agree=st.sampled_from([0.0, 0.5]), seed=st.integers(0, 2**16))
 def test_row_leaves_match_the_layer(C, k, shape, tie, Co, stride, padding, pad_value, agree, seed):
     """Channel-major trees over kernel rows (`cm:P(M3)`, `cm:M(M3)`, `cm:M<C>(M3(M3))`,
-    `cm:P(M3(M3))`, and fan-ins of 2): the word-wise majority kernel, with every border class
+    `cm:P(M3(M3))`, and fan-ins of 2) and one leaf per channel (`cm:M<C>(M9)`, `cm:P(M4)`):
+    the word-wise majority and bit-sliced counter kernels, with every border class
     (a row of 2 or 1 valid taps ties or stands alone, an empty row abstains, a channel votes
     over 2 rows), a tie rule per level, partial last words, several words per row."""
     if padding >= k:
         return
     c = dict(C=C, k=k, T=k * k, N=2, H=5, W=4, Co=Co, agree=agree, seed=seed)
     x, w = _inputs(c)
-    spec = "cm:" + shape.format(r=f"M{k}", k=f"M{k}")
+    spec = "cm:" + shape.format(r=f"M{k}", k=f"M{k}", c=f"M{k * k}")
     try:
         hier = resolve(spec, C * k * k, k * k, tie)
     except BitvoteError:  # a tie sequence for another depth
         return
     pc = PackedConv(w >= 0, stride, padding, pad_value, hier)
-    assert pc.kind == 4, spec
+    assert pc.kind == (1 if len(hier.leaf_sizes) == 1 else 5 if "{c}" in shape else 4), spec
     want = BF.binary_conv2d(x, w, stride, padding, voter=hier, pad_value=pad_value)
     if C * k <= 8:
         levels = [lv.groups for lv in hier.levels]

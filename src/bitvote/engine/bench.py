@@ -223,7 +223,7 @@ def bench_epilogues(batch: int = 32, threads: int = 1, reps: int = 5, quick: boo
             rows.append({"layer": name, "batch": batch, "threads": threads, "kernel": k, "epilogue": label,
                          "voter": "popcount" if hier is None else hier.describe(),
                          "path": {0: "segments", 1: "dense one-leaf", 2: "dense per-tap", 3: "dense fields",
-                                  4: "kernel rows"}[pc.kind],
+                                  4: "kernel rows", 5: "channel leaves"}[pc.kind],
                          "ms": m, "vs_popcount": m / base[k],
                          "gbmacs": batch * co * ho * ho * ci * 9 / m / 1e6, "input": "packed bits",
                          "output": "floats" if hier is None or hier.root == "P" else "bits", "isa": active_isa(),

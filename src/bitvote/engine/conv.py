@@ -179,7 +179,8 @@ class PackedConv(ConvEpilogue):
         # which kernel: 1 = one leaf (popcount, MV), 2 = one leaf per tap with all its channels
         # (tap-major HMV `tap`), 3 = tap-major leaves that are L-bit fields of the input words
         # (`tap,leaf=L`, L = 2..32 dividing C), 4 = channel-major trees over kernel rows
-        # (`cm:P(M3)`, `cm:M<C>(M3(M3))`), 0 = the general segment kernel
+        # (`cm:P(M3)`, `cm:M<C>(M3(M3))`), 5 = one leaf per channel over its taps, 0 = the
+        # general segment kernel
         if hier is None or len(hier.leaf_sizes) == 1:
             self.kind = 1
         elif hier.order != CM and T > 1 and tuple(hier.leaf_sizes) == (C,) * T:
@@ -188,6 +189,8 @@ class PackedConv(ConvEpilogue):
             self.kind = 3
         elif _row_leaves(hier, C, self.kh, self.kw):
             self.kind = 4
+        elif hier.order == CM and hier.depth == 2 and 2 <= T <= 15 and tuple(hier.leaf_sizes) == (T,) * C:
+            self.kind = 5  # one leaf per channel over its taps (`cm:M<C>(M9)`)
         else:
             self.kind = 0
         self.lev_nodes = _arr(nodes, torch.int32)

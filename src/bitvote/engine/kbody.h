@@ -709,6 +709,113 @@ static int FN(conv_rows)(const bv_conv_t *p)
 }
 #endif
 
+#if defined(BV_VEPI) && defined(VADD64)
+/* One leaf per input channel over all its taps (T = kh * kw <= 15): cm:M<C>(M<T>), cm:P(M<T>).
+ * The 64 channels of a word vote at once: the valid taps' mismatch words d_t = x_t ^ w_t are
+ * added into a bit-sliced counter (four bit planes of k, the -1 terms of each channel), then
+ * compared with the valid count m: -1 where 2k > m, a tie where 2k = m, resolved by the leaf's
+ * rule ('first': the first valid tap's bit). The root counts or votes on the channel votes as
+ * in conv_rows (its 'first': channel 0's vote). */
+#define BV_FA(s, cy, a, b, c) do { const VT u_ = VXOR(a, b); s = VXOR(u_, c); cy = VOR(VAND(a, b), VAND(c, u_)); } while (0)
+static inline VT FN(chanvote)(const VT *d, int m, int tie)
+{
+    if (m == 9) { /* the interior of a 3x3 kernel: a carry-save tree, -1 where k >= 5 */
+        VT s1, c1, s2, c2, s3, c3, ones, c4, t2, f1;
+        BV_FA(s1, c1, d[0], d[1], d[2]);
+        BV_FA(s2, c2, d[3], d[4], d[5]);
+        BV_FA(s3, c3, d[6], d[7], d[8]);
+        BV_FA(ones, c4, s1, s2, s3);
+        BV_FA(t2, f1, c1, c2, c3);
+        const VT twos = VXOR(t2, c4), f2 = VAND(t2, c4);
+        return VOR(VAND(f1, f2), VAND(VXOR(f1, f2), VOR(ones, twos)));
+    }
+    VT b[4] = {VZERO(), VZERO(), VZERO(), VZERO()};
+    for (int t = 0; t < m; t++) { /* ripple-add d[t] into the planes */
+        VT c = d[t];
+        for (int i = 0; i < 4; i++) {
+            const VT nb = VXOR(b[i], c);
+            c = VAND(b[i], c);
+            b[i] = nb;
+        }
+    }
+    const int h = m / 2; /* -1 where k > h; k == h is a tie when m is even */
+    VT gt = VZERO(), eq = VBCAST(~0ULL);
+    for (int i = 3; i >= 0; i--) {
+        if (h >> i & 1) {
+            eq = VAND(eq, b[i]);
+        } else {
+            gt = VOR(gt, VAND(eq, b[i]));
+            eq = VANDNOT(b[i], eq);
+        }
+    }
+    if (m & 1) return gt;
+    return tie > 0 ? gt : tie < 0 ? VOR(gt, eq) : VOR(gt, VAND(eq, d[0]));
+}
+
+#undef BV_FA
+
+static int FN(conv_chan)(const bv_conv_t *p)
+{
+    const int T = p->kh * p->kw, Wd = p->Wd, C = p->L;
+    const int Cob = (p->Co + 7) / 8, HoWo = p->Ho * p->Wo;
+    const long npix = (long)p->N * HoWo;
+    const int tl = p->lev_tie[0], tr = p->lev_tie[1];
+    const size_t ws = (size_t)T * Wd * 8;
+    int failed = 0;
+#pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
+    {
+        const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
+        if (!tp) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(dynamic, 16)
+            for (long pix = 0; pix < npix; pix++) {
+                const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
+                FN(tap_words)(p, n, rem / p->Wo, rem % p->Wo, tp);
+                int tv[15], m = 0;
+                for (int t = 0; t < T; t++)
+                    if (tp[t]) tv[m++] = t;
+                if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
+                for (int cb = 0; cb < Cob; cb++) {
+                    const uint64_t *wb = p->w + (size_t)cb * ws;
+                    VT acc = VZERO(), first = VZERO();
+                    for (int j = 0; j < Wd; j++) {
+                        VT d[15];
+                        for (int i = 0; i < m; i++)
+                            d[i] = VXOR(VBCAST(tp[tv[i]][j]), VLOAD(wb + ((size_t)tv[i] * Wd + j) * 8));
+                        VT v = FN(chanvote)(d, m, tl);
+                        if (64 * j + 64 > C) { /* channels past C hold no leaf */
+                            const int k = C - 64 * j;
+                            v = VAND(v, VBCAST(k >= 64 ? ~0ULL : (1ULL << k) - 1));
+                        }
+                        if (j == 0) first = v;
+                        acc = VFLUSH(acc, VPOPACC(VZERO(), v));
+                    }
+                    uint64_t cnt[8], f0[8];
+                    VSTORE(cnt, acc);
+                    VSTORE(f0, first);
+                    int32_t rr[8], fr[8];
+                    for (int q = 0; q < 8; q++) {
+                        rr[q] = C - 2 * (int32_t)cnt[q];
+                        fr[q] = (f0[q] & 1) ? -1 : 1;
+                    }
+                    __m256i r = _mm256_loadu_si256((const __m256i *)rr);
+                    if (!p->root_p)
+                        r = FN(vvote)(r, _mm256_set1_epi32(C), _mm256_loadu_si256((const __m256i *)fr), tr, 1);
+                    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+                    if (nl == 8 && FN(vemit)(p, pix, o0, r)) continue;
+                    _mm256_storeu_si256((__m256i *)rr, r);
+                    FN(emit8)(p, pix, n, rem, o0, nl, rr);
+                }
+            }
+        }
+        free(tp);
+    }
+    return failed ? -1 : 0;
+}
+#endif
+
 /* Mismatch counts of one pixel against CB channel blocks: mism[(leaf * CB + c) * 8 + lane]. */
 static inline __attribute__((always_inline)) void FN(tile)(const uint64_t *const *tp, const int T, const int Wd,
                                                            const uint64_t *wg, const size_t ws, const int CB,

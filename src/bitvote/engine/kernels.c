@@ -64,9 +64,9 @@ static inline float bv_post(const bv_conv_t *p, size_t i, int o, float v)
 /* Leaf layouts with a dense kernel: one leaf of every term (popcount, MV), one leaf per
  * tap holding all its channels (HMV `tap`), or tap-major leaves of L = 2..32 channels
  * (`tap,leaf=L`: conv_fields on the vector ISAs), or channel-major trees over kernel rows
- * (`cm:P(M3)`, `cm:M<C>(M3(M3))`: conv_rows on the vector ISAs). Anything else runs on the
- * segment kernel. */
-enum { BV_KIND_SEGMENTS = 0, BV_KIND_ONE_LEAF = 1, BV_KIND_TAP_LEAVES = 2, BV_KIND_FIELDS = 3, BV_KIND_ROWS = 4 };
+ * (`cm:P(M3)`, `cm:M<C>(M3(M3))`: conv_rows on the vector ISAs), or one leaf per channel
+ * (`cm:M<C>(M9)`: conv_chan on the vector ISAs). Anything else runs on the segment kernel. */
+enum { BV_KIND_SEGMENTS = 0, BV_KIND_ONE_LEAF = 1, BV_KIND_TAP_LEAVES = 2, BV_KIND_FIELDS = 3, BV_KIND_ROWS = 4, BV_KIND_CHANNELS = 5 };
 
 /* One majority voter (SPEC.md): s > 0 -> +1, s < 0 -> -1; no valid input -> abstain (0),
  * or the tie value at the root (+1 under 'first'); else the tie rule. */
@@ -683,12 +683,15 @@ int bv_conv(const bv_conv_t *p, int isa)
     case BV_ISA_AVX2:
         if (bv_kernel_version == 0) return p->kind == 1 || p->kind == 2 ? conv_dense_avx2v0(p) : conv_avx2v0(p);
         return p->kind == BV_KIND_FIELDS ? conv_fields_avx2(p) : p->kind == BV_KIND_ROWS ? conv_rows_avx2(p)
+            : p->kind == BV_KIND_CHANNELS ? conv_chan_avx2(p)
             : p->kind ? conv_dense_avx2(p) : conv_avx2(p);
     case BV_ISA_AVX512POPCNT:
         return p->kind == BV_KIND_FIELDS ? conv_fields_avx512popcnt(p) : p->kind == BV_KIND_ROWS ? conv_rows_avx512popcnt(p)
+            : p->kind == BV_KIND_CHANNELS ? conv_chan_avx512popcnt(p)
             : p->kind ? conv_dense_avx512popcnt(p) : conv_avx512popcnt(p);
     case BV_ISA_AVX512BW:
         return p->kind == BV_KIND_FIELDS ? conv_fields_avx512bw(p) : p->kind == BV_KIND_ROWS ? conv_rows_avx512bw(p)
+            : p->kind == BV_KIND_CHANNELS ? conv_chan_avx512bw(p)
             : p->kind ? conv_dense_avx512bw(p) : conv_avx512bw(p);
 #endif
     default: return p->kind == 1 || p->kind == 2 ? conv_dense_portable(p) : conv_portable(p);
