@@ -184,10 +184,12 @@ def test_bench_rows_have_int8_and_peak_fractions(monkeypatch):
     assert [r["kernel"] for r in rows] == list(kernels)
     for r in rows:
         assert r["int8_ms"] > 0 and r["fp32_ms"] > 0 and r["speedup_int8"] > 0 and 0 < r["peak_frac"]
-    monkeypatch.setattr(bench, "EPILOGUES", bench.EPILOGUES[:3] + [("cm", "cm:M{C}(M9)", 1)])
+    monkeypatch.setattr(bench, "EPILOGUES", bench.EPILOGUES[:3] + [("cm", "cm:M{C}(M9)", 1), ("cg", "cgroups=4", 1),
+                                                                   ("rows", "cm:P(M3)", "first")])
     ep = bench.bench_epilogues(batch=1, reps=1, kernels=kernels)
-    assert {r["epilogue"] for r in ep} == {"popcount", "mv", "mv first", "cm"}
-    assert all(r["vs_popcount"] > 0 for r in ep) and {r["path"] for r in ep} >= {"dense one-leaf", "segments"}
+    assert {r["epilogue"] for r in ep} == {"popcount", "mv", "mv first", "cm", "cg", "rows"}
+    assert all(r["vs_popcount"] > 0 for r in ep)
+    assert {r["path"] for r in ep} >= {"dense one-leaf", "segments", "channel leaves", "kernel rows"}
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
