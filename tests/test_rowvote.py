@@ -103,7 +103,8 @@ def test_gradients_match_float_path(c, sigma, surrogate, dilation):
     assert close_fp32(got[2], want[2]), (got[2] - want[2]).abs().max()
 
 
-@pytest.mark.parametrize("H,C,Co,stride", [(32, 8, 8, 1), (16, 16, 32, 2), (8, 32, 16, 1), (4, 64, 64, 1)])
+@pytest.mark.parametrize("H,C,Co,stride", [(32, 8, 8, 1), (32, 8, 16, 2), (16, 16, 32, 2), (8, 32, 16, 1),
+                                           (4, 64, 64, 1), (33, 4, 6, 2)])
 def test_model_sizes_match_float_path(H, C, Co, stride, monkeypatch):
     """The layer shapes of a ReActNet-18 at width 1/8: interior convolutions and block GEMMs."""
     torch.manual_seed(H + C)
