@@ -58,7 +58,8 @@ PRESETS: Dict[str, dict] = {
                  recalibrate=10000, pad_variant=False, minutes=10.0),
     # the accuracy-vs-area frontier at the cpu preset's scale: every design the hardware sweep
     # prices, retrained up to 6 epochs (until the train loss stops falling for 2) by the recipe
-    # the ablation (`--table ablation`, the small-leaf row at equal budget) measured best: flat
+    # the ablation (`--table ablation`, the small-leaf row at equal budget) measured best per
+    # minute: flat (chain-rule kd+leafsigma=2 gains ~1.7 points more at 2.4x the time).
     # Every training stage stays under an hour on one CPU thread (docs/reproduce.md).
     "frontier-cpu": dict(models=("reactnet18", "birealnet18"),
                          voters=("mv", "groups=4", "tap", "tap,groups=4", "tap,leaf=4", "tap,leaf=8",
