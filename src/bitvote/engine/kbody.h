@@ -492,6 +492,36 @@ static inline void FN(tap_words)(const bv_conv_t *p, int n, int oy, int ox, cons
                                       : (p->padmode ? p->padpix : NULL);
         }
 }
+
+/* The bits of word j that hold one of C channels. */
+static inline VT FN(live_word)(int C, int j)
+{
+    const int k = C - 64 * j;
+    return VBCAST(k >= 64 ? ~0ULL : (1ULL << k) - 1);
+}
+
+/* The root of a tree of word-wise votes, for 8 output channels: ``acc`` counts each lane's -1
+ * votes among ``votes`` children, ``first`` holds channel 0's vote (bit 0); a P root emits the
+ * count votes - 2 * (-1 votes), an M root its vote under ``tie``. */
+static inline void FN(root_emit)(const bv_conv_t *p, long pix, int n, int rem, int cb, VT acc, VT first,
+                                 int votes, int tie)
+{
+    uint64_t cnt[8], f0[8];
+    VSTORE(cnt, acc);
+    VSTORE(f0, first);
+    int32_t rr[8], fr[8];
+    for (int q = 0; q < 8; q++) {
+        rr[q] = votes - 2 * (int32_t)cnt[q];
+        fr[q] = (f0[q] & 1) ? -1 : 1;
+    }
+    __m256i r = _mm256_loadu_si256((const __m256i *)rr);
+    if (!p->root_p)
+        r = FN(vvote)(r, _mm256_set1_epi32(votes), _mm256_loadu_si256((const __m256i *)fr), tie, 1);
+    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+    if (nl == 8 && FN(vemit)(p, pix, o0, r)) return;
+    _mm256_storeu_si256((__m256i *)rr, r);
+    FN(emit8)(p, pix, n, rem, o0, nl, rr);
+}
 #endif
 
 #if defined(BV_VEPI) && defined(VADD64)
@@ -561,10 +591,8 @@ static int FN(conv_fields)(const bv_conv_t *p)
                                     plus = VOR(plus, VANDNOT(VSLL64(d, Lf - 1), tie));
                                 }
                             }
-                            if (64 * j + 64 > c1) { /* the word's fields past the tap's channels hold no leaf */
-                                const int live = c1 - 64 * j;
-                                plus = VAND(plus, VBCAST(live >= 64 ? ~0ULL : (1ULL << live) - 1));
-                            }
+                            if (64 * j + 64 > c1) /* the word's fields past the tap's channels hold no leaf */
+                                plus = VAND(plus, FN(live_word)(c1, j));
                             if (j == 0) f0 = VAND(VSRL64(plus, Lf - 1), one); /* leaf 0 votes +1 */
                             pl = VPOPACC(pl, plus);
                         }
@@ -631,7 +659,6 @@ static int FN(conv_rows)(const bv_conv_t *p)
 #pragma omp atomic write
             failed = 1;
         } else {
-            const VT ones = VBCAST(~0ULL);
 #pragma omp for schedule(dynamic, 16)
             for (long pix = 0; pix < npix; pix++) {
                 const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
@@ -668,11 +695,7 @@ static int FN(conv_rows)(const bv_conv_t *p)
                                 pt[i] = VXOR(VBCAST(tp[tv[ky][i]][j]), VLOAD(wb + ((size_t)tv[ky][i] * Wd + j) * 8));
                             pr[r] = FN(rowvote)(pt, m[ky], tl);
                         }
-                        VT live = ones;
-                        if (64 * j + 64 > C) { /* channels past C hold no leaf */
-                            const int k = C - 64 * j;
-                            live = VBCAST(k >= 64 ? ~0ULL : (1ULL << k) - 1);
-                        }
+                        const VT live = FN(live_word)(C, j);
                         if (deep) {
                             const VT pc = VAND(FN(rowvote)(pr, nr, tm), live);
                             if (j == 0) first = pc;
@@ -684,22 +707,7 @@ static int FN(conv_rows)(const bv_conv_t *p)
                             acc = VFLUSH(acc, pl);
                         }
                     }
-                    uint64_t cnt[8], f0[8];
-                    VSTORE(cnt, acc);
-                    VSTORE(f0, first);
-                    const int votes = deep ? C : C * nr;
-                    int32_t rr[8], fr[8];
-                    for (int q = 0; q < 8; q++) {
-                        rr[q] = votes - 2 * (int32_t)cnt[q];
-                        fr[q] = (f0[q] & 1) ? -1 : 1;
-                    }
-                    __m256i r = _mm256_loadu_si256((const __m256i *)rr);
-                    if (!p->root_p)
-                        r = FN(vvote)(r, _mm256_set1_epi32(votes), _mm256_loadu_si256((const __m256i *)fr), tr, 1);
-                    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
-                    if (nl == 8 && FN(vemit)(p, pix, o0, r)) continue;
-                    _mm256_storeu_si256((__m256i *)rr, r);
-                    FN(emit8)(p, pix, n, rem, o0, nl, rr);
+                    FN(root_emit)(p, pix, n, rem, cb, acc, first, deep ? C : C * nr, tr);
                 }
             }
         }
@@ -784,29 +792,11 @@ static int FN(conv_chan)(const bv_conv_t *p)
                         VT d[15];
                         for (int i = 0; i < m; i++)
                             d[i] = VXOR(VBCAST(tp[tv[i]][j]), VLOAD(wb + ((size_t)tv[i] * Wd + j) * 8));
-                        VT v = FN(chanvote)(d, m, tl);
-                        if (64 * j + 64 > C) { /* channels past C hold no leaf */
-                            const int k = C - 64 * j;
-                            v = VAND(v, VBCAST(k >= 64 ? ~0ULL : (1ULL << k) - 1));
-                        }
+                        const VT v = VAND(FN(chanvote)(d, m, tl), FN(live_word)(C, j));
                         if (j == 0) first = v;
                         acc = VFLUSH(acc, VPOPACC(VZERO(), v));
                     }
-                    uint64_t cnt[8], f0[8];
-                    VSTORE(cnt, acc);
-                    VSTORE(f0, first);
-                    int32_t rr[8], fr[8];
-                    for (int q = 0; q < 8; q++) {
-                        rr[q] = C - 2 * (int32_t)cnt[q];
-                        fr[q] = (f0[q] & 1) ? -1 : 1;
-                    }
-                    __m256i r = _mm256_loadu_si256((const __m256i *)rr);
-                    if (!p->root_p)
-                        r = FN(vvote)(r, _mm256_set1_epi32(C), _mm256_loadu_si256((const __m256i *)fr), tr, 1);
-                    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
-                    if (nl == 8 && FN(vemit)(p, pix, o0, r)) continue;
-                    _mm256_storeu_si256((__m256i *)rr, r);
-                    FN(emit8)(p, pix, n, rem, o0, nl, rr);
+                    FN(root_emit)(p, pix, n, rem, cb, acc, first, C, tr);
                 }
             }
         }
