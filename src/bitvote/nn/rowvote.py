@@ -211,16 +211,11 @@ def _fill_products(buf, taps, need, kw):
 def _weight_products(wt, need, kw, scale=None):
     """(len(need) * C, O): the weight products W_U of ``need`` stacked, each times ``scale[j]``."""
     C, O = wt[0][0].shape
-    out = wt[0][0].new_empty(len(need) * C, O)
+    out = wt[0][0].new_ones(len(need) * C, O)
     for j, (ky, U) in enumerate(need):
         dst = out[j * C:(j + 1) * C]
-        bits = [i for i in range(kw) if U >> i & 1]
-        if not bits:
-            dst.fill_(1.0)
-        else:
-            dst.copy_(wt[ky][bits[0]])
-            for i in bits[1:]:
-                dst.mul_(wt[ky][i])
+        if U:
+            dst.copy_(_prod(wt, ky, U, kw))
         if scale is not None:
             dst.mul_(scale[j])
     return out
@@ -262,7 +257,7 @@ class _RowVoteFn(torch.autograd.Function):
             else:
                 blk.fill_(const)
         ctx.save_for_backward(xb, wb)
-        ctx.geometry, ctx.tables = geometry, tables
+        ctx.geometry, ctx.tables, ctx.blocks, ctx.inner = geometry, tables, blocks, inner
         return out.round_()
 
     @staticmethod
@@ -277,8 +272,7 @@ class _RowVoteFn(torch.autograd.Function):
         G = g.to(xb.dtype).permute(0, 2, 3, 1)  # (N, Ho, Wo, O)
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dW = torch.zeros(kh, kw, C, O, dtype=xb.dtype, device=xb.device) if want_w else None
-        blocks = _classes(H, W, Ho, Wo, kh, kw, stride, padding, dilation, zero_pad)
-        inner = _interior(blocks, tables, kh, kw, Ho * Wo)
+        blocks, inner = ctx.blocks, ctx.inner
         dxp = None
         if inner is not None:
             dxp, dwi = _interior_backward(xp, wb, g.to(xb.dtype), ctx.geometry, inner, want_x, want_w)
@@ -356,8 +350,6 @@ class _Interior:
 
 def _interior(blocks, tables, kh, kw, positions):
     """The interior as an :class:`_Interior`, or None where the block path is as good."""
-    if os.environ.get("BITVOTE_ROW_CONV", "1") == "0":
-        return None
     full = (1 << kw) - 1
     masks = (full,) * kh
     mine = [(ys, xs) for m, ys, xs in blocks if m == masks]
@@ -401,8 +393,7 @@ def _interior_forward(xpad, wb, geometry, inner):
     y = F.conv2d(xpad, wb * scale, None, stride, 0, dilation)
     if inner.row:
         wrow = wb.prod(3, keepdim=True) * inner.row
-        y = y + F.conv2d(_row_product(xpad, kw, stride, dilation, Wo), wrow, None, (stride[0], stride[1]), 0,
-                         (dilation[0], 1))
+        y = y + F.conv2d(_row_product(xpad, kw, stride, dilation, Wo), wrow, None, stride, 0, (dilation[0], 1))
     return y.add_(inner.const * xpad.shape[1]) if inner.const else y
 
 
