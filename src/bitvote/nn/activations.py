@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..binarize import binarize, get_surrogate
+from . import fusedact
 
 __all__ = ["LearnableBias", "Sign", "RSign", "RPReLU"]
 
@@ -39,7 +40,8 @@ class Sign(nn.Module):
         self.surrogate = get_surrogate(surrogate)
 
     def forward(self, x):
-        return binarize(x, self.surrogate)
+        y = fusedact.sign(x, self.surrogate)
+        return binarize(x, self.surrogate) if y is None else y
 
     def extra_repr(self):
         return f"surrogate={self.surrogate}"
@@ -54,7 +56,8 @@ class RSign(nn.Module):
         self.sign = Sign(surrogate)
 
     def forward(self, x):
-        return self.sign(self.shift(x))
+        y = fusedact.rsign(x, self.shift.bias, self.sign.surrogate)
+        return self.sign(self.shift(x)) if y is None else y
 
 
 class RPReLU(nn.Module):
@@ -67,4 +70,5 @@ class RPReLU(nn.Module):
         self.shift_out = LearnableBias(channels)
 
     def forward(self, x):
-        return self.shift_out(self.prelu(self.shift_in(x)))
+        y = fusedact.rprelu(x, self.shift_in.bias, self.prelu.weight, self.shift_out.bias)
+        return self.shift_out(self.prelu(self.shift_in(x))) if y is None else y
