@@ -11,6 +11,8 @@ One run measures every row on the same machine state, so the ratios are comparab
 A step is the whole training step of ``bitvote train``: batched crop/flip/normalize of a uint8
 batch, forward, cross-entropy, backward, Adam. Rows report images/s (median over timed steps)
 and the step time relative to ``resnet18`` and to the popcount ReActNet-18 at the same width.
+``--act both`` times every row with and without the fused RSign/RPReLU kernels
+(``BITVOTE_NATIVE_ACT``); ``--models`` picks the binary models (ReActNet-18 by default).
 ``--paths old,new`` times every voter row twice, on the float leaf-sum path
 (``BITVOTE_NATIVE_VOTE=0``) and on the default path (the packed-bit kernels of
 :mod:`bitvote.nn.fastvote`, and for counted kernel rows such as ``cm:P(M3)`` the GEMMs of
@@ -67,7 +69,10 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10, help="timed steps per row")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--voters", default="popcount;mv;tap", help="reactnet18 rows, ';'-separated specs")
+    ap.add_argument("--voters", default="popcount;mv;tap", help="rows of each model, ';'-separated specs")
+    ap.add_argument("--models", default="reactnet18", help="binary models, comma-separated (e.g. reactnet18,birealnet18)")
+    ap.add_argument("--act", choices=("on", "off", "both"), default="on",
+                    help="fused RSign/Sign/RPReLU kernels (BITVOTE_NATIVE_ACT); both = each row twice")
     ap.add_argument("--tie", default=None, help="tie rule of the voter rows (default: the layers' +1)")
     ap.add_argument("--fuse", choices=("on", "off", "both"), default="on",
                     help="fused CPU vote chains (BITVOTE_FUSE); both = each voter row twice")
@@ -84,39 +89,48 @@ def main(argv=None):
     paths = [p.strip() for p in a.paths.split(",") if p.strip()]
     if not paths or any(p not in ("old", "new", "kernels", "flat") for p in paths):
         ap.error(f"--paths: expected old, new, kernels, flat or a comma-separated list of them, got {a.paths!r}")
-    plan = [("resnet18", "popcount", True, "-")]
-    for v in a.voters.split(";"):
-        v = v.strip()
-        for fz in {"on": (True,), "off": (False,), "both": (False, True)}[a.fuse]:
-            for p in (["-"] if v == "popcount" else paths):
-                plan.append(("reactnet18", v, fz, p))
+    binaries = [m.strip() for m in a.models.split(",") if m.strip()]
+    if not binaries or any(m not in models.names() or m == "resnet18" for m in binaries):
+        ap.error(f"--models: expected binary models of {', '.join(models.names())}, got {a.models!r}")
+    onoff = {"on": (True,), "off": (False,), "both": (False, True)}
+    plan = [("resnet18", "popcount", True, "-", True)]
+    for m in binaries:
+        for act in onoff[a.act]:
+            for v in a.voters.split(";"):
+                v = v.strip()
+                for fz in onoff[a.fuse]:
+                    for p in (["-"] if v == "popcount" else paths):
+                        plan.append((m, v, fz, p, act))
     if a.threads:
         torch.set_num_threads(a.threads)
     widths = [float(w) for w in a.widths.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {a.batch_size}, "
           f"{a.steps} timed steps (median), cpu count {os.cpu_count()}")
     print(f"tie: {a.tie or 'layer default'}, clock: {a.clock}")
-    print("| model | voter | path | fused | width | step (ms) | images/s | x resnet18 | x popcount |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | voter | path | fused | act | width | step (ms) | images/s | x resnet18 | x popcount |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for w in widths:
-        base = pop = None
-        for name, voter, fz, path in plan:
+        base, pops = None, {}
+        for name, voter, fz, path, act in plan:
             os.environ["BITVOTE_FUSE"] = "1" if fz else "0"
+            os.environ["BITVOTE_NATIVE_ACT"] = "1" if act else "0"
             os.environ["BITVOTE_NATIVE_VOTE"] = "0" if path == "old" else "1"
             os.environ["BITVOTE_ROW_VOTE"] = "0" if path in ("old", "kernels") else "1"
             s = measure(name, voter, w, a.batch_size, a.steps, a.warmup, tie=tie,
                         clock=time.process_time if a.clock == "cpu" else time.perf_counter,
                         sigma="fanin,flat" if path == "flat" else None)
             base = base or s
-            if name == "reactnet18" and voter == "popcount" and pop is None:
-                pop = s
-            row = {"model": name, "voter": voter, "path": path, "fused": fz, "width": w, "step_ms": 1e3 * s,
-                   "images_per_s": a.batch_size / s, "ratio": s / base,
-                   "ratio_popcount": None if pop is None or name != "reactnet18" else s / pop}
+            if name != "resnet18" and voter == "popcount":
+                pops.setdefault((name, act), s)
+            pop = pops.get((name, act)) if name != "resnet18" else None
+            row = {"model": name, "voter": voter, "path": path, "fused": fz, "act": act, "width": w,
+                   "step_ms": 1e3 * s, "images_per_s": a.batch_size / s, "ratio": s / base,
+                   "ratio_popcount": None if pop is None else s / pop}
             rows.append(row)
             rp = "-" if row["ratio_popcount"] is None else f"{row['ratio_popcount']:.2f}"
-            print(f"| {name} | {voter} | {path} | {'yes' if fz else 'no'} | {w:g} | {row['step_ms']:.1f} | "
+            yn = lambda b: "yes" if b else "no"  # noqa: E731
+            print(f"| {name} | {voter} | {path} | {yn(fz)} | {yn(act)} | {w:g} | {row['step_ms']:.1f} | "
                   f"{row['images_per_s']:.0f} | {row['ratio']:.2f} | {rp} |")
             sys.stdout.flush()
     if a.json:

@@ -20,3 +20,20 @@ def test_train_speed_runs(tmp_path):
     assert [(x["model"], x["voter"]) for x in rows] == [("resnet18", "popcount"), ("reactnet18", "popcount"),
                                                         ("reactnet18", "mv"), ("reactnet18", "tap")]
     assert rows[0]["ratio"] == 1.0 and "| reactnet18 | tap |" in r.stdout
+
+
+def test_train_speed_models_and_act_switch(tmp_path):
+    out = tmp_path / "speed.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--widths", "0.0625",
+                        "--batch-size", "4", "--steps", "1", "--warmup", "0", "--threads", "1", "--voters",
+                        "popcount", "--models", "reactnet18,birealnet18", "--act", "both", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(x["model"], x["act"]) for x in rows][1:] == [("reactnet18", False), ("reactnet18", True),
+                                                          ("birealnet18", False), ("birealnet18", True)]
+    assert all(x["ratio_popcount"] == 1.0 for x in rows[1:])  # each against its own model and switch
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--models", "nonet"],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert bad.returncode == 2 and "--models" in bad.stderr and "Traceback" not in bad.stderr
