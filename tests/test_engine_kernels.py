@@ -282,3 +282,42 @@ def test_row_leaves_match_the_layer(C, k, shape, tie, Co, stride, padding, pad_v
                 assert torch.equal(unpack(bits, Co).permute(0, 3, 1, 2), want > 0), (spec, isa, version)
         finally:
             lib().bv_set_kernel(old)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(Lc=st.sampled_from([8, 16, 32, 64, 128]), G=st.sampled_from([2, 3, 4, 5]), k=st.sampled_from([1, 2, 3]),
+       root=st.sampled_from(["M", "P"]), tie=st.sampled_from([1, -1, "first", ("first", 1), (1, "first"), (-1, "first")]),
+       Co=st.sampled_from([1, 8, 13]), stride=st.sampled_from([1, 2]), padding=st.sampled_from([0, 1, 2]),
+       pad_value=st.sampled_from([0.0, 1.0, -1.0]), agree=st.sampled_from([0.0, 0.5, 0.9]), seed=st.integers(0, 2**16))
+def test_channel_groups_match_the_layer(Lc, G, k, root, tie, Co, stride, padding, pad_value, agree, seed):
+    """`cgroups=G` (leaves of Lc whole channels over every tap): field leaves (Lc = 8, 16, 32,
+    partial last words when G * Lc is not a multiple of 64) and word leaves (Lc = 64, 128),
+    a tie rule per level, pixels without a valid tap (padding 2 with k <= 2)."""
+    C = G * Lc
+    if C > 320:
+        return
+    T = k * k
+    spec = f"cgroups={G}" if root == "M" else f"cm:P(M{C * T // G})"
+    try:
+        hier = resolve(spec, C * T, T, tie)
+    except BitvoteError:  # a tie sequence for another depth
+        return
+    c = dict(C=C, k=k, T=T, N=2, H=4, W=3, Co=Co, agree=agree, seed=seed)
+    x, w = _inputs(c)
+    pc = PackedConv(w >= 0, stride, padding, pad_value, hier)
+    assert pc.kind == 6, spec
+    want = BF.binary_conv2d(x, w, stride, padding, voter=hier, pad_value=pad_value)
+    xw = pack(x)
+    for isa, version in PATHS:
+        old = lib().bv_set_kernel(version)
+        try:
+            assert torch.equal(pc.epilogue("int")(xw, 1, isa).float(), want), (spec, isa, version)
+            if root == "P":
+                a, b = torch.linspace(0.5, 2.0, Co), torch.linspace(-1.0, 1.0, Co)
+                got = pc.epilogue("affine", a, b)(xw, 2, isa)
+                assert torch.allclose(got, want * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)), (spec, isa, version)
+            else:
+                bits = pc.epilogue("bits")(xw, 2, isa)
+                assert torch.equal(unpack(bits, Co).permute(0, 3, 1, 2), want > 0), (spec, isa, version)
+        finally:
+            lib().bv_set_kernel(old)

@@ -67,7 +67,7 @@ EPILOGUES = [
 _KERNELS = {"v0": 0, "v1": 1}
 
 _PATHS = {0: "segments", 1: "dense one-leaf", 2: "dense per-tap", 3: "dense fields", 4: "kernel rows",
-          5: "channel leaves"}
+          5: "channel leaves", 6: "channel groups"}
 
 
 def _ran_kind(kind: int, kernels: str, isa: str) -> int:

@@ -82,6 +82,19 @@ def _field_leaves(hier: Hierarchy, C: int, T: int, Wd: int) -> bool:
     return list(hier.levels[1].groups) == [C // L] * T and list(hier.levels[2].groups) == [T]
 
 
+def _cgroup_leaves(hier: Hierarchy, C: int, T: int) -> bool:
+    """True for cm:M<G>(M<n/G>) and cm:P(M<n/G>) (``cgroups=G``) with G >= 2 leaves of Lc = C/G
+    whole channels over T <= 15 taps, Lc = 8, 16, 32 (a field of every input word) or a
+    multiple of 64 (whole words): the channel-group kernel."""
+    if hier.order != CM or hier.depth != 2 or not 1 <= T <= 15:
+        return False
+    G = len(hier.leaf_sizes)
+    if G < 2 or C % G or set(hier.leaf_sizes) != {C // G * T}:
+        return False
+    Lc = C // G
+    return Lc in (8, 16, 32) or Lc % 64 == 0
+
+
 def _arr(values, dtype):
     return torch.tensor(list(values) or [0], dtype=dtype)
 
@@ -179,8 +192,8 @@ class PackedConv(ConvEpilogue):
         # which kernel: 1 = one leaf (popcount, MV), 2 = one leaf per tap with all its channels
         # (tap-major HMV `tap`), 3 = tap-major leaves that are L-bit fields of the input words
         # (`tap,leaf=L`, L = 2..32 dividing C), 4 = channel-major trees over kernel rows
-        # (`cm:P(M3)`, `cm:M<C>(M3(M3))`), 5 = one leaf per channel over its taps, 0 = the
-        # general segment kernel
+        # (`cm:P(M3)`, `cm:M<C>(M3(M3))`), 5 = one leaf per channel over its taps, 6 =
+        # channel-major groups of whole channels (`cgroups=G`), 0 = the general segment kernel
         if hier is None or len(hier.leaf_sizes) == 1:
             self.kind = 1
         elif hier.order != CM and T > 1 and tuple(hier.leaf_sizes) == (C,) * T:
@@ -191,6 +204,8 @@ class PackedConv(ConvEpilogue):
             self.kind = 4
         elif hier.order == CM and hier.depth == 2 and 2 <= T <= 15 and tuple(hier.leaf_sizes) == (T,) * C:
             self.kind = 5  # one leaf per channel over its taps (`cm:M<C>(M9)`)
+        elif _cgroup_leaves(hier, C, T):
+            self.kind = 6
         else:
             self.kind = 0
         self.lev_nodes = _arr(nodes, torch.int32)

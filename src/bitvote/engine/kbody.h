@@ -806,6 +806,122 @@ static int FN(conv_chan)(const bv_conv_t *p)
 }
 #endif
 
+#if defined(BV_VEPI) && defined(VADD64)
+/* Channel-major groups of Lc whole channels over every tap (`cgroups=G`: cm:M<G>(M<n/G>),
+ * cm:P(M<n/G>)), T <= 15 taps. Lc = 8, 16 or 32: a leaf is an Lc-bit field of each input word;
+ * the mismatch counts of every byte add up over the valid taps (<= 8 * 15 fits a byte), then
+ * bytes add up into fields (k <= 15 * Lc fits its field); -1 where 2k > m * Lc (m valid taps: high-bit
+ * flags of k + bias), a tie resolved by the leaf's rule ('first': the first valid tap's bit
+ * of the field's first channel). Lc a multiple of 64: a leaf is Lc / 64 whole words, counted
+ * and voted on 8 int32 lanes. The root counts or votes over the G leaves; its 'first' is leaf
+ * 0's vote. A pixel without a valid tap: every leaf abstains, the root takes its tie value. */
+static int FN(conv_cgroups)(const bv_conv_t *p)
+{
+    const int T = p->kh * p->kw, Wd = p->Wd, G = p->L, Lc = p->leaf_size[0] / T, C = G * Lc;
+    const int Cob = (p->Co + 7) / 8, HoWo = p->Ho * p->Wo;
+    const long npix = (long)p->N * HoWo;
+    const int tl = p->lev_tie[0], tr = p->lev_tie[1];
+    const size_t ws = (size_t)T * Wd * 8;
+    uint64_t Hm = 0, ones = 0;
+    for (int f = 0; f < 64; f += Lc) {
+        Hm |= 1ULL << (f + Lc - 1);
+        ones |= 1ULL << f;
+    }
+    static const uint64_t mk[5] = {0x5555555555555555ULL, 0x3333333333333333ULL, 0x0F0F0F0F0F0F0F0FULL,
+                                   0x00FF00FF00FF00FFULL, 0x0000FFFF0000FFFFULL};
+    int failed = 0;
+#pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
+    {
+        const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
+        if (!tp) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            const VT H = VBCAST(Hm), one = VBCAST(1);
+#pragma omp for schedule(dynamic, 16)
+            for (long pix = 0; pix < npix; pix++) {
+                const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
+                FN(tap_words)(p, n, rem / p->Wo, rem % p->Wo, tp);
+                int tv[15], m = 0;
+                for (int t = 0; t < T; t++)
+                    if (tp[t]) tv[m++] = t;
+                if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
+                const uint64_t h = (uint64_t)m * Lc / 2; /* -1 where k > h, a tie where k == h */
+                const VT KN = VBCAST(((1ULL << (Lc - 1)) - h - 1) * ones), KP = VBCAST(((1ULL << (Lc - 1)) - h) * ones);
+                for (int cb = 0; cb < Cob; cb++) {
+                    const uint64_t *wb = p->w + (size_t)cb * ws;
+                    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+                    if (m == 0) { /* every leaf abstains */
+                        const __m256i z = _mm256_setzero_si256();
+                        const __m256i r = p->root_p ? z : FN(vvote)(z, z, z, tr, 1);
+                        if (nl == 8 && FN(vemit)(p, pix, o0, r)) continue;
+                        int32_t rr[8];
+                        _mm256_storeu_si256((__m256i *)rr, r);
+                        FN(emit8)(p, pix, n, rem, o0, nl, rr);
+                        continue;
+                    }
+                    if (Lc < 64) {
+                        VT acc = VZERO(), first = VZERO();
+                        for (int j = 0; j < Wd; j++) {
+                            VT k = VZERO(), d0 = VZERO();
+                            for (int i = 0; i < m; i++) { /* byte counts: <= 8 m <= 120 per byte */
+                                const VT d = VXOR(VBCAST(tp[tv[i]][j]), VLOAD(wb + ((size_t)tv[i] * Wd + j) * 8));
+                                k = VPC8ACC(k, d);
+                                if (i == 0) d0 = d;
+                            }
+                            for (int b = 3, wdt = 8; wdt < Lc; b++, wdt *= 2) /* bytes -> Lc-bit fields */
+                                k = VADD64(VAND(k, VBCAST(mk[b])), VAND(VSRL64(k, wdt), VBCAST(mk[b])));
+                            VT neg; /* -1 flags at each field's high bit */
+                            if (tl > 0) {
+                                neg = VAND(VADD64(k, KN), H);
+                            } else if (tl < 0) {
+                                neg = VAND(VADD64(k, KP), H);
+                            } else {
+                                const VT gt = VAND(VADD64(k, KN), H), tie = VANDNOT(gt, VAND(VADD64(k, KP), H));
+                                neg = VOR(gt, VAND(tie, VSLL64(d0, Lc - 1)));
+                            }
+                            neg = VAND(neg, FN(live_word)(C, j)); /* fields past C hold no leaf */
+                            if (j == 0) first = VAND(VSRL64(neg, Lc - 1), one);
+                            acc = VFLUSH(acc, VPOPACC(VZERO(), neg));
+                        }
+                        FN(root_emit)(p, pix, n, rem, cb, acc, first, G, tr);
+                        continue;
+                    }
+                    const int q = Lc / 64;
+                    const __m256i one8 = _mm256_set1_epi32(1), vc = _mm256_set1_epi32(m * Lc);
+                    __m256i S = _mm256_setzero_si256(), F = S;
+                    for (int g = 0; g < G; g++) {
+                        VT cnt = VZERO(), pc = VZERO();
+                        int np = 0;
+                        for (int i = 0; i < m; i++)
+                            for (int j = g * q; j < g * q + q; j++) {
+                                pc = VPOPACC(pc, VXOR(VBCAST(tp[tv[i]][j]), VLOAD(wb + ((size_t)tv[i] * Wd + j) * 8)));
+                                if (++np == BV_CHUNK) { cnt = VFLUSH(cnt, pc); pc = VZERO(); np = 0; }
+                            }
+                        cnt = VFLUSH(cnt, pc);
+                        uint64_t kk[8];
+                        VSTORE(kk, cnt);
+                        const __m256i sv = _mm256_sub_epi32(vc, _mm256_slli_epi32(BV_LD8(kk), 1));
+                        const __m256i f = tl == 0 ? FN(vfirst)(tp[tv[0]][g * q], wb + ((size_t)tv[0] * Wd + g * q) * 8, 0)
+                                                  : _mm256_setzero_si256();
+                        const __m256i v = FN(vvote)(sv, one8, f, tl, 0);
+                        if (g == 0) F = v;
+                        S = _mm256_add_epi32(S, v);
+                    }
+                    const __m256i r = p->root_p ? S : FN(vvote)(S, _mm256_set1_epi32(G), F, tr, 1);
+                    if (nl == 8 && FN(vemit)(p, pix, o0, r)) continue;
+                    int32_t rr[8];
+                    _mm256_storeu_si256((__m256i *)rr, r);
+                    FN(emit8)(p, pix, n, rem, o0, nl, rr);
+                }
+            }
+        }
+        free(tp);
+    }
+    return failed ? -1 : 0;
+}
+#endif
+
 /* Mismatch counts of one pixel against CB channel blocks: mism[(leaf * CB + c) * 8 + lane]. */
 static inline __attribute__((always_inline)) void FN(tile)(const uint64_t *const *tp, const int T, const int Wd,
                                                            const uint64_t *wg, const size_t ws, const int CB,

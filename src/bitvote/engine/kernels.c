@@ -65,8 +65,10 @@ static inline float bv_post(const bv_conv_t *p, size_t i, int o, float v)
  * tap holding all its channels (HMV `tap`), or tap-major leaves of L = 2..32 channels
  * (`tap,leaf=L`: conv_fields on the vector ISAs), or channel-major trees over kernel rows
  * (`cm:P(M3)`, `cm:M<C>(M3(M3))`: conv_rows on the vector ISAs), or one leaf per channel
- * (`cm:M<C>(M9)`: conv_chan on the vector ISAs). Anything else runs on the segment kernel. */
-enum { BV_KIND_SEGMENTS = 0, BV_KIND_ONE_LEAF = 1, BV_KIND_TAP_LEAVES = 2, BV_KIND_FIELDS = 3, BV_KIND_ROWS = 4, BV_KIND_CHANNELS = 5 };
+ * (`cm:M<C>(M9)`: conv_chan on the vector ISAs), or channel-major groups of 8, 16, 32 or 64k
+ * channels over every tap (`cgroups=G`: conv_cgroups). Anything else runs on the segment kernel. */
+enum { BV_KIND_SEGMENTS = 0, BV_KIND_ONE_LEAF = 1, BV_KIND_TAP_LEAVES = 2, BV_KIND_FIELDS = 3, BV_KIND_ROWS = 4, BV_KIND_CHANNELS = 5,
+       BV_KIND_CGROUPS = 6 };
 
 /* One majority voter (SPEC.md): s > 0 -> +1, s < 0 -> -1; no valid input -> abstain (0),
  * or the tie value at the root (+1 under 'first'); else the tie rule. */
@@ -152,6 +154,7 @@ static inline bv_v8 p_add(bv_v8 a, bv_v8 b) { for (int i = 0; i < 8; i++) a.l[i]
 #define BV_CBMAX 4
 #include "kbody.h"
 #undef VPOPACC
+#undef VPC8ACC
 #undef VFLUSH
 #undef BV_CHUNK
 #undef BV_CBMAX
@@ -277,6 +280,7 @@ static inline bv_a2 a2_hs9fold(bv_a2 o1, bv_a2 o2, bv_a2 o4, bv_a2 o8)
 #define BV_CBMAX 2
 #include "kbody.h"
 #undef VPOPACC
+#undef VPC8ACC
 #undef VFLUSH
 #undef BV_CHUNK
 #undef BV_CBMAX
@@ -315,12 +319,14 @@ static inline bv_a2 a2_hs9fold(bv_a2 o1, bv_a2 o2, bv_a2 o4, bv_a2 o8)
 #define VPOPADD a2_popadd
 #define VSTORE a2_store
 #define VPOPACC a2_popacc
+#define VPC8ACC a2_popacc /* byte-lane counts (<= 8 per byte and word) */
 #define VFLUSH a2_flush
 #define BV_CHUNK 31
 #define BV_CBMAX 4
 #define BV_CB9MAX 8
 #include "kbody.h"
 #undef VPOPACC
+#undef VPC8ACC
 #undef VFLUSH
 #undef BV_CHUNK
 #undef BV_CBMAX
@@ -385,6 +391,7 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 #define VPOPADD z_popadd
 #define VSTORE z_store
 #define VPOPACC z_popacc
+#define VPC8ACC z_popacc /* byte-lane counts (<= 8 per byte and word) */
 #define VFLUSH z_flush
 #define BV_CHUNK 31
 #define BV_CBMAX 8
@@ -454,6 +461,7 @@ static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
 #undef FN
 #undef VPOPADD
 #undef VPOPACC
+#undef VPC8ACC
 #undef VFLUSH
 #undef BV_CHUNK
 #pragma GCC pop_options
@@ -465,6 +473,7 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #define FN(name) name##_avx512popcnt
 #define VPOPADD zp_popadd
 #define VPOPACC zp_popadd
+#define VPC8ACC z_popacc /* byte-lane counts (<= 8 per byte and word), as on AVX-512BW */
 #define VFLUSH _mm512_add_epi64
 #define BV_CHUNK (1 << 30)
 #define BV_VEPI 1
@@ -493,6 +502,7 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #undef BV_ADD64
 #undef BV_FLAT
 #undef VPOPACC
+#undef VPC8ACC
 #undef VFLUSH
 #undef BV_CHUNK
 #undef BV_CBMAX
@@ -684,14 +694,17 @@ int bv_conv(const bv_conv_t *p, int isa)
         if (bv_kernel_version == 0) return p->kind == 1 || p->kind == 2 ? conv_dense_avx2v0(p) : conv_avx2v0(p);
         return p->kind == BV_KIND_FIELDS ? conv_fields_avx2(p) : p->kind == BV_KIND_ROWS ? conv_rows_avx2(p)
             : p->kind == BV_KIND_CHANNELS ? conv_chan_avx2(p)
+            : p->kind == BV_KIND_CGROUPS ? conv_cgroups_avx2(p)
             : p->kind ? conv_dense_avx2(p) : conv_avx2(p);
     case BV_ISA_AVX512POPCNT:
         return p->kind == BV_KIND_FIELDS ? conv_fields_avx512popcnt(p) : p->kind == BV_KIND_ROWS ? conv_rows_avx512popcnt(p)
             : p->kind == BV_KIND_CHANNELS ? conv_chan_avx512popcnt(p)
+            : p->kind == BV_KIND_CGROUPS ? conv_cgroups_avx512popcnt(p)
             : p->kind ? conv_dense_avx512popcnt(p) : conv_avx512popcnt(p);
     case BV_ISA_AVX512BW:
         return p->kind == BV_KIND_FIELDS ? conv_fields_avx512bw(p) : p->kind == BV_KIND_ROWS ? conv_rows_avx512bw(p)
             : p->kind == BV_KIND_CHANNELS ? conv_chan_avx512bw(p)
+            : p->kind == BV_KIND_CGROUPS ? conv_cgroups_avx512bw(p)
             : p->kind ? conv_dense_avx512bw(p) : conv_avx512bw(p);
 #endif
     default: return p->kind == 1 || p->kind == 2 ? conv_dense_portable(p) : conv_portable(p);
