@@ -240,6 +240,24 @@ def test_one_leaf_under_a_p_root_is_the_sum():
                 lib().bv_set_kernel(old)
 
 
+def _check_every_path(pc, hier, xw, want, Co, spec):
+    """Every ISA and kernel version: the exact integers, then the float epilogue of a P root
+    (counts stay numbers) or the packed bits of an M root's votes."""
+    for isa, version in PATHS:
+        old = lib().bv_set_kernel(version)
+        try:
+            assert torch.equal(pc.epilogue("int")(xw, 1, isa).float(), want), (spec, isa, version)
+            if hier.root == "P":
+                a, b = torch.linspace(0.5, 2.0, Co), torch.linspace(-1.0, 1.0, Co)
+                got = pc.epilogue("affine", a, b)(xw, 2, isa)
+                assert torch.allclose(got, want * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)), (spec, isa, version)
+            else:
+                bits = pc.epilogue("bits")(xw, 2, isa)
+                assert torch.equal(unpack(bits, Co).permute(0, 3, 1, 2), want > 0), (spec, isa, version)
+        finally:
+            lib().bv_set_kernel(old)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(C=st.sampled_from([1, 7, 63, 64, 65, 129]), k=st.sampled_from([2, 3]),
        shape=st.sampled_from(["P({r})", "M({r})", "M({r}({k}))", "P({r}({k}))", "M({c})", "P({c})"]),
@@ -268,20 +286,7 @@ def test_row_leaves_match_the_layer(C, k, shape, tie, Co, stride, padding, pad_v
         levels = [lv.groups for lv in hier.levels]
         ties = [lv.tie.plain for lv in hier.levels]
         assert torch.equal(want, oracle.binary_conv(x, w, stride, padding, pad_value, levels, ties, hier.root, "cm"))
-    xw = pack(x)
-    for isa, version in PATHS:
-        old = lib().bv_set_kernel(version)
-        try:
-            assert torch.equal(pc.epilogue("int")(xw, 1, isa).float(), want), (spec, isa, version)
-            if hier.root == "P":
-                a, b = torch.linspace(0.5, 2.0, Co), torch.linspace(-1.0, 1.0, Co)
-                got = pc.epilogue("affine", a, b)(xw, 2, isa)
-                assert torch.allclose(got, want * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)), (spec, isa, version)
-            else:
-                bits = pc.epilogue("bits")(xw, 2, isa)
-                assert torch.equal(unpack(bits, Co).permute(0, 3, 1, 2), want > 0), (spec, isa, version)
-        finally:
-            lib().bv_set_kernel(old)
+    _check_every_path(pc, hier, pack(x), want, Co, spec)
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -307,17 +312,4 @@ def test_channel_groups_match_the_layer(Lc, G, k, root, tie, Co, stride, padding
     pc = PackedConv(w >= 0, stride, padding, pad_value, hier)
     assert pc.kind == 6, spec
     want = BF.binary_conv2d(x, w, stride, padding, voter=hier, pad_value=pad_value)
-    xw = pack(x)
-    for isa, version in PATHS:
-        old = lib().bv_set_kernel(version)
-        try:
-            assert torch.equal(pc.epilogue("int")(xw, 1, isa).float(), want), (spec, isa, version)
-            if root == "P":
-                a, b = torch.linspace(0.5, 2.0, Co), torch.linspace(-1.0, 1.0, Co)
-                got = pc.epilogue("affine", a, b)(xw, 2, isa)
-                assert torch.allclose(got, want * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)), (spec, isa, version)
-            else:
-                bits = pc.epilogue("bits")(xw, 2, isa)
-                assert torch.equal(unpack(bits, Co).permute(0, 3, 1, 2), want > 0), (spec, isa, version)
-        finally:
-            lib().bv_set_kernel(old)
+    _check_every_path(pc, hier, pack(x), want, Co, spec)

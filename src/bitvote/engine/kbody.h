@@ -500,6 +500,16 @@ static inline VT FN(live_word)(int C, int j)
     return VBCAST(k >= 64 ? ~0ULL : (1ULL << k) - 1);
 }
 
+/* Emit 8 output channels' results r (block cb): the vector epilogue, else the scalar one. */
+static inline void FN(lanes_emit)(const bv_conv_t *p, long pix, int n, int rem, int cb, __m256i r)
+{
+    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+    if (nl == 8 && FN(vemit)(p, pix, o0, r)) return;
+    int32_t rr[8];
+    _mm256_storeu_si256((__m256i *)rr, r);
+    FN(emit8)(p, pix, n, rem, o0, nl, rr);
+}
+
 /* The root of a tree of word-wise votes, for 8 output channels: ``acc`` counts each lane's -1
  * votes among ``votes`` children, ``first`` holds channel 0's vote (bit 0); a P root emits the
  * count votes - 2 * (-1 votes), an M root its vote under ``tie``. */
@@ -517,10 +527,7 @@ static inline void FN(root_emit)(const bv_conv_t *p, long pix, int n, int rem, i
     __m256i r = _mm256_loadu_si256((const __m256i *)rr);
     if (!p->root_p)
         r = FN(vvote)(r, _mm256_set1_epi32(votes), _mm256_loadu_si256((const __m256i *)fr), tie, 1);
-    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
-    if (nl == 8 && FN(vemit)(p, pix, o0, r)) return;
-    _mm256_storeu_si256((__m256i *)rr, r);
-    FN(emit8)(p, pix, n, rem, o0, nl, rr);
+    FN(lanes_emit)(p, pix, n, rem, cb, r);
 }
 #endif
 
@@ -611,12 +618,7 @@ static int FN(conv_fields)(const bv_conv_t *p)
                         if (nv++ == 0) F = v;
                         S = _mm256_add_epi32(S, v);
                     }
-                    const __m256i r = FN(vvote)(S, _mm256_set1_epi32(nv), F, t2, 1);
-                    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
-                    if (nl == 8 && FN(vemit)(p, pix, o0, r)) continue;
-                    int32_t rr[8];
-                    _mm256_storeu_si256((__m256i *)rr, r);
-                    FN(emit8)(p, pix, n, rem, o0, nl, rr);
+                    FN(lanes_emit)(p, pix, n, rem, cb, FN(vvote)(S, _mm256_set1_epi32(nv), F, t2, 1));
                 }
             }
         }
@@ -850,14 +852,9 @@ static int FN(conv_cgroups)(const bv_conv_t *p)
                 const VT KN = VBCAST(((1ULL << (Lc - 1)) - h - 1) * ones), KP = VBCAST(((1ULL << (Lc - 1)) - h) * ones);
                 for (int cb = 0; cb < Cob; cb++) {
                     const uint64_t *wb = p->w + (size_t)cb * ws;
-                    const int o0 = cb * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
                     if (m == 0) { /* every leaf abstains */
                         const __m256i z = _mm256_setzero_si256();
-                        const __m256i r = p->root_p ? z : FN(vvote)(z, z, z, tr, 1);
-                        if (nl == 8 && FN(vemit)(p, pix, o0, r)) continue;
-                        int32_t rr[8];
-                        _mm256_storeu_si256((__m256i *)rr, r);
-                        FN(emit8)(p, pix, n, rem, o0, nl, rr);
+                        FN(lanes_emit)(p, pix, n, rem, cb, p->root_p ? z : FN(vvote)(z, z, z, tr, 1));
                         continue;
                     }
                     if (Lc < 64) {
@@ -908,11 +905,7 @@ static int FN(conv_cgroups)(const bv_conv_t *p)
                         if (g == 0) F = v;
                         S = _mm256_add_epi32(S, v);
                     }
-                    const __m256i r = p->root_p ? S : FN(vvote)(S, _mm256_set1_epi32(G), F, tr, 1);
-                    if (nl == 8 && FN(vemit)(p, pix, o0, r)) continue;
-                    int32_t rr[8];
-                    _mm256_storeu_si256((__m256i *)rr, r);
-                    FN(emit8)(p, pix, n, rem, o0, nl, rr);
+                    FN(lanes_emit)(p, pix, n, rem, cb, p->root_p ? S : FN(vvote)(S, _mm256_set1_epi32(G), F, tr, 1));
                 }
             }
         }
