@@ -154,3 +154,16 @@ def test_a_reactnet_step_is_the_same_either_way(monkeypatch):
     assert torch.equal(l0, l1)
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_module_first_run_under_inference_mode_still_trains():
+    """An evaluation pass under inference mode (the trainer's) must not leave the kernels a
+    tensor that autograd refuses to keep."""
+    x = torch.randn(2, 3, 4, 4)
+    for mod in (Sign(), RSign(3), RPReLU(3)):
+        with torch.inference_mode():
+            want = mod(x)
+        xx = x.clone().requires_grad_(True)
+        y = mod(xx)
+        y.sum().backward()
+        assert torch.equal(y.detach(), want) and xx.grad is not None

@@ -81,7 +81,9 @@ def applies(x: torch.Tensor, *params: torch.Tensor) -> bool:
 
 
 def _vec(p: torch.Tensor) -> torch.Tensor:
-    return p.detach().reshape(-1).contiguous()
+    """A parameter's values as a fresh (C,) vector: tiny, and never an inference-mode tensor,
+    so the backward may keep it whatever mode created the parameter."""
+    return p.detach().reshape(-1).clone()
 
 
 def _dims(x):
@@ -141,7 +143,8 @@ _ZEROS = {}
 def _zeros(c: int) -> torch.Tensor:
     z = _ZEROS.get(c)
     if z is None:
-        z = _ZEROS[c] = torch.zeros(c)
+        with torch.inference_mode(False):
+            z = _ZEROS[c] = torch.zeros(c)
     return z
 
 
