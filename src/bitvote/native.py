@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +20,19 @@ from typing import Sequence, Tuple
 
 from .errors import BitvoteError
 
-__all__ = ["compiler", "build"]
+__all__ = ["compiler", "build", "arch_flags"]
+
+
+def arch_flags():
+    """AVX2/FMA where this CPU has them, for the libraries built for this machine only (the
+    flags are part of the cache key)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
 
 
 def compiler(what: str) -> str:

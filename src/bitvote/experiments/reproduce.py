@@ -58,15 +58,16 @@ PRESETS: Dict[str, dict] = {
                  recalibrate=10000, pad_variant=False, minutes=10.0),
     # the accuracy-vs-area frontier at the cpu preset's scale: every design the hardware sweep
     # prices, retrained up to 6 epochs (until the train loss stops falling for 2) by the recipe
-    # the ablation (`--table ablation`, the small-leaf row at equal budget) measured best per
-    # minute: flat (chain-rule kd+leafsigma=2 gains ~1.7 points more at 2.4x the time).
+    # the ablation (`--table ablation`, the small-leaf row) measured best at equal time:
+    # kd+flat (self-distillation, exact votes, one MV's backward; at equal epochs only the
+    # chain rule's kd+leafsigma=2 is better, at 2.1x the time per epoch).
     # Every training stage stays under an hour on one CPU thread (docs/reproduce.md).
     "frontier-cpu": dict(models=("reactnet18", "birealnet18"),
                          voters=("mv", "groups=4", "tap", "tap,groups=4", "tap,leaf=4", "tap,leaf=8",
                                  "cm:M(M3(M3))", "cm:P(M3)"),
                          width=0.125, subset=10000, test_subset=2000, batch_size=128, epochs=15, lr=2e-3,
                          retrain_epochs=6, retrain_lr=1e-3, recalibrate=1000, pad_variant=True,
-                         recipe="flat+plateau=2", ablation_voters=("tap,leaf=4",), ablation_models=("reactnet18",)),
+                         recipe="kd+flat+plateau=2", ablation_voters=("tap,leaf=4",), ablation_models=("reactnet18",)),
     # a credible scale on a CPU: width 1/2 on all of CIFAR-10. Measured on a 2-core AVX2 CPU:
     # one popcount epoch takes ~18 min on one thread (~9.5 min on two), so the 40-epoch
     # baseline is ~12 h of one thread per model: run it in slices (every stage resumes
@@ -74,12 +75,12 @@ PRESETS: Dict[str, dict] = {
     # the frontier's best area saver (cm:P(M3), -56 % area) beside its cheapest (tap,leaf=4)
     "mid": dict(models=("reactnet18", "birealnet18"), voters=("mv", "tap", "cm:P(M3)", "tap,leaf=4"), width=0.5, subset=None,
                 test_subset=None, batch_size=128, epochs=40, lr=2e-3, retrain_epochs=5, retrain_lr=1e-3,
-                recalibrate=10000, pad_variant=True, recipe="flat+plateau=2"),
+                recalibrate=10000, pad_variant=True, recipe="kd+flat+plateau=2"),
 }
 
 #: the recipes `--table ablation` compares (docs/reproduce.md, "Retraining recipes")
 ABLATION_RECIPES = ("plain", "flat", "kd+flat", "recal+kd+flat", "leafsigma=2", "kd", "recal", "leafsigma=4", "prog",
-                    "layers", "recal+kd+leafsigma=2")
+                    "layers", "recal+kd+leafsigma=2", "flat+long=2.5", "kd+flat+long=2")
 
 for _name, _p in PRESETS.items():
     _p.setdefault("minutes", None)  # a time budget replaces the epochs when given (plan_epochs)

@@ -22,13 +22,11 @@ import ctypes
 import functools
 import math
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import native
@@ -109,19 +107,8 @@ def _disable(why: str) -> None:
     print(f"bitvote: native vote kernels unavailable ({_broken}); using the float path (slower)", file=sys.stderr)
 
 
-def _arch_flags():
-    """AVX2/FMA where this CPU has them (the flags are part of the cache key)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return []
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
-
-
 def _build() -> ctypes.CDLL:
-    arch = _arch_flags()
+    arch = native.arch_flags()
     so, _ = native.build([_HERE / "vote.c"], [_FLAGS + ["-fopenmp"] + arch, _FLAGS + ["-fopenmp-simd"] + arch, _FLAGS],
                          "bitvote_vote", cache_root() / "native", "the native vote kernels")
     lib = ctypes.CDLL(str(so))

@@ -37,9 +37,7 @@ _broken: Optional[str] = None
 
 
 def _build() -> ctypes.CDLL:
-    from .fastvote import _arch_flags  # the same ISA choice as the vote kernels
-
-    arch = _arch_flags()
+    arch = native.arch_flags()
     so, _ = native.build([_HERE / "act.c"], [_FLAGS + ["-fopenmp"] + arch, _FLAGS + arch, _FLAGS],
                          "bitvote_act", cache_root() / "native", "the fused RSign/RPReLU kernels")
     lib = ctypes.CDLL(str(so))
