@@ -167,3 +167,21 @@ def test_a_module_first_run_under_inference_mode_still_trains():
         y = mod(xx)
         y.sum().backward()
         assert torch.equal(y.detach(), want) and xx.grad is not None
+
+
+def test_a_failing_build_falls_back_to_the_eager_ops_with_one_line(monkeypatch, capsys):
+    from bitvote import native
+
+    monkeypatch.setattr(fusedact, "_LIB", None)
+    monkeypatch.setattr(fusedact, "_broken", None)
+
+    def broken(*a, **k):
+        raise BitvoteError("no C compiler found for the fused RSign/RPReLU kernels")
+
+    monkeypatch.setattr(native, "build", broken)
+    x = torch.randn(2, 3, 4, 4)
+    assert not fusedact.applies(x) and not fusedact.applies(x)  # tried once
+    err = capsys.readouterr().err
+    assert err.count("fused activation kernels unavailable") == 1 and "no C compiler" in err
+    mod = RPReLU(3)
+    assert torch.equal(mod(x), mod.shift_out(mod.prelu(mod.shift_in(x))))
