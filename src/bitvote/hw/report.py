@@ -200,9 +200,17 @@ def plot_report(rep: List[dict], path, area_source: str = "synthesized (yosys)")
         f = [r for r in front if (r["model"], r["width"]) == g]
         ax.plot([r["area_T"] / 1e6 for r in f], [r["top1"] for r in f], "--", lw=1, color=color[g],
                 label=f"{g[0]} x{g[1]:g}: Pareto front")
+    # rows of one area (a design retrained several ways, its variants): label the best, ring the others
+    same = {}
+    for r in rep:
+        if not r["baseline"]:
+            same.setdefault((r["model"], r["width"], r["area_T"]), []).append(r)
+    shown = {id(max(rs, key=lambda r: r["top1"])): len(rs) - 1 for rs in same.values()}
     for r in rep:
         x, c = r["area_T"] / 1e6, color[(r["model"], r["width"])]
-        if r["baseline"]:
+        if not r["baseline"] and id(r) not in shown:
+            ax.scatter([x], [r["top1"]], marker="o", s=14, facecolors="none", edgecolors=c, zorder=2)
+        elif r["baseline"]:
             ax.scatter([x], [r["top1"]], marker="s", s=60, color=c, edgecolors="black", zorder=3)
             ax.annotate(f"{r['label']}: popcount + threshold", (x, r["top1"]), textcoords="offset points",
                         xytext=(5, 4), fontsize=7)
@@ -212,11 +220,14 @@ def plot_report(rep: List[dict], path, area_source: str = "synthesized (yosys)")
                 ax.annotate(f"{r['label']}: popcount + BN", (xb, r["top1"]), textcoords="offset points",
                             xytext=(-5, -11), fontsize=7, ha="right")
         else:
+            more = shown[id(r)]
             ax.scatter([x], [r["top1"]], marker="o", s=40, color=c, zorder=3)
-            ax.annotate(r["label"], (x, r["top1"]), textcoords="offset points", xytext=(5, -3), fontsize=7)
+            ax.annotate(r["label"] + (f" (best of {more + 1} rows)" if more else ""), (x, r["top1"]),
+                        textcoords="offset points", xytext=(5, -3), fontsize=7)
     models_ = sorted({f"{r['model']} x{r['width']:g}" for r in rep})
     ax.set_xlabel(f"voter / popcount area per image (million transistors, {area_source})\n"
-                  "squares: popcount + threshold baseline, diamonds: popcount + unfolded BN, dots: voters", fontsize=8)
+                  "squares: popcount + threshold baseline, diamonds: popcount + unfolded BN, dots: voters\n"
+                  "(small rings: other rows of the same area, e.g. other recipes)", fontsize=8)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs voter area: " + ", ".join(models_), fontsize=9)
     ax.grid(alpha=0.3)
