@@ -278,7 +278,8 @@ def _sign_exact_autocast_dtype(device_type: str) -> torch.dtype:
 
 
 def _mv_first_term(xb, wb, groups, stride, padding, dilation, pad_value, out_hw):
-    """The first valid term of every output of a one-leaf voter: (N, Co, Ho, Wo), 0 if none.
+    """The first valid term of every output of a one-leaf voter: (N, Co, Ho, Wo), 0 if none
+    (for one conv group, as the pair of an input and a weight factor whose product it is).
 
     In tap-major order it is channel 0 (of the conv group) at the first tap whose pixel is
     not zero padding; that tap depends only on the output position, so the term is one input
@@ -302,8 +303,10 @@ def _mv_first_term(xb, wb, groups, stride, padding, dilation, pad_value, out_hw)
     r = rows[i0, torch.arange(Ho, device=dev)[:, None]]
     c = cols[j0, torch.arange(Wo, device=dev)[None, :]]
     x0 = pad_binary(xb[:, ::cin], (ph, pw), pad_value)  # channel 0 of every conv group
-    xf = x0[:, :, r, c].repeat_interleave(Co // groups, dim=1)  # (N, Co, Ho, Wo)
     wf = wb[:, 0].reshape(Co, kh * kw)[:, t0]  # (Co, Ho, Wo)
+    if groups == 1:  # the broadcast pair: the vote multiplies it on the fly
+        return x0[:, :, r, c], wf  # (N, 1, Ho, Wo), (Co, Ho, Wo)
+    xf = x0[:, :, r, c].repeat_interleave(Co // groups, dim=1)  # (N, Co, Ho, Wo)
     return xf * wf
 
 
@@ -375,7 +378,8 @@ def binary_conv2d(
             first = None
             if voter.levels[0].tie == "first":
                 first = _mv_first_term(xb.detach(), wb.detach(), groups, stride, padding, dilation, pad_value,
-                                       s.shape[-2:]).unsqueeze(1)
+                                       s.shape[-2:])
+                first = (first[0].unsqueeze(1), first[1]) if isinstance(first, tuple) else first.unsqueeze(1)
             return reduce_votes(voter, s.unsqueeze(1), None if valid is None else valid.unsqueeze(1), first,
                                 dim=1, surrogate=surrogate, sigma=sigma_without_flat(sigma))
         if sigma_is_flat(sigma) and flat_changes(voter):

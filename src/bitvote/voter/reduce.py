@@ -242,6 +242,18 @@ def vote_dtype(hier: Hierarchy, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+def _may_abstain(c: torch.Tensor) -> bool:
+    """Whether some voter of a level has no valid input (valid counts ``c`` of 0).
+
+    Counts depend only on the output position, so ``c`` is small; on the CPU one look at it
+    spares a pass over the full vote tensor for the usual layer whose every output sees a
+    valid term. Elsewhere (a device sync) and inside a compiled graph: assume it may.
+    """
+    if c.device.type != "cpu" or torch.compiler.is_compiling():
+        return True
+    return bool((c == 0).any())
+
+
 def reduce_votes(
     hier: Hierarchy,
     leaf_sums: torch.Tensor,
@@ -299,11 +311,11 @@ def reduce_votes(
             if first is None:
                 raise ValueError("tie rule 'first' at the leaf level needs leaf_first")
             fill = first
-            if isinstance(fill, tuple) and c is not None and li == last:
-                fill = fill[0] * fill[1]  # the root's abstention below needs it whole
         else:
             fill = level.tie.fill
-        if c is not None and not (level.tie.is_first and li != last):
+        if c is not None and not (level.tie.is_first and li != last) and _may_abstain(c):
+            if isinstance(fill, tuple):
+                fill = fill[0] * fill[1]  # the root's abstention below needs it whole
             # A voter with no valid input abstains (0); a root that abstains takes its tie
             # value (+1 under 'first'). Below the root a 'first' fill is 0 there already
             # (no valid term, or only abstaining children): no pass over the full tensor.
