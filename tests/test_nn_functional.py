@@ -66,3 +66,23 @@ def test_gradient_reaches_input_and_weight():
     BF.binary_conv2d(x, w, 1, 1).sum().backward()
     assert x.grad is not None and w.grad is not None
     assert bool((w.grad[w.detach().abs() > 1] == 0).all())  # the weight's clamp-STE
+
+
+@pytest.mark.parametrize("spec,levels", [("mv", lambda C, T: [[C * T]]), ("tap", lambda C, T: [[C] * T, [T]])])
+@pytest.mark.parametrize("tie", [1, -1, "first"])
+@pytest.mark.parametrize("k,padding", [(1, 1), (2, 2), (3, 1)])
+def test_roots_without_a_valid_term_take_their_tie_value(spec, levels, tie, k, padding):
+    """Outputs whose window is all zero padding (k <= padding) have no valid term: the root
+    abstains and outputs its tie value (+1 under 'first'); where every output has a valid
+    term the abstention pass is skipped. Both against the brute-force oracle."""
+    torch.manual_seed(k + padding)
+    C, Co = 3, 5
+    x, w = torch.randn(2, C, 4, 3), torch.randn(Co, C, k, k)
+    T = k * k
+    hier = resolve(spec, C * T, T, tie)
+    got = BF.binary_conv2d(x, w, 1, padding, voter=hier, pad_value=0.0)
+    lv = levels(C, T)
+    want = oracle.binary_conv(x, w, 1, padding, 0.0, lv, [tie] * len(lv), "M", "tap")
+    assert torch.equal(got, want)
+    if k <= padding:  # the corner outputs read only padding
+        assert torch.all(got[:, :, 0, 0] == (1 if tie == "first" else tie))
