@@ -110,6 +110,7 @@ def main(argv=None):
     print("| model | voter | path | fused | act | width | step (ms) | images/s | x resnet18 | x popcount |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
+    yn = lambda b: "yes" if b else "no"  # noqa: E731
     for w in widths:
         base, pops = None, {}
         for name, voter, fz, path, act in plan:
@@ -129,7 +130,6 @@ def main(argv=None):
                    "ratio_popcount": None if pop is None else s / pop}
             rows.append(row)
             rp = "-" if row["ratio_popcount"] is None else f"{row['ratio_popcount']:.2f}"
-            yn = lambda b: "yes" if b else "no"  # noqa: E731
             print(f"| {name} | {voter} | {path} | {yn(fz)} | {yn(act)} | {w:g} | {row['step_ms']:.1f} | "
                   f"{row['images_per_s']:.0f} | {row['ratio']:.2f} | {rp} |")
             sys.stdout.flush()

@@ -111,6 +111,14 @@ def test_other_layouts_take_the_eager_ops(make, monkeypatch):
         torch.testing.assert_close(mod(x), mod.shift_out(mod.prelu(mod.shift_in(x))), rtol=0, atol=0)
 
 
+def test_inputs_of_other_ranks_take_the_eager_ops():
+    """RSign and Sign broadcast like the eager ops on any rank (a 1-D or 2-D input too)."""
+    mod = RSign(3)
+    for x in (torch.randn(3), torch.randn(2, 3)):
+        assert torch.equal(mod(x), mod.sign(mod.shift(x)))
+        assert torch.equal(Sign()(x), B.binarize(x, Sign().surrogate))
+
+
 def test_autocast_and_custom_surrogates_take_the_eager_ops():
     x = torch.randn(2, 3, 4, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -493,6 +493,14 @@ static inline void FN(tap_words)(const bv_conv_t *p, int n, int oy, int ox, cons
         }
 }
 
+#ifndef BV_SWAR_MASK_DEFINED
+#define BV_SWAR_MASK_DEFINED
+/* SWAR field sums: mask b keeps the low half of every 2^(b+1)-bit field (b = 0: pairs of bits,
+ * 3: bytes into 16-bit fields, 4: 16-bit into 32-bit fields). */
+static const uint64_t bv_swar_mask[5] = {0x5555555555555555ULL, 0x3333333333333333ULL, 0x0F0F0F0F0F0F0F0FULL,
+                                         0x00FF00FF00FF00FFULL, 0x0000FFFF0000FFFFULL};
+#endif
+
 /* The bits of word j that hold one of C channels. */
 static inline VT FN(live_word)(int C, int j)
 {
@@ -557,8 +565,6 @@ static int FN(conv_fields)(const bv_conv_t *p)
         Kneg |= ((1ULL << (Lf - 1)) - (uint64_t)(Lf / 2) - 1) << f; /* c >= Lf/2 + 1 sets the high bit */
         Kpos |= ((1ULL << (Lf - 1)) - (uint64_t)(Lf / 2)) << f;     /* c >= Lf/2 sets the high bit */
     }
-    static const uint64_t mk[5] = {0x5555555555555555ULL, 0x3333333333333333ULL, 0x0F0F0F0F0F0F0F0FULL,
-                                   0x00FF00FF00FF00FFULL, 0x0000FFFF0000FFFFULL};
     int failed = 0;
 #pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
     {
@@ -583,9 +589,9 @@ static int FN(conv_fields)(const bv_conv_t *p)
                         const int c1 = nodes * Lf; /* channels of the tap */
                         for (int j = 0; j < Wd; j++) {
                             const VT d = VXOR(VBCAST(xp[j]), VLOAD(wb + ((size_t)t * Wd + j) * 8));
-                            VT c = VSUB64(d, VAND(VSRL64(d, 1), VBCAST(mk[0])));
+                            VT c = VSUB64(d, VAND(VSRL64(d, 1), VBCAST(bv_swar_mask[0])));
                             for (int b = 1, wdt = 2; wdt < Lf; b++, wdt *= 2)
-                                c = VADD64(VAND(c, VBCAST(mk[b])), VAND(VSRL64(c, wdt), VBCAST(mk[b])));
+                                c = VADD64(VAND(c, VBCAST(bv_swar_mask[b])), VAND(VSRL64(c, wdt), VBCAST(bv_swar_mask[b])));
                             /* every live field votes +1 or -1: count the +1 fields only */
                             VT plus;
                             if (t0 > 0) {
@@ -829,8 +835,6 @@ static int FN(conv_cgroups)(const bv_conv_t *p)
         Hm |= 1ULL << (f + Lc - 1);
         ones |= 1ULL << f;
     }
-    static const uint64_t mk[5] = {0x5555555555555555ULL, 0x3333333333333333ULL, 0x0F0F0F0F0F0F0F0FULL,
-                                   0x00FF00FF00FF00FFULL, 0x0000FFFF0000FFFFULL};
     int failed = 0;
 #pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
     {
@@ -867,7 +871,7 @@ static int FN(conv_cgroups)(const bv_conv_t *p)
                                 if (i == 0) d0 = d;
                             }
                             for (int b = 3, wdt = 8; wdt < Lc; b++, wdt *= 2) /* bytes -> Lc-bit fields */
-                                k = VADD64(VAND(k, VBCAST(mk[b])), VAND(VSRL64(k, wdt), VBCAST(mk[b])));
+                                k = VADD64(VAND(k, VBCAST(bv_swar_mask[b])), VAND(VSRL64(k, wdt), VBCAST(bv_swar_mask[b])));
                             VT neg; /* -1 flags at each field's high bit */
                             if (tl > 0) {
                                 neg = VAND(VADD64(k, KN), H);

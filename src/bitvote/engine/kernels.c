@@ -154,7 +154,6 @@ static inline bv_v8 p_add(bv_v8 a, bv_v8 b) { for (int i = 0; i < 8; i++) a.l[i]
 #define BV_CBMAX 4
 #include "kbody.h"
 #undef VPOPACC
-#undef VPC8ACC
 #undef VFLUSH
 #undef BV_CHUNK
 #undef BV_CBMAX
@@ -280,7 +279,6 @@ static inline bv_a2 a2_hs9fold(bv_a2 o1, bv_a2 o2, bv_a2 o4, bv_a2 o8)
 #define BV_CBMAX 2
 #include "kbody.h"
 #undef VPOPACC
-#undef VPC8ACC
 #undef VFLUSH
 #undef BV_CHUNK
 #undef BV_CBMAX

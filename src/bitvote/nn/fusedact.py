@@ -123,7 +123,7 @@ def rsign(x: torch.Tensor, bias: torch.Tensor, surrogate: Surrogate) -> Optional
         code, clip = 1, surrogate.clip
     else:
         return None
-    if bias.numel() != x.shape[1] or not applies(x, bias):
+    if not applies(x, bias) or bias.numel() != x.shape[1]:  # applies() first: x is 4-D then
         return None
     return _RSignFn.apply(x, bias, code, clip)
 
