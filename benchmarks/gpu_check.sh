@@ -73,7 +73,7 @@ if [ -n "${BITVOTE_WHEELS:-}" ] && ls "$BITVOTE_WHEELS"/*.whl >/dev/null 2>&1; t
 fi
 
 # the CPU engine (the smoke test's reference) compiles in the background meanwhile
-( timeout 60 "$PY" -c "from bitvote.engine.build import lib; lib()" >"$WORK/engine-build.log" 2>&1 ) &
+( timeout 60 "$PY" -c "from bitvote.packed.build import lib; lib()" >"$WORK/engine-build.log" 2>&1 ) &
 BUILD=$!
 
 # 1. environment

@@ -47,7 +47,7 @@ def main():
     if args.reference != "torch":
         try:
             from bitvote.engine import PackedConv, pack as cpack, unpack
-            from bitvote.engine.build import lib
+            from bitvote.packed.build import lib
 
             lib()
             ref_name = "CPU engine"

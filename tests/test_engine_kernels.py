@@ -20,7 +20,7 @@ from bitvote.voter import resolve
 engine = pytest.importorskip("bitvote.engine")
 from bitvote.engine import ISAS, PackedConv, best_isa, pack, unpack  # noqa: E402
 from bitvote.engine import bench  # noqa: E402
-from bitvote.engine.build import lib  # noqa: E402
+from bitvote.packed.build import lib  # noqa: E402
 
 import oracle  # noqa: E402
 

@@ -48,7 +48,7 @@ def test_cache_root_honours_env(monkeypatch, tmp_path):
 
 
 def test_every_cache_is_a_subfolder_of_the_root(monkeypatch, tmp_path):
-    from bitvote.engine import build
+    from bitvote.packed import build
     from bitvote.hw import synth
 
     monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path))

@@ -1,6 +1,6 @@
 """The package's layering and its privacy rule, read from the source with ``ast``.
 
-- Layers: binarize -> voter -> nn -> models -> data, train -> experiments -> engine / gpu /
+- Layers: binarize -> voter -> packed -> nn -> models -> data, train -> experiments -> engine / gpu /
   hw / export -> cli. A module never imports from a layer above its own.
 - Private means private: no module imports a leading-underscore name from another module, and
   no test imports one (a private *module*, such as the fusion switch, is tested under its own
@@ -18,13 +18,14 @@ PKG = ROOT / "src" / "bitvote"
 
 #: each top-level part of the package and the parts it may not import
 ABOVE = {
-    "binarize": {"voter", "nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
-    "voter": {"nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "binarize": {"voter", "packed", "nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "voter": {"packed", "nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "packed": {"nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
     "nn": {"models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
     "models": {"data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
     "data": {"train", "experiments", "engine", "gpu", "hw", "export", "cli"},
-    "io": {"data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
-    "native": {"binarize", "voter", "nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export",
+    "io": {"packed", "nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export", "cli"},
+    "native": {"binarize", "voter", "packed", "nn", "models", "data", "train", "experiments", "engine", "gpu", "hw", "export",
                "cli"},
     "train": {"experiments", "engine", "gpu", "hw", "export", "cli"},
     "experiments": {"engine", "gpu", "hw", "export", "cli"},

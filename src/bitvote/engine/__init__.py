@@ -1,13 +1,11 @@
 """The packed CPU inference engine (design in docs/engine.md).
 
-``pack`` turns real activations into bits, :class:`PackedConv` runs one binary conv on
-packed words with a fused epilogue, :mod:`.graph` compiles a whole model into an engine
-graph (``.bvm``), :mod:`.verify` checks it against the PyTorch layers bit by bit and
-:mod:`.bench` times it against fp32. The kernels are C, built at first use (:mod:`.build`).
+:mod:`.graph` compiles a whole model into an engine graph (``.bvm``) of packed convs
+(:mod:`bitvote.packed`: the packer, :class:`PackedConv` and the C kernels), :mod:`.verify`
+checks it against the PyTorch layers bit by bit and :mod:`.bench` times it against fp32 and
+int8.
 """
 
-from .build import ISAS, best_isa
-from .conv import PackedConv
-from .pack import pack, pack_bools, unpack, words
+from ..packed import ISAS, PackedConv, best_isa, pack, pack_bools, unpack, words
 
 __all__ = ["ISAS", "best_isa", "PackedConv", "pack", "pack_bools", "unpack", "words"]

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from ..voter import resolve
-from .build import active_isa, isa_id, lib
-from .conv import PackedConv
-from .pack import pack
+from ..packed.build import active_isa, isa_id, lib
+from ..packed.conv import PackedConv
+from ..packed.pack import pack
 
 __all__ = ["LAYERS", "EPILOGUES", "peak", "bench_layers", "bench_epilogues", "bench_model"]
 

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from ..errors import BitvoteError
 from ..nn import BinaryConv2d, RPReLU, RSign, Sign
 from ..voter import Hierarchy
-from .conv import PackedConv
-from .pack import pack
+from ..packed.conv import PackedConv
+from ..packed.pack import pack
 
 __all__ = ["compile_model", "EngineModel", "load_model", "load_checkpoint", "save", "load", "FORMAT"]
 

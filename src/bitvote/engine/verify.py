@@ -21,7 +21,7 @@ import torch
 from ..nn import BinaryConv2d, Sign
 from ..nn import functional as BF
 from .graph import EngineModel, compile_model, load_model
-from .pack import pack, unpack
+from ..packed.pack import pack, unpack
 
 __all__ = ["verify"]
 

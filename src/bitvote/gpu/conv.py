@@ -3,7 +3,7 @@
 :class:`GpuPackedConv` mirrors :class:`bitvote.engine.PackedConv` (same constructor, same
 ``epilogue`` modes ``int`` / ``affine`` / ``select`` / ``bits``, same outputs), on 32-bit
 words: ``(N, H, W, Wd)`` int32 with ``Wd = ceil(C / 32)``. The voter's leaves become the CPU
-engine's segments (:func:`bitvote.engine.conv.segments`), split into 32-bit words. Voters
+engine's segments (:func:`bitvote.packed.conv.segments`), split into 32-bit words. Voters
 up to 3 levels deep (every rule: ``mv``, ``tap``, ``groups=G``, ``tap,groups=G``,
 ``tap,leaf=L``, ``cgroups=G``, ``cm:`` trees, uneven trees, ``P`` roots, every tie rule) vote
 inside the kernel; deeper explicit trees get their leaf sums from the kernel and their votes
@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from ..engine.conv import EPILOGUES, ConvEpilogue
+from ..packed.conv import EPILOGUES, ConvEpilogue
 from ..errors import BitvoteError
 from ..voter import CM, Hierarchy, Tie, reduce_votes
 from . import concrete_device, interpreted, require, same_device
@@ -100,7 +100,7 @@ def to_engine_words(w32: torch.Tensor) -> torch.Tensor:
 
 def unpack32(w32: torch.Tensor, channels: int) -> torch.Tensor:
     """int32 words ``(..., Wd32)`` -> bools ``(..., channels)``."""
-    from ..engine.pack import unpack
+    from ..packed.pack import unpack
 
     return unpack(to_engine_words(w32.cpu()), channels)
 
@@ -120,8 +120,8 @@ class GpuPackedConv(ConvEpilogue):
     def __init__(self, wbits: torch.Tensor, stride: int = 1, padding: int = 0, pad_value: float = 0.0,
                  hier: Optional[Hierarchy] = None, name: str = "layer", device=None,
                  block_p: Optional[int] = None, block_o: Optional[int] = None):
-        from ..engine.conv import segments
-        from ..engine.pack import pack_bools
+        from ..packed.conv import segments
+        from ..packed.pack import pack_bools
 
         dev = concrete_device(device if device is not None else require())
         if wbits.dim() != 4:

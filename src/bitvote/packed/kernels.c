@@ -7,7 +7,7 @@
  * voter leaf; any leaf layout (tap- or channel-major, even or not) is a list of segments,
  * sorted by leaf. Popcount and MV have one leaf. The kernel counts mismatches per leaf,
  * s = valid - 2 * mismatches, then the voter levels (bv_reduce) and the epilogue (bv_emit).
- * The packer is pack.c. Built at first use and cached by bitvote/engine/build.py. */
+ * The packer is pack.c. Built at first use and cached by bitvote/packed/build.py. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
