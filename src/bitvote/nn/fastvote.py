@@ -34,6 +34,7 @@ from ..binarize import ApproxSign, Ste, Surrogate
 from ..io import cache_root
 from ..voter import CM, Hierarchy
 from ..voter.spec import split_sigma
+from . import packedvote
 
 __all__ = ["wanted", "forced", "pays", "enabled", "available", "conv_votes", "supports"]
 
@@ -140,7 +141,7 @@ class _Plan:
 
     def __init__(self, hier: Hierarchy, C: int, T: int, sigma):
         n = hier.n
-        self.n = n
+        self.hier, self.n = hier, n
         self.order = 1 if hier.order == CM else 0
         leaves = hier.leaf_sizes
         starts = [0]
@@ -232,11 +233,14 @@ class _NativeVoteFn(torch.autograd.Function):
         wt = wt.reshape(Co, -1).t() if plan.order else wt.permute(2, 1, 0).reshape(-1, Co)
         wi = torch.ones((wt.shape[0], -(-Co // 16) * 16), dtype=torch.int16)  # pad channels: +1, unused
         wi[:, :Co] = torch.where(wt >= 0, 1, -1)
-        out = torch.empty((N, Co, Ho, Wo), dtype=torch.float32)
-        keep = []
-        a = _args(plan, xcl, wi, None, wb.shape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, keep)
-        if _LIB.bvt_forward(ctypes.byref(a), out.data_ptr()):
-            raise MemoryError("native vote kernel: out of memory")
+        if packedvote.supports(xb, wb, stride, padding, dilation, pad_value) and packedvote.available():
+            out = packedvote.conv_votes(xb, wb, plan.hier, stride, padding, pad_value)  # the same votes, faster
+        else:
+            out = torch.empty((N, Co, Ho, Wo), dtype=torch.float32)
+            keep = []
+            a = _args(plan, xcl, wi, None, wb.shape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, keep)
+            if _LIB.bvt_forward(ctypes.byref(a), out.data_ptr()):
+                raise MemoryError("native vote kernel: out of memory")
         ctx.save_for_backward(xcl, wi)
         ctx.meta = (plan, tuple(wb.shape), stride, padding, dilation, Ho, Wo, surrogate, xb.dtype, wb.dtype, H, W,
                     pad_value)

@@ -31,7 +31,7 @@ from ..voter import CM, Hierarchy
 from ..voter.reduce import first_nonzero as _first_nonzero, first_true as _first_true, \
     flat_changes, flat_surrogate, reduce_votes, segment_starts as _starts, segment_sum as _segsum, vote_dtype
 from ..voter.spec import sigma_is_flat, sigma_without_flat
-from . import fastvote, rowvote
+from . import fastvote, packedvote, rowvote
 
 __all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary"]
 
@@ -321,6 +321,16 @@ def _use_native(voter: Hierarchy, xb: torch.Tensor, surrogate, cout: int) -> boo
     return fastvote.available()
 
 
+def _packed_votes(xb, wb, stride, padding, dilation, pad_value) -> bool:
+    """Whether this pass's votes need no graph and the packed conv kernels take them."""
+    if torch.is_grad_enabled() and (xb.requires_grad or wb.requires_grad):
+        return False
+    if not packedvote.enabled() or torch.compiler.is_compiling():
+        return False
+    return (packedvote.supports(xb, wb, _pair(stride), _pair(padding), _pair(dilation), pad_value)
+            and packedvote.available())
+
+
 def _out_layout(y: torch.Tensor, dim: int) -> torch.Tensor:
     """Votes come out as (N, Ho, Wo, Co) from tap blocks (dim 0) or (N, Co, Ho, Wo) (dim 1)."""
     return y.permute(0, 3, 1, 2) if dim == 0 else y
@@ -411,6 +421,12 @@ def _hier_votes(xb, wb, voter, stride, padding, dilation, groups, pad_value, sur
     """Votes of a hierarchy, per conv group: the packed-bit kernels where they pay, else leaf sums."""
     outs = []
     cin, cout = xb.shape[1] // groups, wb.shape[0] // groups
+    if _packed_votes(xb, wb, stride, padding, dilation, pad_value):
+        st, pd = _pair(stride), _pair(padding)
+        for g in range(groups):
+            outs.append(packedvote.conv_votes(xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter,
+                                              st, pd, pad_value))
+        return outs[0] if groups == 1 else torch.cat(outs, 1)
     rows = (rowvote.enabled() and rowvote.supports(voter, (cout, cin) + tuple(wb.shape[2:]))
             and not torch.compiler.is_compiling())  # its tables come from an autograd probe
     if rows or _use_native(voter, xb, surrogate, cout):

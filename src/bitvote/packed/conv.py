@@ -35,6 +35,10 @@ __all__ = ["PackedConv", "segments"]
 EPILOGUES = {"int": 0, "affine": 1, "select": 2, "bits": 3}
 
 
+#: set bits of every byte value
+_POPCOUNT8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+
+
 def _i64(m: int) -> int:
     return m - (1 << 64) if m >= 1 << 63 else m
 
@@ -159,17 +163,7 @@ class PackedConv(ConvEpilogue):
         self.stride, self.padding, self.pad_value, self.hier = int(stride), int(padding), float(pad_value), hier
         T, Wd = kh * kw, words(C)
         self.T, self.Wd = T, Wd
-        cob = (Co + 7) // 8
-        wt = wbits.bool().permute(0, 2, 3, 1).reshape(Co, T, C)
-        ww = pack_bools(wt)  # (Co, T, Wd)
-        if cob * 8 != Co:
-            ww = torch.cat([ww, torch.zeros(cob * 8 - Co, T, Wd, dtype=torch.int64)])
-        self.w = ww.view(cob, 8, T, Wd).permute(0, 2, 3, 1).contiguous()
-        # popcount of each tap's weight words per output channel (cob, T, 8): the mismatches a
-        # zero-padded tap adds when the kernel feeds it zero words (Harley-Seal tile)
-        wu = self.w.view(torch.uint8).view(cob, T, Wd, 8, 8)
-        pc8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
-        self.wpc = pc8[wu.long()].sum(dim=(2, 4)).to(torch.int32).contiguous()
+        self.load_weights(wbits)
         chmask = [((1 << min(64, C - 64 * j)) - 1) for j in range(Wd)]
         self.padpix = _arr([_i64(m) if self.pad_value > 0 else 0 for m in chmask], torch.int64)
         segs = segments(C, T, hier)
@@ -213,6 +207,26 @@ class PackedConv(ConvEpilogue):
         self.lev_tie = _arr(ties, torch.int32)
         self.root_p = root_p
         self.epilogue("int")
+
+    def load_weights(self, wbits: torch.Tensor) -> "PackedConv":
+        """Pack new bool weights of the same shape (a training step's); the rest of the layer,
+        its voter segments and levels, stays as built."""
+        Co, C, kh, kw, T, Wd = self.Co, self.C, self.kh, self.kw, self.T, self.Wd
+        if tuple(wbits.shape) != (Co, C, kh, kw):
+            raise BitvoteError(f"layer {self.name!r}: weights {tuple(wbits.shape)} for a layer built for "
+                               f"{(Co, C, kh, kw)}")
+        cob = (Co + 7) // 8
+        wt = wbits.bool().permute(0, 2, 3, 1).reshape(Co, T, C)
+        ww = pack_bools(wt)  # (Co, T, Wd)
+        if cob * 8 != Co:
+            ww = torch.cat([ww, torch.zeros(cob * 8 - Co, T, Wd, dtype=torch.int64)])
+        self.w = ww.view(cob, 8, T, Wd).permute(0, 2, 3, 1).contiguous()
+        # popcount of each tap's weight words per output channel (cob, T, 8): the mismatches a
+        # zero-padded tap adds when the kernel feeds it zero words (Harley-Seal tile)
+        wu = self.w.view(torch.uint8).view(cob, T, Wd, 8, 8)
+        self.wpc = _POPCOUNT8[wu.long()].sum(dim=(2, 4)).to(torch.int32).contiguous()
+        self._args = {}  # they point at the old words
+        return self
 
     def fuse_rprelu(self, shift_in, prelu, shift_out) -> "PackedConv":
         """Fuse a block's RPReLU into the float epilogue: ``prelu(y + shift_in, w) + shift_out``
