@@ -22,6 +22,15 @@ from test_fastvote import close_fp32
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def own_forward():
+    """The counts from this module's own GEMMs: on the CPU the packed kernels would give them
+    (test_packedvote_counts_match_the_gemms holds the two equal)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BITVOTE_PACKED_VOTE", "0")
+        yield
+
+
 def layer(C, Co, k, stride, padding, pad_value, tie, dilation=1, sigma="fanin", surrogate="approxsign", groups=1):
     return BinaryConv2d(C, Co, k, stride, padding, dilation, groups, voter=f"cm:P(M{k})", pad_value=pad_value,
                         tie=tie, sigma=sigma, surrogate=surrogate)
@@ -175,3 +184,22 @@ def test_tables_built_under_inference_mode(monkeypatch):
         again = conv(x)
     monkeypatch.setenv("BITVOTE_ROW_VOTE", "0")
     assert torch.equal(got, again) and torch.equal(got, conv(x))
+
+
+@pytest.mark.parametrize("H,stride,pad_value,tie", [(9, 1, 0.0, "first"), (16, 2, 1.0, 1), (12, 1, -1.0, -1)])
+def test_packedvote_counts_match_the_gemms(H, stride, pad_value, tie, monkeypatch):
+    """On the CPU the forward's counts come from the packed kernels; the backward is this
+    module's either way, so the step is the same numbers."""
+    torch.manual_seed(H)
+    conv = layer(6, 5, 3, stride, 1, pad_value, tie)
+    x = torch.randn(2, 6, H, H)
+    g = torch.randn(conv(x).shape)
+    want = run(conv, x, g, True, monkeypatch)
+    monkeypatch.setenv("BITVOTE_PACKED_VOTE", "1")
+    calls = []
+    real = rowvote._interior_forward
+    monkeypatch.setattr(rowvote, "_interior_forward", lambda *a: calls.append(1) or real(*a))
+    got = run(conv, x, g, True, monkeypatch)
+    assert not calls  # the GEMMs did not run
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
