@@ -263,3 +263,17 @@ def test_float_path_fused_chains_still_match_eager(monkeypatch, amp):
     tol = 2e-2 if amp else 1e-5
     assert torch.equal(y0, y1) and gw0.abs().sum() > 0
     assert torch.allclose(gx0, gx1, rtol=tol, atol=tol) and torch.allclose(gw0, gw1, rtol=tol, atol=tol)
+
+
+def test_direct_call_without_the_library_is_a_clear_error(monkeypatch):
+    """The forward's votes may come from the packed kernels; the backward needs this library,
+    so a direct call says so up front instead of failing inside the backward."""
+    from bitvote.binarize import get_surrogate
+    from bitvote.voter import resolve
+
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "0")
+    xb = torch.ones(1, 4, 3, 3)
+    wb = torch.ones(2, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="native vote kernels are unavailable"):
+        fastvote.conv_votes(xb, wb, resolve("tap,leaf=2", 36, 9), (1, 1), (1, 1), (1, 1), 0.0, 3, 3,
+                            get_surrogate("approxsign"), "fanin")

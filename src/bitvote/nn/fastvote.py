@@ -273,6 +273,8 @@ class _NativeVoteFn(torch.autograd.Function):
 
 def conv_votes(xb, wb, hier: Hierarchy, stride, padding, dilation, pad_value, Ho, Wo, surrogate, sigma):
     """Votes (N, Co, Ho, Wo) fp32 of one conv group through ``hier``; differentiable."""
+    if not available():  # the backward needs the library even where the forward's votes are packed
+        raise RuntimeError(f"the native vote kernels are unavailable ({_broken or 'BITVOTE_NATIVE_VOTE=0'})")
     C, T = xb.shape[1], wb.shape[2] * wb.shape[3]
     plan = _plan(hier, C, T, sigma)
     return _NativeVoteFn.apply(xb, wb, plan, stride, padding, dilation, pad_value, Ho, Wo, surrogate)
