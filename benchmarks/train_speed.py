@@ -19,6 +19,8 @@ and the step time relative to ``resnet18`` and to the popcount ReActNet-18 at th
 :mod:`bitvote.nn.rowvote`); ``kernels`` is the default without those GEMMs
 (``BITVOTE_ROW_VOTE=0``); ``flat`` adds the row trained with sigma ``fanin,flat`` (exact
 votes, one MV's backward).
+``--rounds R`` measures every row R times, round by round, and reports the medians, so a
+slow minute of the machine lands on every row once instead of on one row.
 Run it on a quiet machine: other processes on the cores distort every number.
 """
 
@@ -83,6 +85,9 @@ def main(argv=None):
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time, or this process's CPU time (with --threads 1, a loaded machine's "
                          "other processes then distort less)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every row this many times, the rows interleaved round by round (a fresh "
+                         "model each time), and report the median: drift of the machine then hits every row alike")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     a = ap.parse_args(argv)
     tie = None if a.tie is None else (a.tie if a.tie == "first" else int(a.tie))
@@ -101,33 +106,46 @@ def main(argv=None):
                 for fz in onoff[a.fuse]:
                     for p in (["-"] if v == "popcount" else paths):
                         plan.append((m, v, fz, p, act))
+    if a.rounds < 1 or a.steps < 1 or a.warmup < 0:
+        ap.error("--rounds and --steps must be at least 1, --warmup at least 0")
     if a.threads:
         torch.set_num_threads(a.threads)
     widths = [float(w) for w in a.widths.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {a.batch_size}, "
-          f"{a.steps} timed steps (median), cpu count {os.cpu_count()}")
+          f"{a.steps} timed steps (median){f' x {a.rounds} interleaved rounds (median)' if a.rounds > 1 else ''}, "
+          f"cpu count {os.cpu_count()}")
     print(f"tie: {a.tie or 'layer default'}, clock: {a.clock}")
     print("| model | voter | path | fused | act | width | step (ms) | images/s | x resnet18 | x popcount |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     yn = lambda b: "yes" if b else "no"  # noqa: E731
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
+
+    def one(name, voter, fz, path, act, w):
+        os.environ["BITVOTE_FUSE"] = "1" if fz else "0"
+        os.environ["BITVOTE_NATIVE_ACT"] = "1" if act else "0"
+        os.environ["BITVOTE_NATIVE_VOTE"] = "0" if path == "old" else "1"
+        os.environ["BITVOTE_ROW_VOTE"] = "0" if path in ("old", "kernels") else "1"
+        return measure(name, voter, w, a.batch_size, a.steps, a.warmup, tie=tie, clock=clock,
+                       sigma="fanin,flat" if path == "flat" else None)
+
     for w in widths:
         base, pops = None, {}
-        for name, voter, fz, path, act in plan:
-            os.environ["BITVOTE_FUSE"] = "1" if fz else "0"
-            os.environ["BITVOTE_NATIVE_ACT"] = "1" if act else "0"
-            os.environ["BITVOTE_NATIVE_VOTE"] = "0" if path == "old" else "1"
-            os.environ["BITVOTE_ROW_VOTE"] = "0" if path in ("old", "kernels") else "1"
-            s = measure(name, voter, w, a.batch_size, a.steps, a.warmup, tie=tie,
-                        clock=time.process_time if a.clock == "cpu" else time.perf_counter,
-                        sigma="fanin,flat" if path == "flat" else None)
+        rounds = [[] for _ in plan]
+        for r in range(a.rounds - 1):  # all rounds but the last; the last prints as it goes
+            for i, spec in enumerate(plan):
+                rounds[i].append(one(*spec, w))
+            print(f"width {w:g}: round {r + 1}/{a.rounds} done", file=sys.stderr, flush=True)
+        for i, (name, voter, fz, path, act) in enumerate(plan):
+            rounds[i].append(one(name, voter, fz, path, act, w))
+            s = statistics.median(rounds[i])
             base = base or s
             if name != "resnet18" and voter == "popcount":
                 pops.setdefault((name, act), s)
             pop = pops.get((name, act)) if name != "resnet18" else None
             row = {"model": name, "voter": voter, "path": path, "fused": fz, "act": act, "width": w,
                    "step_ms": 1e3 * s, "images_per_s": a.batch_size / s, "ratio": s / base,
-                   "ratio_popcount": None if pop is None else s / pop}
+                   "ratio_popcount": None if pop is None else s / pop, "rounds_ms": [1e3 * t for t in rounds[i]]}
             rows.append(row)
             rp = "-" if row["ratio_popcount"] is None else f"{row['ratio_popcount']:.2f}"
             print(f"| {name} | {voter} | {path} | {yn(fz)} | {yn(act)} | {w:g} | {row['step_ms']:.1f} | "

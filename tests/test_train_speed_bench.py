@@ -37,3 +37,22 @@ def test_train_speed_models_and_act_switch(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--models", "nonet"],
                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert bad.returncode == 2 and "--models" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_train_speed_rounds_report_the_median_of_interleaved_rounds(tmp_path):
+    out = tmp_path / "speed.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--widths", "0.0625",
+                        "--batch-size", "4", "--steps", "1", "--warmup", "0", "--threads", "1", "--voters",
+                        "popcount;tap,leaf=2", "--paths", "flat", "--rounds", "3", "--json", str(out)],
+                       capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [x["path"] for x in rows] == ["-", "-", "flat"]
+    for x in rows:
+        assert len(x["rounds_ms"]) == 3
+        assert abs(x["step_ms"] - sorted(x["rounds_ms"])[1]) < 1e-9
+    assert "round 2/3 done" in r.stderr and "3 interleaved rounds" in r.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--rounds", "0"],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert bad.returncode == 2 and "--rounds" in bad.stderr and "Traceback" not in bad.stderr
