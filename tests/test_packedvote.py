@@ -176,3 +176,27 @@ def test_a_failing_build_falls_back_once(monkeypatch, capsys):
     assert err.count("packed vote kernels unavailable (RuntimeError: the C compiler failed)") == 1
     assert "Traceback" not in err and not packedvote.enabled()
     assert torch.equal(y, binary_conv(x, layer.weight.detach(), 1, 1, 0.0, [[2] * 18, [2] * 9, [9]], ["first"] * 3))
+
+
+def test_reference_votes_run_the_reduction_alone(calls, monkeypatch):
+    """What verify and the kernel tests compare with: no kernel path inside, on this thread."""
+    from bitvote.nn import fastvote, functional as BF, rowvote
+
+    seen = []
+    for mod, name in ((fastvote, "conv_votes"), (rowvote, "conv_votes")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, **k: seen.append(1) or _real(*a, **k))
+    x, w = torch.randn(2, 6, 5, 5), torch.randn(4, 6, 3, 3)
+    for spec in ("tap,leaf=2", "cm:P(M3)", "tap"):
+        from bitvote.voter import resolve
+
+        hier = resolve(spec, 54, 9, "first")
+        with BF.reference_votes():
+            ref = BF.binary_conv2d(x, w, 1, 1, voter=hier)
+            with torch.enable_grad():
+                BF.binary_conv2d(x, w.requires_grad_(), 1, 1, voter=hier)
+            w.requires_grad_(False)
+        assert not calls and not seen, spec
+        assert torch.equal(BF.binary_conv2d(x, w, 1, 1, voter=hier), ref)  # outside: the packed kernels
+        assert len(calls) == 1
+        del calls[:]

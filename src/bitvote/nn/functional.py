@@ -18,7 +18,9 @@ an all-ones input, so padding has a single implementation too.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from functools import reduce as _fold
 from typing import Optional, Tuple
 
@@ -33,7 +35,22 @@ from ..voter.reduce import first_nonzero as _first_nonzero, first_true as _first
 from ..voter.spec import sigma_is_flat, sigma_without_flat
 from . import fastvote, packedvote, rowvote
 
-__all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary"]
+__all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary", "reference_votes"]
+
+_reference = threading.local()
+
+
+@contextlib.contextmanager
+def reference_votes():
+    """Inside, every hierarchy's votes come from :func:`conv_leaf_sums` and
+    :func:`bitvote.voter.reduce_votes` alone, none of the kernel paths: what ``bitvote verify``
+    and the kernel tests compare those kernels with (this thread only)."""
+    old = getattr(_reference, "on", False)
+    _reference.on = True
+    try:
+        yield
+    finally:
+        _reference.on = old
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -421,15 +438,16 @@ def _hier_votes(xb, wb, voter, stride, padding, dilation, groups, pad_value, sur
     """Votes of a hierarchy, per conv group: the packed-bit kernels where they pay, else leaf sums."""
     outs = []
     cin, cout = xb.shape[1] // groups, wb.shape[0] // groups
-    if _packed_votes(xb, wb, stride, padding, dilation, pad_value):
+    kernels = not getattr(_reference, "on", False)
+    if kernels and _packed_votes(xb, wb, stride, padding, dilation, pad_value):
         st, pd = _pair(stride), _pair(padding)
         for g in range(groups):
             outs.append(packedvote.conv_votes(xb[:, g * cin : (g + 1) * cin], wb[g * cout : (g + 1) * cout], voter,
                                               st, pd, pad_value))
         return outs[0] if groups == 1 else torch.cat(outs, 1)
-    rows = (rowvote.enabled() and rowvote.supports(voter, (cout, cin) + tuple(wb.shape[2:]))
+    rows = (kernels and rowvote.enabled() and rowvote.supports(voter, (cout, cin) + tuple(wb.shape[2:]))
             and not torch.compiler.is_compiling())  # its tables come from an autograd probe
-    if rows or _use_native(voter, xb, surrogate, cout):
+    if rows or (kernels and _use_native(voter, xb, surrogate, cout)):
         st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
         Ho = _out_size(xb.shape[2] + 2 * pd[0], wb.shape[2], st[0], dl[0])
         Wo = _out_size(xb.shape[3] + 2 * pd[1], wb.shape[3], st[1], dl[1])
