@@ -124,15 +124,8 @@ class GpuPackedConv(ConvEpilogue):
         from ..packed.pack import pack_bools
 
         dev = concrete_device(device if device is not None else require())
-        if wbits.dim() != 4:
-            raise BitvoteError(f"layer {name!r}: expected (Co, C, kh, kw) weights, got {tuple(wbits.shape)}")
+        self._layer(wbits, stride, padding, pad_value, hier, name)
         Co, C, kh, kw = wbits.shape
-        if hier is not None and hier.n != C * kh * kw:
-            raise BitvoteError(f"layer {name!r}: voter {hier.describe()} has n = {hier.n}, the layer {C * kh * kw}")
-        if float(pad_value) not in (0.0, 1.0, -1.0):
-            raise BitvoteError(f"layer {name!r}: pad_value must be 0, +1 or -1, got {pad_value}")
-        self.name, self.Co, self.C, self.kh, self.kw = name, Co, C, kh, kw
-        self.stride, self.padding, self.pad_value, self.hier = int(stride), int(padding), float(pad_value), hier
         self.device = dev
         T, Wd = kh * kw, words32(C)
         self.T, self.Wd = T, Wd
@@ -236,7 +229,6 @@ class GpuPackedConv(ConvEpilogue):
         if Ho < 1 or Wo < 1:
             raise BitvoteError(f"layer {self.name!r}: input {H}x{W} is too small for the kernel")
         dev = self.device
-        npix = N * Ho * Wo
         if self.leafout:
             return self._leafout(K, xw, N, H, W, Ho, Wo, mode)
         if mode == "bits":

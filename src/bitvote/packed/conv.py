@@ -106,8 +106,20 @@ def _arr(values, dtype):
 class ConvEpilogue:
     """What the CPU and GPU packed convs share: output size and the fused epilogue's parameters.
 
-    Subclasses set ``name``, ``Co``, ``kh``, ``kw``, ``stride``, ``padding`` and ``hier``.
+    Subclasses call :meth:`_layer` first: it checks the weights, voter and padding and sets
+    ``name``, ``Co``, ``C``, ``kh``, ``kw``, ``stride``, ``padding``, ``pad_value`` and ``hier``.
     """
+
+    def _layer(self, wbits: torch.Tensor, stride, padding, pad_value, hier: Optional[Hierarchy], name: str):
+        if wbits.dim() != 4:
+            raise BitvoteError(f"layer {name!r}: expected (Co, C, kh, kw) weights, got {tuple(wbits.shape)}")
+        Co, C, kh, kw = wbits.shape
+        if hier is not None and hier.n != C * kh * kw:
+            raise BitvoteError(f"layer {name!r}: voter {hier.describe()} has n = {hier.n}, the layer {C * kh * kw}")
+        if float(pad_value) not in (0.0, 1.0, -1.0):
+            raise BitvoteError(f"layer {name!r}: pad_value must be 0, +1 or -1, got {pad_value}")
+        self.name, self.Co, self.C, self.kh, self.kw = name, Co, C, kh, kw
+        self.stride, self.padding, self.pad_value, self.hier = int(stride), int(padding), float(pad_value), hier
 
     @property
     def is_vote(self) -> bool:
@@ -152,15 +164,8 @@ class PackedConv(ConvEpilogue):
 
     def __init__(self, wbits: torch.Tensor, stride: int = 1, padding: int = 0, pad_value: float = 0.0,
                  hier: Optional[Hierarchy] = None, name: str = "layer"):
-        if wbits.dim() != 4:
-            raise BitvoteError(f"layer {name!r}: expected (Co, C, kh, kw) weights, got {tuple(wbits.shape)}")
+        self._layer(wbits, stride, padding, pad_value, hier, name)
         Co, C, kh, kw = wbits.shape
-        if hier is not None and hier.n != C * kh * kw:
-            raise BitvoteError(f"layer {name!r}: voter {hier.describe()} has n = {hier.n}, the layer {C * kh * kw}")
-        if float(pad_value) not in (0.0, 1.0, -1.0):
-            raise BitvoteError(f"layer {name!r}: pad_value must be 0, +1 or -1, got {pad_value}")
-        self.name, self.Co, self.C, self.kh, self.kw = name, Co, C, kh, kw
-        self.stride, self.padding, self.pad_value, self.hier = int(stride), int(padding), float(pad_value), hier
         T, Wd = kh * kw, words(C)
         self.T, self.Wd = T, Wd
         self.load_weights(wbits)
