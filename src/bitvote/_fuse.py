@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from typing import Callable, Optional
 
 import torch
+
+from . import native
 
 __all__ = ["fused", "MIN_NUMEL", "enabled"]
 
@@ -33,8 +34,7 @@ def enabled() -> bool:
 
 def _disable(err: BaseException) -> None:
     global _broken
-    _broken = f"{type(err).__name__}: {err}".splitlines()[0][:200]
-    print(f"bitvote: fused CPU vote kernels unavailable ({_broken}); using eager ops (slower)", file=sys.stderr)
+    _broken = native.unavailable("fused CPU vote kernels", err, "eager ops")
 
 
 def fused(pure: Callable, eager: Optional[Callable] = None, flatten: bool = True) -> Callable:

@@ -14,13 +14,22 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence, Tuple
 
 from .errors import BitvoteError
 
-__all__ = ["compiler", "build", "arch_flags"]
+__all__ = ["compiler", "build", "arch_flags", "unavailable"]
+
+
+def unavailable(what: str, err: BaseException, instead: str) -> str:
+    """Say once, in one line on stderr, that a fast path is off for this process and what runs
+    instead; returns the reason (the error's first line) for the caller to keep."""
+    why = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+    print(f"bitvote: {what} unavailable ({why}); using {instead} (slower)", file=sys.stderr)
+    return why
 
 
 def arch_flags():

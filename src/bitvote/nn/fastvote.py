@@ -22,7 +22,6 @@ import ctypes
 import functools
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -102,12 +101,6 @@ def enabled() -> bool:
     return _broken is None and wanted()
 
 
-def _disable(why: str) -> None:
-    global _broken
-    _broken = why.splitlines()[0][:200] if why else "unknown error"
-    print(f"bitvote: native vote kernels unavailable ({_broken}); using the float path (slower)", file=sys.stderr)
-
-
 def _build() -> ctypes.CDLL:
     arch = native.arch_flags()
     so, _ = native.build([_HERE / "vote.c"], [_FLAGS + ["-fopenmp"] + arch, _FLAGS + ["-fopenmp-simd"] + arch, _FLAGS],
@@ -124,14 +117,14 @@ def _build() -> ctypes.CDLL:
 
 def available() -> bool:
     """Enabled and compiled (compiling at the first call)."""
-    global _LIB
+    global _LIB, _broken
     if not enabled():
         return False
     if _LIB is None:
         try:
             _LIB = _build()
         except Exception as e:  # noqa: BLE001 - no compiler, a failing one, a bad .so: fall back
-            _disable(f"{type(e).__name__}: {e}")
+            _broken = native.unavailable("native vote kernels", e, "the float path")
             return False
     return True
 

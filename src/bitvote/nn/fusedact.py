@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -58,9 +57,7 @@ def _available() -> bool:
         try:
             _LIB = _build()
         except Exception as e:  # noqa: BLE001 - no compiler, a failing one, a bad .so: eager ops
-            _broken = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-            print(f"bitvote: fused activation kernels unavailable ({_broken}); using eager ops (slower)",
-                  file=sys.stderr)
+            _broken = native.unavailable("fused activation kernels", e, "eager ops")
             return False
     return True
 

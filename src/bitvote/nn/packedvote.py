@@ -16,12 +16,12 @@ does not build turns it off for good with one line on stderr.
 from __future__ import annotations
 
 import os
-import sys
 from collections import OrderedDict
 from typing import Optional, Tuple
 
 import torch
 
+from .. import native
 from ..packed import PackedConv, pack
 from ..packed.build import lib
 from ..voter import Hierarchy
@@ -48,9 +48,7 @@ def available() -> bool:
     try:
         lib()
     except Exception as e:  # noqa: BLE001 - no compiler, a failing one, a bad .so: the other paths
-        _broken = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-        print(f"bitvote: packed vote kernels unavailable ({_broken}); using the other vote paths (slower)",
-              file=sys.stderr)
+        _broken = native.unavailable("packed vote kernels", e, "the other vote paths")
         return False
     return True
 
