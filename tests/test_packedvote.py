@@ -200,3 +200,29 @@ def test_reference_votes_run_the_reduction_alone(calls, monkeypatch):
         assert torch.equal(BF.binary_conv2d(x, w, 1, 1, voter=hier), ref)  # outside: the packed kernels
         assert len(calls) == 1
         del calls[:]
+
+
+def test_threads_voting_at_once_keep_their_own_weights():
+    """Two layers of one shape, each in its own thread, many calls interleaved: a cached layer
+    is per thread, so no call ever runs on the other layer's weights."""
+    import threading
+
+    torch.manual_seed(2)
+    layers = [BinaryConv2d(8, 6, 3, 1, 1, voter="tap,leaf=2", tie=1) for _ in range(2)]
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        want = [binary_conv(x, m.weight, 1, 1, 0.0, [[2] * 36, [4] * 9, [9]], [1, 1, 1]) for m in layers]
+    bad = []
+
+    def work(i):
+        for _ in range(30):
+            with torch.no_grad():
+                if not torch.equal(layers[i](x), want[i]):
+                    bad.append(i)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not bad

@@ -9,13 +9,14 @@ tests and ``bitvote verify`` hold the kernels to it). Measured 2-12x faster than
 term-by-term vote kernels of :mod:`.fastvote` and about as fast as the float conv itself.
 
 Each call packs the input and the current weights; a layer's voter segments are built once
-per shape and reused. ``BITVOTE_PACKED_VOTE=0`` turns the path off; a kernel library that
+per shape and thread and reused. ``BITVOTE_PACKED_VOTE=0`` turns the path off; a kernel library that
 does not build turns it off for good with one line on stderr.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from typing import Optional, Tuple
 
@@ -31,7 +32,7 @@ __all__ = ["enabled", "available", "supports", "conv_votes"]
 #: layers whose packed form is kept (weights are repacked at every call)
 _KEEP = 256
 
-_convs: "OrderedDict[tuple, PackedConv]" = OrderedDict()
+_cache = threading.local()  # per thread: a cached layer holds the weights of its last call
 _broken: Optional[str] = None
 
 
@@ -61,15 +62,18 @@ def supports(x: torch.Tensor, w: torch.Tensor, stride: Tuple[int, int], padding:
 
 
 def _layer(hier: Hierarchy, wb: torch.Tensor, stride: int, padding: int, pad_value: float) -> PackedConv:
+    convs = getattr(_cache, "convs", None)
+    if convs is None:
+        convs = _cache.convs = OrderedDict()
     key = (hier, tuple(wb.shape), stride, padding, float(pad_value))
-    conv = _convs.get(key)
+    conv = convs.get(key)
     if conv is None:
         conv = PackedConv(wb >= 0, stride, padding, pad_value, hier)
-        _convs[key] = conv
-        if len(_convs) > _KEEP:
-            _convs.popitem(last=False)
+        convs[key] = conv
+        if len(convs) > _KEEP:
+            convs.popitem(last=False)
     else:
-        _convs.move_to_end(key)
+        convs.move_to_end(key)
         conv.load_weights(wb >= 0)
     return conv
 
