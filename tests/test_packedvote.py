@@ -208,10 +208,11 @@ def test_threads_voting_at_once_keep_their_own_weights():
     import threading
 
     torch.manual_seed(2)
-    layers = [BinaryConv2d(8, 6, 3, 1, 1, voter="tap,leaf=2", tie=1) for _ in range(2)]
+    layers = [BinaryConv2d(8, 6, 3, 1, 1, voter="tap", tie=1) for _ in range(2)]
     x = torch.randn(2, 8, 6, 6)
     with torch.no_grad():
-        want = [binary_conv(x, m.weight, 1, 1, 0.0, [[2] * 36, [4] * 9, [9]], [1, 1, 1]) for m in layers]
+        want = [binary_conv(x, m.weight, 1, 1, 0.0, [[8] * 9, [9]], [1, 1]) for m in layers]
+    assert (want[0] != want[1]).sum() > 10  # a mix-up would show
     bad = []
 
     def work(i):
@@ -220,9 +221,16 @@ def test_threads_voting_at_once_keep_their_own_weights():
                 if not torch.equal(layers[i](x), want[i]):
                     bad.append(i)
 
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    import sys
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads inside every call
+    try:
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
     assert not bad
