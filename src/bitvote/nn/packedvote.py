@@ -69,6 +69,13 @@ def _layer(hier: Hierarchy, wb: torch.Tensor, stride: int, padding: int, pad_val
     conv = convs.get(key)
     if conv is None:
         conv = PackedConv(wb >= 0, stride, padding, pad_value, hier)
+        Co = wb.shape[0]
+        # float results straight from the kernel's vector epilogue: the votes +1 / -1, or a P
+        # root's counts (exact integers in fp32)
+        if hier.root == "P":
+            conv.epilogue("affine", torch.ones(Co), torch.zeros(Co))
+        else:
+            conv.epilogue("select", torch.ones(Co), -torch.ones(Co))
         convs[key] = conv
         if len(convs) > _KEEP:
             convs.popitem(last=False)
@@ -80,11 +87,12 @@ def _layer(hier: Hierarchy, wb: torch.Tensor, stride: int, padding: int, pad_val
 
 def conv_votes(xb: torch.Tensor, wb: torch.Tensor, hier: Hierarchy, stride: Tuple[int, int],
                padding: Tuple[int, int], pad_value: float) -> torch.Tensor:
-    """Votes (or a ``P`` root's counts) ``(N, Co, Ho, Wo)`` fp32 of one conv group, no graph.
+    """Votes (or a ``P`` root's counts) ``(N, Co, Ho, Wo)`` fp32 of one conv group, no graph,
+    in channels-last memory (what the kernel writes).
 
     ``xb`` and ``wb`` are the binarized input and weights (a value >= 0 is +1, as everywhere).
     """
     with torch.no_grad():
         conv = _layer(hier, wb.detach(), int(stride[0]), int(padding[0]), pad_value)
         threads = torch.get_num_threads()
-        return conv(pack(xb.detach(), threads=threads), threads=threads, raw=True).float()
+        return conv(pack(xb.detach(), threads=threads), threads=threads)
