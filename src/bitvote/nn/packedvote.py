@@ -87,12 +87,14 @@ def _layer(hier: Hierarchy, wb: torch.Tensor, stride: int, padding: int, pad_val
 
 def conv_votes(xb: torch.Tensor, wb: torch.Tensor, hier: Hierarchy, stride: Tuple[int, int],
                padding: Tuple[int, int], pad_value: float) -> torch.Tensor:
-    """Votes (or a ``P`` root's counts) ``(N, Co, Ho, Wo)`` fp32 of one conv group, no graph,
-    in channels-last memory (what the kernel writes).
+    """Votes (or a ``P`` root's counts) ``(N, Co, Ho, Wo)`` fp32 of one conv group, no graph.
 
     ``xb`` and ``wb`` are the binarized input and weights (a value >= 0 is +1, as everywhere).
+    The kernel writes channels-last floats; they are copied to the contiguous layout the rest
+    of the step runs on (measured: channels-last votes slowed the step's element-wise ops and
+    batch norm by more than the copy costs).
     """
     with torch.no_grad():
         conv = _layer(hier, wb.detach(), int(stride[0]), int(padding[0]), pad_value)
         threads = torch.get_num_threads()
-        return conv(pack(xb.detach(), threads=threads), threads=threads)
+        return conv(pack(xb.detach(), threads=threads), threads=threads).contiguous()
