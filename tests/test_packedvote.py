@@ -149,6 +149,10 @@ def test_shapes_the_kernels_do_not_take_use_the_other_paths(calls):
     with torch.no_grad():
         dil(x)
     assert not calls
+    tiny = BinaryConv2d(4, 3, 3, 1, 0, voter="tap,leaf=2", tie="first")
+    with torch.no_grad():  # smaller than the kernel: the output is empty, as on the other paths
+        assert tiny(torch.randn(1, 4, 2, 2)).shape == (1, 3, 0, 0)
+    assert not calls
 
 
 def test_bf16_autocast_keeps_votes_exact(calls):

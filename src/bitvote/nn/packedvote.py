@@ -56,9 +56,12 @@ def available() -> bool:
 
 def supports(x: torch.Tensor, w: torch.Tensor, stride: Tuple[int, int], padding: Tuple[int, int],
              dilation: Tuple[int, int], pad_value: float) -> bool:
-    """The shapes the kernels take: CPU tensors, square stride and padding, no dilation."""
-    return (x.device.type == "cpu" and w.device.type == "cpu" and stride[0] == stride[1]
-            and padding[0] == padding[1] and dilation == (1, 1) and float(pad_value) in (0.0, 1.0, -1.0))
+    """The shapes the kernels take: CPU tensors, square stride and padding, no dilation, an
+    output of at least one pixel (an empty one is the other paths' to shape)."""
+    if not (x.device.type == "cpu" and w.device.type == "cpu" and stride[0] == stride[1]
+            and padding[0] == padding[1] and tuple(dilation) == (1, 1) and float(pad_value) in (0.0, 1.0, -1.0)):
+        return False
+    return all(x.shape[2 + i] + 2 * padding[i] >= w.shape[2 + i] for i in range(2))
 
 
 def _layer(hier: Hierarchy, wb: torch.Tensor, stride: int, padding: int, pad_value: float) -> PackedConv:
