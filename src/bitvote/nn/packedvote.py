@@ -6,11 +6,12 @@ votes are only integers of bits, so the packed conv kernels (:mod:`bitvote.packe
 inference engine's) compute them: XOR-popcount over 64 terms per instruction, every voter
 tree, tie rule and padding mode, bit-identical to :func:`bitvote.voter.reduce_votes` (the
 tests and ``bitvote verify`` hold the kernels to it). Measured 2-12x faster than the
-term-by-term vote kernels of :mod:`.fastvote` and about as fast as the float conv itself.
+term-by-term vote kernels of :mod:`.fastvote` at 32 channels and more (about even at 8-16,
+where a word carries few bits), and at 64 channels about as fast as the float conv itself.
 
 Each call packs the input and the current weights; a layer's voter segments are built once
-per shape and thread and reused. ``BITVOTE_PACKED_VOTE=0`` turns the path off; a kernel library that
-does not build turns it off for good with one line on stderr.
+per shape and thread and reused. ``BITVOTE_PACKED_VOTE=0`` turns the path off; a kernel
+library that does not build turns it off for good with one line on stderr.
 """
 
 from __future__ import annotations
