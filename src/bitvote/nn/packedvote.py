@@ -5,9 +5,9 @@ one MV's backward at the popcount; evaluation and BN recalibration need no graph
 votes are only integers of bits, so the packed conv kernels (:mod:`bitvote.packed`, the
 inference engine's) compute them: XOR-popcount over 64 terms per instruction, every voter
 tree, tie rule and padding mode, bit-identical to :func:`bitvote.voter.reduce_votes` (the
-tests and ``bitvote verify`` hold the kernels to it). Measured 2-12x faster than the
-term-by-term vote kernels of :mod:`.fastvote` at 32 channels and more (about even at 8-16,
-where a word carries few bits), and at 64 channels about as fast as the float conv itself.
+tests and ``bitvote verify`` hold the kernels to it). Measured 1.4-12x faster than the
+term-by-term vote kernels of :mod:`.fastvote` at 32 channels and more (0.9-2x at 8-16, where
+a word carries few bits), and at 64 channels about as fast as the float conv itself.
 
 Each call packs the input and the current weights; a layer's voter segments are built once
 per shape and thread and reused. ``BITVOTE_PACKED_VOTE=0`` turns the path off; a kernel
