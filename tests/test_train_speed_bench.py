@@ -9,12 +9,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def bench(*args, timeout=120):
+    """The benchmark as a user runs it, on this checkout's sources."""
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
 def test_train_speed_runs(tmp_path):
     out = tmp_path / "speed.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--widths", "0.0625",
-                        "--batch-size", "4", "--steps", "1", "--warmup", "0", "--threads", "1", "--json", str(out)],
-                       capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    r = bench("--widths", "0.0625", "--batch-size", "4", "--steps", "1", "--warmup", "0", "--threads", "1",
+              "--json", out)
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [(x["model"], x["voter"]) for x in rows] == [("resnet18", "popcount"), ("reactnet18", "popcount"),
@@ -24,28 +29,21 @@ def test_train_speed_runs(tmp_path):
 
 def test_train_speed_models_and_act_switch(tmp_path):
     out = tmp_path / "speed.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--widths", "0.0625",
-                        "--batch-size", "4", "--steps", "1", "--warmup", "0", "--threads", "1", "--voters",
-                        "popcount", "--models", "reactnet18,birealnet18", "--act", "both", "--json", str(out)],
-                       capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    r = bench("--widths", "0.0625", "--batch-size", "4", "--steps", "1", "--warmup", "0", "--threads", "1",
+              "--voters", "popcount", "--models", "reactnet18,birealnet18", "--act", "both", "--json", out)
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [(x["model"], x["act"]) for x in rows][1:] == [("reactnet18", False), ("reactnet18", True),
                                                           ("birealnet18", False), ("birealnet18", True)]
     assert all(x["ratio_popcount"] == 1.0 for x in rows[1:])  # each against its own model and switch
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--models", "nonet"],
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    bad = bench("--models", "nonet", timeout=60)
     assert bad.returncode == 2 and "--models" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_train_speed_rounds_report_the_median_of_interleaved_rounds(tmp_path):
     out = tmp_path / "speed.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--widths", "0.0625",
-                        "--batch-size", "4", "--steps", "1", "--warmup", "0", "--threads", "1", "--voters",
-                        "popcount;tap,leaf=2", "--paths", "flat", "--rounds", "3", "--json", str(out)],
-                       capture_output=True, text=True, timeout=180,
-                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    r = bench("--widths", "0.0625", "--batch-size", "4", "--steps", "1", "--warmup", "0", "--threads", "1",
+              "--voters", "popcount;tap,leaf=2", "--paths", "flat", "--rounds", "3", "--json", out, timeout=180)
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [x["path"] for x in rows] == ["-", "-", "flat"]
@@ -53,6 +51,5 @@ def test_train_speed_rounds_report_the_median_of_interleaved_rounds(tmp_path):
         assert len(x["rounds_ms"]) == 3
         assert abs(x["step_ms"] - sorted(x["rounds_ms"])[1]) < 1e-9
     assert "round 2/3 done" in r.stderr and "3 interleaved rounds" in r.stdout
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--rounds", "0"],
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    bad = bench("--rounds", "0", timeout=60)
     assert bad.returncode == 2 and "--rounds" in bad.stderr and "Traceback" not in bad.stderr

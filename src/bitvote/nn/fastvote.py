@@ -226,7 +226,7 @@ class _NativeVoteFn(torch.autograd.Function):
         wt = wt.reshape(Co, -1).t() if plan.order else wt.permute(2, 1, 0).reshape(-1, Co)
         wi = torch.ones((wt.shape[0], -(-Co // 16) * 16), dtype=torch.int16)  # pad channels: +1, unused
         wi[:, :Co] = torch.where(wt >= 0, 1, -1)
-        if packedvote.supports(xb, wb, stride, padding, dilation, pad_value) and packedvote.available():
+        if packedvote.takes(xb, wb, stride, padding, dilation, pad_value):
             out = packedvote.conv_votes(xb, wb, plan.hier, stride, padding, pad_value)  # the same votes, faster
         else:
             out = torch.empty((N, Co, Ho, Wo), dtype=torch.float32)

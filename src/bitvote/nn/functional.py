@@ -342,10 +342,7 @@ def _packed_votes(xb, wb, stride, padding, dilation, pad_value) -> bool:
     """Whether this pass's votes need no graph and the packed conv kernels take them."""
     if torch.is_grad_enabled() and (xb.requires_grad or wb.requires_grad):
         return False
-    if not packedvote.enabled() or torch.compiler.is_compiling():
-        return False
-    return (packedvote.supports(xb, wb, _pair(stride), _pair(padding), _pair(dilation), pad_value)
-            and packedvote.available())
+    return packedvote.takes(xb, wb, _pair(stride), _pair(padding), _pair(dilation), pad_value)
 
 
 def _out_layout(y: torch.Tensor, dim: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ from ..packed import PackedConv, pack
 from ..packed.build import lib
 from ..voter import Hierarchy
 
-__all__ = ["enabled", "available", "supports", "conv_votes"]
+__all__ = ["enabled", "available", "supports", "takes", "conv_votes"]
 
 #: layers whose packed form is kept (weights are repacked at every call)
 _KEEP = 256
@@ -63,6 +63,14 @@ def supports(x: torch.Tensor, w: torch.Tensor, stride: Tuple[int, int], padding:
             and padding[0] == padding[1] and tuple(dilation) == (1, 1) and float(pad_value) in (0.0, 1.0, -1.0)):
         return False
     return all(x.shape[2 + i] + 2 * padding[i] >= w.shape[2 + i] for i in range(2))
+
+
+def takes(x: torch.Tensor, w: torch.Tensor, stride: Tuple[int, int], padding: Tuple[int, int],
+          dilation: Tuple[int, int], pad_value: float) -> bool:
+    """Whether :func:`conv_votes` takes this call: a shape it runs, the path on and its library
+    built, and not inside ``torch.compile`` (which traces the other paths)."""
+    return (not torch.compiler.is_compiling() and supports(x, w, stride, padding, dilation, pad_value)
+            and available())
 
 
 def _layer(hier: Hierarchy, wb: torch.Tensor, stride: int, padding: int, pad_value: float) -> PackedConv:

@@ -234,7 +234,7 @@ class _RowVoteFn(torch.autograd.Function):
         inner = _interior(blocks, tables, kh, kw, Ho * Wo)
         ctx.save_for_backward(xb, wb)
         ctx.geometry, ctx.tables, ctx.blocks, ctx.inner = geometry, tables, blocks, inner
-        if packedvote.supports(xb, wb, stride, padding, dilation, pad_value) and packedvote.available():
+        if packedvote.takes(xb, wb, stride, padding, dilation, pad_value):
             return packedvote.conv_votes(xb, wb, voter, stride, padding, pad_value)  # the same counts, faster
         xp = _padded(xb, padding, pad_value)
         wt = wb.permute(2, 3, 1, 0)  # (kh, kw, C, O): products are (C, O) blocks
