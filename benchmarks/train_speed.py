@@ -19,6 +19,8 @@ and the step time relative to ``resnet18`` and to the popcount ReActNet-18 at th
 :mod:`bitvote.nn.rowvote`); ``kernels`` is the default without those GEMMs
 (``BITVOTE_ROW_VOTE=0``); ``flat`` adds the row trained with sigma ``fanin,flat`` (exact
 votes, one MV's backward).
+``--packed both`` times every binary row with and without the packed-bit kernels in training
+(``BITVOTE_PACKED_VOTE``: the popcount forward from 32 channels on and the forward-only votes).
 ``--rounds R`` measures every row R times, round by round, and reports the medians, so a
 slow minute of the machine lands on every row once instead of on one row.
 Run it on a quiet machine: other processes on the cores distort every number.
@@ -82,6 +84,9 @@ def main(argv=None):
                     help="vote paths of the voter rows, comma-separated: new (the default: packed-bit kernels, "
                          "kernel-row GEMMs), kernels (packed-bit kernels only, BITVOTE_ROW_VOTE=0), old (float "
                          "leaf sums, BITVOTE_NATIVE_VOTE=0), flat (sigma fanin,flat); old,new = each voter row twice")
+    ap.add_argument("--packed", choices=("on", "off", "both"), default="on",
+                    help="packed-bit popcount forward and forward-only votes (BITVOTE_PACKED_VOTE); "
+                         "both = each binary row twice")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time, or this process's CPU time (with --threads 1, a loaded machine's "
                          "other processes then distort less)")
@@ -98,14 +103,15 @@ def main(argv=None):
     if not binaries or any(m not in models.names() or m == "resnet18" for m in binaries):
         ap.error(f"--models: expected binary models of {', '.join(models.names())}, got {a.models!r}")
     onoff = {"on": (True,), "off": (False,), "both": (False, True)}
-    plan = [("resnet18", "popcount", True, "-", True)]
+    plan = [("resnet18", "popcount", True, "-", True, True)]
     for m in binaries:
         for act in onoff[a.act]:
-            for v in a.voters.split(";"):
-                v = v.strip()
-                for fz in onoff[a.fuse]:
-                    for p in (["-"] if v == "popcount" else paths):
-                        plan.append((m, v, fz, p, act))
+            for pk in onoff[a.packed]:
+                for v in a.voters.split(";"):
+                    v = v.strip()
+                    for fz in onoff[a.fuse]:
+                        for p in (["-"] if v == "popcount" else paths):
+                            plan.append((m, v, fz, p, act, pk))
     if a.rounds < 1 or a.steps < 1 or a.warmup < 0:
         ap.error("--rounds and --steps must be at least 1, --warmup at least 0")
     if a.threads:
@@ -115,14 +121,15 @@ def main(argv=None):
           f"{a.steps} timed steps (median){f' x {a.rounds} interleaved rounds (median)' if a.rounds > 1 else ''}, "
           f"cpu count {os.cpu_count()}")
     print(f"tie: {a.tie or 'layer default'}, clock: {a.clock}")
-    print("| model | voter | path | fused | act | width | step (ms) | images/s | x resnet18 | x popcount |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | voter | path | fused | act | packed | width | step (ms) | images/s | x resnet18 | x popcount |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     yn = lambda b: "yes" if b else "no"  # noqa: E731
     clock = time.process_time if a.clock == "cpu" else time.perf_counter
 
-    def one(name, voter, fz, path, act, w):
+    def one(name, voter, fz, path, act, pk, w):
         os.environ["BITVOTE_FUSE"] = "1" if fz else "0"
+        os.environ["BITVOTE_PACKED_VOTE"] = "1" if pk else "0"
         os.environ["BITVOTE_NATIVE_ACT"] = "1" if act else "0"
         os.environ["BITVOTE_NATIVE_VOTE"] = "0" if path == "old" else "1"
         os.environ["BITVOTE_ROW_VOTE"] = "0" if path in ("old", "kernels") else "1"
@@ -136,19 +143,19 @@ def main(argv=None):
             for i, spec in enumerate(plan):
                 rounds[i].append(one(*spec, w))
             print(f"width {w:g}: round {r + 1}/{a.rounds} done", file=sys.stderr, flush=True)
-        for i, (name, voter, fz, path, act) in enumerate(plan):
-            rounds[i].append(one(name, voter, fz, path, act, w))
+        for i, (name, voter, fz, path, act, pk) in enumerate(plan):
+            rounds[i].append(one(name, voter, fz, path, act, pk, w))
             s = statistics.median(rounds[i])
             base = base or s
             if name != "resnet18" and voter == "popcount":
-                pops.setdefault((name, act), s)
-            pop = pops.get((name, act)) if name != "resnet18" else None
-            row = {"model": name, "voter": voter, "path": path, "fused": fz, "act": act, "width": w,
+                pops.setdefault((name, act, pk), s)
+            pop = pops.get((name, act, pk)) if name != "resnet18" else None
+            row = {"model": name, "voter": voter, "path": path, "fused": fz, "act": act, "packed": pk, "width": w,
                    "step_ms": 1e3 * s, "images_per_s": a.batch_size / s, "ratio": s / base,
                    "ratio_popcount": None if pop is None else s / pop, "rounds_ms": [1e3 * t for t in rounds[i]]}
             rows.append(row)
             rp = "-" if row["ratio_popcount"] is None else f"{row['ratio_popcount']:.2f}"
-            print(f"| {name} | {voter} | {path} | {yn(fz)} | {yn(act)} | {w:g} | {row['step_ms']:.1f} | "
+            print(f"| {name} | {voter} | {path} | {yn(fz)} | {yn(act)} | {yn(pk)} | {w:g} | {row['step_ms']:.1f} | "
                   f"{row['images_per_s']:.0f} | {row['ratio']:.2f} | {rp} |")
             sys.stdout.flush()
     if a.json:

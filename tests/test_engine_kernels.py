@@ -173,6 +173,31 @@ def test_packers_match_the_sign_rule(C, W, H, layout, shift, nan, seed):
                 assert torch.equal(got, want), (isa, th, layout)
 
 
+@settings(max_examples=40, deadline=None)
+@given(C=st.sampled_from([1, 7, 8, 9, 31, 32, 33, 63, 64, 65, 130]), W=st.integers(1, 40),
+       H=st.integers(1, 3), layout=st.sampled_from(["nchw", "channels_last", "rows"]),
+       odd=st.sampled_from([None, 0.0, -0.0, 0.5, -2.0, float("inf"), 1.0 + 2**-23]), seed=st.integers(0, 2**16))
+def test_pack_binary_tells_signs_from_other_values(C, W, H, layout, odd, seed):
+    """Every packer flags a value other than +/-1 anywhere (tails and masked lanes included,
+    whose padding must not count); all-binary input packs to the same words as ``pack``."""
+    from bitvote.packed import pack_binary
+
+    g = torch.Generator().manual_seed(seed)
+    base = torch.where(torch.randn(2, C, H, W + 1, generator=g) >= 0, 1.0, -1.0)
+    x = {"nchw": base[..., :W].contiguous(), "rows": base[..., 1:],
+         "channels_last": base[..., :W].contiguous(memory_format=torch.channels_last)}[layout]
+    if odd is not None:
+        idx = [int(torch.randint(0, d, (1,), generator=g)) for d in x.shape]
+        x[tuple(idx)] = odd
+    for isa in AVAILABLE:
+        for th in (1, 2):
+            got = pack_binary(x, th, isa=isa)
+            if odd is None:
+                assert got is not None and torch.equal(got, pack(x, None, th, isa=isa)), (isa, th, layout)
+            else:
+                assert got is None, (isa, th, layout, odd)
+
+
 def test_peak_probe_reports_every_unit():
     p = bench.peak(1, seconds=0.004)
     assert p["xorpop"] > 0 and p["fp32"] >= 0 and p["int8"] >= 0 and p["int8_unit"]

@@ -53,3 +53,27 @@ def test_train_speed_rounds_report_the_median_of_interleaved_rounds(tmp_path):
     assert "round 2/3 done" in r.stderr and "3 interleaved rounds" in r.stdout
     bad = bench("--rounds", "0", timeout=60)
     assert bad.returncode == 2 and "--rounds" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_train_speed_packed_switch_times_each_binary_row_twice(tmp_path):
+    out = tmp_path / "speed.json"
+    r = bench("--widths", "0.0625", "--batch-size", "4", "--steps", "1", "--warmup", "0", "--threads", "1",
+              "--voters", "popcount;mv", "--packed", "both", "--json", out)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(x["voter"], x["packed"]) for x in rows[1:]] == [("popcount", False), ("mv", False),
+                                                             ("popcount", True), ("mv", True)]
+    # each row's popcount reference is the popcount row of its own setting
+    assert rows[1]["ratio_popcount"] == 1.0 and rows[3]["ratio_popcount"] == 1.0
+
+
+def test_popcount_forward_benchmark_checks_and_times_every_shape(tmp_path):
+    out = tmp_path / "fwd.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "popcount_forward.py"), "--widths", "0.5",
+                        "--batch-size", "2", "--reps", "1", "--threads", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [x["conv"] for x in rows] == ["32->32@32", "32->64@32 s2", "64->64@16", "64->128@16 s2", "128->128@8",
+                                         "128->256@8 s2", "256->256@4"]
+    assert all(x["float_ms"] > 0 and x["int_ms"] > 0 and x["affine_ms"] > 0 for x in rows)

@@ -43,8 +43,9 @@ _reference = threading.local()
 @contextlib.contextmanager
 def reference_votes():
     """Inside, every hierarchy's votes come from :func:`conv_leaf_sums` and
-    :func:`bitvote.voter.reduce_votes` alone, none of the kernel paths: what ``bitvote verify``
-    and the kernel tests compare those kernels with (this thread only)."""
+    :func:`bitvote.voter.reduce_votes` alone, and every popcount from the float conv, none of
+    the kernel paths: what ``bitvote verify`` and the kernel tests compare those kernels with
+    (this thread only)."""
     old = getattr(_reference, "on", False)
     _reference.on = True
     try:
@@ -345,6 +346,38 @@ def _packed_votes(xb, wb, stride, padding, dilation, pad_value) -> bool:
     return packedvote.takes(xb, wb, _pair(stride), _pair(padding), _pair(dilation), pad_value)
 
 
+class _PackedPopcount(torch.autograd.Function):
+    """The popcount of +/-1 input and weights from packed bits; the backward is the float
+    conv's (the same call autograd makes for ``F.conv2d``), so gradients do not change."""
+
+    @staticmethod
+    def forward(ctx, xb, wb, words, stride, padding, out_hw):
+        ctx.save_for_backward(xb, wb)
+        ctx.stride, ctx.padding = stride, padding
+        return packedvote.conv_sums(words, wb, stride, padding, out_hw)
+
+    @staticmethod
+    def backward(ctx, g):  # differentiable again (convolution_backward has a derivative)
+        xb, wb = ctx.saved_tensors
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            g, xb, wb, None, list(ctx.stride), list(ctx.padding), [1, 1], False, [0, 0], 1,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        return gx, gw, None, None, None, None
+
+
+def _popcount(xb: torch.Tensor, wb: torch.Tensor, stride, padding, dilation, groups) -> torch.Tensor:
+    """``F.conv2d`` of +/-1 input and weights under zero padding: exact integers, which the
+    packed kernels compute faster where :func:`packedvote.sums_pay` says so."""
+    st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
+    if (groups == 1 and not getattr(_reference, "on", False) and not torch.is_autocast_enabled(xb.device.type)
+            and packedvote.sums_pay(xb, wb, st, pd, dl)):
+        words = packedvote.pack_if_binary(xb)
+        if words is not None:
+            out_hw = tuple(_out_size(xb.shape[2 + i] + 2 * pd[i], wb.shape[2 + i], st[i], 1) for i in range(2))
+            return _PackedPopcount.apply(xb, wb, words, st, pd, out_hw)
+    return F.conv2d(xb, wb.to(xb.dtype), None, stride, padding, dilation, groups)
+
+
 def _out_layout(y: torch.Tensor, dim: int) -> torch.Tensor:
     """Votes come out as (N, Ho, Wo, Co) from tap blocks (dim 0) or (N, Co, Ho, Wo) (dim 1)."""
     return y.permute(0, 3, 1, 2) if dim == 0 else y
@@ -385,11 +418,10 @@ def binary_conv2d(
         return F.conv2d(pad_binary(xb, padding, pad_value), weight.to(xb.dtype), None, stride, 0, dilation, groups)
     wb, alpha = binarize_weight(weight, weight_scale)
     if voter is None:
-        ph, pw = _pair(padding)
         if float(pad_value) == 0.0:
-            s = F.conv2d(xb, wb.to(xb.dtype), None, stride, padding, dilation, groups)
+            s = _popcount(xb, wb, stride, padding, dilation, groups)
         else:
-            s = F.conv2d(pad_binary(xb, padding, pad_value), wb.to(xb.dtype), None, stride, 0, dilation, groups)
+            s = _popcount(pad_binary(xb, padding, pad_value), wb, stride, 0, dilation, groups)
         if alpha is not None:
             s = s * alpha.to(s.dtype).view(1, -1, 1, 1)
         return s
@@ -420,8 +452,8 @@ def binary_conv2d(
 
 def _sums_and_valid(xb, wb, stride, padding, dilation, groups, pad_value):
     """The popcount ``s`` (fp32) of every output and, under zero padding, its valid-term counts."""
-    s = F.conv2d(pad_binary(xb, padding, pad_value) if pad_value != 0 else xb, wb, None, stride,
-                 0 if pad_value != 0 else padding, dilation, groups).float()
+    s = _popcount(pad_binary(xb, padding, pad_value) if pad_value != 0 else xb, wb, stride,
+                  0 if pad_value != 0 else padding, dilation, groups).float()
     valid = None
     if float(pad_value) == 0.0 and any(p > 0 for p in _pair(padding)):
         cin = xb.shape[1] // groups

@@ -9,6 +9,6 @@ first use (:mod:`.build`).
 
 from .build import ISAS, best_isa
 from .conv import PackedConv
-from .pack import pack, pack_bools, unpack, words
+from .pack import pack, pack_binary, pack_bools, unpack, words
 
-__all__ = ["ISAS", "best_isa", "PackedConv", "pack", "pack_bools", "unpack", "words"]
+__all__ = ["ISAS", "best_isa", "PackedConv", "pack", "pack_binary", "pack_bools", "unpack", "words"]

@@ -1,5 +1,5 @@
 /* bitvote bit packer: real activations -> packed words, bit = (x + shift[c]) >= 0 (-0.0 -> 1,
- * NaN flagged), layout (N, H, W, Wd) as in kernels.c (docs/engine.md "Packer").
+ * NaN flagged, and any value other than +/-1 flagged apart), layout (N, H, W, Wd) as in kernels.c (docs/engine.md "Packer").
  * Any strides run the portable loop; NCHW rows (sW == 1) and channels-last pixels (sC == 1)
  * have vector packers on AVX2 and AVX-512: a compare of 8 / 16 floats gives a lane mask,
  * which either becomes 8 / 16 bits of one word (channels-last) or sets bit c in the words of
@@ -12,8 +12,8 @@
 static int bv_pack_portable(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
                             const float *shift, uint64_t *out, int Wd, int nthreads)
 {
-    int nan = 0;
-#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
+    int nan = 0, odd = 0;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan, odd)
     for (long row = 0; row < (long)N * H; row++) {
         const int n = (int)(row / H), y = (int)(row % H);
         uint64_t *o = out + (size_t)row * W * Wd;
@@ -26,18 +26,20 @@ static int bv_pack_portable(const float *x, int N, int C, int H, int W, long sN,
                 for (int i = 0; i < W; i++) {
                     const float v = r[i * sW] + sh;
                     nan |= v != v;
+                    odd |= v != 1.0f && v != -1.0f;
                     o[(size_t)i * Wd + j] |= (uint64_t)(v >= 0.0f) << b;
                 }
             } else {
                 for (int i = 0; i < W; i++) {
                     const float v = r[i * sW];
                     nan |= v != v;
+                    odd |= v != 1.0f && v != -1.0f;
                     o[(size_t)i * Wd + j] |= (uint64_t)(v >= 0.0f) << b;
                 }
             }
         }
     }
-    return nan;
+    return nan | odd << 1;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -52,8 +54,8 @@ static int bv_pack_nchw_avx512(const float *x, int N, int C, int H, int W, long 
     const int plane = sH == W || H == 1;
     const long nrun = plane ? N : (long)N * H, L = plane ? (long)H * W : W;
     const long nblk = (L + 63) / 64;
-    int nan = 0;
-#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
+    int nan = 0, odd = 0;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan, odd)
     for (long it = 0; it < nrun * nblk; it++) {
         const long run = it / nblk, i0 = (it % nblk) * 64;
         const float *src = plane ? x + run * sN : x + (run / H) * sN + (run % H) * sH;
@@ -65,7 +67,7 @@ static int bv_pack_nchw_avx512(const float *x, int N, int C, int H, int W, long 
             mk[u] = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
         }
         const __m512i idx = _mm512_setr_epi64(0, Wd, 2L * Wd, 3L * Wd, 4L * Wd, 5L * Wd, 6L * Wd, 7L * Wd);
-        __mmask16 bad = 0;
+        __mmask16 bad = 0, notpm = 0;
         for (int j = 0; j < Wd; j++) {
             __m512i lo[4], hi[4];
             for (int u = 0; u < 4; u++) { lo[u] = _mm512_setzero_si512(); hi[u] = _mm512_setzero_si512(); }
@@ -79,6 +81,7 @@ static int bv_pack_nchw_avx512(const float *x, int N, int C, int H, int W, long 
                     if (shift) v = _mm512_add_ps(v, sh);
                     const __mmask16 m = _mm512_mask_cmp_ps_mask(mk[u], v, _mm512_setzero_ps(), _CMP_GE_OQ);
                     bad |= _mm512_mask_cmp_ps_mask(mk[u], v, v, _CMP_UNORD_Q);
+                    notpm |= _mm512_mask_cmp_ps_mask(mk[u], _mm512_abs_ps(v), _mm512_set1_ps(1.0f), _CMP_NEQ_UQ);
                     lo[u] = _mm512_mask_or_epi64(lo[u], (__mmask8)m, lo[u], bit);
                     hi[u] = _mm512_mask_or_epi64(hi[u], (__mmask8)(m >> 8), hi[u], bit);
                 }
@@ -95,21 +98,22 @@ static int bv_pack_nchw_avx512(const float *x, int N, int C, int H, int W, long 
             }
         }
         nan |= bad != 0;
+        odd |= notpm != 0;
     }
-    return nan;
+    return nan | odd << 1;
 }
 
 /* Channels-last (sC == 1): 64 channels of one pixel are 4 compares -> one word. */
 static int bv_pack_nhwc_avx512(const float *x, int N, int C, int H, int W, long sN, long sH, long sW,
                                const float *shift, uint64_t *out, int Wd, int nthreads)
 {
-    int nan = 0;
-#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
+    int nan = 0, odd = 0;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan, odd)
     for (long row = 0; row < (long)N * H; row++) {
       const float *srow = x + (row / H) * sN + (row % H) * sH;
       for (long pix = row * W; pix < (row + 1) * W; pix++) {
         const float *src = srow + (pix - row * W) * sW;
-        __mmask16 bad = 0;
+        __mmask16 bad = 0, notpm = 0;
         for (int j = 0; j < Wd; j++) {
             uint64_t word = 0;
             for (int q = 0; q < 4; q++) {
@@ -120,13 +124,15 @@ static int bv_pack_nhwc_avx512(const float *x, int N, int C, int H, int W, long 
                 if (shift) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, shift + c0));
                 word |= (uint64_t)_mm512_mask_cmp_ps_mask(mk, v, _mm512_setzero_ps(), _CMP_GE_OQ) << (16 * q);
                 bad |= _mm512_mask_cmp_ps_mask(mk, v, v, _CMP_UNORD_Q);
+                notpm |= _mm512_mask_cmp_ps_mask(mk, _mm512_abs_ps(v), _mm512_set1_ps(1.0f), _CMP_NEQ_UQ);
             }
             out[pix * Wd + j] = word;
         }
         nan |= bad != 0;
+        odd |= notpm != 0;
       }
     }
-    return nan;
+    return nan | odd << 1;
 }
 #pragma GCC pop_options
 #endif
@@ -151,8 +157,8 @@ static int bv_pack_nchw_avx2(const float *x, int N, int C, int H, int W, long sN
     const int plane = sH == W || H == 1;
     const long nrun = plane ? N : (long)N * H, L = plane ? (long)H * W : W;
     const long nblk = (L + 31) / 32;
-    int nan = 0;
-#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
+    int nan = 0, odd = 0;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan, odd)
     for (long it = 0; it < nrun * nblk; it++) {
         const long run = it / nblk, i0 = (it % nblk) * 32;
         const float *src = (plane ? x + run * sN : x + (run / H) * sN + (run % H) * sH) + i0;
@@ -161,7 +167,7 @@ static int bv_pack_nchw_avx2(const float *x, int N, int C, int H, int W, long sN
         const int full = left >= 32;
         __m256i mk[4];
         for (int u = 0; u < 4; u++) mk[u] = bv_lanes8(left - 8 * u > 0 ? left - 8 * u : 0);
-        __m256 bad = _mm256_setzero_ps();
+        __m256 bad = _mm256_setzero_ps(), notpm = _mm256_setzero_ps();
         for (int j = 0; j < Wd; j++) {
             __m256i acc[2][4];
             for (int h = 0; h < 2; h++)
@@ -177,6 +183,9 @@ static int bv_pack_nchw_avx2(const float *x, int N, int C, int H, int W, long sN
                         if (shift) v = _mm256_add_ps(v, sh);
                         const __m256 ge = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ);
                         bad = _mm256_or_ps(bad, _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q), _mm256_castsi256_ps(mk[u])));
+                        notpm = _mm256_or_ps(notpm, _mm256_and_ps(_mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v),
+                                                                                _mm256_set1_ps(1.0f), _CMP_NEQ_UQ),
+                                                                  _mm256_castsi256_ps(mk[u])));
                         acc[h][u] = _mm256_or_si256(acc[h][u], _mm256_and_si256(_mm256_castps_si256(ge), bit));
                     }
                 }
@@ -204,19 +213,20 @@ static int bv_pack_nchw_avx2(const float *x, int N, int C, int H, int W, long sN
             }
         }
         nan |= _mm256_movemask_ps(bad) != 0;
+        odd |= _mm256_movemask_ps(notpm) != 0;
     }
-    return nan;
+    return nan | odd << 1;
 }
 
 /* Channels-last (sC == 1), AVX2: 64 channels of one pixel are 8 compares -> one word. */
 static int bv_pack_nhwc_avx2(const float *x, int N, int C, int H, int W, long sN, long sH, long sW,
                              const float *shift, uint64_t *out, int Wd, int nthreads)
 {
-    int nan = 0;
-#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan)
+    int nan = 0, odd = 0;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : nan, odd)
     for (long row = 0; row < (long)N * H; row++) {
         const float *srow = x + (row / H) * sN + (row % H) * sH;
-        int bad = 0;
+        int bad = 0, notpm = 0;
         for (long pix = row * W; pix < (row + 1) * W; pix++) {
             const float *src = srow + (pix - row * W) * sW;
             for (int j = 0; j < Wd; j++) {
@@ -237,19 +247,22 @@ static int bv_pack_nhwc_avx2(const float *x, int N, int C, int H, int W, long sN
                     const unsigned lanes = C - c0 >= 8 ? 0xffu : (1u << (C - c0)) - 1;
                     word |= (uint64_t)((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ)) & lanes) << (8 * q);
                     bad |= _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) & lanes;
+                    notpm |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v),
+                                                              _mm256_set1_ps(1.0f), _CMP_NEQ_UQ)) & lanes;
                 }
                 out[pix * Wd + j] = word;
             }
         }
         nan |= bad != 0;
+        odd |= notpm != 0;
     }
-    return nan;
+    return nan | odd << 1;
 }
 #pragma GCC pop_options
 #endif
 
 /* Pack (any strides, NCHW indexing) into (N, H, W, Wd) words; shift may be NULL. isa = -1
- * picks the best. Returns 1 if any value is NaN. */
+ * picks the best. Returns bit 0 set if any value is NaN, bit 1 if any is other than +1 or -1. */
 int bv_pack(const float *x, int N, int C, int H, int W, long sN, long sC, long sH, long sW,
             const float *shift, uint64_t *out, int Wd, int nthreads, int isa)
 {

@@ -19,7 +19,7 @@ import torch
 from ..errors import BitvoteError
 from .build import isa_id, lib
 
-__all__ = ["words", "pack", "pack_bools", "unpack", "recycled"]
+__all__ = ["words", "pack", "pack_binary", "pack_bools", "unpack", "recycled"]
 
 _LOCK = threading.Lock()
 _PACK_BUFS: dict = {}
@@ -53,14 +53,8 @@ def words(channels: int) -> int:
     return (int(channels) + 63) // 64
 
 
-def pack(x: torch.Tensor, shift: Optional[torch.Tensor] = None, threads: int = 1, isa=None) -> torch.Tensor:
-    """Pack real activations ``(N, C, H, W)`` into ``(N, H, W, Wd)`` words, in C.
-
-    ``shift`` (per channel) is added before the sign, exactly as RSign's ``x + b`` does in
-    float32, so ReActNet's binarizer costs nothing extra. Any memory layout works; NCHW and
-    channels-last (what the engine's float epilogues emit) have vector packers (``isa``: as
-    for the conv, default the best).
-    """
+def _pack(x: torch.Tensor, shift: Optional[torch.Tensor], threads: int, isa) -> "tuple[torch.Tensor, int]":
+    """The words and the packer's flags: bit 0 a NaN, bit 1 a value other than +1 / -1."""
     if x.dim() != 4:
         raise BitvoteError(f"pack expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
     if x.dtype != torch.float32:
@@ -74,11 +68,29 @@ def pack(x: torch.Tensor, shift: Optional[torch.Tensor] = None, threads: int = 1
         if sh.numel() != C:
             raise BitvoteError(f"pack: shift has {sh.numel()} entries for {C} channels")
     sN, sC, sH, sW = x.stride()
-    nan = lib().bv_pack(x.data_ptr(), N, C, H, W, sN, sC, sH, sW,
-                        None if sh is None else sh.data_ptr(), out.data_ptr(), Wd, int(threads), isa_id(isa))
-    if nan:
+    flags = lib().bv_pack(x.data_ptr(), N, C, H, W, sN, sC, sH, sW,
+                          None if sh is None else sh.data_ptr(), out.data_ptr(), Wd, int(threads), isa_id(isa))
+    if flags & 1:
         raise BitvoteError("NaN in the input of a binarizer: NaN is not a bit (SPEC.md)")
-    return out
+    return out, flags
+
+
+def pack(x: torch.Tensor, shift: Optional[torch.Tensor] = None, threads: int = 1, isa=None) -> torch.Tensor:
+    """Pack real activations ``(N, C, H, W)`` into ``(N, H, W, Wd)`` words, in C.
+
+    ``shift`` (per channel) is added before the sign, exactly as RSign's ``x + b`` does in
+    float32, so ReActNet's binarizer costs nothing extra. Any memory layout works; NCHW and
+    channels-last (what the engine's float epilogues emit) have vector packers (``isa``: as
+    for the conv, default the best).
+    """
+    return _pack(x, shift, threads, isa)[0]
+
+
+def pack_binary(x: torch.Tensor, threads: int = 1, isa=None) -> Optional[torch.Tensor]:
+    """The words of ``x`` when every value is +1 or -1, else ``None``: for callers that hold
+    a tensor declared binary and must not treat real values as their signs."""
+    out, flags = _pack(x, None, threads, isa)
+    return None if flags & 2 else out
 
 
 def pack_bools(bits: torch.Tensor) -> torch.Tensor:
