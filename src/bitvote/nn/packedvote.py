@@ -11,8 +11,8 @@ a word carries few bits), and at 64 channels about as fast as the float conv its
 
 The popcount itself (:func:`conv_sums`) is the forward of every popcount layer from 32 input
 channels on, with or without a graph: its sums are exact integers, the same numbers the float
-conv gives, and the layer's backward stays the float conv's. Measured 1.6-8x faster than the
-float conv forward at 32 channels and more (batch 128, 2 threads); at 8-16 channels slower.
+conv gives, and the layer's backward stays the float conv's. Measured 1.2-8x faster than the
+float conv forward at 32 channels and more (batch 128, 2 threads); at 8 channels slower.
 
 Each call packs the input and the current weights; a layer's voter segments are built once
 per shape and thread and reused. ``BITVOTE_PACKED_VOTE=0`` turns the path off; a kernel
@@ -39,7 +39,7 @@ __all__ = ["enabled", "available", "supports", "takes", "conv_votes", "sums_pay"
 _KEEP = 256
 
 #: input channels from which the packed popcount beats the float conv forward (measured from
-#: 8 to 512 channels, 3x3 kernels: 8-16 channels 0.4-1.3x, 32 and more 1.6-8x)
+#: 8 to 512 channels, 3x3 kernels: 8 channels 0.3-0.5x, 16 channels 0.5-1.6x, 32 and more 1.2-8x)
 SUMS_MIN_CHANNELS = 32
 
 #: output pixels from which the float epilogue (channels-last, then one copy) beats the int
