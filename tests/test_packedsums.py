@@ -164,3 +164,25 @@ def test_training_step_of_a_model_is_unchanged(name, calls):
     assert calls
     assert torch.equal(out[0][0], out[1][0])
     assert all(torch.equal(a, b) for a, b in zip(out[0][1], out[1][1]))
+
+
+@pytest.mark.parametrize("size", [8, 32])
+@pytest.mark.parametrize("pad_value", [0.0, -1.0])
+@pytest.mark.parametrize("scale", [False, True])
+def test_both_epilogues_keep_every_bit(scale, pad_value, size, calls):
+    """From 32x32 output pixels the sums (times the scale) come from the kernel's float
+    epilogue, below from its integers: the same numbers either way, zeros' signs included (an
+    all-zero weight channel has scale 0, and a negative sum times 0 is -0.0 in the product)."""
+    torch.manual_seed(1)
+    layer = BinaryConv2d(40, 9, 3, 1, 1, weight_scale=scale, pad_value=pad_value, input_surrogate=None)
+    with torch.no_grad():
+        layer.weight[3] = 0.0
+    x0 = torch.where(torch.randn(2, 40, size, size) >= 0, 1.0, -1.0)
+    g = torch.randn(2, 9, size, size)
+    got = _step(layer, x0, g, reference=False)
+    want = _step(layer, x0, g, reference=True)
+    assert len(calls) == 1
+    for a, b in zip(got, want):
+        assert torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))
+    if scale:
+        assert torch.signbit(got[0][:, 3]).any()  # the case the -0.0 bias exists for

@@ -351,31 +351,36 @@ class _PackedPopcount(torch.autograd.Function):
     conv's (the same call autograd makes for ``F.conv2d``), so gradients do not change."""
 
     @staticmethod
-    def forward(ctx, xb, wb, words, stride, padding, out_hw):
-        ctx.save_for_backward(xb, wb)
+    def forward(ctx, xb, wb, words, stride, padding, out_hw, scale):
+        ctx.save_for_backward(xb, wb, scale)
         ctx.stride, ctx.padding = stride, padding
-        return packedvote.conv_sums(words, wb, stride, padding, out_hw)
+        return packedvote.conv_sums(words, wb, stride, padding, out_hw, scale)
 
     @staticmethod
     def backward(ctx, g):  # differentiable again (convolution_backward has a derivative)
-        xb, wb = ctx.saved_tensors
+        xb, wb, scale = ctx.saved_tensors
+        if scale is not None:  # the detached per-channel scale: what the product's backward does
+            g = g * scale.to(g.dtype).view(1, -1, 1, 1)
         gx, gw, _ = torch.ops.aten.convolution_backward(
             g, xb, wb, None, list(ctx.stride), list(ctx.padding), [1, 1], False, [0, 0], 1,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
-        return gx, gw, None, None, None, None
+        return gx, gw, None, None, None, None, None
 
 
-def _popcount(xb: torch.Tensor, wb: torch.Tensor, stride, padding, dilation, groups) -> torch.Tensor:
-    """``F.conv2d`` of +/-1 input and weights under zero padding: exact integers, which the
-    packed kernels compute faster where :func:`packedvote.sums_pay` says so."""
+def _popcount(xb: torch.Tensor, wb: torch.Tensor, stride, padding, dilation, groups,
+              scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.conv2d`` of +/-1 input and weights under zero padding (exact integers), times the
+    detached per-channel ``scale`` if given; the packed kernels compute it faster where
+    :func:`packedvote.sums_pay` says so, the scale fused into their output pass."""
     st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
     if (groups == 1 and not getattr(_reference, "on", False) and not torch.is_autocast_enabled(xb.device.type)
             and packedvote.sums_pay(xb, wb, st, pd, dl)):
         words = packedvote.pack_if_binary(xb)
         if words is not None:
             out_hw = tuple(_out_size(xb.shape[2 + i] + 2 * pd[i], wb.shape[2 + i], st[i], 1) for i in range(2))
-            return _PackedPopcount.apply(xb, wb, words, st, pd, out_hw)
-    return F.conv2d(xb, wb.to(xb.dtype), None, stride, padding, dilation, groups)
+            return _PackedPopcount.apply(xb, wb, words, st, pd, out_hw, None if scale is None else scale.detach())
+    s = F.conv2d(xb, wb.to(xb.dtype), None, stride, padding, dilation, groups)
+    return s if scale is None else s * scale.to(s.dtype).view(1, -1, 1, 1)
 
 
 def _out_layout(y: torch.Tensor, dim: int) -> torch.Tensor:
@@ -419,12 +424,8 @@ def binary_conv2d(
     wb, alpha = binarize_weight(weight, weight_scale)
     if voter is None:
         if float(pad_value) == 0.0:
-            s = _popcount(xb, wb, stride, padding, dilation, groups)
-        else:
-            s = _popcount(pad_binary(xb, padding, pad_value), wb, stride, 0, dilation, groups)
-        if alpha is not None:
-            s = s * alpha.to(s.dtype).view(1, -1, 1, 1)
-        return s
+            return _popcount(xb, wb, stride, padding, dilation, groups, alpha)
+        return _popcount(pad_binary(xb, padding, pad_value), wb, stride, 0, dilation, groups, alpha)
     gemm_dtype = _sign_exact_autocast_dtype(x.device.type)
     with torch.autocast(device_type=x.device.type, enabled=False):
         xb, wb = xb.to(gemm_dtype), wb.to(gemm_dtype)

@@ -101,6 +101,8 @@ def _layer(hier: Optional[Hierarchy], wb: torch.Tensor, stride: int, padding: in
         # +1 / -1 the votes, both straight from the kernel's vector epilogue
         if mode == "affine":
             conv.epilogue("affine", torch.ones(Co), torch.zeros(Co))
+        elif mode == "scaled":  # r * a[o] + -0.0: exactly the float product, the sign of a zero kept
+            conv.epilogue("affine", torch.ones(Co), torch.full((Co,), -0.0))
         elif mode == "select":
             conv.epilogue("select", torch.ones(Co), -torch.ones(Co))
         convs[key] = conv
@@ -145,11 +147,18 @@ def pack_if_binary(xb: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 def conv_sums(words: torch.Tensor, wb: torch.Tensor, stride: Tuple[int, int], padding: Tuple[int, int],
-              out_hw: Tuple[int, int]) -> torch.Tensor:
-    """Popcounts ``(N, Co, Ho, Wo)`` fp32 (contiguous, exact integers) of packed +/-1 input
-    ``words`` against +/-1 weights ``wb`` under zero padding (padded terms count 0), no graph."""
+              out_hw: Tuple[int, int], scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Popcounts ``(N, Co, Ho, Wo)`` fp32 (contiguous) of packed +/-1 input ``words`` against
+    +/-1 weights ``wb`` under zero padding (padded terms count 0), no graph: exact integers,
+    or with ``scale`` (Co,) those integers times ``scale[o]``, rounded once as ``s * scale``
+    rounds, fused into the pass that writes them."""
     with torch.no_grad():
-        mode = "affine" if out_hw[0] * out_hw[1] >= _AFFINE_MIN_PIXELS else "int"
+        big = out_hw[0] * out_hw[1] >= _AFFINE_MIN_PIXELS
+        mode = ("affine" if scale is None else "scaled") if big else "int"
         conv = _layer(None, wb.detach(), int(stride[0]), int(padding[0]), 0.0, mode)
+        if mode == "scaled":
+            conv.a.copy_(scale.detach().reshape(-1))  # in place: the kernel's arguments point at it
         y = conv(words, threads=torch.get_num_threads())
-        return y.contiguous() if mode == "affine" else y.float()
+        if big:
+            return y.contiguous()
+        return y.float() if scale is None else torch.mul(y, scale.detach().reshape(1, -1, 1, 1).to(torch.float32))
