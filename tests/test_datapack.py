@@ -55,7 +55,7 @@ def make_official(root, n_train=25, n_test=10):
 def test_pack_of_an_image_folder_decodes_identically(tmp_path):
     src = make_folder(tmp_path / "imgs")
     out = tmp_path / "c10.bvd"
-    r = P.pack_folder(src, out)
+    r = D.pack_folder(src, out)
     assert r["count"] == 50 and r["splits"] == {"train": 30, "test": 20} and not r["lossy"]
     assert r["classes"] == [f"c{i:02d}" for i in range(10)]
     for split in ("train", "test"):
@@ -73,13 +73,13 @@ def test_pack_of_an_image_folder_decodes_identically(tmp_path):
 def test_pack_of_the_official_folder_is_lossless_unless_asked(tmp_path):
     make_official(tmp_path / "raw")
     out = tmp_path / "c10.bvd"
-    r = P.pack_folder(tmp_path / "raw", out)  # the folder holding cifar-10-batches-py
+    r = D.pack_folder(tmp_path / "raw", out)  # the folder holding cifar-10-batches-py
     assert r["classes"][0] == "airplane" and len(r["classes"]) == 10 and not r["lossy"]
     for split in ("train", "test"):
         want, got = D.load("cifar10", split, tmp_path / "raw"), D.load("cifar10", split, out)
         assert torch.equal(got.x, want.x) and torch.equal(got.y, want.y)
     lossy = tmp_path / "c10q.bvd"
-    r2 = P.pack_folder(tmp_path / "raw" / "cifar-10-batches-py", lossy, jpeg_quality=90)
+    r2 = D.pack_folder(tmp_path / "raw" / "cifar-10-batches-py", lossy, jpeg_quality=90)
     assert r2["lossy"] and "JPEG quality 90" in r2["origin"]
     got = D.load("cifar10", "train", lossy)
     want = D.load("cifar10", "train", tmp_path / "raw")
@@ -91,7 +91,7 @@ def test_pack_of_the_official_folder_is_lossless_unless_asked(tmp_path):
 def test_reading_never_unpickles_and_caches_by_digest(tmp_path, monkeypatch):
     src = make_folder(tmp_path / "imgs", per_class=(2, 1))
     out = tmp_path / "c10.bvd"
-    P.pack_folder(src, out)
+    D.pack_folder(src, out)
     boom = lambda *a, **k: (_ for _ in ()).throw(AssertionError("pickle used"))  # noqa: E731
     monkeypatch.setattr(pickle, "load", boom)
     monkeypatch.setattr(pickle, "loads", boom)
@@ -149,18 +149,18 @@ def test_bad_sources_are_one_line_errors(tmp_path, capsys):
 def test_failed_pack_leaves_the_old_file(tmp_path):
     src = make_folder(tmp_path / "imgs", per_class=(1, 1))
     out = tmp_path / "c10.bvd"
-    P.pack_folder(src, out)
+    D.pack_folder(src, out)
     before = out.read_bytes()
     (src / "train" / "c03" / "bad.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(BitvoteError, match="cannot decode"):
-        P.pack_folder(src, out)
+        D.pack_folder(src, out)
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["c10.bvd", "imgs"]
 
 
 def test_damaged_packs_are_refused(tmp_path):
     src = make_folder(tmp_path / "imgs", per_class=(1, 1))
     out = tmp_path / "c10.bvd"
-    P.pack_folder(src, out)
+    D.pack_folder(src, out)
     good = out.read_bytes()
 
     def load_bytes(b, dataset="cifar10", split="train"):
@@ -209,7 +209,7 @@ def _rewrite(path, meta=None, offsets=None, labels=None, payload=None):
 def test_tables_are_checked_behind_a_valid_digest(tmp_path, change, msg):
     src = make_folder(tmp_path / "imgs", per_class=(1, 1))
     out = tmp_path / "c10.bvd"
-    P.pack_folder(src, out)
+    D.pack_folder(src, out)
     _rewrite(out, **change)
     with pytest.raises(BitvoteError, match=msg):
         D.load("cifar10", "test", out)
@@ -221,7 +221,7 @@ def test_a_pack_without_a_split(tmp_path):
 
     shutil.rmtree(src / "test")
     out = tmp_path / "train-only.bvd"
-    assert P.pack_folder(src, out)["splits"] == {"train": 10}
+    assert D.pack_folder(src, out)["splits"] == {"train": 10}
     assert len(D.load("cifar10", "train", out)) == 10
     with pytest.raises(BitvoteError, match="has no test split"):
         D.load("cifar10", "test", out)
@@ -234,7 +234,7 @@ def test_run_and_verify_read_a_pack_like_its_folder(tmp_path, capsys):
 
     src = make_folder(tmp_path / "imgs")
     pack = tmp_path / "c10.bvd"
-    P.pack_folder(src, pack)
+    D.pack_folder(src, pack)
     torch.manual_seed(0)
     net = M.create("reactnet18", voter="mv", width=0.125).eval()
     ck = tmp_path / "ck.pt"

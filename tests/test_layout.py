@@ -117,3 +117,59 @@ def test_no_module_imports_a_private_name():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         bad += _private_imports(path, package, name)
     assert not bad, "modules import private names:\n" + "\n".join(bad)
+
+
+def _module_graph():
+    """``{module: modules it imports}`` over the package, function-level imports included
+    (``from . import x`` counts as importing module ``x`` when ``x`` is one)."""
+    mods = {_module_name(p): p for p in SOURCES}
+    graph = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        out = set()
+        for mod, names, _ in _imports(path, package):
+            if not mod.startswith("bitvote"):
+                continue
+            subs = {f"{mod}.{n}" for n in names} & mods.keys()
+            out |= subs or ({mod} & mods.keys())
+        out.discard(name)
+        graph[name] = out
+    return graph
+
+
+def _cycles(graph):
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    """Imports flow one way between modules too, lazy ones included: a function-level import
+    that closes a circle hides a layering mistake rather than fixing it."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the detector works
+    assert not _cycles(_module_graph())

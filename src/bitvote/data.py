@@ -11,6 +11,7 @@ gather), never a per-image Python loop. Three sources, tried in this order under
 
 The root is ``--data PATH``, else ``$BITVOTE_DATA``, else ``~/.cache/bitvote/data``; a root
 that is a file is a packed dataset (``.bvd``, :mod:`bitvote.datapack`), decoded like source 2.
+:func:`pack_folder` writes such a pack from sources 1 and 2 (``bitvote data pack``).
 Augmentation is a pure function of ``(seed, epoch, sample index)`` so that a resumed or
 sharded run sees exactly the same images.
 """
@@ -25,21 +26,20 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .datapack import CLASS_NAMES, IMG_EXT, SUFFIX, decode_image, read_split, write_pack
 from .errors import BitvoteError
 from .io import atomic_write_bytes, cache_root
 
-__all__ = ["Split", "DATASETS", "load", "data_root", "augment", "normalize", "epoch_plan"]
-
-IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-
+__all__ = ["Split", "DATASETS", "load", "data_root", "augment", "normalize", "epoch_plan", "pack_folder"]
 
 @dataclass(frozen=True)
 class _Spec:
@@ -110,8 +110,6 @@ def load(dataset: str, split: str, root=None, *, device="cpu", download: bool = 
     spec = DATASETS[dataset]
     root = data_root(root)
     if root.is_file() or root.suffix == ".bvd":  # one packed file (``bitvote data pack``, bitvote.datapack)
-        from .datapack import read_split
-
         x, y = read_split(root, split, dataset)
         return Split(torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device), dataset, str(root))
     if root.exists() and not root.is_dir():
@@ -300,21 +298,6 @@ def _read_image_folder(root: Path, split: str, spec: _Spec):
     return x, y
 
 
-def decode_image(src, what) -> np.ndarray:
-    """An image (a path or a binary file object) as (3, 32, 32) uint8 RGB; ``what`` names it in
-    errors. The one decoder of image folders and of packed files, so both give the same pixels."""
-    from PIL import Image
-
-    try:
-        with Image.open(src) as im:
-            a = np.asarray(im.convert("RGB"))
-    except Exception:
-        raise BitvoteError(f"cannot decode image {what}") from None
-    if a.shape != (32, 32, 3):
-        raise BitvoteError(f"image {what} is {a.shape[1]}x{a.shape[0]}, expected 32x32")
-    return a.transpose(2, 0, 1)
-
-
 def _download(root: Path, spec: _Spec) -> Path:
     """Fetch the official archive, check its MD5, unpack it atomically into ``root``."""
     archive = root / Path(spec.url).name
@@ -401,3 +384,153 @@ def normalize(x: torch.Tensor, dataset: str, dtype=torch.float32) -> torch.Tenso
     mean = torch.tensor(spec.mean, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
     std = torch.tensor(spec.std, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
     return (x.to(dtype) - mean) / std
+
+
+# ---------------------------------------------------------------------------------------------
+# packing a source into one file (bitvote data pack)
+
+
+def _class_dirs(top: Path) -> List[str]:
+    return sorted(p.name for p in top.iterdir() if p.is_dir())
+
+
+class _Progress:
+    """One line per few seconds on stderr while packing: 60,000 images take a while."""
+
+    def __init__(self, total: int, stream=None, every_s: float = 2.0):
+        self.total, self.stream, self.every_s = total, stream, every_s
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, done: int, force: bool = False) -> None:
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s:
+            self.last = now
+            print(f"bitvote data pack: {done}/{self.total} images ({now - self.t0:.0f} s)", file=self.stream,
+                  flush=True)
+
+
+def _image_folder(src: Path, progress) -> Tuple[List[bytes], List[int], Dict[str, int], List[str]]:
+    present = [s for s in ("train", "test") if (src / s).is_dir()]
+    names = None
+    listing = []
+    for split in present:
+        got = _class_dirs(src / split)
+        if not got:
+            raise BitvoteError(f"malformed image folder {src / split}: no class folders")
+        if names is not None and got != names:
+            raise BitvoteError(f"malformed image folder {src}: train/ and test/ have different class folders")
+        names = got
+        files = []
+        for i, name in enumerate(names):
+            imgs = sorted(p for p in (src / split / name).iterdir() if p.suffix.lower() in IMG_EXT)
+            if not imgs:
+                raise BitvoteError(f"malformed image folder {src / split / name}: no images")
+            files += [(i, p) for p in imgs]
+        listing.append((split, files))
+    prog = _Progress(sum(len(f) for _, f in listing), progress)
+    blobs, labels, splits, done = [], [], {}, 0
+    for split, files in listing:
+        splits[split] = len(files)
+        for i, p in files:
+            try:
+                data = p.read_bytes()
+            except OSError as e:
+                raise BitvoteError(f"cannot read image {p}: {e.strerror}") from None
+            decode_image(io.BytesIO(data), p)  # a bad file is refused now, not on the GPU machine
+            blobs.append(data)
+            labels.append(i)
+            done += 1
+            prog(done)
+    prog(done, force=True)
+    return blobs, labels, splits, names
+
+
+def _official(src: Path, jpeg_quality: Optional[int], progress):
+    from PIL import Image
+
+    for dataset, spec in DATASETS.items():
+        if src.name == spec.folder or (src / spec.folder).is_dir():
+            break
+    else:  # pragma: no cover - the caller checked
+        raise AssertionError(src)
+    fmt = "JPEG" if jpeg_quality is not None else "PNG"
+    opts = {"quality": int(jpeg_quality)} if jpeg_quality is not None else {}
+    splits = {}
+    parts = []
+    for split in ("train", "test"):
+        s = load(dataset, split, src, download=False)
+        splits[split] = len(s)
+        parts.append((s.x.numpy(), s.y.numpy()))
+    prog = _Progress(sum(splits.values()), progress)
+    blobs, labels, done = [], [], 0
+    for x, y in parts:
+        for k in range(len(y)):
+            buf = io.BytesIO()
+            Image.fromarray(x[k].transpose(1, 2, 0)).save(buf, format=fmt, **opts)
+            blobs.append(buf.getvalue())
+            labels.append(int(y[k]))
+            done += 1
+            prog(done)
+    prog(done, force=True)
+    origin = spec.folder + (f" re-encoded as JPEG quality {jpeg_quality}" if jpeg_quality is not None else
+                            " encoded as PNG (lossless)")
+    return blobs, labels, splits, list(CLASS_NAMES[dataset]), origin
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written before reading 60,000 images, not after."""
+    import os
+
+    anc = out.absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise BitvoteError(f"pack: cannot write {out}: {anc} is not a folder")
+    if not os.access(anc, os.W_OK):
+        raise BitvoteError(f"pack: cannot write {out}: {anc} is not writable")
+
+
+def pack_folder(src, out, jpeg_quality: Optional[int] = None, progress=None) -> Dict:
+    """Pack ``src`` (an image folder ``train/<class>/*``, ``test/<class>/*``, or the official
+    ``cifar-10-batches-py`` / ``cifar-100-python`` folder, or a folder holding one) into ``out``.
+
+    Image-folder files are stored as they are (never re-encoded). Official pixels are stored
+    as PNG (lossless: decoding gives the pixels back exactly; about 135 MB for CIFAR-10) or,
+    with ``jpeg_quality``, re-encoded as JPEG (lossy; the pack says so). Returns the metadata
+    written plus ``digest`` and ``bytes``. ``progress``: a stream for progress lines, or None.
+    """
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if not src.exists():
+        raise BitvoteError(f"pack: {src} does not exist")
+    if not src.is_dir():
+        raise BitvoteError(f"pack: {src} is not a folder (an image folder or cifar-10-batches-py)")
+    if out.is_dir():
+        raise BitvoteError(f"pack: --out {out} is a folder; give a file name such as cifar10{SUFFIX}")
+    _check_writable(out)
+    if jpeg_quality is not None and not 1 <= int(jpeg_quality) <= 95:
+        raise BitvoteError(f"pack: --jpeg-quality must be 1..95, got {jpeg_quality}")
+    try:
+        import PIL  # noqa: F401
+    except ImportError:  # pragma: no cover
+        raise BitvoteError("packing needs Pillow: pip install pillow") from None
+    official = any(src.name == s.folder or (src / s.folder).is_dir() for s in DATASETS.values())
+    if official:
+        blobs, labels, splits, classes, origin = _official(src, jpeg_quality, progress)
+        lossy = jpeg_quality is not None
+    elif (src / "train").is_dir() or (src / "test").is_dir():
+        if jpeg_quality is not None:
+            raise BitvoteError("pack: --jpeg-quality re-encodes official CIFAR pixels; an image folder's files "
+                               "are packed as they are")
+        try:
+            blobs, labels, splits, classes = _image_folder(src, progress)
+        except OSError as e:  # an unreadable class folder, say
+            raise BitvoteError(f"pack: cannot read {e.filename or src}: {e.strerror or e}") from None
+        origin, lossy = "image folder", False
+    else:
+        raise BitvoteError(f"pack: {src} holds neither train/ and test/ class folders nor "
+                           f"{' / '.join(s.folder for s in DATASETS.values())}")
+    digest = write_pack(out, blobs, labels, splits, classes, "image", lossy, origin)
+    return {"count": len(blobs), "splits": splits, "classes": classes, "lossy": lossy, "origin": origin,
+            "digest": digest, "bytes": out.stat().st_size}

@@ -7,6 +7,8 @@ are: the CIFAR-10 JPEG copy is about 55 MB) behind a small binary header, and is
 NumPy and Pillow only, never with pickle. :func:`bitvote.data.load` takes a pack wherever
 it takes a data root (``--data cifar10.bvd``), and decodes it exactly as it decodes the
 folder the pack came from (same order, same Pillow decode), so the tensors are identical.
+This module is the format and its one image decoder, below :mod:`bitvote.data`, which reads
+packs and writes them from any source (:func:`bitvote.data.pack_folder`, ``bitvote data pack``).
 
 Layout (little-endian)::
 
@@ -31,7 +33,6 @@ import hashlib
 import io
 import json
 import struct
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -40,7 +41,7 @@ import numpy as np
 from .errors import BitvoteError
 from .io import atomic_write_bytes, cache_root
 
-__all__ = ["MAGIC", "SUFFIX", "pack_folder", "write_pack", "read_meta", "read_split"]
+__all__ = ["MAGIC", "SUFFIX", "IMG_EXT", "CLASS_NAMES", "decode_image", "write_pack", "read_meta", "read_split"]
 
 MAGIC = b"BVDPACK1"
 SUFFIX = ".bvd"
@@ -58,7 +59,31 @@ man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter p
 pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk
 skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television
 tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split())
-_CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
+CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
+
+
+#: the image files an image folder may hold
+IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def decode_image(src, what) -> np.ndarray:
+    """An image (a path or a binary file object) as (3, 32, 32) uint8 RGB; ``what`` names it in
+    errors. The one decoder of image folders and of packed files, so both give the same pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(src) as im:
+            a = np.asarray(im.convert("RGB"))
+    except Exception:
+        raise BitvoteError(f"cannot decode image {what}") from None
+    if a.shape != (32, 32, 3):
+        raise BitvoteError(f"image {what} is {a.shape[1]}x{a.shape[0]}, expected 32x32")
+    return a.transpose(2, 0, 1)
+
+
+def _decode(data: bytes, what) -> np.ndarray:
+    """Encoded image bytes -> (3, 32, 32) uint8, with the image folders' decoder."""
+    return decode_image(io.BytesIO(data), what)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,165 +117,6 @@ def write_pack(out, blobs: List[bytes], labels: List[int], splits: Dict[str, int
     except OSError as e:
         raise BitvoteError(f"pack: cannot write {out}: {e.strerror or e}") from None
     return digest.hex()
-
-
-def _class_dirs(top: Path) -> List[str]:
-    return sorted(p.name for p in top.iterdir() if p.is_dir())
-
-
-def _decode(data: bytes, what) -> np.ndarray:
-    """Encoded image bytes -> (3, 32, 32) uint8, with the image folders' decoder."""
-    from .data import decode_image
-
-    return decode_image(io.BytesIO(data), what)
-
-
-class _Progress:
-    """One line per few seconds on stderr while packing: 60,000 images take a while."""
-
-    def __init__(self, total: int, stream=None, every_s: float = 2.0):
-        self.total, self.stream, self.every_s = total, stream, every_s
-        self.t0 = self.last = time.monotonic()
-
-    def __call__(self, done: int, force: bool = False) -> None:
-        if self.stream is None:
-            return
-        now = time.monotonic()
-        if force or now - self.last >= self.every_s:
-            self.last = now
-            print(f"bitvote data pack: {done}/{self.total} images ({now - self.t0:.0f} s)", file=self.stream,
-                  flush=True)
-
-
-def _image_folder(src: Path, progress) -> Tuple[List[bytes], List[int], Dict[str, int], List[str]]:
-    from .data import IMG_EXT
-
-    present = [s for s in ("train", "test") if (src / s).is_dir()]
-    names = None
-    listing = []
-    for split in present:
-        got = _class_dirs(src / split)
-        if not got:
-            raise BitvoteError(f"malformed image folder {src / split}: no class folders")
-        if names is not None and got != names:
-            raise BitvoteError(f"malformed image folder {src}: train/ and test/ have different class folders")
-        names = got
-        files = []
-        for i, name in enumerate(names):
-            imgs = sorted(p for p in (src / split / name).iterdir() if p.suffix.lower() in IMG_EXT)
-            if not imgs:
-                raise BitvoteError(f"malformed image folder {src / split / name}: no images")
-            files += [(i, p) for p in imgs]
-        listing.append((split, files))
-    prog = _Progress(sum(len(f) for _, f in listing), progress)
-    blobs, labels, splits, done = [], [], {}, 0
-    for split, files in listing:
-        splits[split] = len(files)
-        for i, p in files:
-            try:
-                data = p.read_bytes()
-            except OSError as e:
-                raise BitvoteError(f"cannot read image {p}: {e.strerror}") from None
-            _decode(data, p)  # a bad file is refused now, not on the GPU machine
-            blobs.append(data)
-            labels.append(i)
-            done += 1
-            prog(done)
-    prog(done, force=True)
-    return blobs, labels, splits, names
-
-
-def _official(src: Path, jpeg_quality: Optional[int], progress):
-    from PIL import Image
-
-    from . import data as D
-
-    for dataset, spec in D.DATASETS.items():
-        if src.name == spec.folder or (src / spec.folder).is_dir():
-            break
-    else:  # pragma: no cover - the caller checked
-        raise AssertionError(src)
-    fmt = "JPEG" if jpeg_quality is not None else "PNG"
-    opts = {"quality": int(jpeg_quality)} if jpeg_quality is not None else {}
-    splits = {}
-    parts = []
-    for split in ("train", "test"):
-        s = D.load(dataset, split, src, download=False)
-        splits[split] = len(s)
-        parts.append((s.x.numpy(), s.y.numpy()))
-    prog = _Progress(sum(splits.values()), progress)
-    blobs, labels, done = [], [], 0
-    for x, y in parts:
-        for k in range(len(y)):
-            buf = io.BytesIO()
-            Image.fromarray(x[k].transpose(1, 2, 0)).save(buf, format=fmt, **opts)
-            blobs.append(buf.getvalue())
-            labels.append(int(y[k]))
-            done += 1
-            prog(done)
-    prog(done, force=True)
-    origin = spec.folder + (f" re-encoded as JPEG quality {jpeg_quality}" if jpeg_quality is not None else
-                            " encoded as PNG (lossless)")
-    return blobs, labels, splits, list(_CLASS_NAMES[dataset]), origin
-
-
-def _check_writable(out: Path) -> None:
-    """Refuse an ``--out`` that cannot be written before reading 60,000 images, not after."""
-    import os
-
-    anc = out.absolute().parent
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise BitvoteError(f"pack: cannot write {out}: {anc} is not a folder")
-    if not os.access(anc, os.W_OK):
-        raise BitvoteError(f"pack: cannot write {out}: {anc} is not writable")
-
-
-def pack_folder(src, out, jpeg_quality: Optional[int] = None, progress=None) -> Dict:
-    """Pack ``src`` (an image folder ``train/<class>/*``, ``test/<class>/*``, or the official
-    ``cifar-10-batches-py`` / ``cifar-100-python`` folder, or a folder holding one) into ``out``.
-
-    Image-folder files are stored as they are (never re-encoded). Official pixels are stored
-    as PNG (lossless: decoding gives the pixels back exactly; about 135 MB for CIFAR-10) or,
-    with ``jpeg_quality``, re-encoded as JPEG (lossy; the pack says so). Returns the metadata
-    written plus ``digest`` and ``bytes``. ``progress``: a stream for progress lines, or None.
-    """
-    from . import data as D
-
-    src, out = Path(src).expanduser(), Path(out).expanduser()
-    if not src.exists():
-        raise BitvoteError(f"pack: {src} does not exist")
-    if not src.is_dir():
-        raise BitvoteError(f"pack: {src} is not a folder (an image folder or cifar-10-batches-py)")
-    if out.is_dir():
-        raise BitvoteError(f"pack: --out {out} is a folder; give a file name such as cifar10{SUFFIX}")
-    _check_writable(out)
-    if jpeg_quality is not None and not 1 <= int(jpeg_quality) <= 95:
-        raise BitvoteError(f"pack: --jpeg-quality must be 1..95, got {jpeg_quality}")
-    try:
-        import PIL  # noqa: F401
-    except ImportError:  # pragma: no cover
-        raise BitvoteError("packing needs Pillow: pip install pillow") from None
-    official = any(src.name == s.folder or (src / s.folder).is_dir() for s in D.DATASETS.values())
-    if official:
-        blobs, labels, splits, classes, origin = _official(src, jpeg_quality, progress)
-        lossy = jpeg_quality is not None
-    elif (src / "train").is_dir() or (src / "test").is_dir():
-        if jpeg_quality is not None:
-            raise BitvoteError("pack: --jpeg-quality re-encodes official CIFAR pixels; an image folder's files "
-                               "are packed as they are")
-        try:
-            blobs, labels, splits, classes = _image_folder(src, progress)
-        except OSError as e:  # an unreadable class folder, say
-            raise BitvoteError(f"pack: cannot read {e.filename or src}: {e.strerror or e}") from None
-        origin, lossy = "image folder", False
-    else:
-        raise BitvoteError(f"pack: {src} holds neither train/ and test/ class folders nor "
-                           f"{' / '.join(s.folder for s in D.DATASETS.values())}")
-    digest = write_pack(out, blobs, labels, splits, classes, "image", lossy, origin)
-    return {"count": len(blobs), "splits": splits, "classes": classes, "lossy": lossy, "origin": origin,
-            "digest": digest, "bytes": out.stat().st_size}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,14 +190,12 @@ def read_split(path, split: str, dataset: str, progress: Optional[Callable[[int,
     Decoded once and cached under :func:`bitvote.io.cache_root` (keyed by the pack's
     SHA-256, which is verified on every read: a changed file never meets a stale cache).
     """
-    from . import data as D
-
     path = Path(path).expanduser()
     meta, offsets, labels, payload, digest = _open(path)
     bad = f"packed data {path}"
-    spec = D.DATASETS[dataset]
-    if len(meta["classes"]) != spec.classes:
-        raise BitvoteError(f"{bad} holds {len(meta['classes'])} classes; {dataset} has {spec.classes}")
+    classes = len(CLASS_NAMES[dataset])
+    if len(meta["classes"]) != classes:
+        raise BitvoteError(f"{bad} holds {len(meta['classes'])} classes; {dataset} has {classes}")
     ntr, nte = meta["splits"]["train"], meta["splits"]["test"]
     lo, hi = (0, ntr) if split == "train" else (ntr, ntr + nte)
     if hi == lo:

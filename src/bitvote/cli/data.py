@@ -28,7 +28,7 @@ def add_parser(sub):
 
 
 def _pack(args):
-    from ..datapack import pack_folder
+    from ..data import pack_folder
 
     r = pack_folder(args.src, args.out, args.jpeg_quality, progress=None if args.quiet else sys.stderr)
     print(f"wrote {args.out}: {r['count']} images (train {r['splits'].get('train', 0)}, test "

@@ -103,7 +103,7 @@ def sensitivities(net, candidates: Sequence[str], tie, recal: D.Split, holdout: 
     import copy
 
     from ..models import set_voter, voter_layers
-    from ..train.convert import recalibrate_bn
+    from ..train.recalibrate import recalibrate_bn
 
     state = copy.deepcopy(net.state_dict())
     names = [n for n, _ in voter_layers(net)]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
-import torch
 import torch.nn as nn
 
 from .. import data as D
@@ -21,6 +19,7 @@ from ..models import set_voter, voter_layers, voter_map_text
 from ..voter import is_popcount
 from .checkpoint import model_checkpoint, save as save_checkpoint
 from .loop import evaluate, load_for_evaluation
+from .recalibrate import recalibrate_bn
 
 __all__ = ["convert_model", "recalibrate_bn", "resolved", "convert_checkpoint", "print_rows"]
 
@@ -47,37 +46,6 @@ def resolved(model: nn.Module) -> str:
         if text not in seen:
             seen.append(text)
     return " / ".join(seen)
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, split: D.Split, n: int, batch_size: int = 250, seed: int = 0) -> nn.Module:
-    """Re-estimate every BN's running mean/var on ``n`` training images; no weight changes.
-
-    Running statistics are reset and averaged cumulatively (momentum ``None``) over
-    un-augmented, normalized images in train-mode BN, so the result is the plain average over
-    the ``n`` images and does not depend on the old statistics. The model ends in eval mode.
-    """
-    if n < 1:
-        raise BitvoteError(f"--recalibrate-bn needs a positive number of images, got {n}")
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return model.eval()
-    sub = D.subset(split, n, seed)
-    dev = next(model.parameters()).device
-    model.eval()
-    saved = [(m, m.momentum) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        for i in range(0, len(sub), batch_size):
-            model(D.normalize(sub.x[i : i + batch_size].to(dev), sub.dataset))
-    finally:
-        for m, mom in saved:
-            m.momentum = mom
-        model.eval()
-    return model
 
 
 def convert_checkpoint(ckpt, voter, out=None, tie=None, pad_value=None, recalibrate: int = 0, data=None,

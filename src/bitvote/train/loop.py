@@ -41,6 +41,7 @@ from . import distributed as Dist
 from .kd import distribution_loss
 from .optim import SCHEDULES, lr_at, make_optimizer
 from .progress import Progress, write_csv
+from .recalibrate import recalibrate_bn
 from .resume import resumed_config
 
 __all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint", "device", "check_config",
@@ -562,8 +563,6 @@ class _Run:
         if k == self.stage:
             return
         from ..models import set_voter
-        from .convert import recalibrate_bn
-
         cfg, model = self.cfg, self.model
         set_voter(model, self.stages[k], cfg.tie if cfg.tie is not None else model.config.get("tie"))
         if cfg.recalibrate_bn:
