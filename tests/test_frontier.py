@@ -162,12 +162,12 @@ def test_plateau_rule():
 def test_progressive_run_switches_voters_recalibrates_and_resumes_exactly(parent, tmp_path, monkeypatch):
     """Two stages (mv, then the target) over 6 steps; BN re-estimated at each switch; a kill
     right after the switch and a resume give the uninterrupted run's weights."""
-    import bitvote.train.convert as conv
+    import bitvote.train.loop as loop
 
     data, ckpt, _ = parent
     calls = []
-    real = conv.recalibrate_bn
-    monkeypatch.setattr(conv, "recalibrate_bn", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = loop.recalibrate_bn
+    monkeypatch.setattr(loop, "recalibrate_bn", lambda *a, **k: calls.append(1) or real(*a, **k))
     kw = dict(init=ckpt, voter="tap", tie="first", progressive="mv", recalibrate_bn=8, epochs=2,
               ckpt_every_steps=1)
     whole = train(_cfg(data, tmp_path / "a", **kw))
