@@ -186,3 +186,21 @@ def test_both_epilogues_keep_every_bit(scale, pad_value, size, calls):
         assert torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))
     if scale:
         assert torch.signbit(got[0][:, 3]).any()  # the case the -0.0 bias exists for
+
+
+def test_layers_of_one_shape_keep_their_own_scales(calls):
+    """Layers of one shape share a cached packed layer; each call's scale (and no scale) is
+    its own, in the float epilogue (32x32 outputs) and the int one (8x8)."""
+    torch.manual_seed(2)
+    for size in (32, 8):
+        layers = [BinaryConv2d(32, 6, 3, 1, 1, weight_scale=scale, input_surrogate=None)
+                  for scale in (True, True, False)]
+        with torch.no_grad():
+            layers[1].weight.mul_(5.0)  # another scale, the same signs: only the scale tells them apart
+        x = torch.where(torch.randn(2, 32, size, size) >= 0, 1.0, -1.0)
+        with BF.reference_votes():
+            want = [m(x) for m in layers]
+        for _ in range(2):
+            for m, w in zip(layers, want):
+                assert torch.equal(m(x), w)
+    assert len(calls) == 12

@@ -154,10 +154,9 @@ def conv_sums(words: torch.Tensor, wb: torch.Tensor, stride: Tuple[int, int], pa
     rounds, fused into the pass that writes them."""
     with torch.no_grad():
         big = out_hw[0] * out_hw[1] >= _AFFINE_MIN_PIXELS
-        mode = ("affine" if scale is None else "scaled") if big else "int"
-        conv = _layer(None, wb.detach(), int(stride[0]), int(padding[0]), 0.0, mode)
-        if mode == "scaled":
-            conv.a.copy_(scale.detach().reshape(-1))  # in place: the kernel's arguments point at it
+        conv = _layer(None, wb.detach(), int(stride[0]), int(padding[0]), 0.0, "scaled" if big else "int")
+        if big:  # in place: the kernel's arguments point at a (r * 1 + -0.0 is r exactly)
+            conv.a.copy_(1.0 if scale is None else scale.detach().reshape(-1))
         y = conv(words, threads=torch.get_num_threads())
         if big:
             return y.contiguous()
