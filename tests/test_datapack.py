@@ -96,7 +96,7 @@ def test_reading_never_unpickles_and_caches_by_digest(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "load", boom)
     monkeypatch.setattr(pickle, "loads", boom)
     first = D.load("cifar10", "train", out)
-    monkeypatch.setattr(P, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    monkeypatch.setattr(P, "decode_image", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
     monkeypatch.setenv("BITVOTE_DATA", str(out))  # the env var may name a pack too
     assert torch.equal(D.load("cifar10", "train").x, first.x)
 

@@ -81,11 +81,6 @@ def decode_image(src, what) -> np.ndarray:
     return a.transpose(2, 0, 1)
 
 
-def _decode(data: bytes, what) -> np.ndarray:
-    """Encoded image bytes -> (3, 32, 32) uint8, with the image folders' decoder."""
-    return decode_image(io.BytesIO(data), what)
-
-
 # ---------------------------------------------------------------------------------------------
 # writing
 
@@ -215,7 +210,7 @@ def read_split(path, split: str, dataset: str, progress: Optional[Callable[[int,
         if meta["encoding"] == "raw":
             x[k - lo] = np.frombuffer(blob, np.uint8).reshape(SHAPE)
         else:
-            x[k - lo] = _decode(bytes(blob), f"#{k} of {path}")
+            x[k - lo] = decode_image(io.BytesIO(bytes(blob)), f"#{k} of {path}")
         if progress is not None:
             progress(k - lo + 1, hi - lo)
     buf = io.BytesIO()
