@@ -119,6 +119,49 @@ def test_every_path_matches_the_layer_at_block_boundaries(c):
         pc.use_segments(False)
 
 
+@pytest.mark.parametrize("spec", ["mv", "tap", "groups=3", "tap,groups=2", "tap,leaf=4", "cm:M8(M3(M3))", "cm:P(M3)",
+                                  "cm:M8(M9)", "cgroups=2", "P(M8)"])
+@pytest.mark.parametrize("stride,padding,pad_value", [(1, 1, 0.0), (2, 1, 1.0), (1, 0, 0.0)])
+def test_leaf_sums_out_on_every_kernel_kind(spec, stride, padding, pad_value):
+    """One layer per kernel kind (dense one-leaf and per-tap, fields, rows, channels, channel
+    groups, segments), two blocks of 8 output channels."""
+    c = dict(C=8, k=3, T=9, spec=spec, tie="first", Co=16, N=2, H=5, W=6, stride=stride, padding=padding,
+             pad_value=pad_value, agree=0.5, seed=len(spec))
+    test_leaf_sums_out_are_every_leafs_sum.hypothesis.inner_test(c)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layer_case())
+def test_leaf_sums_out_are_every_leafs_sum(c):
+    """``leaf_sums`` receives each leaf's sum of valid terms, what ``conv_leaf_sums`` gives,
+    on every kernel (the layouts without such a kernel run the segment kernel for it), and
+    the votes beside it do not change."""
+    if c["H"] + 2 * c["padding"] < c["k"] or c["W"] + 2 * c["padding"] < c["k"]:
+        return
+    x, w = _inputs(c)
+    hier = _resolve(c)
+    xb, wb = torch.where(x >= 0, 1.0, -1.0), torch.where(w >= 0, 1.0, -1.0)
+    pc = PackedConv(w >= 0, c["stride"], c["padding"], c["pad_value"], hier)
+    xw = pack(x)
+    if hier is None:
+        want = BF.binary_conv2d(xb, wb, c["stride"], c["padding"], pad_value=c["pad_value"], input_surrogate=None)
+        want = want.permute(0, 2, 3, 1).reshape(1, -1, c["Co"])
+    else:
+        sums, _, _, dim = BF.conv_leaf_sums(xb, wb, hier, c["stride"], c["padding"], 1, c["pad_value"])
+        L = len(hier.leaf_sizes)
+        want = sums.reshape(L, -1, c["Co"]) if dim == 0 else sums.permute(1, 0, 3, 4, 2).reshape(L, -1, c["Co"])
+    votes = pc.epilogue("int")(xw, 1)
+    for segments in (False, True):
+        pc.use_segments(segments)
+        for isa in AVAILABLE:
+            got = torch.full(want.shape, -999, dtype=torch.int16)
+            assert torch.equal(pc(xw, 2, isa, leaf_sums=got), votes), (isa, segments)
+            assert torch.equal(got, want.to(torch.int16)), (isa, segments, hier.describe() if hier else None)
+    pc.use_segments(False)
+    with pytest.raises(BitvoteError, match="leaf sums need a contiguous int16 buffer"):
+        pc(xw, 1, leaf_sums=torch.zeros(want.shape, dtype=torch.int32))
+
+
 @pytest.mark.parametrize("spec", ["mv", "tap", "tap,groups=2", "cgroups=4", "M2(M200, M376)"])
 def test_first_ties_at_borders_and_in_every_lane(spec):
     """All-tie layers: every lane of every block ties, so every vote is a 'first' lookup

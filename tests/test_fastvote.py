@@ -126,11 +126,13 @@ def test_native_gradients_match_float_path(data, sigma, surrogate):
     Ho = (case["H"] + 2 * case["padding"] - k) // case["stride"] + 1
     Wo = (case["W"] + 2 * case["padding"] - k) // case["stride"] + 1
     g = torch.randn(case["N"], case["Co"], Ho, Wo)
+    backward = data.draw(st.sampled_from(["gemm", "terms"]))  # where the leaves allow both
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BITVOTE_VOTE_BACKWARD", backward)
         y0, gx0, gw0 = run_layer(layer, x, g, False, mp)
         y1, gx1, gw1 = run_layer(layer, x, g, True, mp)
     assert torch.equal(y0, y1), (spec, case, tie)
-    assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0), (spec, case, tie, sigma, surrogate)
+    assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0), (spec, case, tie, sigma, surrogate, backward)
 
 
 @pytest.mark.parametrize("spec,C", [("tap,leaf=4", 8), ("tap,groups=4", 12), ("cm:M5(M3(M3))", 5), ("tap", 7)])
@@ -186,11 +188,24 @@ def test_native_is_the_default_and_the_switch_turns_it_off(monkeypatch):
 
 
 def test_kernels_take_small_leaves_by_default(monkeypatch):
-    """By default the kernels take small leaves and ``cm:`` trees, the float path large leaves."""
+    """By default the kernels take small leaves and ``cm:`` trees with the term loop, equal
+    tap-major leaves of 32 terms and more with the leaf GEMMs; without those GEMMs
+    (``BITVOTE_VOTE_BACKWARD=terms``) large leaves go to the float path."""
     monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "1")
     h = lambda spec, C: BinaryConv2d(C, C, 3, voter=spec).hierarchy  # noqa: E731
     assert fastvote.pays(h("tap,leaf=4", 256), 256) and fastvote.pays(h("cm:M64(M3(M3))", 64), 64)
-    assert fastvote.pays(h("tap", 64), 64) and not fastvote.pays(h("tap", 256), 256)
+    assert fastvote.pays(h("tap", 64), 64) and fastvote.pays(h("tap", 256), 256)
+    assert [fastvote.backward_kind(h(spec, C)) for spec, C in [("tap", 256), ("tap", 32), ("groups=4", 16),
+            ("tap,groups=4", 256)]] == ["gemm"] * 4
+    assert [fastvote.backward_kind(h(spec, C)) for spec, C in [("tap", 16), ("tap,leaf=4", 256), ("groups=4", 8),
+            ("tap,groups=4", 64), ("cm:M64(M3(M3))", 64)]] == ["terms"] * 5
+    assert fastvote.backward_kind(BinaryConv2d(1, 2, 3, voter="M2(M5, M4)").hierarchy) == "terms"  # unequal
+    monkeypatch.setenv("BITVOTE_VOTE_BACKWARD", "terms")
+    assert fastvote.backward_kind(h("tap", 256)) == "terms" and not fastvote.pays(h("tap", 256), 256)
+    monkeypatch.setenv("BITVOTE_VOTE_BACKWARD", "gemm")
+    assert fastvote.backward_kind(h("tap", 16)) == "gemm"
+    assert fastvote.backward_kind(h("cm:M64(M3(M3))", 64)) == "terms"  # the GEMMs need tap-major leaves
+    monkeypatch.setenv("BITVOTE_VOTE_BACKWARD", "terms")
     monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all")
     assert fastvote.pays(h("tap", 256), 256)
     assert not fastvote.pays(BinaryConv2d(4096, 1, 3, voter="tap,leaf=4").hierarchy, 1)  # int16 sums
@@ -277,3 +292,72 @@ def test_direct_call_without_the_library_is_a_clear_error(monkeypatch):
     with pytest.raises(RuntimeError, match="native vote kernels are unavailable"):
         fastvote.conv_votes(xb, wb, resolve("tap,leaf=2", 36, 9), (1, 1), (1, 1), (1, 1), 0.0, 3, 3,
                             get_surrogate("approxsign"), "fanin")
+
+
+@SETTINGS
+@given(data=st.data())
+def test_leaf_gemm_backward_across_batch_chunks(data):
+    """The leaf-GEMM backward cut into batch chunks of every size (a last chunk shorter than
+    the others, one image per chunk, one chunk for all), strides, dilation and padding modes,
+    leaf sums from the packed forward or from the backward's matmul: the same gradients as
+    the float path and as vote.c's term loop."""
+    C = data.draw(st.sampled_from([2, 3, 4, 6, 8]))
+    # leaves of whole taps, of runs over taps (groups=3), of a few channels inside a tap
+    spec = data.draw(st.sampled_from(["tap", "groups=3", f"groups={3 * C}", f"tap,groups={C // 2 if C % 2 == 0 else 1}",
+                                      "mv", "P(M%d)" % C]))
+    N, Co = data.draw(st.integers(1, 5)), data.draw(st.sampled_from([1, 7, 8, 9, 17]))
+    stride, dilation = data.draw(st.sampled_from([1, 2])), data.draw(st.sampled_from([1, 2]))
+    pad_value = data.draw(st.sampled_from([0.0, 1.0, -1.0]))
+    tie = data.draw(st.sampled_from(["first", "1", "-1"]))
+    layer = BinaryConv2d(C, Co, 3, stride, dilation, dilation=dilation, voter=spec, pad_value=pad_value, tie=tie)
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    x = torch.randint(-1, 2, (N, C, 7, 6)).float()
+    with torch.no_grad():
+        Ho, Wo = layer(x).shape[2:]
+    g = torch.randn(N, Co, Ho, Wo)
+    per_image = len(layer.hierarchy.leaf_sizes) * Ho * Wo * max(Co, layer.hierarchy.leaf_sizes[0])
+    images = data.draw(st.integers(1, N))  # images per chunk
+    calls = []
+    real = fastvote._leaf_gemm_backward
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fastvote, "_GEMM_CHUNK", per_image * images)
+        # the leaf sums: the packed forward's (dilation 1), or the backward's own matmul
+        mp.setenv("BITVOTE_PACKED_VOTE", "1" if data.draw(st.booleans()) else "0")
+        mp.setattr(fastvote, "_leaf_gemm_backward", lambda *a: calls.append(1) or real(*a))
+        y0, gx0, gw0 = run_layer(layer, x, g, False, mp)
+        mp.setenv("BITVOTE_VOTE_BACKWARD", "terms")
+        y1, gx1, gw1 = run_layer(layer, x, g, True, mp)
+        assert not calls
+        mp.setenv("BITVOTE_VOTE_BACKWARD", "gemm")
+        y2, gx2, gw2 = run_layer(layer, x, g, True, mp)
+    assert len(calls) == (0 if spec == "mv" else 1)  # mv is the plain conv's backward
+    assert torch.equal(y0, y2) and torch.equal(y1, y2)
+    assert close_fp32(gx2, gx0) and close_fp32(gw2, gw0), (spec, N, Co, stride, dilation, pad_value, tie, images)
+    assert close_fp32(gx2, gx1) and close_fp32(gw2, gw1)
+
+
+def test_leaf_gemm_backward_skips_the_input_gradient_nobody_wants(monkeypatch):
+    """A layer whose input needs no gradient (a frozen stem's output) gets its weight gradient
+    from the GEMMs without forming the input's."""
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all")
+    monkeypatch.setenv("BITVOTE_VOTE_BACKWARD", "gemm")
+    seen = []
+    real = fastvote._leaf_gemm_backward
+    monkeypatch.setattr(fastvote, "_leaf_gemm_backward", lambda *a: seen.append(a[12]) or real(*a))
+    torch.manual_seed(0)
+    layer = BinaryConv2d(4, 6, 3, 1, 1, voter="tap", tie="first")
+    x = torch.randint(-1, 2, (2, 4, 5, 5)).float()
+    layer(x).pow(2).sum().backward()
+    want = layer.weight.grad.clone()
+    layer.weight.grad = None
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "0")
+    layer(x).pow(2).sum().backward()
+    assert seen == [False] and close_fp32(want, layer.weight.grad)
+
+
+def test_unknown_backward_choice_is_a_clear_error(monkeypatch):
+    from bitvote.errors import BitvoteError
+
+    monkeypatch.setenv("BITVOTE_VOTE_BACKWARD", "fast")
+    with pytest.raises(BitvoteError, match="BITVOTE_VOTE_BACKWARD='fast': expected auto, gemm or terms"):
+        fastvote.backward_kind(BinaryConv2d(8, 8, 3, voter="tap").hierarchy)

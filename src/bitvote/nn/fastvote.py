@@ -9,6 +9,12 @@ root) and, in the backward, recomputes those integers, multiplies the surrogate 
 leaf (zero for most leaves: a 4-term leaf with sigma 2 passes gradient only when it ties) and
 adds only the non-zero leaves' terms into the input and weight gradients.
 
+That term loop runs at vector rate, so large leaves cost it dearly. Equal tap-major leaves
+of :data:`_GEMM_MIN_LEAF` terms or more take a backward on batched matmuls instead: the
+packed forward keeps every leaf's sum (int16), vote.c turns sums and output gradient into
+dL/ds per (leaf, output), and both gradients are one batched matmul each over the leaves'
+terms (:func:`_leaf_gemm_backward`).
+
 The semantics are those of :func:`bitvote.voter.reduce_votes` (votes bit-identical; gradients
 equal to its chain rule up to fp32 summation order); the tests hold the two against each
 other. The library is compiled with the system C compiler at first use and cached under
@@ -30,12 +36,13 @@ from torch.autograd.function import once_differentiable
 
 from .. import native
 from ..binarize import ApproxSign, Ste, Surrogate
+from ..errors import BitvoteError
 from ..io import cache_root
 from ..voter import CM, Hierarchy
 from ..voter.spec import split_sigma
-from . import packedvote
+from . import packedvote, taprows
 
-__all__ = ["wanted", "forced", "pays", "enabled", "available", "conv_votes", "supports"]
+__all__ = ["wanted", "forced", "pays", "enabled", "available", "conv_votes", "supports", "backward_kind"]
 
 _HERE = Path(__file__).parent / "csrc"
 _FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
@@ -65,6 +72,12 @@ class _Args(ctypes.Structure):
     ]
 
 
+#: leaf size from which the leaf-GEMM backward beats the term loop (where both apply)
+_GEMM_MIN_LEAF = 32
+
+#: floats of one batch chunk's (leaves, positions, Co) tensors in the leaf-GEMM backward
+_GEMM_CHUNK = 1 << 21
+
 _LIB = None
 _broken: Optional[str] = None
 
@@ -90,10 +103,25 @@ def pays(hier: Hierarchy, cout: int) -> bool:
     """
     if hier.n > _MAX_TERMS:
         return False
-    if forced() or hier.order == CM:
+    if forced() or hier.order == CM or backward_kind(hier) == "gemm":
         return True
     leaf = hier.n / len(hier.leaf_sizes)
     return leaf <= 32 or (leaf <= 64 and cout <= 64)
+
+
+def backward_kind(hier: Hierarchy) -> str:
+    """``"gemm"`` (leaf sums and both gradients as batched matmuls around vote.c's chain) or
+    ``"terms"`` (vote.c's term loop). The GEMMs need equal leaves in tap-major order;
+    ``BITVOTE_VOTE_BACKWARD=gemm|terms`` asks for one where both apply, and by default leaves
+    of :data:`_GEMM_MIN_LEAF` terms or more take the GEMMs."""
+    if hier.order == CM or len(set(hier.leaf_sizes)) != 1:
+        return "terms"
+    ask = os.environ.get("BITVOTE_VOTE_BACKWARD", "auto").strip().lower() or "auto"
+    if ask in ("gemm", "terms"):
+        return ask
+    if ask != "auto":
+        raise BitvoteError(f"BITVOTE_VOTE_BACKWARD={ask!r}: expected auto, gemm or terms")
+    return "gemm" if hier.leaf_sizes[0] >= _GEMM_MIN_LEAF else "terms"
 
 
 def enabled() -> bool:
@@ -111,7 +139,8 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("vote.c and fastvote._Args disagree on the argument struct")
     lib.bvt_forward.argtypes = [ctypes.POINTER(_Args), _P]
     lib.bvt_backward.argtypes = [ctypes.POINTER(_Args), _P, _P, _P]
-    lib.bvt_forward.restype = lib.bvt_backward.restype = ctypes.c_int
+    lib.bvt_leaf_grad.argtypes = [ctypes.POINTER(_Args), _P, ctypes.c_int64, _P, _P]
+    lib.bvt_forward.restype = lib.bvt_backward.restype = lib.bvt_leaf_grad.restype = ctypes.c_int
     return lib
 
 
@@ -175,6 +204,13 @@ class _Plan:
         self.nodes, self.nlev = nodes, len(hier.levels)
         self.sigma_valid = 1 if sigma == "valid" else 0
         self.root_p = 1 if hier.root == "P" else 0
+        # Equal leaves in tap-major order are rows of R blocks of b channels of one tap: the
+        # backward's leaf GEMMs take them (taprows); None where leaves differ or run over channels.
+        self.rows = None
+        if not self.order and len(set(leaves)) == 1:
+            size = leaves[0]
+            b = math.gcd(size, C)
+            self.rows = (len(leaves), size, b, size // b, C // b)  # (rows, K, b, R, G)
 
 
 @functools.lru_cache(maxsize=256)
@@ -225,16 +261,21 @@ class _NativeVoteFn(torch.autograd.Function):
         wt = wb.reshape(Co, C, kh * kw)  # term-major (n, Co): the kernels run over channels
         wt = wt.reshape(Co, -1).t() if plan.order else wt.permute(2, 1, 0).reshape(-1, Co)
         wi = torch.ones((wt.shape[0], -(-Co // 16) * 16), dtype=torch.int16)  # pad channels: +1, unused
-        wi[:, :Co] = torch.where(wt >= 0, 1, -1)
+        wi[:, :Co] = (wt >= 0).to(torch.int16).mul_(2).sub_(1)
+        kind = backward_kind(plan.hier) if any(ctx.needs_input_grad[:2]) else None
+        sums = None
         if packedvote.takes(xb, wb, stride, padding, dilation, pad_value):
-            out = packedvote.conv_votes(xb, wb, plan.hier, stride, padding, pad_value)  # the same votes, faster
+            if kind == "gemm":  # the leaf GEMMs start from every leaf's sum: the packed kernel's, kept as int16
+                sums = torch.empty((plan.rows[0], N * Ho * Wo, Co), dtype=torch.int16)
+            out = packedvote.conv_votes(xb, wb, plan.hier, stride, padding, pad_value, sums)  # the same votes, faster
         else:
             out = torch.empty((N, Co, Ho, Wo), dtype=torch.float32)
             keep = []
             a = _args(plan, xcl, wi, None, wb.shape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, keep)
             if _LIB.bvt_forward(ctypes.byref(a), out.data_ptr()):
                 raise MemoryError("native vote kernel: out of memory")
-        ctx.save_for_backward(xcl, wi)
+        ctx.save_for_backward(xcl, wi, sums)
+        ctx.kind = kind
         ctx.meta = (plan, tuple(wb.shape), stride, padding, dilation, Ho, Wo, surrogate, xb.dtype, wb.dtype, H, W,
                     pad_value)
         return out
@@ -242,10 +283,18 @@ class _NativeVoteFn(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # a second derivative through the C kernel is an error, never a silent 0
     def backward(ctx, g):
-        xcl, wi = ctx.saved_tensors
+        xcl, wi, sums = ctx.saved_tensors
         plan, wshape, stride, padding, dilation, Ho, Wo, surrogate, xdt, wdt, H, W, pad_value = ctx.meta
         Co, C, kh, kw = wshape
-        g = g.float().contiguous()
+        g = g.float()
+        ph, pw = padding
+        if ctx.kind == "gemm":
+            gx, gw = _leaf_gemm_backward(plan, xcl, wi, wshape, stride, padding, dilation, Ho, Wo, surrogate,
+                                         pad_value, g, ctx.needs_input_grad[0], sums)
+            gxb = None if gx is None else gx[:, ph:ph + H, pw:pw + W].permute(0, 3, 1, 2).to(xdt)
+            gwb = gw.reshape(kh * kw, C, Co).permute(2, 1, 0).reshape(wshape).to(wdt)
+            return gxb, gwb, None, None, None, None, None, None, None, None
+        g = g.contiguous()
         gx = torch.zeros(xcl.shape, dtype=torch.float32)
         gw = torch.zeros(wi.shape, dtype=torch.float32)
         wf = wi.float()
@@ -257,11 +306,58 @@ class _NativeVoteFn(torch.autograd.Function):
         a = _args(plan, xcl, wi, wf, wshape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, keep, wtc)
         if _LIB.bvt_backward(ctypes.byref(a), g.data_ptr(), gx.data_ptr(), gw.data_ptr()):
             raise MemoryError("native vote kernel: out of memory")
-        ph, pw = padding
         gxb = gx[:, ph:ph + H, pw:pw + W].permute(0, 3, 1, 2).to(xdt)
         gw = gw[:, :Co]
         gwb = gw.t().reshape(Co, C, kh * kw) if plan.order else gw.reshape(kh * kw, C, Co).permute(2, 1, 0)
         return gxb, gwb.reshape(wshape).to(wdt), None, None, None, None, None, None, None, None
+
+
+def _leaf_gemm_backward(plan, xcl, wi, wshape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, g,
+                        want_x, sums=None):
+    """Input gradient (N, Hp, Wp, C) or None, weight gradient (n, Co) term-major, by leaf GEMMs.
+
+    ``sums``: every leaf's sum (leaves, N * Ho * Wo, Co) int16 from the forward's packed
+    kernel, or None: then each batch chunk gets them as one batched matmul of the leaf rows
+    (the terms of each leaf, :mod:`.taprows`) with the weights, exact integers in fp32. Per
+    chunk vote.c turns the sums and the output gradient into dL/ds per (leaf, position,
+    output channel); the weight gradient is rows^T x that and the input gradient that x
+    weights^T, scattered back from the rows. The multiply-adds are two convolutions' (three
+    without ``sums``); the (leaves x outputs) floats exist for one chunk at a time, small
+    enough to stay in cache between the passes that share them.
+    """
+    Co, C, kh, kw = wshape
+    rows, K, b, R, G = plan.rows
+    W = wi[:, :Co].float().view(rows, K, Co)  # term-major (n, Co): leaf-major rows
+    Wt = W.transpose(1, 2).contiguous() if want_x else None
+    gcl = g.permute(0, 2, 3, 1).contiguous()  # (N, Ho, Wo, Co): one position's channels together
+    runs = taprows.runs(kh, kw, stride, dilation, Ho, Wo, G, R)
+    N, HW = xcl.shape[0], Ho * Wo
+    gx = torch.zeros(xcl.shape, dtype=torch.float32) if want_x else None
+    gw = torch.zeros((rows, K, Co), dtype=torch.float32)
+    step = max(1, min(N, _GEMM_CHUNK // max(1, rows * HW * max(Co, K))))
+    xbuf = torch.empty(rows * step * HW * K)  # one chunk's buffers, reused: no page faults per chunk
+    dbuf = torch.empty(rows * step * HW * Co)
+    keep = []
+    for n0 in range(0, N, step):
+        n1 = min(N, n0 + step)
+        m = (n1 - n0) * HW
+        xc = xcl[n0:n1]
+        X = xbuf[:rows * m * K].view(rows, n1 - n0, Ho, Wo, R, b)
+        taprows.gather(xc.float(), runs, rows, Ho, Wo, R, b, out=X)
+        X = X.view(rows, m, K)
+        if sums is None:  # sums of +/-1 and 0: exact in fp32, and in int16 (n <= _MAX_TERMS)
+            S, stride_l = torch.bmm(X, W).to(torch.int16), m * Co
+        else:
+            S, stride_l = sums[:, n0 * HW:n1 * HW], sums.shape[1] * Co
+        dS = dbuf[:rows * m * Co].view(rows, m, Co)
+        a = _args(plan, xc, wi, None, wshape, stride, padding, dilation, Ho, Wo, surrogate, pad_value, keep)
+        if _LIB.bvt_leaf_grad(ctypes.byref(a), S.data_ptr(), stride_l, gcl[n0:n1].data_ptr(), dS.data_ptr()):
+            raise MemoryError("native vote kernel: out of memory")
+        gw.baddbmm_(X.transpose(1, 2), dS)
+        if want_x:  # the rows are used up: their buffer takes their input gradient
+            grows = torch.bmm(dS, Wt, out=xbuf[:rows * m * K].view(rows, m, K))
+            taprows.scatter_add(gx[n0:n1], grows.view(rows, n1 - n0, Ho, Wo, R, b), runs, b)
+    return gx, gw.view(-1, Co)
 
 
 def conv_votes(xb, wb, hier: Hierarchy, stride, padding, dilation, pad_value, Ho, Wo, surrogate, sigma):

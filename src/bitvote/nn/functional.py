@@ -33,7 +33,7 @@ from ..voter import CM, Hierarchy
 from ..voter.reduce import first_nonzero as _first_nonzero, first_true as _first_true, \
     flat_changes, flat_surrogate, reduce_votes, segment_starts as _starts, segment_sum as _segsum, vote_dtype
 from ..voter.spec import sigma_is_flat, sigma_without_flat
-from . import fastvote, packedvote, rowvote
+from . import fastvote, packedvote, rowvote, taprows
 
 __all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary", "reference_votes"]
 
@@ -81,44 +81,15 @@ class _TapViews(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xcl, kh, kw, stride, dilation, Ho, Wo, G, R):
-        N, Hp, Wp, C = xcl.shape
-        b = C // G
-        out = xcl.new_empty((kh * kw * G // R, N, Ho, Wo, R, b))
-        runs = []  # (tap slice, first group, groups, row, slot)
-        t = 0
-        for i in range(kh):
-            for j in range(kw):
-                sl = (slice(None), slice(i * dilation[0], i * dilation[0] + (Ho - 1) * stride[0] + 1, stride[0]),
-                      slice(j * dilation[1], j * dilation[1] + (Wo - 1) * stride[1] + 1, stride[1]))
-                g = 0
-                while g < G:  # split the tap's groups where a row ends (R = 1: rows are blocks)
-                    p = t * G + g
-                    m = G - g if R == 1 else min(G - g, R - p % R)
-                    runs.append((sl, g, m, p // R, p % R))
-                    g += m
-                t += 1
-        for sl, g, m, row, k in runs:
-            src = xcl[sl][..., g * b:(g + m) * b].reshape(N, Ho, Wo, m, b)
-            if R == 1:
-                out[row:row + m, :, :, :, 0].copy_(src.permute(3, 0, 1, 2, 4))
-            else:
-                out[row, :, :, :, k:k + m].copy_(src)
-        ctx.runs, ctx.shape, ctx.b = runs, xcl.shape, b
-        return out
+        b = xcl.shape[3] // G
+        plan = taprows.runs(kh, kw, stride, dilation, Ho, Wo, G, R)
+        ctx.plan, ctx.shape, ctx.b = plan, xcl.shape, b
+        return taprows.gather(xcl, plan, kh * kw * G // R, Ho, Wo, R, b)
 
     @staticmethod
     def backward(ctx, g):
-        N, Hp, Wp, C = ctx.shape
-        b = ctx.b
-        gx = g.new_zeros(ctx.shape)
-        Ho, Wo = g.shape[2], g.shape[3]
-        for sl, grp, m, row, k in ctx.runs:
-            dst = gx[sl][..., grp * b:(grp + m) * b].view(N, Ho, Wo, m, b)
-            if g.shape[4] == 1:
-                dst.add_(g[row:row + m, :, :, :, 0].permute(1, 2, 3, 0, 4))
-            else:
-                dst.add_(g[row, :, :, :, k:k + m])
-        return gx, None, None, None, None, None, None, None, None
+        return (taprows.scatter_add(g.new_zeros(ctx.shape), g, ctx.plan, ctx.b), None, None, None, None, None,
+                None, None, None)
 
 
 def _boundaries(sizes):

@@ -115,10 +115,11 @@ def _layer(hier: Optional[Hierarchy], wb: torch.Tensor, stride: int, padding: in
 
 
 def conv_votes(xb: torch.Tensor, wb: torch.Tensor, hier: Hierarchy, stride: Tuple[int, int],
-               padding: Tuple[int, int], pad_value: float) -> torch.Tensor:
+               padding: Tuple[int, int], pad_value: float, leaf_sums: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Votes (or a ``P`` root's counts) ``(N, Co, Ho, Wo)`` fp32 of one conv group, no graph.
 
     ``xb`` and ``wb`` are the binarized input and weights (a value >= 0 is +1, as everywhere).
+    ``leaf_sums`` (int16, ``(leaves, N * Ho * Wo, Co)``) also receives every leaf's sum.
     The kernel writes channels-last floats; they are copied to the contiguous layout the rest
     of the step runs on (measured: channels-last votes slowed the step's element-wise ops and
     batch norm by more than the copy costs).
@@ -127,7 +128,7 @@ def conv_votes(xb: torch.Tensor, wb: torch.Tensor, hier: Hierarchy, stride: Tupl
         conv = _layer(hier, wb.detach(), int(stride[0]), int(padding[0]), pad_value,
                       "affine" if hier.root == "P" else "select")
         threads = torch.get_num_threads()
-        return conv(pack(xb.detach(), threads=threads), threads=threads).contiguous()
+        return conv(pack(xb.detach(), threads=threads), threads=threads, leaf_sums=leaf_sums).contiguous()
 
 
 def sums_pay(x: torch.Tensor, w: torch.Tensor, stride: Tuple[int, int], padding: Tuple[int, int],

@@ -47,7 +47,7 @@ class ConvArgs(ctypes.Structure):
         ("a", _P), ("b", _P), ("thr", _P), ("dir", _P),
         ("nthreads", _I), ("kind", _I),
         ("post", _I), ("res", _P), ("si", _P), ("pw", _P), ("so", _P),
-        ("wpc", _P),
+        ("wpc", _P), ("lsum", _P),
     ]
 
 

@@ -266,7 +266,8 @@ class PackedConv(ConvEpilogue):
     inplace_residual = True
 
     def __call__(self, xw: torch.Tensor, threads: int = 1, isa=None, raw: bool = False,
-                 residual: Optional[torch.Tensor] = None, inplace: bool = False) -> torch.Tensor:
+                 residual: Optional[torch.Tensor] = None, inplace: bool = False,
+                 leaf_sums: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Run on packed input words ``(N, H, W, Wd)``; the output follows the epilogue.
 
         ``raw=True`` returns the integer result (``"int"``) whatever the epilogue: what
@@ -275,6 +276,8 @@ class PackedConv(ConvEpilogue):
         ``inplace=True`` writes the output over the residual's memory (when it is channels-last
         float32; each element is read before it is written): one stream of memory traffic
         fewer, for callers done with the residual (the graph's blocks).
+        ``leaf_sums``: an int16 buffer ``(leaves, N * Ho * Wo, Co)`` (contiguous) that also
+        receives every leaf's sum of valid terms, the integers a training backward starts from.
         """
         mode = "int" if raw else self.mode
         if xw.dim() != 4 or xw.shape[3] != self.Wd or xw.dtype != torch.int64:
@@ -312,6 +315,13 @@ class PackedConv(ConvEpilogue):
         if p is None:
             p = self._make_args(mode, N, H, W, Ho, Wo, Wdo, threads)
         p.x, p.out = xw.data_ptr(), out.data_ptr()
+        p.lsum = 0
+        if leaf_sums is not None:
+            want = (self.leaf_size.numel(), N * Ho * Wo, self.Co)
+            if leaf_sums.dtype != torch.int16 or tuple(leaf_sums.shape) != want or not leaf_sums.is_contiguous():
+                raise BitvoteError(f"layer {self.name!r}: leaf sums need a contiguous int16 buffer {want}, got "
+                                   f"{leaf_sums.dtype} {tuple(leaf_sums.shape)}")
+            p.lsum = leaf_sums.data_ptr()
         if mode in ("affine", "select"):
             p.res = 0 if res is None else res.data_ptr()
             p.post = (0 if res is None else 1) | (2 if getattr(self, "rprelu", None) is not None else 0)

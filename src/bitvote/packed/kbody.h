@@ -366,6 +366,7 @@ static int FN(conv)(const bv_conv_t *p)
                             const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(vcnt[l]),
                                                                 _mm256_slli_epi32(BV_LD8(mism + ((size_t)l * tcb + c) * 8), 1));
                             _mm256_storeu_si256((__m256i *)(sums + l * 8), sv);
+                            if (p->lsum) bv_lsum_put(p, l, npix, pix, o0, nl, sums + l * 8);
                             if (need_first && vcnt[l] > 0 && _mm256_movemask_epi8(_mm256_cmpeq_epi32(sv, _mm256_setzero_si256()))) {
                                 const int s = fseg[l], t = p->seg_tap[s], j = p->seg_word[s];
                                 _mm256_storeu_si256((__m256i *)(firsts + l * 8),
@@ -458,6 +459,8 @@ static int FN(conv)(const bv_conv_t *p)
                         const int o = cb * 8 + lane;
                         if (o >= p->Co) break;
                         for (int l = 0; l < L; l++) sums[l] = vcnt[l] - 2 * (int32_t)mism[(size_t)l * 8 + lane];
+                        if (p->lsum)
+                            for (int l = 0; l < L; l++) p->lsum[((size_t)l * npix + pix) * p->Co + o] = (int16_t)sums[l];
                         if (need_first)
                             for (int l = 0; l < L; l++) {
                                 const int s = fseg[l];
@@ -1223,6 +1226,14 @@ static int FN(conv_dense)(const bv_conv_t *p)
                         FN(tiles)(tp, T, Wd, wg, ws, tcb, pertap, mism);
                         for (int c = 0; c < tcb; c++) {
                             const int o0 = (cbs + c) * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
+                            if (p->lsum) {
+                                int32_t ls[8];
+                                for (int l = 0; l < LT; l++) {
+                                    const int32_t cn = pertap ? lcnt[l] : cnts[0];
+                                    for (int q = 0; q < 8; q++) ls[q] = cn - 2 * (int32_t)mism[((size_t)l * tcb + c) * 8 + q];
+                                    bv_lsum_put(p, l, npix, pix, o0, nl, ls);
+                                }
+                            }
 #ifdef BV_VEPI
                             if (nl == 8 && (!p->voter || mv1) &&
                                 FN(vepi)(p, pix, o0, cnts[0], mism + (size_t)c * 8, p->voter, t1 >= 0 ? tp[t1][0] : 0,

@@ -46,7 +46,16 @@ typedef struct {
     const float *res;                         /* residual, channels-last like the output */
     const float *si, *pw, *so;                /* RPReLU: v + si -> prelu(pw) -> + so */
     const int32_t *wpc;                       /* (Co/8, T, 8) popcount of each tap's weight words, or NULL */
+    int16_t *lsum;                            /* NULL, or every leaf's sum out: (L, N*Ho*Wo, Co) (training's
+                                                 backward; the dense `tap` and segment kernels write it) */
 } bv_conv_t;
+
+/* Leaf l's sums s of nl channels o0.. at output pixel pix, into lsum. */
+static inline void bv_lsum_put(const bv_conv_t *p, int l, long npix, long pix, int o0, int nl, const int32_t *s)
+{
+    int16_t *d = p->lsum + ((size_t)l * npix + pix) * p->Co + o0;
+    for (int q = 0; q < nl; q++) d[q] = (int16_t)s[q];
+}
 
 /* The fused tail of a block on one float output, in PyTorch's order and rounding:
  * y + shortcut, then prelu(y + shift_in, w) + shift_out. */
@@ -686,10 +695,15 @@ int bv_conv(const bv_conv_t *p, int isa)
     const int best = bv_best_isa();
     if (isa < 0) isa = best;
     if (isa > best) return -2;
+    if (p->lsum && p->kind != BV_KIND_TAP_LEAVES && p->kind != BV_KIND_SEGMENTS) {
+        bv_conv_t q = *p; /* leaf sums out: the kernels that hold every leaf's sum */
+        q.kind = BV_KIND_SEGMENTS;
+        return bv_conv(&q, isa);
+    }
     switch (isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
     case BV_ISA_AVX2:
-        if (bv_kernel_version == 0) return p->kind == 1 || p->kind == 2 ? conv_dense_avx2v0(p) : conv_avx2v0(p);
+        if (bv_kernel_version == 0 && !p->lsum) return p->kind == 1 || p->kind == 2 ? conv_dense_avx2v0(p) : conv_avx2v0(p);
         return p->kind == BV_KIND_FIELDS ? conv_fields_avx2(p) : p->kind == BV_KIND_ROWS ? conv_rows_avx2(p)
             : p->kind == BV_KIND_CHANNELS ? conv_chan_avx2(p)
             : p->kind == BV_KIND_CGROUPS ? conv_cgroups_avx2(p)

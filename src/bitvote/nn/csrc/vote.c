@@ -125,12 +125,27 @@ static void pos_setup(const bvt_args *A, pos_t *P, int b, int ho, int wo) {
         return;
     }
     const int L = A->lev_first[1];
-    for (int l = 0; l < L; l++) {
-        int c = 0, f = -1;
-        for (int i = A->leaf_start[l]; i < A->leaf_start[l + 1]; i++)
-            if (P->a[i]) { if (f < 0) f = i; c++; }
-        P->cnt[l] = c;
-        P->first[l] = f;
+    if (!A->order) {
+        /* tap-major: a term is invalid exactly where its tap's pixel is padding (the input
+         * itself is +/-1), so a leaf's count and first term come from its taps' runs */
+        for (int l = 0; l < L; l++) {
+            const int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
+            int c = 0, f = -1;
+            for (int t = i0 / C; t < T && t * C < i1; t++) {
+                const int a = t * C > i0 ? t * C : i0, e = (t + 1) * C < i1 ? (t + 1) * C : i1;
+                if (a < e && P->a[a]) { if (f < 0) f = a; c += e - a; }
+            }
+            P->cnt[l] = c;
+            P->first[l] = f;
+        }
+    } else {
+        for (int l = 0; l < L; l++) {
+            int c = 0, f = -1;
+            for (int i = A->leaf_start[l]; i < A->leaf_start[l + 1]; i++)
+                if (P->a[i]) { if (f < 0) f = i; c++; }
+            P->cnt[l] = c;
+            P->first[l] = f;
+        }
     }
     for (int li = 1; li < A->nlev; li++) {
         for (int j = A->lev_first[li]; j < A->lev_first[li + 1]; j++) {
@@ -178,20 +193,10 @@ static inline void node_vote(const bvt_args *A, pos_t *P, int j, int tie, int is
     }
 }
 
-/* Sums and votes of every node, every channel. */
-static void pos_eval(const bvt_args *A, pos_t *P) {
+/* Votes of every node, every channel, from the leaf sums in P->s. */
+static void pos_votes(const bvt_args *A, pos_t *P) {
     const int L = A->lev_first[1], root = A->nodes - 1, NB = A->Cp / 16;
-    const v16 *W = (const v16 *)A->w;
-    for (int l = 0; l < L; l++) {
-        v16 *s = P->s + (size_t)l * NB;
-        int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
-        for (int k = 0; k < NB; k++) {
-            v16 acc = {0};
-            for (int i = i0; i < i1; i++) acc += W[(size_t)i * NB + k] * (int16_t)P->a[i];
-            s[k] = acc;
-        }
-        node_vote(A, P, l, A->lev_tie[0], l == root);
-    }
+    for (int l = 0; l < L; l++) node_vote(A, P, l, A->lev_tie[0], l == root);
     for (int li = 1; li < A->nlev; li++) {
         int j1 = A->lev_first[li + 1];
         for (int j = A->lev_first[li]; j < j1; j++) {
@@ -205,6 +210,22 @@ static void pos_eval(const bvt_args *A, pos_t *P) {
             node_vote(A, P, j, A->lev_tie[li], j == root);
         }
     }
+}
+
+/* Sums and votes of every node, every channel, from the position's terms. */
+static void pos_eval(const bvt_args *A, pos_t *P) {
+    const int L = A->lev_first[1], NB = A->Cp / 16;
+    const v16 *W = (const v16 *)A->w;
+    for (int l = 0; l < L; l++) {
+        v16 *s = P->s + (size_t)l * NB;
+        int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
+        for (int k = 0; k < NB; k++) {
+            v16 acc = {0};
+            for (int i = i0; i < i1; i++) acc += W[(size_t)i * NB + k] * (int16_t)P->a[i];
+            s[k] = acc;
+        }
+    }
+    pos_votes(A, P);
 }
 
 /* out: (N, Co, Ho, Wo) */
@@ -270,10 +291,72 @@ static inline int node_deriv(const bvt_args *A, const v8f *cp, const v16 *s16, f
     return 0;
 }
 
+/* dL/ds of every node, root to leaves, from the output gradient gi (Cp floats, 0 beyond Co). */
+static void pos_chain(const bvt_args *A, pos_t *P, const v8f *gi) {
+    const int root = A->nodes - 1, N8 = A->Cp / 8, N8f = (A->Co + 7) / 8;
+    v8f *cr = P->coef + (size_t)root * N8;
+    if (A->root_p) {
+        memcpy(cr, gi, sizeof(float) * 8 * N8f);
+        P->live[root] = 1;
+    } else {
+        P->live[root] = (uint8_t)node_deriv(A, gi, P->s + (size_t)root * (A->Cp / 16), P->sig[root], cr);
+    }
+    for (int j = root - 1; j >= 0; j--) {
+        int pj = A->parent[j];
+        /* an abstaining voter has no valid term below it: nothing to pass */
+        P->live[j] = P->live[pj] && P->cnt[j] > 0
+            && node_deriv(A, P->coef + (size_t)pj * N8, P->s + (size_t)j * (A->Cp / 16), P->sig[j],
+                          P->coef + (size_t)j * N8);
+    }
+}
+
+/* dL/ds of every leaf for the backward's GEMMs, which then form both gradients.
+ * S: the leaf sums, leaf l of position np at S[l * sstride + np * Co], NP = N * Ho * Wo
+ * positions in (b, ho, wo) order; g: the output gradient channels-last (NP, Co); out:
+ * (L, NP, Co), 0 where a leaf passes nothing. The tree above the leaves, ties and validity
+ * are those of bvt_backward. */
+int bvt_leaf_grad(const bvt_args *A, const int16_t *S, int64_t sstride, const float *g, float *out) {
+    const int L = A->lev_first[1], Co = A->Co, N8 = A->Cp / 8, NB = A->Cp / 16;
+    const size_t NP = (size_t)A->N * A->Ho * A->Wo;
+    int err = 0;
+#pragma omp parallel num_threads(A->nthreads) reduction(| : err)
+    {
+        pos_t P;
+        v8f *gi = valloc32(sizeof(float) * A->Cp);
+        if (!pos_alloc(A, &P, 1) || !gi) err = 1;
+        else memset(gi, 0, sizeof(float) * A->Cp);
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < A->N; b++)
+            for (int ho = 0; ho < A->Ho; ho++) {
+                if (err) continue;
+                for (int wo = 0; wo < A->Wo; wo++) {
+                    const size_t np = ((size_t)b * A->Ho + ho) * A->Wo + wo;
+                    pos_setup(A, &P, b, ho, wo);
+                    for (int l = 0; l < L; l++) {
+                        int16_t *s = (int16_t *)(P.s + (size_t)l * NB);
+                        memcpy(s, S + (size_t)l * sstride + np * Co, sizeof(int16_t) * Co);
+                        memset(s + Co, 0, sizeof(int16_t) * (A->Cp - Co));
+                    }
+                    pos_votes(A, &P);
+                    memcpy(gi, g + np * Co, sizeof(float) * Co);
+                    pos_chain(A, &P, gi);
+                    for (int l = 0; l < L; l++) {
+                        float *dst = out + ((size_t)l * NP + np) * Co;
+                        if (P.live[l]) memcpy(dst, P.coef + (size_t)l * N8, sizeof(float) * Co);
+                        else memset(dst, 0, sizeof(float) * Co);
+                    }
+                }
+            }
+        free(gi);
+        pos_free(&P);
+    }
+    return err;
+}
+
 /* g: (N, Co, Ho, Wo); gx: (N, Hp, Wp, C) zeroed; gw: (n, Cp) zeroed, term-major. */
 int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
     const size_t HW = (size_t)A->Ho * A->Wo, CN = (size_t)A->Cp * A->n;
-    const int T = A->kh * A->kw, C = A->C, L = A->lev_first[1], root = A->nodes - 1, Co = A->Co;
+    const int T = A->kh * A->kw, C = A->C, L = A->lev_first[1], Co = A->Co;
     const int N8 = A->Cp / 8, N8f = (Co + 7) / 8;  /* row stride, blocks with real channels */
     int nt = A->nthreads > 0 ? A->nthreads : 1;
     if (nt > A->N) nt = A->N;
@@ -302,20 +385,7 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
                     const float *gp = g + (size_t)b * Co * HW + (size_t)ho * A->Wo + wo;
                     float *gs = (float *)gi;
                     for (int o = 0; o < N8f * 8; o++) gs[o] = o < Co ? gp[o * HW] : 0.0f;
-                    v8f *cr = P.coef + (size_t)root * N8;
-                    if (A->root_p) {
-                        memcpy(cr, gi, sizeof(float) * 8 * N8f);
-                        P.live[root] = 1;
-                    } else {
-                        P.live[root] = (uint8_t)node_deriv(A, gi, P.s + (size_t)root * (A->Cp / 16), P.sig[root], cr);
-                    }
-                    for (int j = root - 1; j >= 0; j--) {
-                        int pj = A->parent[j];
-                        /* an abstaining voter has no valid term below it: nothing to pass */
-                        P.live[j] = P.live[pj] && P.cnt[j] > 0
-                            && node_deriv(A, P.coef + (size_t)pj * N8, P.s + (size_t)j * (A->Cp / 16), P.sig[j],
-                                          P.coef + (size_t)j * N8);
-                    }
+                    pos_chain(A, &P, gi);
                     for (int l = 0; l < L; l++) {
                         if (!P.live[l]) continue;
                         const v8f *cf = P.coef + (size_t)l * N8;
