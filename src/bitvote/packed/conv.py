@@ -277,7 +277,8 @@ class PackedConv(ConvEpilogue):
         float32; each element is read before it is written): one stream of memory traffic
         fewer, for callers done with the residual (the graph's blocks).
         ``leaf_sums``: an int16 buffer ``(leaves, N * Ho * Wo, Co)`` (contiguous) that also
-        receives every leaf's sum of valid terms, the integers a training backward starts from.
+        receives every leaf's sum of valid terms, the integers a training backward starts from
+        (leaves of at most 32767 terms).
         """
         mode = "int" if raw else self.mode
         if xw.dim() != 4 or xw.shape[3] != self.Wd or xw.dtype != torch.int64:
@@ -317,6 +318,9 @@ class PackedConv(ConvEpilogue):
         p.x, p.out = xw.data_ptr(), out.data_ptr()
         p.lsum = 0
         if leaf_sums is not None:
+            if int(self.leaf_size.max()) > 32767:
+                raise BitvoteError(f"layer {self.name!r}: a leaf of {int(self.leaf_size.max())} terms does not fit "
+                                   "the int16 leaf sums (at most 32767)")
             want = (self.leaf_size.numel(), N * Ho * Wo, self.Co)
             if leaf_sums.dtype != torch.int16 or tuple(leaf_sums.shape) != want or not leaf_sums.is_contiguous():
                 raise BitvoteError(f"layer {self.name!r}: leaf sums need a contiguous int16 buffer {want}, got "

@@ -219,6 +219,13 @@ static inline void FN(vreduce8)(const bv_conv_t *p, const int32_t *sums, const i
     memcpy(r, va, 8 * sizeof(int32_t));
 }
 
+/* Leaf l's sums of 8 channels o0.. (8 int32 lanes) at output pixel pix, into lsum as int16. */
+static inline void FN(lsum_put8)(const bv_conv_t *p, int l, long npix, long pix, int o0, __m256i sv)
+{
+    const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(sv), _mm256_extracti128_si256(sv, 1));
+    _mm_storeu_si128((__m128i *)(p->lsum + ((size_t)l * npix + pix) * p->Co + o0), h);
+}
+
 /* r (8 lanes) to the float / bit output, with the fused residual and RPReLU. */
 static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r)
 {
@@ -366,7 +373,10 @@ static int FN(conv)(const bv_conv_t *p)
                             const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(vcnt[l]),
                                                                 _mm256_slli_epi32(BV_LD8(mism + ((size_t)l * tcb + c) * 8), 1));
                             _mm256_storeu_si256((__m256i *)(sums + l * 8), sv);
-                            if (p->lsum) bv_lsum_put(p, l, npix, pix, o0, nl, sums + l * 8);
+                            if (p->lsum) {
+                                if (nl == 8) FN(lsum_put8)(p, l, npix, pix, o0, sv);
+                                else bv_lsum_put(p, l, npix, pix, o0, nl, sums + l * 8);
+                            }
                             if (need_first && vcnt[l] > 0 && _mm256_movemask_epi8(_mm256_cmpeq_epi32(sv, _mm256_setzero_si256()))) {
                                 const int s = fseg[l], t = p->seg_tap[s], j = p->seg_word[s];
                                 _mm256_storeu_si256((__m256i *)(firsts + l * 8),
@@ -1227,9 +1237,17 @@ static int FN(conv_dense)(const bv_conv_t *p)
                         for (int c = 0; c < tcb; c++) {
                             const int o0 = (cbs + c) * 8, nl = p->Co - o0 < 8 ? p->Co - o0 : 8;
                             if (p->lsum) {
-                                int32_t ls[8];
                                 for (int l = 0; l < LT; l++) {
                                     const int32_t cn = pertap ? lcnt[l] : cnts[0];
+#ifdef BV_VEPI
+                                    if (nl == 8) { /* 8 lanes at once: (cn - 2 m) packed to int16 */
+                                        const __m256i sv = _mm256_sub_epi32(_mm256_set1_epi32(cn),
+                                                                            _mm256_slli_epi32(BV_LD8(mism + ((size_t)l * tcb + c) * 8), 1));
+                                        FN(lsum_put8)(p, l, npix, pix, o0, sv);
+                                        continue;
+                                    }
+#endif
+                                    int32_t ls[8];
                                     for (int q = 0; q < 8; q++) ls[q] = cn - 2 * (int32_t)mism[((size_t)l * tcb + c) * 8 + q];
                                     bv_lsum_put(p, l, npix, pix, o0, nl, ls);
                                 }
