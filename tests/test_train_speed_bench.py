@@ -67,6 +67,17 @@ def test_train_speed_packed_switch_times_each_binary_row_twice(tmp_path):
     assert rows[1]["ratio_popcount"] == 1.0 and rows[3]["ratio_popcount"] == 1.0
 
 
+def test_train_speed_terms_path_times_the_term_loop_beside_the_default(tmp_path):
+    out = tmp_path / "speed.json"
+    r = bench("--widths", "0.25", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--threads", "1",
+              "--voters", "popcount;tap", "--tie", "first", "--paths", "terms,new", "--json", out, timeout=180)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(x["voter"], x["path"]) for x in rows[1:]] == [("popcount", "-"), ("tap", "terms"), ("tap", "new")]
+    bad = bench("--paths", "terms,fast", timeout=60)
+    assert bad.returncode == 2 and "terms" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_popcount_forward_benchmark_checks_and_times_every_shape(tmp_path):
     out = tmp_path / "fwd.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "popcount_forward.py"), "--widths", "0.5",
