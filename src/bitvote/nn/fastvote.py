@@ -345,7 +345,7 @@ def _leaf_gemm_backward(plan, xcl, wi, wshape, stride, padding, dilation, Ho, Wo
         m = (n1 - n0) * HW
         xc = xcl[n0:n1]
         X = xbuf[:rows * m * K].view(rows, n1 - n0, Ho, Wo, R, b)
-        taprows.gather(xc.float(), runs, rows, Ho, Wo, R, b, out=X)
+        taprows.gather(xc, runs, rows, Ho, Wo, R, b, out=X)  # int8 terms -> fp32 rows in the copy
         X = X.view(rows, m, K)
         if sums is None:  # sums of +/-1 and 0: exact in fp32, and in int16 (n <= _MAX_TERMS)
             S, stride_l = torch.bmm(X, W).to(torch.int16), m * Co

@@ -38,7 +38,7 @@ def runs(kh: int, kw: int, stride, dilation, Ho: int, Wo: int, G: int, R: int) -
 def gather(xcl: torch.Tensor, plan: List[Run], rows: int, Ho: int, Wo: int, R: int, b: int,
            out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Rows (rows, N, Ho, Wo, R, b) of a channels-last padded input (N, Hp, Wp, C), into ``out``
-    when given (a buffer of that shape)."""
+    when given (a buffer of that shape, of any dtype: the copies convert)."""
     N = xcl.shape[0]
     if out is None:
         out = xcl.new_empty((rows, N, Ho, Wo, R, b))
