@@ -47,7 +47,7 @@ typedef struct {
     const float *si, *pw, *so;                /* RPReLU: v + si -> prelu(pw) -> + so */
     const int32_t *wpc;                       /* (Co/8, T, 8) popcount of each tap's weight words, or NULL */
     int16_t *lsum;                            /* NULL, or every leaf's sum out: (L, N*Ho*Wo, Co) (training's
-                                                 backward; the dense `tap` and segment kernels write it) */
+                                                 backward; the dense and segment kernels write it) */
 } bv_conv_t;
 
 /* Leaf l's sums s of nl channels o0.. at output pixel pix, into lsum. */
@@ -695,7 +695,7 @@ int bv_conv(const bv_conv_t *p, int isa)
     const int best = bv_best_isa();
     if (isa < 0) isa = best;
     if (isa > best) return -2;
-    if (p->lsum && p->kind != BV_KIND_TAP_LEAVES && p->kind != BV_KIND_SEGMENTS) {
+    if (p->lsum && p->kind != BV_KIND_ONE_LEAF && p->kind != BV_KIND_TAP_LEAVES && p->kind != BV_KIND_SEGMENTS) {
         bv_conv_t q = *p; /* leaf sums out: the kernels that hold every leaf's sum */
         q.kind = BV_KIND_SEGMENTS;
         return bv_conv(&q, isa);
