@@ -312,6 +312,25 @@ def test_one_leaf_under_a_p_root_is_the_sum():
                 lib().bv_set_kernel(old)
 
 
+@pytest.mark.parametrize("Co", [20, 50, 100, 120, 530])
+@pytest.mark.parametrize("spec", ["M2(M36, M36)", "tap,groups=2"])
+def test_segment_kernel_covers_the_last_channel_blocks(spec, Co):
+    """Output channels whose 8-channel blocks end in a partial register tile (7 blocks in
+    tiles of 4, 13 or 15 in tiles of 8): every block is computed, the last ones in smaller
+    tiles."""
+    g = torch.Generator().manual_seed(Co)
+    x, w = torch.randn(1, 8, 3, 2, generator=g), torch.randn(Co, 8, 3, 3, generator=g)
+    hier = resolve(spec, 72, 9, "first")
+    with BF.reference_votes():
+        want = BF.binary_conv2d(x, w, 1, 1, voter=hier, pad_value=0.0)
+    pc = PackedConv(w >= 0, 1, 1, 0.0, hier)
+    pc.use_segments(True)
+    try:
+        _check_every_path(pc, hier, pack(x), want, Co, spec)
+    finally:
+        pc.use_segments(False)
+
+
 def _check_every_path(pc, hier, xw, want, Co, spec):
     """Every ISA and kernel version: the exact integers, then the float epilogue of a P root
     (counts stay numbers) or the packed bits of an M root's votes."""

@@ -326,8 +326,9 @@ static int FN(conv)(const bv_conv_t *p)
                     }
                 }
                 if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
-                for (int cb0 = 0; cb0 < Cob; cb0 += CB) {
-                    int tcb = CB;
+                /* channel blocks in register tiles of a power of two: the last ones in smaller tiles */
+                for (int cb0 = 0, tcb; cb0 < Cob; cb0 += tcb) {
+                    tcb = CB;
                     while (tcb > Cob - cb0) tcb /= 2;
                     const uint64_t *wg = p->w + (size_t)cb0 * ws;
 #define BV_SEGTILE(NB) do { \
