@@ -154,6 +154,30 @@ def test_channel_blocks_and_threads(spec, C, Co, monkeypatch):
     assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
 
 
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), surrogate=st.sampled_from(["approxsign", "ste"]))
+def test_term_backward_across_position_blocks_and_channel_windows(data, surrogate):
+    """The term-loop backward takes output positions in blocks and output channels in windows
+    of up to 512: positions per image that leave a partial block, outputs just past one window
+    (a second, partial one), small leaves (sigma from a table) and a 64-term one (sigma 8,
+    computed)."""
+    spec, C = data.draw(st.sampled_from([("tap,leaf=2", 4), ("cm:M3(M3(M3))", 3), ("M2(M36, M36)", 8),
+                                         ("tap", 64)]))
+    Co = data.draw(st.sampled_from([1, 63, 65, 513, 530]))
+    N, H, W = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 5))
+    pad_value = data.draw(st.sampled_from([0.0, 1.0]))
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    layer = BinaryConv2d(C, Co, 3, 1, 1, voter=spec, tie="first", pad_value=pad_value, surrogate=surrogate)
+    x = torch.randint(-1, 2, (N, C, H, W)).float()  # small integers: ties at every level
+    g = torch.randn(N, Co, H, W)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BITVOTE_VOTE_BACKWARD", "terms")
+        y0, gx0, gw0 = run_layer(layer, x, g, False, mp)
+        y1, gx1, gw1 = run_layer(layer, x, g, True, mp)
+    assert torch.equal(y0, y1)
+    assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0), (spec, Co, N, H, W, pad_value, surrogate)
+
+
 @pytest.mark.parametrize("stride,pad,pad_value,groups", [(1, 1, 0.0, 1), (2, 1, 0.0, 2), (2, 2, 0.0, 1),
                                                           (1, 1, 1.0, 1), (2, 1, -1.0, 2)])
 def test_mv_first_matches_oracle_and_float_path(stride, pad, pad_value, groups, monkeypatch):

@@ -14,6 +14,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 /* GCC/Clang vector extensions: 16 int16 or 8 fp32 channels per value (one AVX2 register,
  * two SSE ones), so the channel loops carry no scalar prologues or alias checks. */
@@ -58,13 +61,20 @@ int bvt_struct_size(void) { return (int)sizeof(bvt_args); }
 
 
 typedef struct {
+    int c0, nb, n8;  /* the channel window: first channel, 16-lane blocks per row of s / v,
+                        8-lane blocks holding real channels */
     int8_t *a;       /* the position's n terms in flat order: +1, -1, 0 = invalid */
     int32_t *cnt;    /* per node: valid terms (leaf) or non-abstaining children */
     int32_t *first;  /* per node: first valid term (leaf, flat index) or first live child; -1 none */
     float *sig;      /* per node: the sigma in use here */
-    v16 *s;          /* (nodes, Cp / 16): sums */
-    v16 *v;          /* (nodes, Cp / 16): votes */
-    v8f *coef;       /* (nodes, Cp / 8): dL/ds (backward) */
+    v16 *s;          /* (nodes, nb): sums of the window's channels */
+    v16 *v;          /* (nodes, nb): votes */
+    v8f *coef;       /* (nodes, 2 nb): dL/ds (backward) */
+    v8f *cq;         /* a leaf parent's dL/ds over the leaf's sigma (backward), for node cq_node, sigma cq_sig */
+    int cq_node;
+    float cq_sig;
+    float tab[8];    /* the approxsign factor of |s| = 0..7 at sigma tab_sig (backward) */
+    float tab_sig;
     uint8_t *live;   /* per node: some channel has a non-zero dL/ds */
     size_t *pix;     /* per tap: offset of the pixel it reads */
     int inner_ready; /* cnt/first/sig of a window without padding, kept from the first one */
@@ -77,8 +87,18 @@ static void *valloc32(size_t bytes) {
     return posix_memalign(&p, 32, bytes ? bytes : 32) ? NULL : p;
 }
 
-static int pos_alloc(const bvt_args *A, pos_t *P, int backward) {
-    size_t NC = (size_t)A->nodes * A->Cp;
+/* Select channels c0 .. c0 + cw - 1 (cw a multiple of 16, c0 < Co) for the vector helpers. */
+static void pos_window(const bvt_args *A, pos_t *P, int c0, int cw) {
+    int real = A->Co - c0 < cw ? A->Co - c0 : cw;
+    P->c0 = c0;
+    P->nb = cw / 16;
+    P->n8 = (real + 7) / 8;
+}
+
+/* Buffers for windows of up to cw channels (the whole window: every channel). */
+static int pos_alloc(const bvt_args *A, pos_t *P, int backward, int cw) {
+    size_t NC = (size_t)A->nodes * cw;
+    pos_window(A, P, 0, cw);
     P->a = malloc((size_t)A->n);
     P->cnt = malloc(sizeof(int32_t) * A->nodes);
     P->first = malloc(sizeof(int32_t) * A->nodes);
@@ -86,19 +106,22 @@ static int pos_alloc(const bvt_args *A, pos_t *P, int backward) {
     P->s = valloc32(sizeof(int16_t) * NC);
     P->v = valloc32(sizeof(int16_t) * NC);
     P->coef = backward ? valloc32(sizeof(float) * NC) : NULL;
+    P->cq = backward ? valloc32(sizeof(float) * cw) : NULL;
+    P->cq_node = -1;
+    P->tab_sig = -1.0f;
     P->live = malloc((size_t)A->nodes);
     P->pix = malloc(sizeof(size_t) * A->kh * A->kw);
     P->inner_ready = 0;
     P->cnt_in = malloc(sizeof(int32_t) * A->nodes);
     P->first_in = malloc(sizeof(int32_t) * A->nodes);
     P->sig_in = malloc(sizeof(float) * A->nodes);
-    return P->a && P->cnt && P->first && P->sig && P->s && P->v && (P->coef || !backward) && P->live && P->pix
+    return P->a && P->cnt && P->first && P->sig && P->s && P->v && (P->coef || !backward) && (P->cq || !backward) && P->live && P->pix
         && P->cnt_in && P->first_in && P->sig_in;
 }
 
 static void pos_free(pos_t *P) {
     free(P->a); free(P->cnt); free(P->first); free(P->sig); free(P->s); free(P->v);
-    free(P->coef); free(P->live); free(P->pix); free(P->cnt_in); free(P->first_in); free(P->sig_in);
+    free(P->coef); free(P->cq); free(P->live); free(P->pix); free(P->cnt_in); free(P->first_in); free(P->sig_in);
 }
 
 /* Gather one position's terms and derive everything that depends only on validity. */
@@ -167,9 +190,9 @@ static void pos_setup(const bvt_args *A, pos_t *P, int b, int ho, int wo) {
     }
 }
 
-/* v = sign(s), or the tie value where s == 0, for one node over every channel. */
+/* v = sign(s), or the tie value where s == 0, for one node over the window's channels. */
 static inline void node_vote(const bvt_args *A, pos_t *P, int j, int tie, int is_root) {
-    const int NB = A->Cp / 16;
+    const int NB = P->nb;
     const v16 *s = P->s + (size_t)j * NB;
     v16 *v = P->v + (size_t)j * NB;
     if (P->cnt[j] == 0) {  /* abstains: 0, or the root's tie value (+1 under first) */
@@ -180,7 +203,7 @@ static inline void node_vote(const bvt_args *A, pos_t *P, int j, int tie, int is
     }
     if (tie == 0 && j < A->lev_first[1]) {  /* a leaf: its first valid term, every channel */
         int f = P->first[j];
-        const v16 *wr = (const v16 *)(A->w + (size_t)f * A->Cp);
+        const v16 *wr = (const v16 *)(A->w + (size_t)f * A->Cp + P->c0);
         int16_t af = P->a[f];
         for (int k = 0; k < NB; k++)
             v[k] = (s[k] < 0) - (s[k] > 0) + ((s[k] == 0) & (wr[k] * af));
@@ -193,9 +216,9 @@ static inline void node_vote(const bvt_args *A, pos_t *P, int j, int tie, int is
     }
 }
 
-/* Votes of every node, every channel, from the leaf sums in P->s. */
+/* Votes of every node from the leaf sums in P->s. */
 static void pos_votes(const bvt_args *A, pos_t *P) {
-    const int L = A->lev_first[1], root = A->nodes - 1, NB = A->Cp / 16;
+    const int L = A->lev_first[1], root = A->nodes - 1, NB = P->nb;
     for (int l = 0; l < L; l++) node_vote(A, P, l, A->lev_tie[0], l == root);
     for (int li = 1; li < A->nlev; li++) {
         int j1 = A->lev_first[li + 1];
@@ -212,19 +235,38 @@ static void pos_votes(const bvt_args *A, pos_t *P) {
     }
 }
 
-/* Sums and votes of every node, every channel, from the position's terms. */
-static void pos_eval(const bvt_args *A, pos_t *P) {
-    const int L = A->lev_first[1], NB = A->Cp / 16;
-    const v16 *W = (const v16 *)A->w;
-    for (int l = 0; l < L; l++) {
-        v16 *s = P->s + (size_t)l * NB;
-        int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
-        for (int k = 0; k < NB; k++) {
-            v16 acc = {0};
-            for (int i = i0; i < i1; i++) acc += W[(size_t)i * NB + k] * (int16_t)P->a[i];
-            s[k] = acc;
+/* The sum of leaf l from the position's terms, four 16-channel blocks at a time. */
+static inline void leaf_sum(const bvt_args *A, pos_t *P, int l) {
+    const int NB = P->nb, WB = A->Cp / 16;
+    const v16 *W = (const v16 *)(A->w + P->c0);
+    v16 *s = P->s + (size_t)l * NB;
+    const int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
+    int k = 0;
+    for (; k + 4 <= NB; k += 4) {
+        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int i = i0; i < i1; i++) {
+            const v16 *wr = W + (size_t)i * WB + k;
+            const int16_t ai = P->a[i];
+            a0 += wr[0] * ai;
+            a1 += wr[1] * ai;
+            a2 += wr[2] * ai;
+            a3 += wr[3] * ai;
         }
+        s[k] = a0;
+        s[k + 1] = a1;
+        s[k + 2] = a2;
+        s[k + 3] = a3;
     }
+    for (; k < NB; k++) {
+        v16 acc = {0};
+        for (int i = i0; i < i1; i++) acc += W[(size_t)i * WB + k] * (int16_t)P->a[i];
+        s[k] = acc;
+    }
+}
+
+/* Sums and votes of every node from the position's terms. */
+static void pos_eval(const bvt_args *A, pos_t *P) {
+    for (int l = 0; l < A->lev_first[1]; l++) leaf_sum(A, P, l);
     pos_votes(A, P);
 }
 
@@ -236,7 +278,7 @@ int bvt_forward(const bvt_args *A, float *out) {
 #pragma omp parallel num_threads(A->nthreads) reduction(| : err)
     {
         pos_t P;
-        if (!pos_alloc(A, &P, 0)) err = 1;
+        if (!pos_alloc(A, &P, 0, Cp)) err = 1;
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < A->N; b++)
             for (int ho = 0; ho < A->Ho; ho++) {
@@ -262,9 +304,9 @@ static inline v8f v8f_abs(v8f x) {
 
 /* dL/ds of one node from its parent's (or the output gradient at the root); 1 if any non-zero.
  * The same operations as the float path (s / sigma, g / sigma), so a boundary |s| = sigma
- * passes or stops exactly as there. */
-static inline int node_deriv(const bvt_args *A, const v8f *cp, const v16 *s16, float sig, v8f *cf) {
-    const int N8 = (A->Co + 7) / 8;  /* the pad channels beyond carry no gradient */
+ * passes or stops exactly as there. Over the window's real channels (the pad ones carry none). */
+static inline int node_deriv(const bvt_args *A, const pos_t *P, const v8f *cp, const v16 *s16, float sig, v8f *cf) {
+    const int N8 = P->n8;
     const v8s *s = (const v8s *)s16;
     v8i any = {0};
     if (A->surrogate == 1) {
@@ -291,23 +333,85 @@ static inline int node_deriv(const bvt_args *A, const v8f *cp, const v16 *s16, f
     return 0;
 }
 
-/* dL/ds of every node, root to leaves, from the output gradient gi (Cp floats, 0 beyond Co). */
-static void pos_chain(const bvt_args *A, pos_t *P, const v8f *gi) {
-    const int root = A->nodes - 1, N8 = A->Cp / 8, N8f = (A->Co + 7) / 8;
+/* dL/ds of the nodes root down to node `stop`, from the output gradient gi (the window's
+ * channels, 0 beyond Co). */
+static void pos_chain(const bvt_args *A, pos_t *P, const v8f *gi, int stop) {
+    const int root = A->nodes - 1, N8 = 2 * P->nb, NB = P->nb;
     v8f *cr = P->coef + (size_t)root * N8;
     if (A->root_p) {
-        memcpy(cr, gi, sizeof(float) * 8 * N8f);
+        memcpy(cr, gi, sizeof(float) * 8 * P->n8);
         P->live[root] = 1;
     } else {
-        P->live[root] = (uint8_t)node_deriv(A, gi, P->s + (size_t)root * (A->Cp / 16), P->sig[root], cr);
+        P->live[root] = (uint8_t)node_deriv(A, P, gi, P->s + (size_t)root * NB, P->sig[root], cr);
     }
-    for (int j = root - 1; j >= 0; j--) {
+    for (int j = root - 1; j >= stop; j--) {
         int pj = A->parent[j];
         /* an abstaining voter has no valid term below it: nothing to pass */
         P->live[j] = P->live[pj] && P->cnt[j] > 0
-            && node_deriv(A, P->coef + (size_t)pj * N8, P->s + (size_t)j * (A->Cp / 16), P->sig[j],
+            && node_deriv(A, P, P->coef + (size_t)pj * N8, P->s + (size_t)j * NB, P->sig[j],
                           P->coef + (size_t)j * N8);
     }
+}
+
+/* dL/ds of leaf l from its parent pl's: node_deriv's values, with the parent's dL/ds over the
+ * leaf's sigma computed once for all siblings of one sigma and, for approxsign where sigma
+ * <= 7, the factor of the integer |s| read from a table of |s| = 0..7 (zero from 7 up). */
+static inline int leaf_deriv(const bvt_args *A, pos_t *P, int l, int pl, v8f *cf) {
+    const float sig = P->sig[l];
+    const v16 *s16 = P->s + (size_t)l * P->nb;
+    if (A->surrogate == 0 && !(sig <= 7.0f))
+        return node_deriv(A, P, P->coef + (size_t)pl * 2 * P->nb, s16, sig, cf);
+    const int N8 = P->n8;
+    if (P->cq_node != pl || P->cq_sig != sig) {
+        const v8f *cp = P->coef + (size_t)pl * 2 * P->nb;
+        for (int k = 0; k < N8; k++) P->cq[k] = cp[k] / sig;
+        P->cq_node = pl;
+        P->cq_sig = sig;
+    }
+    const v8s *s = (const v8s *)s16;
+    v8i any = {0};
+    if (A->surrogate == 1) {
+        float lim = A->clip * sig;
+        for (int k = 0; k < N8; k++) {
+            v8f sf = __builtin_convertvector(s[k], v8f);
+            v8f d = (v8f)((v8i)P->cq[k] & (v8f_abs(sf) <= lim));
+            cf[k] = d;
+            any |= (v8i)d;
+        }
+    } else {
+        if (P->tab_sig != sig) {
+            for (int v = 0; v < 8; v++) {
+                float t = 2.0f - 2.0f * fabsf((float)v / sig);
+                P->tab[v] = t > 0.0f ? t : 0.0f;
+            }
+            P->tab_sig = sig;
+        }
+#ifdef __AVX2__
+        const __m256 tab = _mm256_loadu_ps(P->tab);
+        const __m256i seven = _mm256_set1_epi32(7);
+        for (int k = 0; k < N8; k++) {
+            __m256i a = _mm256_min_epi32(_mm256_abs_epi32((__m256i)__builtin_convertvector(s[k], v8i)), seven);
+            v8f d = (v8f)_mm256_permutevar8x32_ps(tab, a) * P->cq[k];
+            cf[k] = d;
+            any |= (v8i)d & 0x7fffffff;  /* -0.0 passes nothing */
+        }
+        return !_mm256_testz_si256((__m256i)any, (__m256i)any);
+#else
+        for (int k = 0; k < N8; k++) {
+            v8f d;
+            for (int q = 0; q < 8; q++) {
+                int a = s[k][q] < 0 ? -s[k][q] : s[k][q];
+                d[q] = P->tab[a < 7 ? a : 7];
+            }
+            d = d * P->cq[k];
+            cf[k] = d;
+            any |= (v8i)d & 0x7fffffff;
+        }
+#endif
+    }
+    for (int q = 0; q < 8; q++)
+        if (any[q]) return 1;
+    return 0;
 }
 
 /* dL/ds of every leaf for the backward's GEMMs, which then form both gradients.
@@ -323,7 +427,7 @@ int bvt_leaf_grad(const bvt_args *A, const int16_t *S, int64_t sstride, const fl
     {
         pos_t P;
         v8f *gi = valloc32(sizeof(float) * A->Cp);
-        if (!pos_alloc(A, &P, 1) || !gi) err = 1;
+        if (!pos_alloc(A, &P, 1, A->Cp) || !gi) err = 1;
         else memset(gi, 0, sizeof(float) * A->Cp);
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < A->N; b++)
@@ -339,7 +443,7 @@ int bvt_leaf_grad(const bvt_args *A, const int16_t *S, int64_t sstride, const fl
                     }
                     pos_votes(A, &P);
                     memcpy(gi, g + np * Co, sizeof(float) * Co);
-                    pos_chain(A, &P, gi);
+                    pos_chain(A, &P, gi, 0);
                     for (int l = 0; l < L; l++) {
                         float *dst = out + ((size_t)l * NP + np) * Co;
                         if (P.live[l]) memcpy(dst, P.coef + (size_t)l * N8, sizeof(float) * Co);
@@ -353,11 +457,86 @@ int bvt_leaf_grad(const bvt_args *A, const int16_t *S, int64_t sstride, const fl
     return err;
 }
 
-/* g: (N, Co, Ho, Wo); gx: (N, Hp, Wp, C) zeroed; gw: (n, Cp) zeroed, term-major. */
+/* Output positions per block of the backward (measured: 4 and 8 alike at 64 channels, 4
+ * best from 128 up, where a block's per-node vectors outgrow the caches) and output channels
+ * per window (a multiple of 16; a window splits every input-gradient dot product). */
+#define BVT_PB 4
+#define BVT_CW 512
+
+/* acc + a * b for the gradients' sums (fused where the ISA has it: -ffp-contract=off keeps
+ * every other expression as written, for the votes and the surrogate chain). */
+static inline v8f fma8(v8f acc, v8f a, v8f b) {
+#ifdef __FMA__
+    return (v8f)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)acc);
+#else
+    return acc + a * b;
+#endif
+}
+
+static inline float hsum8(v8f a) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+/* Sums of the 8 lanes of a, b, c, d: (sum a, sum b, sum c, sum d). */
+static inline v4fu hsum4(v8f a, v8f b, v8f c, v8f d) {
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+    v8f ab = __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) + __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+    v8f cd = __builtin_shufflevector(c, d, 0, 2, 8, 10, 4, 6, 12, 14) + __builtin_shufflevector(c, d, 1, 3, 9, 11, 5, 7, 13, 15);
+    v8f q = __builtin_shufflevector(ab, cd, 0, 2, 8, 10, 4, 6, 12, 14) + __builtin_shufflevector(ab, cd, 1, 3, 9, 11, 5, 7, 13, 15);
+    return __builtin_shufflevector(q, q, 0, 1, 2, 3) + __builtin_shufflevector(q, q, 4, 5, 6, 7);
+#else
+    v4fu r = {hsum8(a), hsum8(b), hsum8(c), hsum8(d)};
+    return r;
+#endif
+}
+
+/* The input gradient of few output channels (tap-major order): runs of 8 or 4 channels inside
+ * one tap take it as one vector over those channels from (tap, Co, C) weights, sum over o of
+ * dL/ds[o] * w[o, run], instead of a horizontal sum per term over a mostly empty vector. */
+static void few_channel_dx(const bvt_args *A, const pos_t *P, int i0, int i1, const float *cs, float *gx) {
+    const int C = A->C, Co = A->Co;
+    int t = i0 / C, c = i0 % C, i = i0;
+    while (i < i1) {
+        int r = C - c < i1 - i ? C - c : i1 - i;
+        float *gxr = gx + P->pix[t] + c;
+        const float *wt = A->wtc + (size_t)t * Co * C + c;
+        int k = 0;
+        for (; k + 8 <= r; k += 8) {
+            v8f acc = {0};
+            for (int o = 0; o < Co; o++) acc += cs[o] * *(const v8fu *)(wt + (size_t)o * C + k);
+            *(v8fu *)(gxr + k) += acc;
+        }
+        for (; k + 4 <= r; k += 4) {
+            v4fu acc = {0};
+            for (int o = 0; o < Co; o++) acc += cs[o] * *(const v4fu *)(wt + (size_t)o * C + k);
+            *(v4fu *)(gxr + k) += acc;
+        }
+        for (; k < r; k++) {
+            float acc = 0.0f;
+            for (int o = 0; o < Co; o++) acc += cs[o] * wt[(size_t)o * C + k];
+            gxr[k] += acc;
+        }
+        i += r;
+        c = 0;
+        t++;
+    }
+}
+
+/* g: (N, Co, Ho, Wo); gx: (N, Hp, Wp, C) zeroed; gw: (n, Cp) zeroed, term-major.
+ *
+ * Blocks of BVT_PB output positions of one image, windows of up to BVT_CW output channels:
+ * the block's trees are evaluated leaf by leaf across its positions (a leaf's weight rows read
+ * once per block), the chain runs root down to the leaves' parents, and each leaf's dL/ds
+ * is formed for the whole block and used at once, never stored for every leaf: its weight
+ * gradient rows are read and written once per block (summed over the block's positions in
+ * registers), its input gradient comes four terms per pass over dL/ds. A term at padding
+ * passes no weight gradient; its input gradient lands in the padding, which is cropped. */
 int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
     const size_t HW = (size_t)A->Ho * A->Wo, CN = (size_t)A->Cp * A->n;
-    const int T = A->kh * A->kw, C = A->C, L = A->lev_first[1], Co = A->Co;
-    const int N8 = A->Cp / 8, N8f = (Co + 7) / 8;  /* row stride, blocks with real channels */
+    const int T = A->kh * A->kw, C = A->C, L = A->lev_first[1], Co = A->Co, Cp = A->Cp, root = A->nodes - 1;
+    const int WR = Cp / 8;                       /* weight / gradient row stride in v8f */
+    const int CW = Cp < BVT_CW ? Cp : BVT_CW;    /* window width */
+    const int PB = BVT_PB;
     int nt = A->nthreads > 0 ? A->nthreads : 1;
     if (nt > A->N) nt = A->N;
     float *gwt = nt > 1 ? valloc32((size_t)(nt - 1) * CN * sizeof(float)) : NULL;
@@ -372,95 +551,101 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
         tid = omp_get_thread_num();
 #endif
         v8f *GW = (v8f *)(tid ? gwt + (size_t)(tid - 1) * CN : gw);
-        pos_t P;
-        v8f *gi = valloc32(sizeof(float) * A->Cp);
-        if (!pos_alloc(A, &P, 1) || !gi) err = 1;
+        pos_t P[BVT_PB];
+        int ok = 1;
+        for (int p = 0; p < PB; p++) ok &= pos_alloc(A, &P[p], 1, CW);
+        v8f *gi = valloc32(sizeof(float) * CW * PB);   /* per position: the window's output gradient */
+        v8f *D = valloc32(sizeof(float) * CW * PB);    /* per position: one leaf's dL/ds */
+        if (!ok || !gi || !D) err = 1;
 #pragma omp for schedule(static)
         for (int b = 0; b < A->N; b++)
-            for (int ho = 0; ho < A->Ho; ho++)
-                for (int wo = 0; wo < A->Wo; wo++) {
-                    if (err) continue;
-                    pos_setup(A, &P, b, ho, wo);
-                    pos_eval(A, &P);
-                    const float *gp = g + (size_t)b * Co * HW + (size_t)ho * A->Wo + wo;
-                    float *gs = (float *)gi;
-                    for (int o = 0; o < N8f * 8; o++) gs[o] = o < Co ? gp[o * HW] : 0.0f;
-                    pos_chain(A, &P, gi);
+            for (size_t r0 = 0; r0 < HW; r0 += PB) {
+                if (err) continue;
+                const int np = HW - r0 < (size_t)PB ? (int)(HW - r0) : PB;
+                for (int p = 0; p < np; p++)
+                    pos_setup(A, &P[p], b, (int)((r0 + p) / A->Wo), (int)((r0 + p) % A->Wo));
+                for (int c0 = 0; c0 < Co; c0 += CW) {
+                    const int cw = Cp - c0 < CW ? Cp - c0 : CW, n8 = ((Co - c0 < cw ? Co - c0 : cw) + 7) / 8;
+                    for (int p = 0; p < np; p++) pos_window(A, &P[p], c0, cw);
+                    for (int l = 0; l < L; l++)
+                        for (int p = 0; p < np; p++) leaf_sum(A, &P[p], l);
+                    for (int p = 0; p < np; p++) {
+                        pos_votes(A, &P[p]);
+                        float *gs = (float *)(gi + (size_t)p * (CW / 8));
+                        const float *gp = g + (size_t)b * Co * HW + r0 + p + (size_t)c0 * HW;
+                        for (int o = 0; o < n8 * 8; o++) gs[o] = c0 + o < Co ? gp[o * HW] : 0.0f;
+                        pos_chain(A, &P[p], gi + (size_t)p * (CW / 8), L);
+                        P[p].cq_node = -1;  /* new dL/ds above the leaves */
+                    }
                     for (int l = 0; l < L; l++) {
-                        if (!P.live[l]) continue;
-                        const v8f *cf = P.coef + (size_t)l * N8;
-                        const int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
-                        /* (tap, channel) of term i, stepped along instead of divided per term */
-                        int t = A->order ? i0 % T : i0 / C, c = A->order ? i0 / T : i0 % C;
-                        int i = i0;
-                        if (A->wtc) {
-                            /* Few output channels (tap-major order): runs of 8 or 4 channels inside
-                             * one tap (one pixel: valid or padding as a whole) take their input
-                             * gradient as one vector over those channels from (tap, Co, C) weights,
-                             * sum over o of dL/ds[o] * w[o, run], instead of a horizontal sum per
-                             * term over a mostly empty channel vector. */
-                            const float *cs = (const float *)cf;
-                            while (i < i1) {
-                                int r = C - c < i1 - i ? C - c : i1 - i;
-                                int e = i + r;
-                                int8_t ai = P.a[i];
-                                if (ai) {
-                                    float *gxr = gx + P.pix[t] + c;
-                                    const float *wt = A->wtc + (size_t)t * Co * C + c;
-                                    int k = 0;
-                                    for (; k + 8 <= r; k += 8) {
-                                        v8f acc = {0};
-                                        for (int o = 0; o < Co; o++)
-                                            acc += cs[o] * *(const v8fu *)(wt + (size_t)o * C + k);
-                                        *(v8fu *)(gxr + k) += acc;
-                                    }
-                                    for (; k + 4 <= r; k += 4) {
-                                        v4fu acc = {0};
-                                        for (int o = 0; o < Co; o++)
-                                            acc += cs[o] * *(const v4fu *)(wt + (size_t)o * C + k);
-                                        *(v4fu *)(gxr + k) += acc;
-                                    }
-                                    for (; k < r; k++) {
-                                        float acc = 0.0f;
-                                        for (int o = 0; o < Co; o++) acc += cs[o] * wt[(size_t)o * C + k];
-                                        gxr[k] += acc;
-                                    }
-                                    for (int q = i; q < e; q++) {  /* weight gradient, over channels */
-                                        v8f *gr = GW + (size_t)q * N8;
-                                        if (P.a[q] > 0) {
-                                            for (int kk = 0; kk < N8f; kk++) gr[kk] += cf[kk];
-                                        } else {
-                                            for (int kk = 0; kk < N8f; kk++) gr[kk] -= cf[kk];
-                                        }
-                                    }
-                                }  /* else padding: no weight gradient, input discarded */
-                                i = e;
-                                c = 0;
-                                t++;
-                            }
-                            continue;
-                        }
-                        for (; i < i1; i++) {
-                            int8_t ai = P.a[i];
-                            int tt = t, cc = c;
-                            if (A->order) { if (++t == T) { t = 0; c++; } }
-                            else if (++c == C) { c = 0; t++; }
-                            if (!ai) continue;  /* padding: no weight gradient, input discarded */
-                            const v8f *wr = WF + (size_t)i * N8;
-                            v8f *gr = GW + (size_t)i * N8;
-                            v8f acc = {0};
-                            if (ai > 0) {
-                                for (int k = 0; k < N8f; k++) { acc += cf[k] * wr[k]; gr[k] += cf[k]; }
+                        /* the block's live positions for this leaf and their dL/ds */
+                        int lp[BVT_PB], nl = 0;
+                        for (int p = 0; p < np; p++) {
+                            v8f *dp = D + (size_t)p * (CW / 8);
+                            int live;
+                            if (l == root) {
+                                live = P[p].live[root];
+                                if (live) memcpy(dp, P[p].coef + (size_t)root * 2 * P[p].nb, sizeof(float) * 8 * n8);
                             } else {
-                                for (int k = 0; k < N8f; k++) { acc += cf[k] * wr[k]; gr[k] -= cf[k]; }
+                                const int pl = A->parent[l];
+                                live = P[p].live[pl] && P[p].cnt[l] > 0 && leaf_deriv(A, &P[p], l, pl, dp);
                             }
-                            float h = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-                            gx[P.pix[tt] + cc] += h;
+                            if (live) lp[nl++] = p;
+                        }
+                        if (!nl) continue;
+                        const int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
+                        /* weight gradient: each row once for the block */
+                        for (int i = i0; i < i1; i++) {
+                            float m[BVT_PB];
+                            int any = 0;
+                            for (int q = 0; q < nl; q++) {
+                                m[q] = (float)P[lp[q]].a[i];
+                                any |= P[lp[q]].a[i];
+                            }
+                            if (!any) continue;  /* padding everywhere in the block */
+                            v8f *gr = GW + (size_t)i * WR + c0 / 8;
+                            for (int k = 0; k < n8; k++) {
+                                v8f acc = {0};
+                                for (int q = 0; q < nl; q++) acc = fma8(acc, (v8f){0} + m[q], D[(size_t)lp[q] * (CW / 8) + k]);
+                                gr[k] += acc;
+                            }
+                        }
+                        /* input gradient */
+                        for (int q = 0; q < nl; q++) {
+                            const pos_t *Pq = &P[lp[q]];
+                            const v8f *dq = D + (size_t)lp[q] * (CW / 8);
+                            if (A->wtc) {  /* few output channels: one window, tap-major */
+                                few_channel_dx(A, Pq, i0, i1, (const float *)dq, gx);
+                                continue;
+                            }
+                            /* (tap, channel) of term i, stepped along instead of divided per term */
+                            int t = A->order ? i0 % T : i0 / C, c = A->order ? i0 / T : i0 % C;
+                            for (int i = i0; i < i1; i += 4) {  /* four terms per pass (fewer at the end) */
+                                const int r = i1 - i < 4 ? i1 - i : 4;
+                                const v8f *w0 = WF + (size_t)i * WR + c0 / 8;
+                                const v8f *w1 = r > 1 ? w0 + WR : w0, *w2 = r > 2 ? w0 + 2 * WR : w0, *w3 = r > 3 ? w0 + 3 * WR : w0;
+                                v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                                for (int k = 0; k < n8; k++) {
+                                    v8f d = dq[k];
+                                    a0 = fma8(a0, d, w0[k]);
+                                    a1 = fma8(a1, d, w1[k]);
+                                    a2 = fma8(a2, d, w2[k]);
+                                    a3 = fma8(a3, d, w3[k]);
+                                }
+                                v4fu h = hsum4(a0, a1, a2, a3);
+                                for (int u = 0; u < r; u++) {
+                                    gx[Pq->pix[t] + c] += h[u];
+                                    if (A->order) { if (++t == T) { t = 0; c++; } }
+                                    else if (++c == C) { c = 0; t++; }
+                                }
+                            }
                         }
                     }
                 }
+            }
         free(gi);
-        pos_free(&P);
+        free(D);
+        for (int p = 0; p < PB; p++) pos_free(&P[p]);
     }
     for (int t = 0; t + 1 < nt; t++) {
         const float *src = gwt + (size_t)t * CN;
