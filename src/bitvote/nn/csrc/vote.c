@@ -302,6 +302,17 @@ static inline v8f v8f_abs(v8f x) {
     return (v8f)((v8i)x & m);
 }
 
+/* Whether any lane of m is non-zero. */
+static inline int any_lane(v8i m) {
+#ifdef __AVX2__
+    return !_mm256_testz_si256((__m256i)m, (__m256i)m);
+#else
+    for (int q = 0; q < 8; q++)
+        if (m[q]) return 1;
+    return 0;
+#endif
+}
+
 /* dL/ds of one node from its parent's (or the output gradient at the root); 1 if any non-zero.
  * The same operations as the float path (s / sigma, g / sigma), so a boundary |s| = sigma
  * passes or stops exactly as there. Over the window's real channels (the pad ones carry none). */
@@ -328,9 +339,7 @@ static inline int node_deriv(const bvt_args *A, const pos_t *P, const v8f *cp, c
             any |= (v8i)d & 0x7fffffff;  /* -0.0 passes nothing */
         }
     }
-    for (int q = 0; q < 8; q++)
-        if (any[q]) return 1;
-    return 0;
+    return any_lane(any);
 }
 
 /* dL/ds of the nodes root down to node `stop`, from the output gradient gi (the window's
@@ -353,65 +362,45 @@ static void pos_chain(const bvt_args *A, pos_t *P, const v8f *gi, int stop) {
     }
 }
 
-/* dL/ds of leaf l from its parent pl's: node_deriv's values, with the parent's dL/ds over the
- * leaf's sigma computed once for all siblings of one sigma and, for approxsign where sigma
- * <= 7, the factor of the integer |s| read from a table of |s| = 0..7 (zero from 7 up). */
+/* dL/ds of leaf l from its parent pl's: node_deriv's values. Under approxsign where sigma <=
+ * 7 the factor of the integer |s| is read from a table of |s| = 0..7 (zero from 7 up) and the
+ * parent's dL/ds over the leaf's sigma is computed once for all siblings of one sigma. */
 static inline int leaf_deriv(const bvt_args *A, pos_t *P, int l, int pl, v8f *cf) {
     const float sig = P->sig[l];
     const v16 *s16 = P->s + (size_t)l * P->nb;
-    if (A->surrogate == 0 && !(sig <= 7.0f))
-        return node_deriv(A, P, P->coef + (size_t)pl * 2 * P->nb, s16, sig, cf);
+    const v8f *cp = P->coef + (size_t)pl * 2 * P->nb;
+    if (A->surrogate != 0 || !(sig <= 7.0f)) return node_deriv(A, P, cp, s16, sig, cf);
     const int N8 = P->n8;
     if (P->cq_node != pl || P->cq_sig != sig) {
-        const v8f *cp = P->coef + (size_t)pl * 2 * P->nb;
         for (int k = 0; k < N8; k++) P->cq[k] = cp[k] / sig;
         P->cq_node = pl;
         P->cq_sig = sig;
     }
+    if (P->tab_sig != sig) {
+        for (int v = 0; v < 8; v++) {
+            float t = 2.0f - 2.0f * fabsf((float)v / sig);
+            P->tab[v] = t > 0.0f ? t : 0.0f;
+        }
+        P->tab_sig = sig;
+    }
     const v8s *s = (const v8s *)s16;
     v8i any = {0};
-    if (A->surrogate == 1) {
-        float lim = A->clip * sig;
-        for (int k = 0; k < N8; k++) {
-            v8f sf = __builtin_convertvector(s[k], v8f);
-            v8f d = (v8f)((v8i)P->cq[k] & (v8f_abs(sf) <= lim));
-            cf[k] = d;
-            any |= (v8i)d;
-        }
-    } else {
-        if (P->tab_sig != sig) {
-            for (int v = 0; v < 8; v++) {
-                float t = 2.0f - 2.0f * fabsf((float)v / sig);
-                P->tab[v] = t > 0.0f ? t : 0.0f;
-            }
-            P->tab_sig = sig;
-        }
+    for (int k = 0; k < N8; k++) {
+        v8f t;
 #ifdef __AVX2__
-        const __m256 tab = _mm256_loadu_ps(P->tab);
-        const __m256i seven = _mm256_set1_epi32(7);
-        for (int k = 0; k < N8; k++) {
-            __m256i a = _mm256_min_epi32(_mm256_abs_epi32((__m256i)__builtin_convertvector(s[k], v8i)), seven);
-            v8f d = (v8f)_mm256_permutevar8x32_ps(tab, a) * P->cq[k];
-            cf[k] = d;
-            any |= (v8i)d & 0x7fffffff;  /* -0.0 passes nothing */
-        }
-        return !_mm256_testz_si256((__m256i)any, (__m256i)any);
+        __m256i a = _mm256_min_epi32(_mm256_abs_epi32((__m256i)__builtin_convertvector(s[k], v8i)), _mm256_set1_epi32(7));
+        t = (v8f)_mm256_permutevar8x32_ps(_mm256_loadu_ps(P->tab), a);
 #else
-        for (int k = 0; k < N8; k++) {
-            v8f d;
-            for (int q = 0; q < 8; q++) {
-                int a = s[k][q] < 0 ? -s[k][q] : s[k][q];
-                d[q] = P->tab[a < 7 ? a : 7];
-            }
-            d = d * P->cq[k];
-            cf[k] = d;
-            any |= (v8i)d & 0x7fffffff;
+        for (int q = 0; q < 8; q++) {
+            int a = s[k][q] < 0 ? -s[k][q] : s[k][q];
+            t[q] = P->tab[a < 7 ? a : 7];
         }
 #endif
+        v8f d = t * P->cq[k];
+        cf[k] = d;
+        any |= (v8i)d & 0x7fffffff;  /* -0.0 passes nothing */
     }
-    for (int q = 0; q < 8; q++)
-        if (any[q]) return 1;
-    return 0;
+    return any_lane(any);
 }
 
 /* dL/ds of every leaf for the backward's GEMMs, which then form both gradients.
