@@ -178,6 +178,48 @@ def test_term_backward_across_position_blocks_and_channel_windows(data, surrogat
     assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0), (spec, Co, N, H, W, pad_value, surrogate)
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), surrogate=st.sampled_from(["approxsign", "ste"]),
+       sigma=st.sampled_from(["fanin", "valid", 0.5, "fanin,leaf=2"]))
+def test_pattern_backward_matches_term_loop_and_float_path(data, surrogate, sigma):
+    """Trees of leaves of 1-4 terms, 8 or more under each level-1 voter, take the pattern
+    backward: images of up to 169 positions (several blocks), batches split between two
+    threads, every padding (leaves with invalid terms at the border, and 2-term leaves
+    straddling two taps under a flat root), ties everywhere, few and many output channels."""
+    leaf = data.draw(st.sampled_from([1, 2, 3, 4]))
+    C = leaf * data.draw(st.sampled_from([8, 9, 16]))
+    if data.draw(st.booleans()):
+        spec, ties = f"tap,leaf={leaf}", 3
+    else:  # a flat root over 2-term leaves in tap-major order (they straddle taps where C is odd)
+        C = C + 1 if C % 2 == 0 else C
+        spec, ties = f"groups={9 * C // 2}" if (9 * C) % 2 == 0 else f"groups={9 * C}", 2
+    Co = data.draw(st.sampled_from([1, 7, 16, 17, 40]))
+    stride, padding = data.draw(st.sampled_from([(1, 1), (2, 1), (1, 0)]))
+    N, H, W = data.draw(st.integers(1, 3)), data.draw(st.integers(3, 13)), data.draw(st.integers(3, 13))
+    tie = ",".join(str(data.draw(st.sampled_from(TIES))) for _ in range(ties))
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    layer = BinaryConv2d(C, Co, 3, stride, padding, voter=spec, tie=tie, surrogate=surrogate, sigma=sigma,
+                         pad_value=data.draw(st.sampled_from([0.0, 1.0, -1.0])))
+    x = torch.randint(-1, 2, (N, C, H, W)).float()
+    Ho, Wo = (H + 2 * padding - 3) // stride + 1, (W + 2 * padding - 3) // stride + 1
+    g = torch.randn(N, Co, Ho, Wo)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(data.draw(st.sampled_from([1, 2])))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("BITVOTE_VOTE_BACKWARD", "terms")
+            y0, gx0, gw0 = run_layer(layer, x, g, False, mp)
+            mp.setenv("BITVOTE_VOTE_PATTERNS", "1")
+            y1, gx1, gw1 = run_layer(layer, x, g, True, mp)
+            mp.setenv("BITVOTE_VOTE_PATTERNS", "0")
+            _, gx2, gw2 = run_layer(layer, x, g, True, mp)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y0, y1)
+    assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0), (spec, C, Co, tie, sigma, surrogate)
+    assert close_fp32(gx1, gx2) and close_fp32(gw1, gw2)
+
+
 @pytest.mark.parametrize("stride,pad,pad_value,groups", [(1, 1, 0.0, 1), (2, 1, 0.0, 2), (2, 2, 0.0, 1),
                                                           (1, 1, 1.0, 1), (2, 1, -1.0, 2)])
 def test_mv_first_matches_oracle_and_float_path(stride, pad, pad_value, groups, monkeypatch):

@@ -69,6 +69,7 @@ class _Args(ctypes.Structure):
         ("child0", _P), ("parent", _P), ("lev_tie", _P), ("sigma", _P),
         ("sigma_valid", _I), ("root_p", _I), ("surrogate", _I), ("clip", _F), ("nthreads", _I),
         ("tap_off", _P), ("H", _I), ("W", _I), ("ph", _I), ("pw", _I), ("zero_pad", _I), ("wtc", _P),
+        ("patterns", _I),
     ]
 
 
@@ -124,6 +125,13 @@ def backward_kind(hier: Hierarchy) -> str:
     if ask != "auto":
         raise BitvoteError(f"BITVOTE_VOTE_BACKWARD={ask!r}: expected auto, gemm or terms")
     return "gemm" if hier.leaf_sizes[0] >= _GEMM_MIN_LEAF else "terms"
+
+
+def patterns_wanted() -> bool:
+    """Whether trees of leaves of up to 4 terms take vote.c's pattern backward (each leaf's rows
+    made once per pattern of its terms in a block of positions); ``BITVOTE_VOTE_PATTERNS=0``
+    sends them to the term loop."""
+    return os.environ.get("BITVOTE_VOTE_PATTERNS", "1") != "0"
 
 
 def enabled() -> bool:
@@ -248,6 +256,7 @@ def _args(plan: _Plan, xcl, w, wf, wshape, stride, padding, dilation, Ho, Wo, su
     a.surrogate = 1 if type(surrogate) is Ste else 0
     a.clip = float(getattr(surrogate, "clip", 1.0))
     a.nthreads = torch.get_num_threads()
+    a.patterns = int(patterns_wanted())
     return a
 
 

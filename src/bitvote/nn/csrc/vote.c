@@ -54,6 +54,7 @@ typedef struct {
     int H, W, ph, pw, zero_pad; /* the unpadded input and its padding: interior windows */
     const float *wtc;          /* NULL, or for few output channels in tap-major order the weights as
                                   (taps, Co, C) floats (backward) */
+    int patterns;              /* 1: trees of small leaves take the pattern backward */
 } bvt_args;
 
 int bvt_struct_size(void) { return (int)sizeof(bvt_args); }
@@ -63,6 +64,7 @@ int bvt_struct_size(void) { return (int)sizeof(bvt_args); }
 typedef struct {
     int c0, nb, n8;  /* the channel window: first channel, 16-lane blocks per row of s / v,
                         8-lane blocks holding real channels */
+    int base;        /* the first node with rows in s / v / coef (the ones below have none) */
     int8_t *a;       /* the position's n terms in flat order: +1, -1, 0 = invalid */
     int32_t *cnt;    /* per node: valid terms (leaf) or non-abstaining children */
     int32_t *first;  /* per node: first valid term (leaf, flat index) or first live child; -1 none */
@@ -82,6 +84,11 @@ typedef struct {
     float *sig_in;
 } pos_t;
 
+/* Node j's sum, vote and dL/ds rows over the window's channels. */
+static inline v16 *NS(const pos_t *P, int j) { return P->s + (size_t)(j - P->base) * P->nb; }
+static inline v16 *NV(const pos_t *P, int j) { return P->v + (size_t)(j - P->base) * P->nb; }
+static inline v8f *NC(const pos_t *P, int j) { return P->coef + (size_t)(j - P->base) * 2 * P->nb; }
+
 static void *valloc32(size_t bytes) {
     void *p = NULL;
     return posix_memalign(&p, 32, bytes ? bytes : 32) ? NULL : p;
@@ -95,11 +102,13 @@ static void pos_window(const bvt_args *A, pos_t *P, int c0, int cw) {
     P->n8 = (real + 7) / 8;
 }
 
-/* Buffers for windows of up to cw channels (the whole window: every channel). */
-static int pos_alloc(const bvt_args *A, pos_t *P, int backward, int cw) {
-    size_t NC = (size_t)A->nodes * cw;
+/* Buffers for windows of up to cw channels (the whole window: every channel), with rows for
+ * the nodes from base up. */
+static int pos_alloc(const bvt_args *A, pos_t *P, int backward, int cw, int base) {
+    size_t NC = (size_t)(A->nodes - base) * cw;
+    P->base = base;
     pos_window(A, P, 0, cw);
-    P->a = malloc((size_t)A->n);
+    P->a = calloc((size_t)A->n + 4, 1);  /* + 4: term_pattern reads whole words */
     P->cnt = malloc(sizeof(int32_t) * A->nodes);
     P->first = malloc(sizeof(int32_t) * A->nodes);
     P->sig = malloc(sizeof(float) * A->nodes);
@@ -190,11 +199,12 @@ static void pos_setup(const bvt_args *A, pos_t *P, int b, int ho, int wo) {
     }
 }
 
-/* v = sign(s), or the tie value where s == 0, for one node over the window's channels. */
-static inline void node_vote(const bvt_args *A, pos_t *P, int j, int tie, int is_root) {
+/* v = sign(s), or the tie value where s == 0, for one node over the window's channels; tv:
+ * the vote of the node's first non-abstaining child (tie `first` above the leaves). */
+static inline void node_vote(const bvt_args *A, pos_t *P, int j, int tie, int is_root, const v16 *tv) {
     const int NB = P->nb;
-    const v16 *s = P->s + (size_t)j * NB;
-    v16 *v = P->v + (size_t)j * NB;
+    const v16 *s = NS(P, j);
+    v16 *v = NV(P, j);
     if (P->cnt[j] == 0) {  /* abstains: 0, or the root's tie value (+1 under first) */
         int16_t ab = is_root ? (int16_t)(tie == 0 ? 1 : tie) : 0;
         v16 z = {0};
@@ -208,7 +218,6 @@ static inline void node_vote(const bvt_args *A, pos_t *P, int j, int tie, int is
         for (int k = 0; k < NB; k++)
             v[k] = (s[k] < 0) - (s[k] > 0) + ((s[k] == 0) & (wr[k] * af));
     } else if (tie == 0) {  /* the first non-abstaining child */
-        const v16 *tv = P->v + (size_t)P->first[j] * NB;
         for (int k = 0; k < NB; k++) v[k] = (s[k] < 0) - (s[k] > 0) + ((s[k] == 0) & tv[k]);
     } else {
         int16_t t = (int16_t)tie;
@@ -216,30 +225,38 @@ static inline void node_vote(const bvt_args *A, pos_t *P, int j, int tie, int is
     }
 }
 
+/* The vote of node j's first non-abstaining child, where it has one. */
+static inline const v16 *first_vote(const pos_t *P, int j) {
+    return P->cnt[j] > 0 ? NV(P, P->first[j]) : NULL;
+}
+
+/* Sums and votes of the nodes of level li >= 1 from their children's votes. */
+static void level_votes(const bvt_args *A, pos_t *P, int li) {
+    const int root = A->nodes - 1, NB = P->nb, j1 = A->lev_first[li + 1];
+    for (int j = A->lev_first[li]; j < j1; j++) {
+        int c0 = A->child0[j], c1 = j + 1 < j1 ? A->child0[j + 1] : A->lev_first[li];
+        v16 *s = NS(P, j);
+        for (int k = 0; k < NB; k++) {
+            v16 acc = {0};
+            for (int c = c0; c < c1; c++) acc += NV(P, c)[k];
+            s[k] = acc;
+        }
+        node_vote(A, P, j, A->lev_tie[li], j == root, first_vote(P, j));
+    }
+}
+
 /* Votes of every node from the leaf sums in P->s. */
 static void pos_votes(const bvt_args *A, pos_t *P) {
-    const int L = A->lev_first[1], root = A->nodes - 1, NB = P->nb;
-    for (int l = 0; l < L; l++) node_vote(A, P, l, A->lev_tie[0], l == root);
-    for (int li = 1; li < A->nlev; li++) {
-        int j1 = A->lev_first[li + 1];
-        for (int j = A->lev_first[li]; j < j1; j++) {
-            int c0 = A->child0[j], c1 = j + 1 < j1 ? A->child0[j + 1] : A->lev_first[li];
-            v16 *s = P->s + (size_t)j * NB;
-            for (int k = 0; k < NB; k++) {
-                v16 acc = {0};
-                for (int c = c0; c < c1; c++) acc += P->v[(size_t)c * NB + k];
-                s[k] = acc;
-            }
-            node_vote(A, P, j, A->lev_tie[li], j == root);
-        }
-    }
+    const int L = A->lev_first[1], root = A->nodes - 1;
+    for (int l = 0; l < L; l++) node_vote(A, P, l, A->lev_tie[0], l == root, NULL);
+    for (int li = 1; li < A->nlev; li++) level_votes(A, P, li);
 }
 
 /* The sum of leaf l from the position's terms, four 16-channel blocks at a time. */
 static inline void leaf_sum(const bvt_args *A, pos_t *P, int l) {
     const int NB = P->nb, WB = A->Cp / 16;
     const v16 *W = (const v16 *)(A->w + P->c0);
-    v16 *s = P->s + (size_t)l * NB;
+    v16 *s = NS(P, l);
     const int i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1];
     int k = 0;
     for (; k + 4 <= NB; k += 4) {
@@ -278,7 +295,7 @@ int bvt_forward(const bvt_args *A, float *out) {
 #pragma omp parallel num_threads(A->nthreads) reduction(| : err)
     {
         pos_t P;
-        if (!pos_alloc(A, &P, 0, Cp)) err = 1;
+        if (!pos_alloc(A, &P, 0, Cp, 0)) err = 1;
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < A->N; b++)
             for (int ho = 0; ho < A->Ho; ho++) {
@@ -286,7 +303,7 @@ int bvt_forward(const bvt_args *A, float *out) {
                 for (int wo = 0; wo < A->Wo; wo++) {
                     pos_setup(A, &P, b, ho, wo);
                     pos_eval(A, &P);
-                    const int16_t *r = (const int16_t *)((A->root_p ? P.s : P.v) + (size_t)root * (Cp / 16));
+                    const int16_t *r = (const int16_t *)(A->root_p ? NS(&P, root) : NV(&P, root));
                     float *o = out + (size_t)b * Co * HW + (size_t)ho * A->Wo + wo;
                     for (int c = 0; c < Co; c++) o[c * HW] = (float)r[c];
                 }
@@ -345,20 +362,19 @@ static inline int node_deriv(const bvt_args *A, const pos_t *P, const v8f *cp, c
 /* dL/ds of the nodes root down to node `stop`, from the output gradient gi (the window's
  * channels, 0 beyond Co). */
 static void pos_chain(const bvt_args *A, pos_t *P, const v8f *gi, int stop) {
-    const int root = A->nodes - 1, N8 = 2 * P->nb, NB = P->nb;
-    v8f *cr = P->coef + (size_t)root * N8;
+    const int root = A->nodes - 1;
+    v8f *cr = NC(P, root);
     if (A->root_p) {
         memcpy(cr, gi, sizeof(float) * 8 * P->n8);
         P->live[root] = 1;
     } else {
-        P->live[root] = (uint8_t)node_deriv(A, P, gi, P->s + (size_t)root * NB, P->sig[root], cr);
+        P->live[root] = (uint8_t)node_deriv(A, P, gi, NS(P, root), P->sig[root], cr);
     }
     for (int j = root - 1; j >= stop; j--) {
         int pj = A->parent[j];
         /* an abstaining voter has no valid term below it: nothing to pass */
         P->live[j] = P->live[pj] && P->cnt[j] > 0
-            && node_deriv(A, P, P->coef + (size_t)pj * N8, P->s + (size_t)j * NB, P->sig[j],
-                          P->coef + (size_t)j * N8);
+            && node_deriv(A, P, NC(P, pj), NS(P, j), P->sig[j], NC(P, j));
     }
 }
 
@@ -367,8 +383,8 @@ static void pos_chain(const bvt_args *A, pos_t *P, const v8f *gi, int stop) {
  * parent's dL/ds over the leaf's sigma is computed once for all siblings of one sigma. */
 static inline int leaf_deriv(const bvt_args *A, pos_t *P, int l, int pl, v8f *cf) {
     const float sig = P->sig[l];
-    const v16 *s16 = P->s + (size_t)l * P->nb;
-    const v8f *cp = P->coef + (size_t)pl * 2 * P->nb;
+    const v16 *s16 = NS(P, l);
+    const v8f *cp = NC(P, pl);
     if (A->surrogate != 0 || !(sig <= 7.0f)) return node_deriv(A, P, cp, s16, sig, cf);
     const int N8 = P->n8;
     if (P->cq_node != pl || P->cq_sig != sig) {
@@ -409,14 +425,14 @@ static inline int leaf_deriv(const bvt_args *A, pos_t *P, int l, int pl, v8f *cf
  * (L, NP, Co), 0 where a leaf passes nothing. The tree above the leaves, ties and validity
  * are those of bvt_backward. */
 int bvt_leaf_grad(const bvt_args *A, const int16_t *S, int64_t sstride, const float *g, float *out) {
-    const int L = A->lev_first[1], Co = A->Co, N8 = A->Cp / 8, NB = A->Cp / 16;
+    const int L = A->lev_first[1], Co = A->Co;
     const size_t NP = (size_t)A->N * A->Ho * A->Wo;
     int err = 0;
 #pragma omp parallel num_threads(A->nthreads) reduction(| : err)
     {
         pos_t P;
         v8f *gi = valloc32(sizeof(float) * A->Cp);
-        if (!pos_alloc(A, &P, 1, A->Cp) || !gi) err = 1;
+        if (!pos_alloc(A, &P, 1, A->Cp, 0) || !gi) err = 1;
         else memset(gi, 0, sizeof(float) * A->Cp);
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < A->N; b++)
@@ -426,7 +442,7 @@ int bvt_leaf_grad(const bvt_args *A, const int16_t *S, int64_t sstride, const fl
                     const size_t np = ((size_t)b * A->Ho + ho) * A->Wo + wo;
                     pos_setup(A, &P, b, ho, wo);
                     for (int l = 0; l < L; l++) {
-                        int16_t *s = (int16_t *)(P.s + (size_t)l * NB);
+                        int16_t *s = (int16_t *)NS(&P, l);
                         memcpy(s, S + (size_t)l * sstride + np * Co, sizeof(int16_t) * Co);
                         memset(s + Co, 0, sizeof(int16_t) * (A->Cp - Co));
                     }
@@ -435,7 +451,7 @@ int bvt_leaf_grad(const bvt_args *A, const int16_t *S, int64_t sstride, const fl
                     pos_chain(A, &P, gi, 0);
                     for (int l = 0; l < L; l++) {
                         float *dst = out + ((size_t)l * NP + np) * Co;
-                        if (P.live[l]) memcpy(dst, P.coef + (size_t)l * N8, sizeof(float) * Co);
+                        if (P.live[l]) memcpy(dst, NC(&P, l), sizeof(float) * Co);
                         else memset(dst, 0, sizeof(float) * Co);
                     }
                 }
@@ -511,6 +527,334 @@ static void few_channel_dx(const bvt_args *A, const pos_t *P, int i0, int i1, co
     }
 }
 
+/* Leaves of up to BVT_PAT_K terms. At a position a leaf's terms are one of 3^K patterns (each
+ * +1, -1 or 0 = invalid; coded in base 4, two bits a term), and its sum, vote, sigma and surrogate factor are functions of the
+ * pattern alone. The pattern backward therefore makes a leaf's rows once per pattern met in a
+ * block of positions, not once per position, and sums its dL/ds per pattern: the leaf's
+ * weight gradient is then, per term, the sum over patterns of the term's value times that
+ * sum. Votes and dL/ds are those of the term loop, value for value. */
+#define BVT_PAT_K 4
+#define BVT_PAT_N 256                 /* codes of BVT_PAT_K terms */
+#define BVT_PAT_Q 128                 /* positions per block at most */
+#define BVT_PAT_MEM (4u << 20)        /* bytes of a block's per-position rows */
+
+/* Whether the pattern backward takes this tree: small leaves in tap-major order, each under a
+ * node of level 1, at least 8 of them per such node, one channel window. (Measured against the
+ * term loop, one layer, one thread: tap,leaf=2..4 with 8 or more leaves per tap 0.64-0.72x of
+ * its time at 32-128 channels, 0.3-0.45x at 256-512; with 4 per tap, or channel-major trees of
+ * 3-term leaves, 1.0-1.3x: too few uses of each pattern's rows.) */
+static int pattern_leaves(const bvt_args *A) {
+    const int L = A->lev_first[1];
+    if (!A->patterns || A->order || A->nlev < 2 || A->Cp > BVT_CW) return 0;
+    if (L < 8 * (A->lev_first[2] - L)) return 0;
+    for (int l = 0; l < L; l++)
+        if (A->leaf_start[l + 1] - A->leaf_start[l] > BVT_PAT_K || A->parent[l] >= A->lev_first[2]) return 0;
+    return 1;
+}
+
+/* The pattern of terms a[0 .. k-1] (readable 4 bytes on): bits 2i, 2i + 1 hold term i's
+ * low two bits, 0 invalid, 1 = +1, 3 = -1. */
+static inline int term_pattern(const int8_t *a, uint32_t kmask) {
+    uint32_t u;
+    memcpy(&u, a, 4);
+    u &= kmask;  /* 0x03 in each of the leaf's k bytes */
+    return (int)((u | u >> 6 | u >> 12 | u >> 18) & 0xff);
+}
+
+static inline uint32_t pattern_mask(int k) { return k >= 4 ? 0x03030303u : (uint32_t)((1ull << (8 * k)) - 1) & 0x03030303u; }
+
+/* Valid terms of pattern p, and the first of them (-1: none). */
+static inline int pattern_count(int p, int *first) {
+    int c = 0;
+    *first = -1;
+    for (int i = 0; i < BVT_PAT_K; i++, p >>= 2)
+        if (p & 3) {
+            if (*first < 0) *first = i;
+            c++;
+        }
+    return c;
+}
+
+/* Leaf l's sum over every channel for pattern p. */
+static void pattern_sum(const bvt_args *A, int l, int p, v16 *s) {
+    const int NB = A->Cp / 16;
+    const v16 *W = (const v16 *)A->w;
+    for (int k = 0; k < NB; k++) s[k] = (v16){0};
+    for (int i = A->leaf_start[l]; i < A->leaf_start[l + 1]; i++, p >>= 2) {
+        const v16 *wr = W + (size_t)i * NB;
+        if ((p & 3) == 1)
+            for (int k = 0; k < NB; k++) s[k] += wr[k];
+        else if ((p & 3) == 3)
+            for (int k = 0; k < NB; k++) s[k] -= wr[k];
+    }
+}
+
+/* Leaf l's vote for pattern p (a valid one): node_vote's rule below the root. */
+static void pattern_vote(const bvt_args *A, int l, int p, v16 *s, v16 *v) {
+    const int NB = A->Cp / 16, tie = A->lev_tie[0];
+    int f;
+    pattern_count(p, &f);
+    pattern_sum(A, l, p, s);
+    if (tie == 0) {
+        const v16 *wr = (const v16 *)(A->w + (size_t)(A->leaf_start[l] + f) * A->Cp);
+        const int16_t af = ((p >> 2 * f) & 3) == 1 ? 1 : -1;
+        for (int j = 0; j < NB; j++) v[j] = (s[j] < 0) - (s[j] > 0) + ((s[j] == 0) & (wr[j] * af));
+    } else {
+        const int16_t t = (int16_t)tie;
+        for (int j = 0; j < NB; j++) v[j] = (s[j] < 0) - (s[j] > 0) + ((s[j] == 0) & t);
+    }
+}
+
+/* Leaf l's surrogate factor for pattern p (a valid one), dL/ds = F * (parent's dL/ds / sigma)
+ * with node_deriv's operations; returns the sigma, *nz whether any channel passes. */
+static float pattern_factor(const bvt_args *A, int l, int p, v16 *s, v8f *F, uint8_t *nz) {
+    const int N8 = (A->Co + 7) / 8;
+    int f;
+    const int c = pattern_count(p, &f);
+    const float sig = A->sigma_valid ? sqrtf((float)(c > 1 ? c : 1)) * A->sigma[l] : A->sigma[l];
+    pattern_sum(A, l, p, s);
+    const v8s *s8 = (const v8s *)s;
+    v8i any = {0};
+    for (int j = 0; j < N8; j++) {
+        v8f sf = __builtin_convertvector(s8[j], v8f), d;
+        if (A->surrogate == 1) {
+            d = (v8f)((v8i)((v8f){0} + 1.0f) & (v8f_abs(sf) <= A->clip * sig));
+        } else {
+            d = 2.0f - 2.0f * v8f_abs(sf / sig);
+            d = (v8f)((v8i)d & (d > 0.0f));
+        }
+        F[j] = d;
+        any |= (v8i)d & 0x7fffffff;
+    }
+    *nz = (uint8_t)any_lane(any);
+    return sig;
+}
+
+typedef struct {  /* one thread's buffers of the pattern backward */
+    pos_t *P;         /* the block's positions, rows for the nodes above the leaves */
+    int np;
+    uint8_t *pidx;    /* (L, Q): each leaf's pattern at each position (0 once its parent passes nothing) */
+    size_t *pix;      /* (taps, Q): each tap's pixel at each position */
+    v16 *fv;          /* (Q, level-1 nodes, NB): vote of each level-1 node's first valid child */
+    v8f *gi, *cq;     /* (Q, N8): output gradient; a leaf parent's dL/ds over a leaf's sigma */
+    int *cq_node;
+    float *cq_sig;
+    v16 *s, *V;       /* (NB), (BVT_PAT_N, NB): scratch sum, votes per pattern */
+    v8f *F, *B, *D;   /* (BVT_PAT_N, N8) factors, dL/ds sums per pattern; (N8) one dL/ds */
+} pat_t;
+
+static void pat_free(pat_t *S) {
+    for (int q = 0; q < S->np; q++) pos_free(&S->P[q]);
+    free(S->P); free(S->pidx); free(S->pix); free(S->fv); free(S->gi); free(S->cq); free(S->cq_node); free(S->cq_sig);
+    free(S->s); free(S->V); free(S->F); free(S->B); free(S->D);
+}
+
+static int pat_alloc(const bvt_args *A, pat_t *S, int Q) {
+    const int L = A->lev_first[1], NJ = A->lev_first[2] - L, Cp = A->Cp;
+    memset(S, 0, sizeof(*S));
+    S->P = calloc((size_t)Q, sizeof(pos_t));
+    int ok = S->P != NULL;
+    for (; ok && S->np < Q; S->np++)
+        if (!pos_alloc(A, &S->P[S->np], 1, Cp, L)) { S->np++; ok = 0; }
+    S->pidx = malloc((size_t)Q * L);
+    S->pix = malloc(sizeof(size_t) * Q * A->kh * A->kw);
+    S->fv = valloc32((size_t)Q * NJ * Cp * sizeof(int16_t));
+    S->gi = valloc32((size_t)Q * Cp * sizeof(float));
+    S->cq = valloc32((size_t)Q * Cp * sizeof(float));
+    S->cq_node = malloc(sizeof(int) * Q);
+    S->cq_sig = malloc(sizeof(float) * Q);
+    S->s = valloc32(sizeof(int16_t) * Cp);
+    S->V = valloc32(sizeof(int16_t) * BVT_PAT_N * Cp);
+    S->F = valloc32(sizeof(float) * BVT_PAT_N * Cp);
+    S->B = valloc32(sizeof(float) * BVT_PAT_N * Cp);
+    S->D = valloc32(sizeof(float) * Cp);
+    return ok && S->pidx && S->pix && S->fv && S->gi && S->cq && S->cq_node && S->cq_sig && S->s && S->V && S->F && S->B && S->D;
+}
+
+/* Positions f0 .. f0 + nq - 1 (flat over (b, ho, wo)) of the pattern backward. */
+static void pattern_block(const bvt_args *A, pat_t *S, size_t f0, int nq, const float *g, float *gx, v8f *GW,
+                          int *pgen, int *gen) {
+    const size_t HW = (size_t)A->Ho * A->Wo;
+    const int T = A->kh * A->kw, C = A->C, L = A->lev_first[1], Co = A->Co, Cp = A->Cp, root = A->nodes - 1;
+    const int NB = Cp / 16, N8 = Cp / 8, n8 = (Co + 7) / 8, J0 = L, J1 = A->lev_first[2], NJ = J1 - J0;
+    const v8f *WF = (const v8f *)A->wf;
+    const int Q = S->np;
+    pos_t *P = S->P;
+    float psig[BVT_PAT_N];
+    uint8_t pnz[BVT_PAT_N];
+    int used[BVT_PAT_N];
+    for (int q = 0; q < nq; q++) {
+        const size_t f = f0 + q, r = f % HW;
+        pos_setup(A, &P[q], (int)(f / HW), (int)(r / A->Wo), (int)(r % A->Wo));
+        for (int j = J0; j < J1; j++) memset(NS(&P[q], j), 0, sizeof(int16_t) * Cp);
+        for (int t = 0; t < T; t++) S->pix[(size_t)t * Q + q] = P[q].pix[t];
+    }
+    for (int l = 0; l < L; l++) {
+        const int i0 = A->leaf_start[l];
+        const uint32_t km = pattern_mask(A->leaf_start[l + 1] - i0);
+        uint8_t *pl = S->pidx + (size_t)l * Q;
+        for (int q = 0; q < nq; q++) pl[q] = (uint8_t)term_pattern(P[q].a + i0, km);
+    }
+    /* the leaves' votes into their parents' sums */
+    for (int l = 0; l < L; l++) {
+        const int pl = A->parent[l], g1 = ++*gen;
+        const uint8_t *pq = S->pidx + (size_t)l * Q;
+        for (int q = 0; q < nq; q++) {
+            const int p = pq[q];
+            if (!p) continue;  /* abstains */
+            v16 *vr = S->V + (size_t)p * NB;
+            if (pgen[p] != g1) {
+                pattern_vote(A, l, p, S->s, vr);
+                pgen[p] = g1;
+            }
+            v16 *ps = NS(&P[q], pl);
+            for (int j = 0; j < NB; j++) ps[j] += vr[j];
+            if (P[q].first[pl] == l) memcpy(S->fv + ((size_t)q * NJ + (pl - J0)) * NB, vr, sizeof(int16_t) * Cp);
+        }
+    }
+    /* votes above the leaves and the chain down to the leaves' parents */
+    for (int q = 0; q < nq; q++) {
+        for (int j = J0; j < J1; j++)
+            node_vote(A, &P[q], j, A->lev_tie[1], j == root,
+                      P[q].cnt[j] > 0 ? S->fv + ((size_t)q * NJ + (j - J0)) * NB : NULL);
+        for (int li = 2; li < A->nlev; li++) level_votes(A, &P[q], li);
+        const size_t f = f0 + q;
+        float *gs = (float *)(S->gi + (size_t)q * N8);
+        const float *gp = g + (f / HW) * Co * HW + f % HW;
+        for (int o = 0; o < n8 * 8; o++) gs[o] = o < Co ? gp[o * HW] : 0.0f;
+        pos_chain(A, &P[q], S->gi + (size_t)q * N8, L);
+        S->cq_node[q] = -1;
+    }
+    for (int l = 0; l < L; l++) {
+        uint8_t *pq = S->pidx + (size_t)l * Q;
+        for (int q = 0; q < nq; q++) pq[q] = P[q].live[A->parent[l]] ? pq[q] : 0;
+    }
+    /* each leaf: dL/ds per position, the input gradient, dL/ds summed per pattern */
+    for (int l = 0; l < L; l++) {
+        const int pl = A->parent[l], g1 = ++*gen, i0 = A->leaf_start[l], i1 = A->leaf_start[l + 1], k = i1 - i0;
+        int nused = 0;
+        const v8f *w0 = WF + (size_t)i0 * N8;
+        const v8f *w1 = k > 1 ? w0 + N8 : w0, *w2 = k > 2 ? w0 + 2 * N8 : w0, *w3 = k > 3 ? w0 + 3 * N8 : w0;
+        const int t0 = A->order ? i0 % T : i0 / C, c0 = A->order ? i0 / T : i0 % C;  /* term i0's (tap, channel) */
+        const uint8_t *pq = S->pidx + (size_t)l * Q;
+        const size_t *px = S->pix + (size_t)t0 * Q;
+        /* the leaf's terms are adjacent channels of one tap: one 4-wide input gradient update */
+        const int run4 = !A->order && k == 4 && c0 + 4 <= C;
+        for (int q = 0; q < nq; q++) {
+            const int p = pq[q];
+            if (!p) continue;
+            v8f *Fp = S->F + (size_t)p * N8, *Bp = S->B + (size_t)p * N8;
+            if (pgen[p] != g1) {
+                psig[p] = pattern_factor(A, l, p, S->s, Fp, &pnz[p]);
+                pgen[p] = g1;
+                memset(Bp, 0, sizeof(float) * 8 * n8);
+                used[nused++] = p;
+            }
+            if (!pnz[p]) continue;
+            v8f *cqq = S->cq + (size_t)q * N8;
+            if (S->cq_node[q] != pl || S->cq_sig[q] != psig[p]) {
+                const v8f *cp = NC(&P[q], pl);
+                for (int j = 0; j < n8; j++) cqq[j] = cp[j] / psig[p];
+                S->cq_node[q] = pl;
+                S->cq_sig[q] = psig[p];
+            }
+            if (A->wtc) {  /* few output channels: the input gradient over the leaf's channels */
+                for (int j = 0; j < n8; j++) {
+                    v8f d = Fp[j] * cqq[j];
+                    Bp[j] += d;
+                    S->D[j] = d;
+                }
+                few_channel_dx(A, &P[q], i0, i1, (const float *)S->D, gx);
+                continue;
+            }
+            v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int j = 0; j < n8; j++) {
+                v8f d = Fp[j] * cqq[j];
+                Bp[j] += d;
+                a0 = fma8(a0, d, w0[j]);
+                a1 = fma8(a1, d, w1[j]);
+                a2 = fma8(a2, d, w2[j]);
+                a3 = fma8(a3, d, w3[j]);
+            }
+            v4fu h = hsum4(a0, a1, a2, a3);
+            if (run4) {
+                *(v4fu *)(gx + px[q] + c0) += h;
+                continue;
+            }
+            int t = t0, c = c0;
+            for (int u = 0; u < k; u++) {
+                gx[S->pix[(size_t)t * Q + q] + c] += h[u];
+                if (A->order) { if (++t == T) { t = 0; c++; } }
+                else if (++c == C) { c = 0; t++; }
+            }
+        }
+        /* weight gradient: each valid term's value times its pattern's dL/ds sum, summed over
+         * the patterns in registers, 4 vectors at a time */
+        int nz = 0;
+        for (int u = 0; u < nused; u++)
+            if (pnz[used[u]]) used[nz++] = used[u];
+        for (int i = i0; i < i1; i++) {
+            v8f *gr = GW + (size_t)i * N8;
+            const int sh = 2 * (i - i0);
+            for (int j = 0; j < n8; j += 4) {
+                const int r = n8 - j < 4 ? n8 - j : 4;
+                v8f a[4] = {{0}, {0}, {0}, {0}};
+                for (int u = 0; u < nz; u++) {
+                    const int d = (used[u] >> sh) & 3;
+                    if (!d) continue;
+                    const v8f *Bp = S->B + (size_t)used[u] * N8 + j;
+                    if (d == 1)
+                        for (int e = 0; e < r; e++) a[e] += Bp[e];
+                    else
+                        for (int e = 0; e < r; e++) a[e] -= Bp[e];
+                }
+                for (int e = 0; e < r; e++) gr[j + e] += a[e];
+            }
+        }
+    }
+}
+
+/* bvt_backward for pattern_leaves trees: each thread takes whole images (their input
+ * gradients never overlap) in blocks of positions. */
+static int pattern_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
+    const size_t HW = (size_t)A->Ho * A->Wo, CN = (size_t)A->Cp * A->n;
+    const int L = A->lev_first[1], NJ = A->lev_first[2] - L, Cp = A->Cp;
+    const size_t per_q = (size_t)(A->nodes - L) * Cp * 8 + (size_t)NJ * Cp * 2 + (size_t)Cp * 8 + L;
+    int Q = (int)(BVT_PAT_MEM / per_q);
+    Q = Q < 8 ? 8 : Q > BVT_PAT_Q ? BVT_PAT_Q : Q;
+    int nt = A->nthreads > 0 ? A->nthreads : 1;
+    if (nt > A->N) nt = A->N;
+    float *gwt = nt > 1 ? valloc32((size_t)(nt - 1) * CN * sizeof(float)) : NULL;
+    if (nt > 1 && !gwt) return 1;
+    if (gwt) memset(gwt, 0, (size_t)(nt - 1) * CN * sizeof(float));
+    int err = 0;
+#pragma omp parallel num_threads(nt) reduction(| : err)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        v8f *GW = (v8f *)(tid ? gwt + (size_t)(tid - 1) * CN : gw);
+        const size_t b0 = (size_t)A->N * tid / nt, b1 = (size_t)A->N * (tid + 1) / nt;
+        const size_t np = (b1 - b0) * HW;
+        const int q = np < (size_t)Q ? (int)np : Q;
+        pat_t S;
+        int pgen[BVT_PAT_N], gen = 0;
+        for (int p = 0; p < BVT_PAT_N; p++) pgen[p] = 0;
+        if (q > 0 && !pat_alloc(A, &S, q)) err = 1;
+        else if (q > 0)
+            for (size_t f = b0 * HW; f < b1 * HW; f += q)
+                pattern_block(A, &S, f, b1 * HW - f < (size_t)q ? (int)(b1 * HW - f) : q, g, gx, GW, pgen, &gen);
+        if (q > 0) pat_free(&S);
+    }
+    for (int t = 0; t + 1 < nt; t++) {
+        const float *src = gwt + (size_t)t * CN;
+        for (size_t k = 0; k < CN; k++) gw[k] += src[k];
+    }
+    free(gwt);
+    return err;
+}
+
 /* g: (N, Co, Ho, Wo); gx: (N, Hp, Wp, C) zeroed; gw: (n, Cp) zeroed, term-major.
  *
  * Blocks of BVT_PB output positions of one image, windows of up to BVT_CW output channels:
@@ -521,6 +865,7 @@ static void few_channel_dx(const bvt_args *A, const pos_t *P, int i0, int i1, co
  * registers), its input gradient comes four terms per pass over dL/ds. A term at padding
  * passes no weight gradient; its input gradient lands in the padding, which is cropped. */
 int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
+    if (pattern_leaves(A)) return pattern_backward(A, g, gx, gw);
     const size_t HW = (size_t)A->Ho * A->Wo, CN = (size_t)A->Cp * A->n;
     const int T = A->kh * A->kw, C = A->C, L = A->lev_first[1], Co = A->Co, Cp = A->Cp, root = A->nodes - 1;
     const int WR = Cp / 8;                       /* weight / gradient row stride in v8f */
@@ -542,7 +887,7 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
         v8f *GW = (v8f *)(tid ? gwt + (size_t)(tid - 1) * CN : gw);
         pos_t P[BVT_PB];
         int ok = 1;
-        for (int p = 0; p < PB; p++) ok &= pos_alloc(A, &P[p], 1, CW);
+        for (int p = 0; p < PB; p++) ok &= pos_alloc(A, &P[p], 1, CW, 0);
         v8f *gi = valloc32(sizeof(float) * CW * PB);   /* per position: the window's output gradient */
         v8f *D = valloc32(sizeof(float) * CW * PB);    /* per position: one leaf's dL/ds */
         if (!ok || !gi || !D) err = 1;
@@ -574,7 +919,7 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
                             int live;
                             if (l == root) {
                                 live = P[p].live[root];
-                                if (live) memcpy(dp, P[p].coef + (size_t)root * 2 * P[p].nb, sizeof(float) * 8 * n8);
+                                if (live) memcpy(dp, NC(&P[p], root), sizeof(float) * 8 * n8);
                             } else {
                                 const int pl = A->parent[l];
                                 live = P[p].live[pl] && P[p].cnt[l] > 0 && leaf_deriv(A, &P[p], l, pl, dp);
