@@ -185,11 +185,16 @@ def test_pattern_backward_matches_term_loop_and_float_path(data, surrogate, sigm
     """Trees of leaves of 1-4 terms, 8 or more under each level-1 voter, take the pattern
     backward: images of up to 169 positions (several blocks), batches split between two
     threads, every padding (leaves with invalid terms at the border, and 2-term leaves
-    straddling two taps under a flat root), ties everywhere, few and many output channels."""
+    straddling two taps under a flat root), a counting root, ties everywhere, few and many
+    output channels."""
     leaf = data.draw(st.sampled_from([1, 2, 3, 4]))
     C = leaf * data.draw(st.sampled_from([8, 9, 16]))
-    if data.draw(st.booleans()):
+    kind = data.draw(st.sampled_from(["tap", "flat", "P"]))
+    if kind == "tap":
         spec, ties = f"tap,leaf={leaf}", 3
+    elif kind == "P":  # a counting root over the 9 taps, leaves of C <= 4 channels
+        C = leaf
+        spec, ties = f"P(M{C})", 2
     else:  # a flat root over 2-term leaves in tap-major order (they straddle taps where C is odd)
         C = C + 1 if C % 2 == 0 else C
         spec, ties = f"groups={9 * C // 2}" if (9 * C) % 2 == 0 else f"groups={9 * C}", 2

@@ -527,6 +527,25 @@ static void few_channel_dx(const bvt_args *A, const pos_t *P, int i0, int i1, co
     }
 }
 
+/* The backward's threads (whole images each, at most one per image) and zeroed weight
+ * gradients of CN floats for all but the first, which writes gw itself; NULL for one thread
+ * or out of memory. */
+static float *thread_grads(const bvt_args *A, size_t CN, int *nt) {
+    int n = A->nthreads > 0 ? A->nthreads : 1;
+    *nt = n > A->N ? A->N : n;
+    float *gwt = *nt > 1 ? valloc32((size_t)(*nt - 1) * CN * sizeof(float)) : NULL;
+    if (gwt) memset(gwt, 0, (size_t)(*nt - 1) * CN * sizeof(float));
+    return gwt;
+}
+
+static void add_thread_grads(float *gw, float *gwt, int nt, size_t CN) {
+    for (int t = 0; t + 1 < nt; t++) {
+        const float *src = gwt + (size_t)t * CN;
+        for (size_t k = 0; k < CN; k++) gw[k] += src[k];
+    }
+    free(gwt);
+}
+
 /* Leaves of up to BVT_PAT_K terms. At a position a leaf's terms are one of 3^K patterns (each
  * +1, -1 or 0 = invalid; coded in base 4, two bits a term), and its sum, vote, sigma and surrogate factor are functions of the
  * pattern alone. The pattern backward therefore makes a leaf's rows once per pattern met in a
@@ -652,10 +671,12 @@ static void pat_free(pat_t *S) {
 static int pat_alloc(const bvt_args *A, pat_t *S, int Q) {
     const int L = A->lev_first[1], NJ = A->lev_first[2] - L, Cp = A->Cp;
     memset(S, 0, sizeof(*S));
-    S->P = calloc((size_t)Q, sizeof(pos_t));
+    S->P = calloc((size_t)Q, sizeof(pos_t));  /* zeroed: pos_free of a failed one frees NULLs */
     int ok = S->P != NULL;
-    for (; ok && S->np < Q; S->np++)
-        if (!pos_alloc(A, &S->P[S->np], 1, Cp, L)) { S->np++; ok = 0; }
+    if (ok) {
+        S->np = Q;
+        for (int q = 0; q < Q; q++) ok &= pos_alloc(A, &S->P[q], 1, Cp, L);
+    }
     S->pidx = malloc((size_t)Q * L);
     S->pix = malloc(sizeof(size_t) * Q * A->kh * A->kw);
     S->fv = valloc32((size_t)Q * NJ * Cp * sizeof(int16_t));
@@ -822,11 +843,9 @@ static int pattern_backward(const bvt_args *A, const float *g, float *gx, float 
     const size_t per_q = (size_t)(A->nodes - L) * Cp * 8 + (size_t)NJ * Cp * 2 + (size_t)Cp * 8 + L;
     int Q = (int)(BVT_PAT_MEM / per_q);
     Q = Q < 8 ? 8 : Q > BVT_PAT_Q ? BVT_PAT_Q : Q;
-    int nt = A->nthreads > 0 ? A->nthreads : 1;
-    if (nt > A->N) nt = A->N;
-    float *gwt = nt > 1 ? valloc32((size_t)(nt - 1) * CN * sizeof(float)) : NULL;
+    int nt;
+    float *gwt = thread_grads(A, CN, &nt);
     if (nt > 1 && !gwt) return 1;
-    if (gwt) memset(gwt, 0, (size_t)(nt - 1) * CN * sizeof(float));
     int err = 0;
 #pragma omp parallel num_threads(nt) reduction(| : err)
     {
@@ -847,11 +866,7 @@ static int pattern_backward(const bvt_args *A, const float *g, float *gx, float 
                 pattern_block(A, &S, f, b1 * HW - f < (size_t)q ? (int)(b1 * HW - f) : q, g, gx, GW, pgen, &gen);
         if (q > 0) pat_free(&S);
     }
-    for (int t = 0; t + 1 < nt; t++) {
-        const float *src = gwt + (size_t)t * CN;
-        for (size_t k = 0; k < CN; k++) gw[k] += src[k];
-    }
-    free(gwt);
+    add_thread_grads(gw, gwt, nt, CN);
     return err;
 }
 
@@ -871,11 +886,9 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
     const int WR = Cp / 8;                       /* weight / gradient row stride in v8f */
     const int CW = Cp < BVT_CW ? Cp : BVT_CW;    /* window width */
     const int PB = BVT_PB;
-    int nt = A->nthreads > 0 ? A->nthreads : 1;
-    if (nt > A->N) nt = A->N;
-    float *gwt = nt > 1 ? valloc32((size_t)(nt - 1) * CN * sizeof(float)) : NULL;
+    int nt;
+    float *gwt = thread_grads(A, CN, &nt);
     if (nt > 1 && !gwt) return 1;
-    if (gwt) memset(gwt, 0, (size_t)(nt - 1) * CN * sizeof(float));
     const v8f *WF = (const v8f *)A->wf;
     int err = 0;
 #pragma omp parallel num_threads(nt) reduction(| : err)
@@ -981,10 +994,6 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
         free(D);
         for (int p = 0; p < PB; p++) pos_free(&P[p]);
     }
-    for (int t = 0; t + 1 < nt; t++) {
-        const float *src = gwt + (size_t)t * CN;
-        for (size_t k = 0; k < CN; k++) gw[k] += src[k];
-    }
-    free(gwt);
+    add_thread_grads(gw, gwt, nt, CN);
     return err;
 }
