@@ -9,6 +9,11 @@ root) and, in the backward, recomputes those integers, multiplies the surrogate 
 leaf (zero for most leaves: a 4-term leaf with sigma 2 passes gradient only when it ties) and
 adds only the non-zero leaves' terms into the input and weight gradients.
 
+Leaves of up to 4 terms in tap-major order, 8 or more under each voter above them, take its
+pattern backward: a leaf's sum, vote and surrogate factor depend only on the pattern of its
+terms at a position, so each leaf's rows are made once per pattern in a block of positions,
+and its weight gradient comes from dL/ds summed per pattern (:func:`patterns_wanted`).
+
 That term loop runs at vector rate, so large leaves cost it dearly. Equal tap-major leaves
 of :data:`_GEMM_MIN_LEAF` terms or more take a backward on batched matmuls instead: the
 packed forward keeps every leaf's sum (int16), vote.c turns sums and output gradient into
