@@ -538,6 +538,23 @@ static float *thread_grads(const bvt_args *A, size_t CN, int *nt) {
     return gwt;
 }
 
+/* This thread's weight gradient: gw for the first, its copy in gwt for the others. */
+static inline v8f *own_grads(float *gw, float *gwt, size_t CN) {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    return (v8f *)(tid ? gwt + (size_t)(tid - 1) * CN : gw);
+}
+
+/* The output gradient of image b, position r (of Ho * Wo), channels c0 .. c0 + 8 n8 - 1 into
+ * gs, 0 from Co on. */
+static inline void out_grad(const bvt_args *A, const float *g, size_t b, size_t r, int c0, int n8, float *gs) {
+    const size_t HW = (size_t)A->Ho * A->Wo;
+    const float *gp = g + (b * A->Co + c0) * HW + r;
+    for (int o = 0; o < n8 * 8; o++) gs[o] = c0 + o < A->Co ? gp[o * HW] : 0.0f;
+}
+
 static void add_thread_grads(float *gw, float *gwt, int nt, size_t CN) {
     for (int t = 0; t + 1 < nt; t++) {
         const float *src = gwt + (size_t)t * CN;
@@ -557,8 +574,8 @@ static void add_thread_grads(float *gw, float *gwt, int nt, size_t CN) {
 #define BVT_PAT_Q 128                 /* positions per block at most */
 #define BVT_PAT_MEM (4u << 20)        /* bytes of a block's per-position rows */
 
-/* Whether the pattern backward takes this tree: small leaves in tap-major order, each under a
- * node of level 1, at least 8 of them per such node, one channel window. (Measured against the
+/* Whether the pattern backward takes this tree: small leaves in tap-major order, at least 8
+ * under each node of level 1 (every leaf's parent is on level 1), one channel window. (Measured against the
  * term loop, one layer, one thread: tap,leaf=2..4 with 8 or more leaves per tap 0.64-0.72x of
  * its time at 32-128 channels, 0.3-0.45x at 256-512; with 4 per tap, or channel-major trees of
  * 3-term leaves, 1.0-1.3x: too few uses of each pattern's rows.) */
@@ -567,7 +584,7 @@ static int pattern_leaves(const bvt_args *A) {
     if (!A->patterns || A->order || A->nlev < 2 || A->Cp > BVT_CW) return 0;
     if (L < 8 * (A->lev_first[2] - L)) return 0;
     for (int l = 0; l < L; l++)
-        if (A->leaf_start[l + 1] - A->leaf_start[l] > BVT_PAT_K || A->parent[l] >= A->lev_first[2]) return 0;
+        if (A->leaf_start[l + 1] - A->leaf_start[l] > BVT_PAT_K) return 0;
     return 1;
 }
 
@@ -739,10 +756,7 @@ static void pattern_block(const bvt_args *A, pat_t *S, size_t f0, int nq, const 
             node_vote(A, &P[q], j, A->lev_tie[1], j == root,
                       P[q].cnt[j] > 0 ? S->fv + ((size_t)q * NJ + (j - J0)) * NB : NULL);
         for (int li = 2; li < A->nlev; li++) level_votes(A, &P[q], li);
-        const size_t f = f0 + q;
-        float *gs = (float *)(S->gi + (size_t)q * N8);
-        const float *gp = g + (f / HW) * Co * HW + f % HW;
-        for (int o = 0; o < n8 * 8; o++) gs[o] = o < Co ? gp[o * HW] : 0.0f;
+        out_grad(A, g, (f0 + q) / HW, (f0 + q) % HW, 0, n8, (float *)(S->gi + (size_t)q * N8));
         pos_chain(A, &P[q], S->gi + (size_t)q * N8, L);
         S->cq_node[q] = -1;
     }
@@ -756,11 +770,11 @@ static void pattern_block(const bvt_args *A, pat_t *S, size_t f0, int nq, const 
         int nused = 0;
         const v8f *w0 = WF + (size_t)i0 * N8;
         const v8f *w1 = k > 1 ? w0 + N8 : w0, *w2 = k > 2 ? w0 + 2 * N8 : w0, *w3 = k > 3 ? w0 + 3 * N8 : w0;
-        const int t0 = A->order ? i0 % T : i0 / C, c0 = A->order ? i0 / T : i0 % C;  /* term i0's (tap, channel) */
+        const int t0 = i0 / C, c0 = i0 % C;  /* term i0's (tap, channel), tap-major */
         const uint8_t *pq = S->pidx + (size_t)l * Q;
         const size_t *px = S->pix + (size_t)t0 * Q;
         /* the leaf's terms are adjacent channels of one tap: one 4-wide input gradient update */
-        const int run4 = !A->order && k == 4 && c0 + 4 <= C;
+        const int run4 = k == 4 && c0 + 4 <= C;
         for (int q = 0; q < nq; q++) {
             const int p = pq[q];
             if (!p) continue;
@@ -805,8 +819,7 @@ static void pattern_block(const bvt_args *A, pat_t *S, size_t f0, int nq, const 
             int t = t0, c = c0;
             for (int u = 0; u < k; u++) {
                 gx[S->pix[(size_t)t * Q + q] + c] += h[u];
-                if (A->order) { if (++t == T) { t = 0; c++; } }
-                else if (++c == C) { c = 0; t++; }
+                if (++c == C) { c = 0; t++; }
             }
         }
         /* weight gradient: each valid term's value times its pattern's dL/ds sum, summed over
@@ -853,13 +866,12 @@ static int pattern_backward(const bvt_args *A, const float *g, float *gx, float 
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        v8f *GW = (v8f *)(tid ? gwt + (size_t)(tid - 1) * CN : gw);
+        v8f *GW = own_grads(gw, gwt, CN);
         const size_t b0 = (size_t)A->N * tid / nt, b1 = (size_t)A->N * (tid + 1) / nt;
         const size_t np = (b1 - b0) * HW;
         const int q = np < (size_t)Q ? (int)np : Q;
         pat_t S;
-        int pgen[BVT_PAT_N], gen = 0;
-        for (int p = 0; p < BVT_PAT_N; p++) pgen[p] = 0;
+        int pgen[BVT_PAT_N] = {0}, gen = 0;
         if (q > 0 && !pat_alloc(A, &S, q)) err = 1;
         else if (q > 0)
             for (size_t f = b0 * HW; f < b1 * HW; f += q)
@@ -893,11 +905,7 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
     int err = 0;
 #pragma omp parallel num_threads(nt) reduction(| : err)
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        v8f *GW = (v8f *)(tid ? gwt + (size_t)(tid - 1) * CN : gw);
+        v8f *GW = own_grads(gw, gwt, CN);
         pos_t P[BVT_PB];
         int ok = 1;
         for (int p = 0; p < PB; p++) ok &= pos_alloc(A, &P[p], 1, CW, 0);
@@ -918,9 +926,7 @@ int bvt_backward(const bvt_args *A, const float *g, float *gx, float *gw) {
                         for (int p = 0; p < np; p++) leaf_sum(A, &P[p], l);
                     for (int p = 0; p < np; p++) {
                         pos_votes(A, &P[p]);
-                        float *gs = (float *)(gi + (size_t)p * (CW / 8));
-                        const float *gp = g + (size_t)b * Co * HW + r0 + p + (size_t)c0 * HW;
-                        for (int o = 0; o < n8 * 8; o++) gs[o] = c0 + o < Co ? gp[o * HW] : 0.0f;
+                        out_grad(A, g, (size_t)b, r0 + p, c0, n8, (float *)(gi + (size_t)p * (CW / 8)));
                         pos_chain(A, &P[p], gi + (size_t)p * (CW / 8), L);
                         P[p].cq_node = -1;  /* new dL/ds above the leaves */
                     }
