@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from bitvote import data as D
 from bitvote import models
+from bitvote.train import heap
 from bitvote.train.optim import make_optimizer
 
 def measure(name, voter, width, batch, steps, warmup, seed=0, tie=None, clock=time.perf_counter, sigma=None):
@@ -97,6 +98,10 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure every row this many times, the rows interleaved round by round (a fresh "
                          "model each time), and report the median: drift of the machine then hits every row alike")
+    ap.add_argument("--heap", choices=("keep", "system"), default="keep",
+                    help="keep: freed memory stays in the heap, as `bitvote train` sets it on the CPU "
+                         "(bitvote.train.heap); system: glibc's defaults (large blocks mmapped and returned "
+                         "on free). Process-wide: A/B by two runs")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     a = ap.parse_args(argv)
     tie = None if a.tie is None else (a.tie if a.tie == "first" else int(a.tie))
@@ -121,11 +126,12 @@ def main(argv=None):
         ap.error("--rounds and --steps must be at least 1, --warmup at least 0")
     if a.threads:
         torch.set_num_threads(a.threads)
+    kept = a.heap == "keep" and heap.keep_freed_memory()
     widths = [float(w) for w in a.widths.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {a.batch_size}, "
           f"{a.steps} timed steps (median){f' x {a.rounds} interleaved rounds (median)' if a.rounds > 1 else ''}, "
           f"cpu count {os.cpu_count()}")
-    print(f"tie: {a.tie or 'layer default'}, clock: {a.clock}")
+    print(f"tie: {a.tie or 'layer default'}, clock: {a.clock}, heap: {'kept' if kept else 'system'}")
     print("| model | voter | path | fused | act | packed | width | step (ms) | images/s | x resnet18 | x popcount |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -169,7 +175,8 @@ def main(argv=None):
         from bitvote.io import atomic_write_bytes
 
         atomic_write_bytes(a.json, json.dumps({"threads": torch.get_num_threads(), "batch": a.batch_size,
-                                               "tie": a.tie, "clock": a.clock, "rows": rows}, indent=1).encode())
+                                               "tie": a.tie, "clock": a.clock, "heap": "kept" if kept else "system",
+                                               "rows": rows}, indent=1).encode())
     return 0
 
 

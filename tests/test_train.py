@@ -325,3 +325,12 @@ def test_a_refused_option_leaves_no_folder_behind(data, tmp_path, capsys):
     assert main(["train", "--data", str(data), "--out", str(out), "--lr", "-1"]) == 2
     assert "--lr must be a positive finite number" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cpu_training_keeps_freed_memory_in_the_heap(data, tmp_path, monkeypatch):
+    from bitvote.train import loop
+
+    calls = []
+    monkeypatch.setattr(loop.heap, "keep_freed_memory", lambda: calls.append(1) or True)
+    train(_cfg(data, tmp_path / "run", epochs=1))
+    assert calls == [1]

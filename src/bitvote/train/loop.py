@@ -38,6 +38,7 @@ from ..nn.normfree import adaptive_clip_grad_
 from ..voter import is_popcount
 from . import checkpoint as C
 from . import distributed as Dist
+from . import heap
 from .kd import distribution_loss
 from .optim import SCHEDULES, lr_at, make_optimizer
 from .progress import Progress, write_csv
@@ -485,6 +486,8 @@ class _Run:
                                f"{world.size} processes")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if self.dev.type == "cpu":
+            heap.keep_freed_memory()
         # every rank checked last.pt before rank 0 may write one (DDP's constructor also waits)
         world.barrier()
         if world.main and self.out.is_dir():
