@@ -43,7 +43,7 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # glibc only: other C libraries read these numbers otherwise
         mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: no process handle (Windows)
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
