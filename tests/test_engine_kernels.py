@@ -8,6 +8,8 @@ register-tile sizes (the 9-word tile sweeps up to 8 blocks of 8 output channels,
 tiles 4), under every tie rule and padding mode.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -245,6 +247,11 @@ def test_peak_probe_reports_every_unit():
     p = bench.peak(1, seconds=0.004)
     assert p["xorpop"] > 0 and p["fp32"] >= 0 and p["int8"] >= 0 and p["int8_unit"]
     assert bench.peak(1, seconds=0.004) is p  # measured once per process
+    assert p["int8_unit"] in bench.INT8_UNITS.values()
+    if p["int8_unit"] == "amx-int8":  # the probe names a unit only where the CPU reports it
+        flags = Path("/proc/cpuinfo").read_text()
+        assert "amx_int8" in flags and "amx_tile" in flags
+        assert p["int8"] > 8 * p["fp32"]  # 16384 MACs per tile instruction: VNNI reaches ~4x fp32 FMA
 
 
 def test_bench_rows_have_int8_and_peak_fractions(monkeypatch):

@@ -110,6 +110,10 @@ def _with_kernel(version: int, fn):
 
 _PEAK: Dict = {}
 
+#: the int8 units the peak probe knows, by ``bv_int8_kind``: the widest one the CPU has (AMX
+#: tiles where present: oneDNN's int8 convs run on them)
+INT8_UNITS = {0: "none", 1: "avx2 vpmaddubsw", 2: "avx-vnni", 3: "avx512-vnni", 4: "amx-int8"}
+
 
 def peak(threads: int = 1, isa=None, seconds: float = 0.05) -> Dict:
     """This CPU's measured peaks in G MAC/s on ``threads`` threads: ``xorpop`` (binary MACs
@@ -119,7 +123,7 @@ def peak(threads: int = 1, isa=None, seconds: float = 0.05) -> Dict:
     if key in _PEAK:
         return _PEAK[key]
     out = {"threads": threads, "isa": active_isa() if isa is None else isa,
-           "int8_unit": {0: "none", 1: "avx2 vpmaddubsw", 2: "avx-vnni", 3: "avx512-vnni"}[lib().bv_int8_kind()]}
+           "int8_unit": INT8_UNITS[lib().bv_int8_kind()]}
     clock = time.process_time if threads <= 1 else time.perf_counter
     for which, name in ((0, "xorpop"), (1, "fp32"), (2, "int8")):
         iters = 64

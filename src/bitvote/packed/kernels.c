@@ -620,9 +620,83 @@ static double bv_peak_int8_avx512vnni(long iters)
 #pragma GCC pop_options
 #endif
 
-/* Which int8 dot product the probe uses: 0 none, 1 AVX2 (vpmaddubsw), 2 AVX-VNNI, 3 AVX-512 VNNI. */
+/* AMX-INT8 (tile matrix multiply: oneDNN's int8 convs use it where present). Linux lends the
+ * tile state to a process on request; the compiler must know the instructions. */
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define BV_HAVE_AMX 1
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* The CPU has AMX-TILE and AMX-INT8, the OS saves the tile state, and this process may use it. */
+static int bv_amx_usable(void)
+{
+    static int state = -1;
+    if (state >= 0) return state;
+    unsigned a, b, c, d;
+    state = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return state;  /* OSXSAVE */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) return state;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return state;  /* XTILECFG, XTILEDATA */
+    state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    return state;
+}
+
+typedef struct {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed)) bv_tilecfg;
+
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-int8")
+/* Four independent 16x16 int32 accumulator tiles, each += (16x64 int8) x (64x16 int8). */
+static double bv_peak_int8_amx(long iters)
+{
+    bv_tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette_id = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    int8_t src[16 * 64] __attribute__((aligned(64)));
+    int32_t dst[16 * 16] __attribute__((aligned(64)));
+    for (int i = 0; i < 16 * 64; i++) src[i] = (int8_t)(i % 7 - 3);
+    _tile_loadconfig(&cfg);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, src, 64);
+    _tile_loadd(5, src, 64);
+    _tile_loadd(6, src, 64);
+    _tile_loadd(7, src, 64);
+    for (long it = 0; it < iters; it++) {
+        _tile_dpbssd(0, 4, 6);
+        _tile_dpbssd(1, 4, 7);
+        _tile_dpbssd(2, 5, 6);
+        _tile_dpbssd(3, 5, 7);
+    }
+    _tile_stored(0, dst, 64);
+    _tile_release();
+    volatile int32_t keep = dst[0];
+    (void)keep;
+    return (double)iters * 4 * 16 * 16 * 64;
+}
+#pragma GCC pop_options
+#endif
+
+/* Which int8 unit the probe uses: 0 none, 1 AVX2 (vpmaddubsw), 2 AVX-VNNI, 3 AVX-512 VNNI,
+ * 4 AMX-INT8 (the widest present: what a tuned int8 library runs on this CPU). */
 int bv_int8_kind(void)
 {
+#ifdef BV_HAVE_AMX
+    if (bv_amx_usable()) return 4;
+#endif
 #if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) return 3;
@@ -649,6 +723,9 @@ static double bv_peak1(int which, int isa, long iters)
         return 0;
     case 2:
         switch (bv_int8_kind()) {
+#ifdef BV_HAVE_AMX
+        case 4: return bv_peak_int8_amx(iters);
+#endif
         case 3: return bv_peak_int8_avx512vnni(iters);
         case 2: return bv_peak_int8_avxvnni(iters);
         case 1: return bv_peak_int8_avx2(iters);
