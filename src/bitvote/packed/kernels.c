@@ -632,16 +632,17 @@ static double bv_peak_int8_avx512vnni(long iters)
 /* The CPU has AMX-TILE and AMX-INT8, the OS saves the tile state, and this process may use it. */
 static int bv_amx_usable(void)
 {
-    static int state = -1;
+    static int state = -1; /* written once, with the final answer (the probe's threads read it) */
     if (state >= 0) return state;
-    unsigned a, b, c, d;
-    state = 0;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return state;  /* OSXSAVE */
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) return state;
-    unsigned lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    if ((lo & (3u << 17)) != (3u << 17)) return state;  /* XTILECFG, XTILEDATA */
-    state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    unsigned a, b, c, d, lo, hi;
+    int ok = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 27));                      /* OSXSAVE */
+    ok = ok && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 25));
+    if (ok) {
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        ok = (lo & (3u << 17)) == (3u << 17); /* XTILECFG, XTILEDATA */
+    }
+    ok = ok && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    state = ok;
     return state;
 }
 
@@ -706,7 +707,7 @@ int bv_int8_kind(void)
     return 0;
 }
 
-static double bv_peak1(int which, int isa, long iters)
+static double bv_peak1(int which, int isa, int int8_kind, long iters)
 {
     switch (which) {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -722,7 +723,7 @@ static double bv_peak1(int which, int isa, long iters)
         if (__builtin_cpu_supports("fma")) return bv_peak_fma_avx2(iters);
         return 0;
     case 2:
-        switch (bv_int8_kind()) {
+        switch (int8_kind) {
 #ifdef BV_HAVE_AMX
         case 4: return bv_peak_int8_amx(iters);
 #endif
@@ -744,9 +745,10 @@ double bv_peak(int which, int isa, long iters, int nthreads)
 {
     const int best = bv_best_isa();
     if (isa < 0 || isa > best) isa = best;
+    const int int8_kind = bv_int8_kind(); /* once, before the threads: every one probes the same unit */
     double total = 0;
 #pragma omp parallel num_threads(nthreads > 0 ? nthreads : 1) reduction(+ : total)
-    total += bv_peak1(which, isa, iters);
+    total += bv_peak1(which, isa, int8_kind, iters);
     return total;
 }
 
