@@ -32,8 +32,7 @@ _PROBE = textwrap.dedent("""
 
 
 def _probe(keep: str):
-    env = {"BITVOTE_KEEP_HEAP": keep, "PATH": "/usr/bin:/bin"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env = {**os.environ, "BITVOTE_KEEP_HEAP": keep, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     applied, faults = out.stdout.split()
