@@ -19,7 +19,8 @@ and the step time relative to ``resnet18`` and to the popcount ReActNet-18 at th
 :mod:`bitvote.nn.rowvote`); ``kernels`` is the default without those GEMMs
 (``BITVOTE_ROW_VOTE=0``); ``terms`` is the default with every kernel backward on vote.c's
 term loop (``BITVOTE_VOTE_BACKWARD=terms``: no leaf GEMMs); ``loop`` is the default with the
-small-leaf pattern backward off (``BITVOTE_VOTE_PATTERNS=0``: those trees on the term loop); ``flat`` adds the row trained with
+small-leaf pattern backward and the channel-major backward off (``BITVOTE_VOTE_PATTERNS=0``,
+``BITVOTE_CHANNEL_VOTE=0``: those trees on the term loop); ``flat`` adds the row trained with
 sigma ``fanin,flat`` (exact votes, one MV's backward).
 ``--packed both`` times every binary row with and without the packed-bit kernels in training
 (``BITVOTE_PACKED_VOTE``: the popcount forward from 32 channels on and the forward-only votes).
@@ -86,8 +87,8 @@ def main(argv=None):
     ap.add_argument("--paths", default="new",
                     help="vote paths of the voter rows, comma-separated: new (the default: packed-bit kernels, "
                          "kernel-row GEMMs, leaf-GEMM backward), kernels (packed-bit kernels only, BITVOTE_ROW_VOTE=0), "
-                         "terms (no leaf-GEMM backward, BITVOTE_VOTE_BACKWARD=terms), loop (no pattern backward, "
-                         "BITVOTE_VOTE_PATTERNS=0), old (float leaf sums, "
+                         "terms (no leaf-GEMM backward, BITVOTE_VOTE_BACKWARD=terms), loop (no pattern or channel-major "
+                         "backward, BITVOTE_VOTE_PATTERNS=0 BITVOTE_CHANNEL_VOTE=0), old (float leaf sums, "
                          "BITVOTE_NATIVE_VOTE=0), flat (sigma fanin,flat); old,new = each voter row twice")
     ap.add_argument("--packed", choices=("on", "off", "both"), default="on",
                     help="packed-bit popcount forward and forward-only votes (BITVOTE_PACKED_VOTE); "
@@ -146,6 +147,7 @@ def main(argv=None):
         os.environ["BITVOTE_ROW_VOTE"] = "0" if path in ("old", "kernels") else "1"
         os.environ["BITVOTE_VOTE_BACKWARD"] = "terms" if path == "terms" else "auto"
         os.environ["BITVOTE_VOTE_PATTERNS"] = "0" if path == "loop" else "1"
+        os.environ["BITVOTE_CHANNEL_VOTE"] = "0" if path == "loop" else "1"
         return measure(name, voter, w, a.batch_size, a.steps, a.warmup, tie=tie, clock=clock,
                        sigma="fanin,flat" if path == "flat" else None)
 

@@ -1,17 +1,20 @@
 """Forward+backward time of one binary conv layer per voter mode, side by side in one run.
 
-Issue 2 item 5: a 256-channel 16x16 3x3 layer (batch 64 by default), popcount vs mv vs
-`tap` vs `tap,groups=4`. Goal: MV <= 1.15x popcount, HMV <= 1.5x. Ratios are what count:
-run on a quiet machine; rounds interleave the modes so drift hits them alike. Each mode runs
-in fp32 and under CPU bf16 autocast (votes stay exact there: see binary_conv2d).
+A C-channel SxS 3x3 layer (256 channels, 16x16, batch 64 by default), popcount vs mv vs
+`tap` vs `tap,groups=4` (or any ``--voters``; ``cm:M(M3(M3))`` and the like take the layer's
+channel count). Ratios are what count: run on a quiet machine; rounds interleave the modes
+so drift hits them alike. Each mode runs in fp32 and under CPU bf16 autocast (votes stay
+exact there: see binary_conv2d) unless ``--precision`` picks one.
 
     python benchmarks/voter_speed.py [--batch 64] [--channels 256] [--size 16] [--rounds 5]
-        [--tie 1|-1|first] [--fuse both|on|off] [--paths old,new]
+        [--tie 1|-1|first] [--fuse both|on|off] [--paths old,new,loop] [--precision both|fp32|bf16]
 
 ``--fuse both`` (the default) times every mode with the fused one-pass CPU vote chains
 (bitvote._fuse) and without them (``BITVOTE_FUSE=0``), side by side. ``--paths old,new`` times
 every voter mode on the float leaf-sum path (``BITVOTE_NATIVE_VOTE=0``) and on the packed-bit
-kernels (bitvote.nn.fastvote), side by side; popcount has one path.
+kernels (bitvote.nn.fastvote), side by side; ``loop`` is the kernels with the pattern and
+channel-major backwards off (``BITVOTE_VOTE_PATTERNS=0``, ``BITVOTE_CHANNEL_VOTE=0``: vote.c's
+term loop); popcount has one path.
 """
 
 import argparse
@@ -35,7 +38,8 @@ def main():
     ap.add_argument("--voters", default="popcount,mv,tap,tap,groups=4")
     ap.add_argument("--tie", default="1", help="tie rule of every voter: 1, -1 or first")
     ap.add_argument("--fuse", choices=("both", "on", "off"), default="both")
-    ap.add_argument("--paths", default="new", help="new, old or old,new (see above)")
+    ap.add_argument("--paths", default="new", help="new, old, loop or a comma-separated list (see above)")
+    ap.add_argument("--precision", choices=("both", "fp32", "bf16"), default="both")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,6 +62,7 @@ def main():
     def step(layer, amp, fuse, path="new"):
         os.environ["BITVOTE_FUSE"] = "1" if fuse else "0"
         os.environ["BITVOTE_NATIVE_VOTE"] = "0" if path == "old" else "1"
+        os.environ["BITVOTE_VOTE_PATTERNS"] = os.environ["BITVOTE_CHANNEL_VOTE"] = "0" if path == "loop" else "1"
         x.grad = None
         layer.weight.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -66,9 +71,10 @@ def main():
 
     fuses = {"both": (False, True), "on": (True,), "off": (False,)}[args.fuse]
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    if not paths or any(p not in ("old", "new") for p in paths):
-        ap.error(f"--paths: expected old, new or old,new, got {args.paths!r}")
-    modes = [(v, amp, fz, p) for fz in fuses for amp in (False, True) for v in voters
+    if not paths or any(p not in ("old", "new", "loop") for p in paths):
+        ap.error(f"--paths: expected old, new, loop or a comma-separated list of them, got {args.paths!r}")
+    amps = {"both": (False, True), "fp32": (False,), "bf16": (True,)}[args.precision]
+    modes = [(v, amp, fz, p) for fz in fuses for amp in amps for v in voters
              for p in (["new"] if v == "popcount" else paths)]
     for m in modes:  # warm-up (and the one-time compile of the fused chains)
         step(layers[m[0]], m[1], m[2], m[3])
@@ -83,7 +89,8 @@ def main():
         ms = statistics.median(times[(v, amp, fz, path)]) * 1e3
         pop = ("popcount", amp, fz, "new")
         base = statistics.median(times[pop]) * 1e3 if pop in times else None
-        fp32 = statistics.median(times[(v, False, fz, path)]) * 1e3
+        own = (v, False, fz, path)
+        fp32 = statistics.median(times[own]) * 1e3 if own in times else ms
         rows.append({"voter": v, "path": "-" if v == "popcount" else path,
                      "precision": "bf16" if amp else "fp32", "fused": fz,
                      "resolved": layers[v].hierarchy.describe() if layers[v].hierarchy else "popcount",

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from bitvote import BinaryConv2d
 from bitvote.nn import fastvote
 
+from native_helpers import close_fp32, run_layer
 from oracle import binary_conv
 
 pytestmark = pytest.mark.skipif(not fastvote.available(), reason="no C compiler for the native vote kernels")
@@ -78,20 +79,6 @@ def random_inputs(data, case):
     if data.draw(st.booleans()):  # small integers: ties (s == 0) at every level
         x = torch.randint(-1, 2, x.shape).float()
     return x
-
-
-def run_layer(layer, x, g, native, monkeypatch):
-    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all" if native else "0")
-    x = x.clone().requires_grad_(True)
-    layer.weight.grad = None
-    y = layer(x)
-    (y * g).sum().backward()
-    return y.detach(), x.grad, layer.weight.grad.clone()
-
-
-def close_fp32(a, b):
-    scale = max(1.0, b.abs().max().item())
-    return (a - b).abs().max().item() <= 1e-5 * scale
 
 
 @SETTINGS

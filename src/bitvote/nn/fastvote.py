@@ -45,7 +45,7 @@ from ..errors import BitvoteError
 from ..io import cache_root
 from ..voter import CM, Hierarchy
 from ..voter.spec import split_sigma
-from . import packedvote, taprows
+from . import chanvote, packedvote, taprows
 
 __all__ = ["wanted", "forced", "pays", "enabled", "available", "conv_votes", "supports", "backward_kind"]
 
@@ -311,6 +311,12 @@ class _NativeVoteFn(torch.autograd.Function):
             gwb = gw.reshape(kh * kw, C, Co).permute(2, 1, 0).reshape(wshape).to(wdt)
             return gxb, gwb, None, None, None, None, None, None, None, None
         g = g.contiguous()
+        if plan.order and chanvote.takes(plan.hier, kh * kw):
+            got = chanvote.backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate, pad_value, g)
+            if got is not None:
+                gx, gw = got
+                return (gx[:, ph:ph + H, pw:pw + W].permute(0, 3, 1, 2).to(xdt), gw.to(wdt),
+                        None, None, None, None, None, None, None, None)
         gx = torch.zeros(xcl.shape, dtype=torch.float32)
         gw = torch.zeros(wi.shape, dtype=torch.float32)
         wf = wi.float()

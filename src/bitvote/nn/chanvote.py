@@ -1,0 +1,172 @@
+"""The backward of channel-major trees whose voters below the root lie inside one channel.
+
+``cm:M(M3(M3))`` (majority of three kernel-row majorities per channel, then a majority over
+channels), ``cm:M(M9)``, ``cm:M(M3)``, ``cgroups=C`` and their counted (``P``) roots: every
+voter below the root sees the taps of one input channel only. vote.c's term loop keeps a
+vector per voter (4C + 1 of them for ``cm:M(M3(M3))``), which costs it 6-10 popcount layer
+backwards. ``csrc/chanvote.c`` instead puts 64 output channels in the bits of a word: a
+term's XNOR for those outputs is one weight word, inverted where the input is -1, so each
+per-channel vote, tie and surrogate factor is a few word operations, and both gradients are
+tiled sums over the root's dL/ds on masks of outputs (docs/training.md, "Channel-major
+trees").
+
+Votes are unchanged (the forward stays on the packed kernels); gradients equal the chain rule
+of :func:`bitvote.voter.reduce_votes` up to fp32 summation order. ``BITVOTE_CHANNEL_VOTE=0``
+sends these trees back to the term loop; a missing compiler does the same, with one line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import native
+from ..binarize import Ste
+from ..io import cache_root
+from ..voter import CM, Hierarchy
+
+__all__ = ["wanted", "takes", "available", "backward"]
+
+_HERE = Path(__file__).parent / "csrc"
+_FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-Wno-psabi"]
+
+#: limits of the kernel: levels below the root, fan-in of a voter below it, taps per channel
+_MAX_LEVELS, _MAX_FAN, _MAX_TAPS = 8, 15, 64
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int32, ctypes.c_float
+
+_LIB = None
+_broken: Optional[str] = None
+
+
+class _Args(ctypes.Structure):
+    """Mirror of ``cv_args`` in chanvote.c (same field order)."""
+
+    _fields_ = [
+        ("x", _P), ("wb", _P), ("g", _P),
+        ("N", _I), ("Hp", _I), ("Wp", _I), ("C", _I), ("Co", _I), ("OW", _I), ("kh", _I), ("kw", _I),
+        ("sh", _I), ("sw", _I), ("dh", _I), ("dw", _I), ("Ho", _I), ("Wo", _I), ("H", _I), ("W", _I),
+        ("ph", _I), ("pw", _I), ("zero_pad", _I),
+        ("tap_off", _P), ("m", _I), ("nlev", _I), ("fan", _P), ("tie", _P), ("sigma", _P),
+        ("sigma_valid", _I), ("root_p", _I), ("surrogate", _I), ("clip", _F), ("nthreads", _I),
+    ]
+
+
+def wanted() -> bool:
+    """``BITVOTE_CHANNEL_VOTE=0`` keeps these trees on vote.c's term loop."""
+    return os.environ.get("BITVOTE_CHANNEL_VOTE", "1") != "0"
+
+
+def per_channel(hier: Hierarchy, taps: int):
+    """``(m, fan-ins bottom up)`` where every voter below the root of ``hier`` lies inside one
+    channel's ``taps`` terms (m such voters per channel, all of one shape), else None."""
+    if hier.order != CM or hier.depth < 2 or taps > _MAX_TAPS:
+        return None
+    below = hier.levels[:-1]
+    if len(below) > _MAX_LEVELS or not all(lv.uniform for lv in below) or len(hier.levels[-1].groups) != 1:
+        return None
+    fans = [lv.groups[0] for lv in below]
+    if max(fans) > _MAX_FAN:
+        return None
+    u = math.prod(fans)
+    if taps % u:
+        return None
+    return taps // u, fans
+
+
+def takes(hier: Hierarchy, taps: int) -> bool:
+    """Whether :func:`backward` runs this tree (and the library builds)."""
+    return wanted() and per_channel(hier, taps) is not None and available()
+
+
+def _flags():
+    try:
+        cpu = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        cpu = set()
+    arch = native.arch_flags()
+    if arch and {"avx512f", "avx512bw", "avx512vl"} <= cpu:  # 16-lane masked adds
+        return [arch + ["-mavx512f", "-mavx512bw", "-mavx512vl"], arch]
+    return [arch]
+
+
+def available() -> bool:
+    """Whether the kernel library is loaded, building it at the first call."""
+    global _LIB, _broken
+    if _broken is not None:
+        return False
+    if _LIB is None:
+        try:
+            sets = [_FLAGS + ["-fopenmp"] + a for a in _flags()] + [_FLAGS + ["-fopenmp-simd"], _FLAGS]
+            so, _ = native.build([_HERE / "chanvote.c"], sets, "bitvote_chanvote", cache_root() / "native",
+                                 "the channel-major vote kernel")
+            lib = ctypes.CDLL(str(so))
+            lib.cv_struct_size.restype = ctypes.c_int
+            if lib.cv_struct_size() != ctypes.sizeof(_Args):  # pragma: no cover - a build mismatch
+                raise RuntimeError("chanvote.c and chanvote._Args disagree on the argument struct")
+            lib.cv_backward.argtypes = [ctypes.POINTER(_Args), _P, _P, _P]
+            lib.cv_backward.restype = ctypes.c_int
+            _LIB = lib
+        except Exception as e:  # noqa: BLE001 - no compiler, a failing one: the term loop runs
+            _broken = native.unavailable("channel-major vote kernel", e, "the term loop")
+            return False
+    return True
+
+
+def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate, pad_value, g):
+    """``(gx (N, Hp, Wp, C), gw (Co, C, kh, kw))`` fp32, or None where the tree's factors take
+    too many values for the kernel (the caller then runs the term loop).
+
+    ``xcl``: the padded channels-last int8 input of the forward; ``wi``: its +/-1 weights,
+    term-major (n, >= Co) in channel-major order;
+    ``g``: the output gradient (N, Co, Ho, Wo); ``plan``: :class:`fastvote._Plan` of the tree.
+    """
+    hier = plan.hier
+    Co, C, kh, kw = wshape
+    T = kh * kw
+    m, fans = per_channel(hier, T)
+    N, Hp, Wp, _ = xcl.shape
+    OW = -(-Co // 64)
+    OL = 64 * OW
+    # weight bits (C, T, OW) with output o at bit o % 64 of word o // 64; sign masks (C, T, OL)
+    pos = (wi[:, :Co] > 0).view(C, T, Co)
+    bits = torch.zeros(C, T, OL, dtype=torch.bool)
+    bits[..., :Co] = pos
+    weights = (1 << torch.arange(64, dtype=torch.int64))
+    words = (bits.view(C, T, OW, 64).to(torch.int64) * weights).sum(-1)  # wraps into the sign bit: fine
+    wf = torch.zeros(C, T, OL, dtype=torch.float32)
+    wf[..., :Co] = pos.float().mul_(2).sub_(1)
+    gcl = g.float().permute(0, 2, 3, 1).contiguous()
+    fan = torch.tensor(fans, dtype=torch.int32)
+    tie = torch.tensor(hier.tie_codes[:-1], dtype=torch.int32)
+    lev = plan.lev_first.tolist()
+    sig = torch.tensor([float(plan.sigma[lev[i]]) for i in range(len(fans))] + [float(plan.sigma[-1])],
+                       dtype=torch.float32)
+    offs = torch.tensor([(i * dilation[0] * Wp + j * dilation[1]) * C for i in range(kh) for j in range(kw)],
+                        dtype=torch.int64)
+    a = _Args()
+    a.x, a.wb, a.g = xcl.data_ptr(), words.data_ptr(), gcl.data_ptr()
+    a.N, a.Hp, a.Wp, a.C, a.Co, a.OW, a.kh, a.kw = N, Hp, Wp, C, Co, OW, kh, kw
+    a.sh, a.sw, a.dh, a.dw, a.Ho, a.Wo = stride[0], stride[1], dilation[0], dilation[1], Ho, Wo
+    a.H, a.W, a.ph, a.pw = Hp - 2 * padding[0], Wp - 2 * padding[1], padding[0], padding[1]
+    a.zero_pad = int(float(pad_value) == 0.0 and (padding[0] > 0 or padding[1] > 0))
+    a.tap_off, a.m, a.nlev = offs.data_ptr(), m, len(fans)
+    a.fan, a.tie, a.sigma = fan.data_ptr(), tie.data_ptr(), sig.data_ptr()
+    a.sigma_valid, a.root_p = plan.sigma_valid, plan.root_p
+    a.surrogate = 1 if type(surrogate) is Ste else 0
+    a.clip = float(getattr(surrogate, "clip", 1.0))
+    a.nthreads = torch.get_num_threads()
+    gx = torch.zeros(xcl.shape, dtype=torch.float32)
+    gw = torch.zeros(C * T, OL, dtype=torch.float32)
+    rc = _LIB.cv_backward(ctypes.byref(a), wf.data_ptr(), gx.data_ptr(), gw.data_ptr())
+    if rc == 2:
+        return None
+    if rc:
+        raise MemoryError("channel-major vote kernel: out of memory")
+    gw = gw[:, :Co].reshape(C, T, Co).permute(2, 0, 1).reshape(Co, C, kh, kw)
+    return gx, gw

@@ -1,0 +1,648 @@
+/* The surrogate gradient of channel-major voter trees whose voters below the root each lie
+ * inside one input channel (cm:M(M3(M3)), cm:M(M9), cm:M(M3), cm:P(M3(M3)), ...), with the
+ * output channels as the bits of 64-bit words.
+ *
+ * At one output position and one input channel c, term (c, t) of output o is the XNOR of the
+ * input bit x[c, t] with the weight bit w[o, c, t]: for 64 output channels at once that is
+ * the weight word of (c, t), inverted where x = -1. The per-channel voters are then bitwise
+ * functions of those words (counts kept as bit planes), so every vote, tie and surrogate
+ * factor below the root costs a few word operations per 64 outputs, and 8 output positions
+ * run side by side in the 8 words of one vector. A voter's factor F(s / sigma) / sigma
+ * depends only on its count, so each leaf's product of factors up to the root takes a few
+ * values, each on a mask of output channels: a leaf's dL/ds is the root's dL/ds (16 outputs
+ * per vector) on those masks, made for 8 positions and one channel at a time, and both
+ * gradients are register-tiled sums over it (the taps of a leaf share it). Which terms are
+ * valid depends on the position only (zero padding): positions are grouped by their pattern
+ * of live taps, each group with its tree's counts, ties and factor tables made once, and a
+ * block of 8 (image, position) pairs holds one group. Semantics are those of
+ * bitvote.voter.reduce_votes; the tests hold the two against each other.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef float v16fu __attribute__((vector_size(64), aligned(4)));
+
+#define CV_MAXLEV 8      /* levels below the root */
+#define CV_MAXFAN 15     /* fan-in of a voter below the root: counts in 4 bit planes */
+#define CV_MAXQ 32       /* distinct factor products of one leaf */
+#define CV_PB 8          /* (image, position) pairs per block: the words of a v8u */
+
+typedef struct {
+    const int8_t *x;        /* padded channels-last input (N, Hp, Wp, C): +1, -1, 0 = padding */
+    const uint64_t *wb;     /* (C, T, OW): bit o % 64 of word o / 64 is 1 where w[o, c, t] = +1 */
+    const float *g;         /* output gradient channels-last (N, Ho, Wo, Co) */
+    int N, Hp, Wp, C, Co, OW, kh, kw, sh, sw, dh, dw, Ho, Wo, H, W, ph, pw, zero_pad;
+    const int64_t *tap_off; /* per tap: offset of its pixel from the window's corner */
+    int m;                  /* voters per channel under the root */
+    int nlev;               /* levels below the root */
+    const int32_t *fan;     /* per level, bottom up: fan-in (the leaves': taps) */
+    const int32_t *tie;     /* per level: 1, -1, 0 = first */
+    const float *sigma;     /* per level, then the root: nominal sigma (a factor under sigma_valid) */
+    int sigma_valid, root_p, surrogate;
+    float clip;
+    int nthreads;
+} cv_args;
+
+int cv_struct_size(void) { return (int)sizeof(cv_args); }
+
+/* One voter below the root at one position: its live inputs and factor classes. */
+typedef struct {
+    int k;          /* live inputs (taps or children); 0 = abstains */
+    int first;      /* first live input: tap (leaf) or node index (above) */
+    int nq;         /* distinct non-zero factors */
+    float q[CV_MAXFAN + 1];     /* those factors */
+    uint16_t cmask[CV_MAXFAN + 1]; /* per factor: the counts (of +1 inputs) that take it */
+    int path;       /* leaves: 0 = no gradient here, 1 = one factor per voter up to the top, 2 = more */
+    float path_g;   /* under path 1: the product of those factors */
+} cv_node;
+
+/* The tree under one channel at one position: nodes of the m per-channel voters, level by
+ * level (every voter's subtree is the same shape), and which taps are live. */
+typedef struct {
+    cv_node *node;  /* m * NL */
+    int NL;         /* nodes under one per-channel voter */
+    int lev0[CV_MAXLEV + 1]; /* first node of each level within one voter's nodes */
+    int live_top;   /* per-channel voters that do not abstain */
+    int simple;     /* every leaf's path takes one factor per voter (or none) */
+    float sig_root;
+    uint8_t tap_live[64];
+} cv_prog;
+
+static float cv_factor(const cv_args *A, int s, float sig) {
+    float sf = (float)s;
+    if (A->surrogate == 1) return fabsf(sf) <= A->clip * sig ? 1.0f / sig : 0.0f;
+    float d = 2.0f - 2.0f * fabsf(sf / sig);
+    return d > 0.0f ? d / sig : 0.0f;
+}
+
+static void cv_node_classes(const cv_args *A, cv_node *n, float sig) {
+    n->nq = 0;
+    for (int j = 0; j <= n->k && n->k > 0; j++) {
+        float f = cv_factor(A, 2 * j - n->k, sig);
+        if (f == 0.0f) continue;
+        int q = 0;
+        while (q < n->nq && n->q[q] != f) q++;
+        if (q == n->nq) { n->q[q] = f; n->cmask[q] = 0; n->nq++; }
+        n->cmask[q] |= (uint16_t)(1u << j);
+    }
+}
+
+static void cv_prog_setup(const cv_args *A, cv_prog *P, uint64_t live) {
+    const int T = A->kh * A->kw, u = T / A->m;
+    for (int t = 0; t < T; t++) P->tap_live[t] = live >> t & 1;
+    P->live_top = 0;
+    for (int j = 0; j < A->m; j++) {
+        cv_node *nd = P->node + (size_t)j * P->NL;
+        const int f0 = A->fan[0];
+        for (int i = 0; i < u / f0; i++) {  /* leaves */
+            cv_node *n = nd + i;
+            n->k = 0;
+            n->first = -1;
+            for (int t = j * u + i * f0; t < j * u + (i + 1) * f0; t++)
+                if (P->tap_live[t]) { if (n->first < 0) n->first = t; n->k++; }
+        }
+        for (int l = 1; l < A->nlev; l++) {
+            const int c0 = P->lev0[l - 1], n1 = P->lev0[l + 1] - P->lev0[l];
+            for (int i = 0; i < n1; i++) {
+                cv_node *n = nd + P->lev0[l] + i;
+                n->k = 0;
+                n->first = -1;
+                for (int c = c0 + i * A->fan[l]; c < c0 + (i + 1) * A->fan[l]; c++)
+                    if (nd[c].k > 0) { if (n->first < 0) n->first = c; n->k++; }
+            }
+        }
+        for (int l = 0; l < A->nlev; l++)
+            for (int i = P->lev0[l]; i < P->lev0[l + 1]; i++) {
+                cv_node *n = nd + i;
+                float sig = A->sigma_valid ? sqrtf((float)(n->k > 1 ? n->k : 1)) * A->sigma[l] : A->sigma[l];
+                cv_node_classes(A, n, sig);
+            }
+        for (int i = 0; i < P->lev0[1]; i++) {  /* each leaf's path of factors to the top */
+            cv_node *n = nd + i;
+            int node = i, path = n->k ? 1 : 0;
+            float gp = 1.0f;
+            for (int l = 0; path; l++) {
+                const cv_node *a = nd + node;
+                if (!a->nq) path = 0;
+                else if (a->nq > 1) path = 2;
+                else gp *= a->q[0];
+                if (l == A->nlev - 1) break;
+                node = P->lev0[l + 1] + (node - P->lev0[l]) / A->fan[l + 1];
+            }
+            n->path = path;
+            n->path_g = gp;
+        }
+        P->live_top += nd[P->NL - 1].k > 0;
+    }
+    P->simple = 1;
+    for (int j = 0; j < A->m; j++)
+        for (int i = 0; i < P->lev0[1]; i++) P->simple &= P->node[(size_t)j * P->NL + i].path < 2;
+    const int kr = P->live_top * A->C;
+    P->sig_root = A->sigma_valid ? sqrtf((float)(kr > 1 ? kr : 1)) * A->sigma[A->nlev] : A->sigma[A->nlev];
+}
+
+/* The per-channel voters as word functions, for one position (W = uint64_t: 64 outputs) or
+ * for CV_PB positions at once (W = v8u: one 64-bit word per position, same program). A count
+ * of +1 inputs is kept as 4 bit planes; NAME_eval walks one per-channel subtree: vote bits,
+ * and per factor class the mask of outputs whose count takes it. z: the terms' XNOR words,
+ * by tap. */
+#define CV_DEFINE_EVAL(W, CNT, ADD, IN, EVAL)                                                     \
+    typedef struct { W p[4]; } CNT;                                                              \
+    static inline void ADD(CNT *c, W b) {                                                        \
+        for (int i = 0; i < 4; i++) {                                                            \
+            W t = c->p[i] & b;                                                                   \
+            c->p[i] ^= b;                                                                        \
+            b = t;                                                                               \
+        }                                                                                        \
+    }                                                                                            \
+    /* the outputs whose count is in `set` (bit j = count j) */                                  \
+    static inline W IN(const CNT *c, uint32_t set) {                                             \
+        W m = (W){0};                                                                            \
+        while (set) {                                                                            \
+            int j = __builtin_ctz(set);                                                          \
+            set &= set - 1;                                                                      \
+            W e = ~(W){0};                                                                       \
+            for (int i = 0; i < 4; i++) e &= (j >> i & 1) ? c->p[i] : ~c->p[i];                  \
+            m |= e;                                                                              \
+        }                                                                                        \
+        return m;                                                                                \
+    }                                                                                            \
+    static void EVAL(const cv_args *A, const cv_prog *P, const cv_node *nd, int j, const W *z,   \
+                     W *vote, W (*qmask)[CV_MAXFAN + 1], int want_masks) {                       \
+        const int T = A->kh * A->kw, u = T / A->m, f0 = A->fan[0];                               \
+        for (int l = 0; l < A->nlev; l++) {                                                      \
+            const int tie = A->tie[l];                                                           \
+            for (int i = P->lev0[l]; i < P->lev0[l + 1]; i++) {                                  \
+                const cv_node *n = nd + i;                                                       \
+                if (!n->k) { vote[i] = (W){0}; continue; }                                       \
+                W in[CV_MAXFAN], firstbits;                                                      \
+                int k = 0;                                                                       \
+                if (l == 0) {                                                                    \
+                    const int t0 = j * u + i * f0;                                               \
+                    for (int t = t0; t < t0 + f0; t++)                                           \
+                        if (P->tap_live[t]) in[k++] = z[t];                                      \
+                    firstbits = z[n->first];                                                     \
+                } else {                                                                         \
+                    const int c0 = P->lev0[l - 1] + (i - P->lev0[l]) * A->fan[l];                \
+                    for (int ch = c0; ch < c0 + A->fan[l]; ch++)                                 \
+                        if (nd[ch].k) in[k++] = vote[ch];                                        \
+                    firstbits = vote[n->first];                                                  \
+                }                                                                                \
+                W tb = firstbits;                                                                \
+                if (tie == 1) tb = ~(W){0};                                                      \
+                else if (tie == -1) tb = (W){0};                                                 \
+                if (k <= 3) { /* the outputs of each count, in closed form */                    \
+                    W e[4];                                                                      \
+                    if (k == 1) {                                                                \
+                        e[1] = in[0];                                                            \
+                        e[0] = ~in[0];                                                           \
+                        vote[i] = in[0];                                                         \
+                    } else if (k == 2) {                                                         \
+                        e[2] = in[0] & in[1];                                                    \
+                        e[1] = in[0] ^ in[1];                                                    \
+                        e[0] = ~(in[0] | in[1]);                                                 \
+                        vote[i] = e[2] | (e[1] & tb);                                            \
+                    } else {                                                                     \
+                        const W a = in[0], b = in[1], d = in[2], any = a | b | d;                \
+                        const W maj = (a & b) | (d & (a ^ b));                                   \
+                        e[3] = a & b & d;                                                        \
+                        e[2] = maj & ~e[3];                                                      \
+                        e[1] = any & ~maj;                                                       \
+                        e[0] = ~any;                                                             \
+                        vote[i] = maj;                                                           \
+                    }                                                                            \
+                    if (want_masks)                                                              \
+                        for (int q = 0; q < n->nq; q++) {                                        \
+                            W mq = (W){0};                                                       \
+                            for (int c = 0; c <= k; c++)                                         \
+                                if (n->cmask[q] >> c & 1) mq |= e[c];                            \
+                            qmask[i][q] = mq;                                                    \
+                        }                                                                        \
+                    continue;                                                                    \
+                }                                                                                \
+                CNT c = {{(W){0}, (W){0}, (W){0}, (W){0}}};                                      \
+                for (int q = 0; q < k; q++) ADD(&c, in[q]);                                      \
+                uint32_t above = 0; /* more +1 than -1 inputs, or the tie bits where equal */    \
+                for (int q = n->k / 2 + 1; q <= n->k; q++) above |= 1u << q;                     \
+                vote[i] = IN(&c, above);                                                         \
+                if (!(n->k & 1)) vote[i] |= IN(&c, 1u << (n->k / 2)) & tb;                       \
+                if (want_masks)                                                                  \
+                    for (int q = 0; q < n->nq; q++) qmask[i][q] = IN(&c, n->cmask[q]);           \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+typedef uint64_t v8u __attribute__((vector_size(64)));
+CV_DEFINE_EVAL(uint64_t, cv_cnt, cnt_add, cnt_in, cv_eval)
+CV_DEFINE_EVAL(v8u, cv_cnt8, cnt_add8, cnt_in8, cv_eval8)
+
+/* f * K on the lanes whose bit is set in m16, 0 elsewhere. */
+static inline v16f masked_mul(v16f K, float f, uint32_t m16) {
+#ifdef __AVX512F__
+    return (v16f)_mm512_maskz_mul_ps((__mmask16)m16, (__m512)K, _mm512_set1_ps(f));
+#else
+    const v16i lane = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+    v16i on = (((v16i){0} + (int32_t)m16) & lane) != 0;
+    return (v16f)((v16i)(K * f) & on);
+#endif
+}
+
+/* acc + f * K on the lanes whose bit is set in m16. */
+static inline v16f masked_fma(v16f acc, v16f K, float f, uint32_t m16) {
+#ifdef __AVX512F__
+    return (v16f)_mm512_mask3_fmadd_ps((__m512)K, _mm512_set1_ps(f), (__m512)acc, (__mmask16)m16);
+#else
+    const v16i lane = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+    v16i on = (((v16i){0} + (int32_t)m16) & lane) != 0;
+    return acc + (v16f)((v16i)(K * f) & on);
+#endif
+}
+
+/* The lane sums of 16 vectors, in their order: 15 folds of two vectors into one (the folds
+ * leave the sum of a[i] in lane bitrev4(i), the last shuffle puts it back in lane i). */
+static inline v16f cv_sums16(const v16f *a) {
+#define CV_FOLD(x, y, ...) (__builtin_shufflevector(x, y, __VA_ARGS__))
+    v16f b[8], c[4], d[2];
+    for (int i = 0; i < 8; i++)
+        b[i] = CV_FOLD(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+             + CV_FOLD(a[2 * i], a[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 4; i++)
+        c[i] = CV_FOLD(b[2 * i], b[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
+             + CV_FOLD(b[2 * i], b[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int i = 0; i < 2; i++)
+        d[i] = CV_FOLD(c[2 * i], c[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
+             + CV_FOLD(c[2 * i], c[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    const v16f r = CV_FOLD(d[0], d[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
+                 + CV_FOLD(d[0], d[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    return CV_FOLD(r, r, 0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15);
+#undef CV_FOLD
+}
+
+/* Register tiles of the term loops: CV_TQ positions x TT taps of one leaf, TT = 3 (leaves of
+ * 3, 6, 9 ... taps) or 4. */
+#define CV_TQ 4
+#define CV_TTMAX 4
+
+/* The terms of one leaf (taps t0 .. t0 + fan[0] of channel c) at the block's CV_PB positions,
+ * whose dL/ds rows (OL floats, all zero where nothing passes) start at km, `pstride` floats
+ * apart: gw[c, t] += x * dL/ds summed over the positions; sums[p, t, c] = dL/ds . w[:, c, t].
+ * xs[p, t, c]: the inputs as floats (0 past the block's positions and at zero padding), both
+ * (CV_PB, T + CV_TTMAX, C) and passed from channel c on. Taps past
+ * the leaf's end are computed against zero weights into the scratch row: their sums (0) land
+ * on the next leaf's taps, which that leaf then overwrites. The sums are fused multiply-adds. */
+#define CV_DEFINE_LEAF_TERMS(NAME, TT)                                                              \
+    __attribute__((optimize("fp-contract=fast")))                                                \
+    static void NAME(const cv_args *A, int c, int t0, const float *km, size_t pstride,            \
+                     const float *xs, const float *wf, float *GW, float *sums, const float *zrow,  \
+                     float *srow, int OL) {                                                       \
+        const int T = A->kh * A->kw, f0 = A->fan[0], HC = (A->Co + 15) / 16; /* lanes >= Co: 0 */ \
+        const size_t TS = (size_t)(T + CV_TTMAX) * A->C; /* xs, sums: a position's stride */     \
+        for (int tb = 0; tb < f0; tb += TT) {                                                     \
+            float *gr[TT];                                                                        \
+            const float *wr[TT];                                                                  \
+            for (int b = 0; b < TT; b++) {                                                        \
+                const int t = t0 + tb + b, on = tb + b < f0;                                      \
+                gr[b] = on ? GW + ((size_t)c * T + t) * OL : srow;                                \
+                wr[b] = on ? wf + ((size_t)c * T + t) * OL : zrow;                                \
+            }                                                                                     \
+            for (int h = 0; h < HC; h++) { /* weight gradient: the block's positions in registers */ \
+                v16f acc[TT];                                                                     \
+                for (int b = 0; b < TT; b++) acc[b] = *(const v16fu *)(gr[b] + 16 * h);           \
+                for (int q = 0; q < CV_PB; q++) {                                                 \
+                    const v16f k = *(const v16fu *)(km + q * pstride + 16 * h);                   \
+                    for (int b = 0; b < TT; b++) acc[b] += xs[q * TS + (size_t)(t0 + tb + b) * A->C] * k; \
+                }                                                                                 \
+                for (int b = 0; b < TT; b++) *(v16fu *)(gr[b] + 16 * h) = acc[b];                 \
+            }                                                                                     \
+            for (int qb = 0; qb < CV_PB; qb += CV_TQ) { /* input gradient: tiles of dot products */ \
+                v16f acc[16];                                                                     \
+                for (int a = 0; a < 16; a++) acc[a] = (v16f){0};                                  \
+                for (int h = 0; h < HC; h++) {                                                    \
+                    v16f w[TT];                                                                   \
+                    for (int b = 0; b < TT; b++) w[b] = *(const v16fu *)(wr[b] + 16 * h);         \
+                    for (int a = 0; a < CV_TQ; a++) {                                             \
+                        const v16f k = *(const v16fu *)(km + (qb + a) * pstride + 16 * h);        \
+                        for (int b = 0; b < TT; b++) acc[a * TT + b] += k * w[b];                 \
+                    }                                                                             \
+                }                                                                                 \
+                const v16f r = cv_sums16(acc);                                                    \
+                for (int a = 0; a < CV_TQ; a++)                                                   \
+                    for (int b = 0; b < TT; b++)                                                 \
+                        sums[(qb + a) * TS + (size_t)(t0 + tb + b) * A->C] = r[a * TT + b];       \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+CV_DEFINE_LEAF_TERMS(cv_leaf_terms3, 3)
+CV_DEFINE_LEAF_TERMS(cv_leaf_terms4, 4)
+
+#define CV_PLANES 24 /* bit planes of a root count */
+
+/* gx: (N, Hp, Wp, C) zeroed; gw: (C * T, 64 OW) zeroed; wf: (C, T, 64 OW) the weights as
+ * +/-1 floats (0 from Co on). Returns 1 out of memory, 2 where a leaf's factors take more
+ * than CV_MAXQ values (the caller then takes another path). */
+int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
+    const int T = A->kh * A->kw, C = A->C, OW = A->OW, OL = 64 * OW, u = T / A->m, H16 = OL / 16,
+              HC = (A->Co + 15) / 16;
+    const size_t HW = (size_t)A->Ho * A->Wo, GWN = (size_t)C * T * OL;
+    int NL = 0, lev0[CV_MAXLEV + 1];
+    {
+        int cnt = u;
+        for (int l = 0; l < A->nlev; l++) { lev0[l] = NL; cnt /= A->fan[l]; NL += cnt; }
+        lev0[A->nlev] = NL;
+    }
+    const int nleaf = lev0[1], LC = A->m * nleaf;  /* leaves per channel */
+    int nplanes = 1;                               /* bit planes of a root count (<= m C) */
+    while (nplanes < CV_PLANES && (1L << nplanes) <= (long)A->m * C) nplanes++;
+    /* output positions grouped by their live taps (the program): every block of CV_PB
+     * positions then runs one program */
+    uint64_t *key = malloc(sizeof(uint64_t) * HW);
+    int *order = malloc(sizeof(int) * HW), *gstart = malloc(sizeof(int) * (HW + 1)), nprog = 0;
+    if (!key || !order || !gstart) { free(key); free(order); free(gstart); return 1; }
+    for (size_t r = 0; r < HW; r++) {
+        const int y0 = (int)(r / A->Wo) * A->sh - A->ph, x0 = (int)(r % A->Wo) * A->sw - A->pw;
+        uint64_t live = 0;
+        for (int i = 0; i < A->kh; i++)
+            for (int j = 0; j < A->kw; j++) {
+                const int y = y0 + i * A->dh, x = x0 + j * A->dw;
+                if (!A->zero_pad || (y >= 0 && y < A->H && x >= 0 && x < A->W)) live |= 1ull << (i * A->kw + j);
+            }
+        key[r] = live;
+    }
+    {
+        size_t n = 0;
+        uint8_t *done = calloc(HW, 1);
+        if (!done) { free(key); free(order); free(gstart); return 1; }
+        for (size_t r = 0; r < HW; r++) {
+            if (done[r]) continue;
+            gstart[nprog++] = (int)n;
+            for (size_t q = r; q < HW; q++)
+                if (!done[q] && key[q] == key[r]) { done[q] = 1; order[n++] = (int)q; }
+        }
+        gstart[nprog] = (int)n;
+        free(done);
+    }
+    int nt = A->nthreads > 0 ? A->nthreads : 1;
+    if (nt > A->N) nt = A->N;
+    float *gwt = nt > 1 ? calloc((size_t)(nt - 1) * GWN, sizeof(float)) : NULL;
+    if (nt > 1 && !gwt) { free(key); free(order); free(gstart); return 1; }
+    int err = 0;
+#pragma omp parallel num_threads(nt) reduction(| : err)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *GW = tid ? gwt + (size_t)(tid - 1) * GWN : gw;
+        cv_prog *prog = malloc(sizeof(cv_prog) * nprog);
+        int ok = prog != NULL;
+        for (int g = 0; ok && g < nprog; g++) {
+            prog[g].node = malloc(sizeof(cv_node) * A->m * NL);
+            ok &= prog[g].node != NULL;
+            prog[g].NL = NL;
+            memcpy(prog[g].lev0, lev0, sizeof(lev0));
+            if (ok) cv_prog_setup(A, &prog[g], key[order[gstart[g]]]);
+        }
+        size_t pix[CV_PB][64];
+        v16f *K = aligned_alloc(64, sizeof(float) * CV_PB * OL);          /* per position: the root's dL/ds */
+        v16f *KM = aligned_alloc(64, sizeof(float) * CV_PB * LC * OL);    /* per position, leaf: its dL/ds */
+        /* the block's inputs and input-gradient sums (CV_PB, T + CV_TTMAX, C): taps past T stay 0 */
+        float *XS = calloc((size_t)CV_PB * (T + CV_TTMAX) * C, sizeof(float));
+        float *SS = calloc((size_t)CV_PB * (T + CV_TTMAX) * C, sizeof(float));
+        v8u *vc8 = aligned_alloc(64, sizeof(v8u) * OW * CV_PLANES);    /* count planes, lane = position */
+        v8u *z8 = aligned_alloc(64, sizeof(v8u) * T), *vote8 = aligned_alloc(64, sizeof(v8u) * NL);
+        v8u (*qm8)[CV_MAXFAN + 1] = aligned_alloc(64, sizeof(*qm8) * NL);
+        v8u sg[64];                                                      /* per tap: lanes where x = -1 */
+        uint64_t *z = malloc(sizeof(uint64_t) * T);
+        uint64_t *vote = malloc(sizeof(uint64_t) * NL);
+        uint64_t (*qm)[CV_MAXFAN + 1] = malloc(sizeof(*qm) * NL);
+        /* per channel, word, leaf, position: the leaf's mask of outputs (simple programs) */
+        v8u *lm = aligned_alloc(64, sizeof(v8u) * C * OW * LC);
+        float *zrow = calloc((size_t)2 * OL, sizeof(float)), *srow = zrow ? zrow + OL : NULL; /* zeros; scratch */
+        if (!lm || !zrow || !XS || !SS || !vc8 || !z8 || !vote8 || !qm8 ||
+            !ok || !K || !KM || !z || !vote || !qm) err = 1;
+        const int b0 = (int)((size_t)A->N * tid / nt), b1 = (int)((size_t)A->N * (tid + 1) / nt);
+        for (int g = 0; g < nprog && !err; g++) {
+            const int gs = gstart[g + 1] - gstart[g];
+            const size_t total = (size_t)(b1 - b0) * gs;  /* (image, position) pairs of this program */
+            for (size_t r0 = 0; r0 < total && !err; r0 += CV_PB) {
+                const int np = total - r0 < CV_PB ? (int)(total - r0) : CV_PB;
+                const cv_prog *P = &prog[g];
+                /* the block: pairs of one program (lanes past np repeat the first) */
+                size_t gofs[CV_PB];  /* each pair's output gradient row */
+                for (int p = 0; p < CV_PB; p++) {
+                    const size_t e = r0 + (p < np ? p : 0);
+                    const int b = b0 + (int)(e / gs), r = order[gstart[g] + (int)(e % gs)];
+                    const int ho = r / A->Wo, wo = r % A->Wo;
+                    const size_t base = (((size_t)b * A->Hp + (size_t)ho * A->sh) * A->Wp + (size_t)wo * A->sw) * C;
+                    for (int t = 0; t < T; t++) pix[p][t] = base + (size_t)A->tap_off[t];
+                    gofs[p] = ((size_t)b * HW + r) * A->Co;
+                }
+                /* root counts (bit planes, lane = position) and leaf masks */
+                memset(vc8, 0, sizeof(v8u) * OW * CV_PLANES);
+                if (!A->root_p || P->simple)
+                    for (int c = 0; c < C; c++) {
+                        const int8_t *xc = A->x + c;
+                        for (int t = 0; t < T; t++)
+                            for (int p = 0; p < CV_PB; p++) sg[t][p] = xc[pix[p][t]] < 0 ? ~0ull : 0ull;
+                        for (int w = 0; w < OW; w++) {
+                            for (int t = 0; t < T; t++) z8[t] = sg[t] ^ A->wb[((size_t)c * T + t) * OW + w];
+                            v8u *lmw = lm + ((size_t)c * OW + w) * LC;
+                            for (int j = 0; j < A->m; j++) {
+                                const cv_node *nd = P->node + (size_t)j * NL;
+                                if (!nd[NL - 1].k) continue;
+                                cv_eval8(A, P, nd, j, z8, vote8, qm8, P->simple);
+                                if (!A->root_p) {  /* a ripple-carry add into the count planes */
+                                    v8u cy = vote8[NL - 1], *pl = vc8 + (size_t)w * CV_PLANES;
+                                    for (int i = 0; i < nplanes; i++) {
+                                        const v8u t = pl[i] & cy;
+                                        pl[i] ^= cy;
+                                        cy = t;
+                                    }
+                                }
+                                if (!P->simple) continue;
+                                for (int i = 0; i < nleaf; i++) {
+                                    v8u mk = (v8u){0};
+                                    if (nd[i].path == 1) {
+                                        int node = i;
+                                        mk = ~mk;
+                                        for (int l = 0; ; l++) {
+                                            mk &= qm8[node][0];
+                                            if (l == A->nlev - 1) break;
+                                            node = lev0[l + 1] + (node - lev0[l]) / A->fan[l + 1];
+                                        }
+                                    }
+                                    lmw[j * nleaf + i] = mk;
+                                }
+                            }
+                        }
+                    }
+                /* the root's dL/ds, 16 outputs at a time */
+                const int kr = P->live_top * C;
+                for (int p = 0; p < np; p++) {
+                    const float *gp = A->g + gofs[p];
+                    const v16i lane = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+                    for (int h = 0; h < H16; h++) {
+                        const int o0 = 16 * h;
+                        v16f gv = (v16f){0}, k;
+                        if (o0 + 16 <= A->Co) gv = *(const v16fu *)(gp + o0);
+                        else
+                            for (int o = o0; o < A->Co; o++) gv[o - o0] = gp[o];
+                        if (!kr) k = (v16f){0};
+                        else if (A->root_p) k = gv;
+                        else {
+                            const v8u *pl = vc8 + (size_t)(o0 / 64) * CV_PLANES;
+                            v16i ones = {0};
+                            for (int i = 0; i < nplanes; i++) {
+                                const int32_t m16 = (int32_t)((pl[i][p] >> (o0 % 64)) & 0xffffu);
+                                ones |= ((((v16i){0} + m16) & lane) != 0) & (1 << i);
+                            }
+                            const v16f S = __builtin_convertvector(2 * ones - kr, v16f);
+                            const float sig = P->sig_root;
+                            if (A->surrogate == 1) {
+                                const v16i keep = (v16f)((v16i)S & 0x7fffffff) <= A->clip * sig;
+                                k = (v16f)((v16i)(gv / sig) & keep);
+                            } else {
+                                const v16f d = 2.0f - 2.0f * (v16f)((v16i)(S / sig) & 0x7fffffff);
+                                k = (v16f)((v16i)d & (d > 0.0f)) * (gv / sig);
+                            }
+                        }
+                        K[(size_t)p * H16 + h] = k;
+                    }
+                }
+                /* the block's inputs as floats, channels contiguous */
+                for (int p = 0; p < CV_PB; p++)
+                    for (int t = 0; t < T; t++) {
+                        float *d = XS + ((size_t)p * (T + CV_TTMAX) + t) * C;
+                        const int8_t *xv = A->x + pix[p][t];
+                        if (p < np)
+                            for (int c = 0; c < C; c++) d[c] = (float)xv[c];
+                        else
+                            memset(d, 0, sizeof(float) * C);
+                    }
+                /* channel by channel: each leaf's dL/ds (the root's on masks of outputs, times
+                 * the factor products of the leaf's path), then its terms */
+                for (int c = 0; c < C && !err; c++) {
+                    const int8_t *xc = A->x + c;
+                    for (int p = 0; p < np; p++) {
+                        v16f *km = KM + (size_t)p * LC * H16;
+                        const v16f *Kp = K + (size_t)p * H16;
+                        if (P->simple) {  /* masks from pass 1; each row written once */
+                            for (int w = 0; w < OW; w++) {
+                                const uint64_t *lmw = (const uint64_t *)(lm + ((size_t)c * OW + w) * LC);
+                                for (int j = 0; j < A->m; j++) {
+                                    const cv_node *nd = P->node + (size_t)j * NL;
+                                    const int live = nd[NL - 1].k > 0;
+                                    for (int i = 0; i < nleaf; i++) {
+                                        const uint64_t mk = live ? lmw[(size_t)(j * nleaf + i) * CV_PB + p] : 0;
+                                        const float gk = nd[i].path_g;
+                                        v16f *kl = km + (size_t)(j * nleaf + i) * H16 + 4 * w;
+                                        for (int h = 0; h < 4; h++)
+                                            kl[h] = masked_mul(Kp[4 * w + h], gk, (uint32_t)(mk >> (16 * h)) & 0xffffu);
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                        memset(km, 0, sizeof(float) * LC * OL);
+                        if (!P->live_top) continue;
+                        for (int w = 0; w < OW; w++) {
+                            for (int t = 0; t < T; t++)
+                                z[t] = A->wb[((size_t)c * T + t) * OW + w] ^ (xc[pix[p][t]] < 0 ? ~0ull : 0ull);
+                            for (int j = 0; j < A->m; j++) {
+                                const cv_node *nd = P->node + (size_t)j * NL;
+                                if (!nd[NL - 1].k) continue;
+                                cv_eval(A, P, nd, j, z, vote, qm, 1);
+                                for (int i = 0; i < nleaf; i++) {
+                                    if (!nd[i].path) continue;
+                                    /* leaf i's path to the top, its classes multiplied out */
+                                    uint64_t mk[CV_MAXQ];
+                                    float gk[CV_MAXQ];
+                                    int nq = 1, node = i;
+                                    mk[0] = ~0ull;
+                                    gk[0] = 1.0f;
+                                    if (nd[i].path == 1) {  /* one factor per voter: one mask */
+                                        for (int l = 0; ; l++) {
+                                            mk[0] &= qm[node][0];
+                                            if (l == A->nlev - 1) break;
+                                            node = lev0[l + 1] + (node - lev0[l]) / A->fan[l + 1];
+                                        }
+                                        gk[0] = nd[i].path_g;
+                                        nq = mk[0] != 0;
+                                    }
+                                    for (int l = 0; nd[i].path == 2; l++) {
+                                        const cv_node *n = nd + node;
+                                        uint64_t m2[CV_MAXQ];
+                                        float g2[CV_MAXQ];
+                                        int nn = 0;
+                                        for (int a = 0; a < nq; a++)
+                                            for (int q = 0; q < n->nq; q++) {
+                                                uint64_t mm = mk[a] & qm[node][q];
+                                                if (!mm) continue;
+                                                if (nn == CV_MAXQ) { err = 2; continue; }
+                                                m2[nn] = mm;
+                                                g2[nn++] = gk[a] * n->q[q];
+                                            }
+                                        nq = nn;
+                                        memcpy(mk, m2, sizeof(uint64_t) * nn);
+                                        memcpy(gk, g2, sizeof(float) * nn);
+                                        if (!nq || l == A->nlev - 1) break;
+                                        node = lev0[l + 1] + (node - lev0[l]) / A->fan[l + 1];
+                                    }
+                                    if (!nq) continue;
+                                    v16f *kl = km + (size_t)(j * nleaf + i) * H16 + 4 * w;
+                                    for (int h = 0; h < 4 && 4 * w + h < HC; h++) {
+                                        v16f acc = kl[h];
+                                        for (int a = 0; a < nq; a++) {
+                                            const uint32_t m16 = (uint32_t)(mk[a] >> (16 * h)) & 0xffffu;
+                                            if (m16) acc = masked_fma(acc, Kp[4 * w + h], gk[a], m16);
+                                        }
+                                        kl[h] = acc;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if (err) break;
+                    /* the channel's terms, leaf by leaf: taps of one leaf share its dL/ds */
+                    if (np < CV_PB) memset(KM + (size_t)np * LC * H16, 0, sizeof(float) * (CV_PB - np) * LC * OL);
+                    for (int li = 0; li < LC; li++)
+                        (A->fan[0] % 3 ? cv_leaf_terms4 : cv_leaf_terms3)(
+                            A, c, (li / nleaf) * u + (li % nleaf) * A->fan[0], (const float *)(KM + (size_t)li * H16),
+                            (size_t)LC * OL, XS + c, wf, GW, SS + c, zrow, srow, OL);
+                }
+                for (int p = 0; p < np; p++)  /* the block's input gradient, channels contiguous */
+                    for (int t = 0; t < T; t++) {
+                        float *d = gx + pix[p][t];
+                        const float *sv = SS + ((size_t)p * (T + CV_TTMAX) + t) * C;
+                        for (int c = 0; c < C; c++) d[c] += sv[c];
+                    }
+            }
+        }
+        for (int g = 0; prog && g < nprog; g++) free(prog[g].node);
+        free(prog);
+        free(lm); free(zrow); free(XS); free(SS); free(K); free(KM); free(vc8); free(z8); free(vote8); free(qm8); free(z); free(vote); free(qm);
+    }
+    if (gwt) {
+        if (!err)
+            for (int t = 0; t + 1 < nt; t++) {
+                const float *src = gwt + (size_t)t * GWN;
+                for (size_t k = 0; k < GWN; k++) gw[k] += src[k];
+            }
+        free(gwt);
+    }
+    free(key);
+    free(order);
+    free(gstart);
+    return err;
+}

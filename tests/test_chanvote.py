@@ -1,0 +1,182 @@
+"""The channel-major backward (bitvote.nn.chanvote) against the float path and vote.c's term loop.
+
+Trees whose voters below the root each lie inside one input channel take it; gradients must
+equal the float path's chain rule (SPEC.md's surrogate) up to fp32 summation order, votes are
+untouched. Sizes sit on the kernel's boundaries: output channels around its 64-bit words and
+16-lane vectors, blocks of 8 (image, position) pairs of one border pattern, programs whose
+leaves lose taps at zero padding, factor products of one and of several values.
+"""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bitvote import BinaryConv2d
+from bitvote.nn import chanvote, fastvote
+
+from native_helpers import close_fp32, run_layer
+
+pytestmark = pytest.mark.skipif(not (fastvote.available() and chanvote.available()),
+                                reason="no C compiler for the native vote kernels")
+
+TIES = [1, -1, "first"]
+SIGMAS = ["fanin", "valid", "unit", 0.5, 2.0, "fanin,leaf=2", "valid,leaf=3", "0.5,leaf=1.5"]
+
+
+def trees(C, k):
+    """(spec, levels written) of per-channel trees of a k x k kernel over C channels."""
+    if k == 3:
+        return [(f"cm:M{C}(M3(M3))", 3), (f"cm:M{C}(M9)", 2), (f"cm:M{3 * C}(M3)", 2), (f"cm:P{C}(M3(M3))", 3),
+                (f"cgroups={C}", 2)]
+    return [(f"cm:M{C}(M2(M2))", 3), (f"cm:M{2 * C}(M2)", 2), (f"cm:M{C}(M4)", 2), (f"cm:P{C}(M2(M2))", 3)]  # cm:P(M{kw}): rowvote's
+
+
+@pytest.fixture
+def taken(monkeypatch):
+    """Counts the backwards the channel-major kernel answered."""
+    calls = {"ran": 0, "declined": 0}
+    real = chanvote.backward
+
+    def counted(*a):
+        got = real(*a)
+        calls["ran" if got is not None else "declined"] += 1
+        return got
+
+    monkeypatch.setattr(chanvote, "backward", counted)
+    return calls
+
+
+def grads(layer, x, g, mp, native, channel=True):
+    mp.setenv("BITVOTE_CHANNEL_VOTE", "1" if channel else "0")
+    return run_layer(layer, x, g, native, mp)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data(), sigma=st.sampled_from(SIGMAS), surrogate=st.sampled_from(["approxsign", "ste"]))
+def test_channel_vote_matches_float_path_and_term_loop(taken, data, sigma, surrogate):
+    k = data.draw(st.sampled_from([2, 3]))
+    C = data.draw(st.integers(1, 5))
+    spec, nties = data.draw(st.sampled_from(trees(C, k)))
+    Co = data.draw(st.sampled_from([1, 5, 16, 17, 63, 64, 65, 130]))
+    stride = data.draw(st.sampled_from([1, 2]))
+    padding = data.draw(st.integers(0, k - 1))
+    H, W = data.draw(st.integers(max(1, k - 2 * padding), 7)), data.draw(st.integers(max(1, k - 2 * padding), 7))
+    N = data.draw(st.integers(1, 3))
+    tie = ",".join(str(data.draw(st.sampled_from(TIES))) for _ in range(nties))
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    layer = BinaryConv2d(C, Co, k, stride, padding, voter=spec, tie=tie, sigma=sigma, surrogate=surrogate,
+                         pad_value=data.draw(st.sampled_from([0.0, 1.0, -1.0])))
+    x = torch.randn(N, C, H, W)
+    if data.draw(st.booleans()):  # small integers: ties at every level
+        x = torch.randint(-1, 2, x.shape).float()
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    g = torch.randn(N, Co, Ho, Wo)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(data.draw(st.sampled_from([1, 2])))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            y0, gx0, gw0 = grads(layer, x, g, mp, native=False)
+            before = taken["ran"]
+            y1, gx1, gw1 = grads(layer, x, g, mp, native=True)
+            ran = taken["ran"] - before
+            _, gx2, gw2 = grads(layer, x, g, mp, native=True, channel=False)
+    finally:
+        torch.set_num_threads(threads)
+    # one-channel trees with a one-input root are plain majorities: the term loop's, not this kernel's
+    assert ran == (chanvote.per_channel(layer.hierarchy, k * k) is not None), (spec, taken)
+    assert torch.equal(y0, y1)
+    assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0), (spec, Co, tie, sigma, surrogate, stride, padding)
+    assert close_fp32(gx1, gx2) and close_fp32(gw1, gw2)
+
+
+@pytest.mark.parametrize("spec,C,k", [("cm:M3(M3(M3))", 3, 3), ("cm:M2(M4(M4(M4)))", 2, 8)])
+@pytest.mark.parametrize("Co,N,H", [(64, 3, 9), (200, 2, 10), (7, 5, 8)])
+def test_blocks_of_one_border_pattern_across_images(taken, monkeypatch, spec, C, k, Co, N, H):
+    """Pairs of (image, position) that share a border pattern fill blocks of 8 across images; a
+    thread's last block is partial; an 8 x 8 kernel has 64 taps (one word of live taps)."""
+    torch.manual_seed(Co + N)
+    layer = BinaryConv2d(C, Co, k, 1, k // 2, voter=spec, tie="first")
+    x = torch.randint(-1, 2, (N, C, H, H + 1)).float()
+    Ho, Wo = H + 2 * (k // 2) - k + 1, H + 1 + 2 * (k // 2) - k + 1
+    g = torch.randn(N, Co, Ho, Wo)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y0, gx0, gw0 = grads(layer, x, g, monkeypatch, native=False)
+        y1, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert taken["ran"] == 1
+    assert torch.equal(y0, y1) and close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
+
+
+def test_too_many_factor_products_fall_back_to_the_term_loop(taken, monkeypatch):
+    """Six levels of 2-input voters whose factors each take two values (sigma 4: s = 0 and
+    s = +/-2 both pass) give a leaf up to 2**6 products, more than 32 of them over 64 output
+    channels: the kernel declines, the term loop answers."""
+    torch.manual_seed(0)
+    layer = BinaryConv2d(2, 64, 8, 1, 0, voter="cm:M2(M2(M2(M2(M2(M2(M2))))))", tie="first", sigma=4.0)
+    x = torch.randint(-1, 2, (2, 2, 9, 9)).float()
+    g = torch.randn(2, 64, 2, 2)
+    y0, gx0, gw0 = grads(layer, x, g, monkeypatch, native=False)
+    y1, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
+    assert taken == {"ran": 0, "declined": 1}
+    assert torch.equal(y0, y1) and close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
+
+
+def test_switch_and_which_trees_it_takes(taken, monkeypatch):
+    def hier(spec, C=4, k=3):
+        return BinaryConv2d(C, 3, k, voter=spec).hierarchy
+
+    assert chanvote.per_channel(hier("cm:M4(M3(M3))"), 9) == (1, [3, 3])
+    assert chanvote.per_channel(hier("cm:M12(M3)"), 9) == (3, [3])
+    assert chanvote.per_channel(hier("cgroups=4"), 9) == (1, [9])
+    for spec in ["tap", "tap,leaf=2", "mv", "cm:M2(M18)"]:  # tap-major, flat, or leaves across channels
+        assert chanvote.per_channel(hier(spec), 9) is None, spec
+    layer = BinaryConv2d(4, 3, 3, 1, 1, voter="cm:M4(M3(M3))", tie="first")
+    x, g = torch.randn(2, 4, 5, 5), torch.randn(2, 3, 5, 5)
+    _, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
+    assert taken["ran"] == 1
+    _, gx0, gw0 = grads(layer, x, g, monkeypatch, native=True, channel=False)
+    assert taken["ran"] == 1 and not chanvote.takes(layer.hierarchy, 9)
+    assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
+
+
+def test_portable_build_matches(monkeypatch, tmp_path):
+    """The build without AVX-512 (masked adds by lane masks) or any vector ISA gives the same
+    gradients as the one this machine picked."""
+    cases = [("cm:M5(M3(M3))", 5, 70, 1, "fanin"), ("cm:M15(M3)", 5, 33, 2, "0.5,leaf=1.5"), ("cm:P4(M9)", 4, 64, 1, "valid")]
+    layers = []
+    for spec, C, Co, stride, sigma in cases:
+        torch.manual_seed(Co)
+        layers.append((BinaryConv2d(C, Co, 3, stride, 1, voter=spec, tie="first", sigma=sigma),
+                       torch.randint(-1, 2, (2, C, 6, 7)).float()))
+    want = []
+    for layer, x in layers:
+        g = torch.randn_like(layer(x))
+        want.append((g, grads(layer, x, g, monkeypatch, native=True)))
+    monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path))
+    monkeypatch.setattr(chanvote, "_LIB", None)
+    monkeypatch.setattr(chanvote, "_flags", lambda: [[]])
+    assert chanvote.available()
+    for (layer, x), (g, (_, gx0, gw0)) in zip(layers, want):
+        _, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
+        assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
+
+
+def test_missing_compiler_keeps_the_term_loop(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(chanvote, "_LIB", None)
+    monkeypatch.setattr(chanvote, "_broken", None)
+    layer = BinaryConv2d(3, 4, 3, 1, 1, voter="cm:M3(M3(M3))", tie="first")
+    x, g = torch.randn(2, 3, 5, 5), torch.randn(2, 4, 5, 5)
+    _, gx0, gw0 = grads(layer, x, g, monkeypatch, native=False)
+    fastvote.available()  # the vote kernels are built already; only this one fails
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path))
+    _, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
+    err = capsys.readouterr().err
+    assert err.count("channel-major vote kernel unavailable") == 1 and "Traceback" not in err
+    assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
+    grads(layer, x, g, monkeypatch, native=True)
+    assert "unavailable" not in capsys.readouterr().err  # said once
