@@ -419,3 +419,22 @@ def test_unknown_backward_choice_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("BITVOTE_VOTE_BACKWARD", "fast")
     with pytest.raises(BitvoteError, match="BITVOTE_VOTE_BACKWARD='fast': expected auto, gemm or terms"):
         fastvote.backward_kind(BinaryConv2d(8, 8, 3, voter="tap").hierarchy)
+
+
+@pytest.mark.parametrize("shape,ph,pw,pad", [((2, 3, 5, 7), 1, 1, 0), ((1, 70, 4, 4), 2, 0, -1), ((3, 1, 1, 9), 0, 3, 1)])
+def test_input_layout_pass_matches_the_torch_ops(shape, ph, pw, pad):
+    """vote.c's one-pass sign / pad / channels-last of the forward's input, NaN and -0 included,
+    against the torch ops it replaces (which a non-contiguous input still takes)."""
+    torch.manual_seed(sum(shape))
+    x = torch.randn(shape)
+    x.view(-1)[::7] = float("nan")
+    x.view(-1)[1::5] = -0.0
+    N, C, H, W = shape
+    want = torch.full((N, H + 2 * ph, W + 2 * pw, C), pad, dtype=torch.int8)
+    want[:, ph:ph + H, pw:pw + W] = torch.where(x >= 0, 1, -1).permute(0, 2, 3, 1).to(torch.int8)
+    assert fastvote.available()
+    assert torch.equal(fastvote._signs_nhwc(x, ph, pw, pad), want)
+    wide = torch.zeros(N, C, H, 2 * W)
+    wide[..., ::2] = x
+    xt = wide[..., ::2]  # same values, not contiguous
+    assert not xt.is_contiguous() and torch.equal(fastvote._signs_nhwc(xt, ph, pw, pad), want)

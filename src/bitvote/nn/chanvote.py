@@ -48,8 +48,8 @@ class _Args(ctypes.Structure):
     """Mirror of ``cv_args`` in chanvote.c (same field order)."""
 
     _fields_ = [
-        ("x", _P), ("wb", _P), ("g", _P),
-        ("N", _I), ("Hp", _I), ("Wp", _I), ("C", _I), ("Co", _I), ("OW", _I), ("kh", _I), ("kw", _I),
+        ("x", _P), ("wi", _P), ("g", _P),
+        ("N", _I), ("Hp", _I), ("Wp", _I), ("C", _I), ("Co", _I), ("Cp", _I), ("OW", _I), ("kh", _I), ("kw", _I),
         ("sh", _I), ("sw", _I), ("dh", _I), ("dw", _I), ("Ho", _I), ("Wo", _I), ("H", _I), ("W", _I),
         ("ph", _I), ("pw", _I), ("zero_pad", _I),
         ("tap_off", _P), ("m", _I), ("nlev", _I), ("fan", _P), ("tie", _P), ("sigma", _P),
@@ -109,7 +109,7 @@ def available() -> bool:
             lib.cv_struct_size.restype = ctypes.c_int
             if lib.cv_struct_size() != ctypes.sizeof(_Args):  # pragma: no cover - a build mismatch
                 raise RuntimeError("chanvote.c and chanvote._Args disagree on the argument struct")
-            lib.cv_backward.argtypes = [ctypes.POINTER(_Args), _P, _P, _P]
+            lib.cv_backward.argtypes = [ctypes.POINTER(_Args), _P, _P]
             lib.cv_backward.restype = ctypes.c_int
             _LIB = lib
         except Exception as e:  # noqa: BLE001 - no compiler, a failing one: the term loop runs
@@ -119,11 +119,11 @@ def available() -> bool:
 
 
 def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate, pad_value, g):
-    """``(gx (N, Hp, Wp, C), gw (Co, C, kh, kw))`` fp32, or None where the tree's factors take
+    """``(gx (N, C, H, W), gw (Co, C, kh, kw))`` fp32, or None where the tree's factors take
     too many values for the kernel (the caller then runs the term loop).
 
     ``xcl``: the padded channels-last int8 input of the forward; ``wi``: its +/-1 weights,
-    term-major (n, >= Co) in channel-major order;
+    term-major (n, >= Co) int16 in channel-major order;
     ``g``: the output gradient (N, Co, Ho, Wo); ``plan``: :class:`fastvote._Plan` of the tree.
     """
     hier = plan.hier
@@ -133,15 +133,7 @@ def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate
     N, Hp, Wp, _ = xcl.shape
     OW = -(-Co // 64)
     OL = 64 * OW
-    # weight bits (C, T, OW) with output o at bit o % 64 of word o // 64; sign masks (C, T, OL)
-    pos = (wi[:, :Co] > 0).view(C, T, Co)
-    bits = torch.zeros(C, T, OL, dtype=torch.bool)
-    bits[..., :Co] = pos
-    weights = (1 << torch.arange(64, dtype=torch.int64))
-    words = (bits.view(C, T, OW, 64).to(torch.int64) * weights).sum(-1)  # wraps into the sign bit: fine
-    wf = torch.zeros(C, T, OL, dtype=torch.float32)
-    wf[..., :Co] = pos.float().mul_(2).sub_(1)
-    gcl = g.float().permute(0, 2, 3, 1).contiguous()
+    g = g.float().contiguous()
     fan = torch.tensor(fans, dtype=torch.int32)
     tie = torch.tensor(hier.tie_codes[:-1], dtype=torch.int32)
     lev = plan.lev_first.tolist()
@@ -150,8 +142,9 @@ def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate
     offs = torch.tensor([(i * dilation[0] * Wp + j * dilation[1]) * C for i in range(kh) for j in range(kw)],
                         dtype=torch.int64)
     a = _Args()
-    a.x, a.wb, a.g = xcl.data_ptr(), words.data_ptr(), gcl.data_ptr()
-    a.N, a.Hp, a.Wp, a.C, a.Co, a.OW, a.kh, a.kw = N, Hp, Wp, C, Co, OW, kh, kw
+    wi = wi.contiguous()
+    a.x, a.wi, a.g = xcl.data_ptr(), wi.data_ptr(), g.data_ptr()
+    a.N, a.Hp, a.Wp, a.C, a.Co, a.Cp, a.OW, a.kh, a.kw = N, Hp, Wp, C, Co, wi.shape[1], OW, kh, kw
     a.sh, a.sw, a.dh, a.dw, a.Ho, a.Wo = stride[0], stride[1], dilation[0], dilation[1], Ho, Wo
     a.H, a.W, a.ph, a.pw = Hp - 2 * padding[0], Wp - 2 * padding[1], padding[0], padding[1]
     a.zero_pad = int(float(pad_value) == 0.0 and (padding[0] > 0 or padding[1] > 0))
@@ -161,9 +154,9 @@ def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate
     a.surrogate = 1 if type(surrogate) is Ste else 0
     a.clip = float(getattr(surrogate, "clip", 1.0))
     a.nthreads = torch.get_num_threads()
-    gx = torch.zeros(xcl.shape, dtype=torch.float32)
+    gx = torch.empty((N, C, a.H, a.W), dtype=torch.float32)
     gw = torch.zeros(C * T, OL, dtype=torch.float32)
-    rc = _LIB.cv_backward(ctypes.byref(a), wf.data_ptr(), gx.data_ptr(), gw.data_ptr())
+    rc = _LIB.cv_backward(ctypes.byref(a), gx.data_ptr(), gw.data_ptr())
     if rc == 2:
         return None
     if rc:

@@ -155,6 +155,8 @@ def _build() -> ctypes.CDLL:
     lib.bvt_forward.argtypes = [ctypes.POINTER(_Args), _P]
     lib.bvt_backward.argtypes = [ctypes.POINTER(_Args), _P, _P, _P]
     lib.bvt_leaf_grad.argtypes = [ctypes.POINTER(_Args), _P, ctypes.c_int64, _P, _P]
+    lib.bvt_signs_nhwc.argtypes = [_P, _I, _I, _I, _I, _I, _I, _I, _P, _I]
+    lib.bvt_signs_nhwc.restype = None
     lib.bvt_forward.restype = lib.bvt_backward.restype = lib.bvt_leaf_grad.restype = ctypes.c_int
     return lib
 
@@ -265,15 +267,25 @@ def _args(plan: _Plan, xcl, w, wf, wshape, stride, padding, dilation, Ho, Wo, su
     return a
 
 
+def _signs_nhwc(xb, ph, pw, pad):
+    """+1 where x >= 0, else -1, channels last, padded with ``pad``: (N, H + 2 ph, W + 2 pw, C) int8."""
+    N, C, H, W = xb.shape
+    if xb.dtype == torch.float32 and xb.is_contiguous():  # one pass of vote.c
+        out = torch.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=torch.int8)
+        _LIB.bvt_signs_nhwc(xb.data_ptr(), N, C, H, W, ph, pw, pad, out.data_ptr(), torch.get_num_threads())
+        return out
+    out = torch.full((N, H + 2 * ph, W + 2 * pw, C), pad, dtype=torch.int8)
+    out[:, ph:ph + H, pw:pw + W].copy_((xb >= 0).permute(0, 2, 3, 1)).mul_(2).sub_(1)
+    return out
+
+
 class _NativeVoteFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xb, wb, plan, stride, padding, dilation, pad_value, Ho, Wo, surrogate):
         N, C, H, W = xb.shape
         Co, _, kh, kw = wb.shape
         ph, pw = padding
-        # +1 where x >= 0, else -1, channels last, padded: one int8 pass, no int64 temporary
-        xcl = torch.full((N, H + 2 * ph, W + 2 * pw, C), int(pad_value), dtype=torch.int8)
-        xcl[:, ph:ph + H, pw:pw + W].copy_((xb >= 0).permute(0, 2, 3, 1)).mul_(2).sub_(1)
+        xcl = _signs_nhwc(xb, ph, pw, int(pad_value))
         wt = wb.reshape(Co, C, kh * kw)  # term-major (n, Co): the kernels run over channels
         wt = wt.reshape(Co, -1).t() if plan.order else wt.permute(2, 1, 0).reshape(-1, Co)
         wi = torch.ones((wt.shape[0], -(-Co // 16) * 16), dtype=torch.int16)  # pad channels: +1, unused
@@ -315,7 +327,7 @@ class _NativeVoteFn(torch.autograd.Function):
             got = chanvote.backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate, pad_value, g)
             if got is not None:
                 gx, gw = got
-                return (gx[:, ph:ph + H, pw:pw + W].permute(0, 3, 1, 2).to(xdt), gw.to(wdt),
+                return (gx.to(xdt), gw.to(wdt),
                         None, None, None, None, None, None, None, None)
         gx = torch.zeros(xcl.shape, dtype=torch.float32)
         gw = torch.zeros(wi.shape, dtype=torch.float32)

@@ -35,13 +35,14 @@ typedef float v16fu __attribute__((vector_size(64), aligned(4)));
 #define CV_MAXLEV 8      /* levels below the root */
 #define CV_MAXFAN 15     /* fan-in of a voter below the root: counts in 4 bit planes */
 #define CV_MAXQ 32       /* distinct factor products of one leaf */
-#define CV_PB 8          /* (image, position) pairs per block: the words of a v8u */
+#define CV_VB 8          /* (image, position) pairs side by side: the words of a v8u */
+#define CV_PB 16         /* pairs per block: CV_PB / CV_VB vectors of them */
 
 typedef struct {
     const int8_t *x;        /* padded channels-last input (N, Hp, Wp, C): +1, -1, 0 = padding */
-    const uint64_t *wb;     /* (C, T, OW): bit o % 64 of word o / 64 is 1 where w[o, c, t] = +1 */
-    const float *g;         /* output gradient channels-last (N, Ho, Wo, Co) */
-    int N, Hp, Wp, C, Co, OW, kh, kw, sh, sw, dh, dw, Ho, Wo, H, W, ph, pw, zero_pad;
+    const int16_t *wi;      /* weights term-major (C * T, Cp), channel-major rows: +1 / -1 */
+    const float *g;         /* output gradient (N, Co, Ho, Wo) */
+    int N, Hp, Wp, C, Co, Cp, OW, kh, kw, sh, sw, dh, dw, Ho, Wo, H, W, ph, pw, zero_pad;
     const int64_t *tap_off; /* per tap: offset of its pixel from the window's corner */
     int m;                  /* voters per channel under the root */
     int nlev;               /* levels below the root */
@@ -291,6 +292,8 @@ static inline v16f cv_sums16(const v16f *a) {
 /* Register tiles of the term loops: CV_TQ positions x TT taps of one leaf, TT = 3 (leaves of
  * 3, 6, 9 ... taps) or 4. */
 #define CV_TQ 4
+#define CV_GQ 4 /* positions of a weight-gradient pass (their inputs stay in registers) */
+#define CV_GH 2 /* output vectors of a weight-gradient pass: independent chains of adds */
 #define CV_TTMAX 4
 
 /* The terms of one leaf (taps t0 .. t0 + fan[0] of channel c) at the block's CV_PB positions,
@@ -315,14 +318,33 @@ static inline v16f cv_sums16(const v16f *a) {
                 gr[b] = on ? GW + ((size_t)c * T + t) * OL : srow;                                \
                 wr[b] = on ? wf + ((size_t)c * T + t) * OL : zrow;                                \
             }                                                                                     \
-            for (int h = 0; h < HC; h++) { /* weight gradient: the block's positions in registers */ \
-                v16f acc[TT];                                                                     \
-                for (int b = 0; b < TT; b++) acc[b] = *(const v16fu *)(gr[b] + 16 * h);           \
-                for (int q = 0; q < CV_PB; q++) {                                                 \
-                    const v16f k = *(const v16fu *)(km + q * pstride + 16 * h);                   \
-                    for (int b = 0; b < TT; b++) acc[b] += xs[q * TS + (size_t)(t0 + tb + b) * A->C] * k; \
+            for (int qb = 0; qb < CV_PB; qb += CV_GQ) { /* weight gradient: inputs in registers, */ \
+                v16f xv[CV_GQ][TT];                        /* CV_GH vectors of outputs at once */ \
+                for (int q = 0; q < CV_GQ; q++)                                                   \
+                    for (int b = 0; b < TT; b++)                                                  \
+                        xv[q][b] = (v16f){0} + xs[(qb + q) * TS + (size_t)(t0 + tb + b) * A->C];  \
+                int h = 0;                                                                        \
+                for (; h + CV_GH <= HC; h += CV_GH) {                                             \
+                    v16f acc[CV_GH][TT];                                                          \
+                    for (int e = 0; e < CV_GH; e++)                                               \
+                        for (int b = 0; b < TT; b++) acc[e][b] = *(const v16fu *)(gr[b] + 16 * (h + e)); \
+                    for (int q = 0; q < CV_GQ; q++)                                               \
+                        for (int e = 0; e < CV_GH; e++) {                                         \
+                            const v16f k = *(const v16fu *)(km + (qb + q) * pstride + 16 * (h + e)); \
+                            for (int b = 0; b < TT; b++) acc[e][b] += xv[q][b] * k;               \
+                        }                                                                         \
+                    for (int e = 0; e < CV_GH; e++)                                               \
+                        for (int b = 0; b < TT; b++) *(v16fu *)(gr[b] + 16 * (h + e)) = acc[e][b]; \
                 }                                                                                 \
-                for (int b = 0; b < TT; b++) *(v16fu *)(gr[b] + 16 * h) = acc[b];                 \
+                for (; h < HC; h++) {                                                             \
+                    v16f acc[TT];                                                                 \
+                    for (int b = 0; b < TT; b++) acc[b] = *(const v16fu *)(gr[b] + 16 * h);       \
+                    for (int q = 0; q < CV_GQ; q++) {                                             \
+                        const v16f k = *(const v16fu *)(km + (qb + q) * pstride + 16 * h);        \
+                        for (int b = 0; b < TT; b++) acc[b] += xv[q][b] * k;                      \
+                    }                                                                             \
+                    for (int b = 0; b < TT; b++) *(v16fu *)(gr[b] + 16 * h) = acc[b];             \
+                }                                                                                 \
             }                                                                                     \
             for (int qb = 0; qb < CV_PB; qb += CV_TQ) { /* input gradient: tiles of dot products */ \
                 v16f acc[16];                                                                     \
@@ -347,11 +369,24 @@ CV_DEFINE_LEAF_TERMS(cv_leaf_terms3, 3)
 CV_DEFINE_LEAF_TERMS(cv_leaf_terms4, 4)
 
 #define CV_PLANES 24 /* bit planes of a root count */
+#define CV_SCRATCH (2u << 20) /* bytes of a thread's group scratch, about: 8 to 64 images */
 
-/* gx: (N, Hp, Wp, C) zeroed; gw: (C * T, 64 OW) zeroed; wf: (C, T, 64 OW) the weights as
- * +/-1 floats (0 from Co on). Returns 1 out of memory, 2 where a leaf's factors take more
- * than CV_MAXQ values (the caller then takes another path). */
-int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
+/* dst[s * ds + r] = src[r * ss + s] for an R x S matrix, in 16 x 16 tiles. */
+static void cv_transpose(const float *src, size_t ss, float *dst, size_t ds, int R, int S) {
+    for (int r0 = 0; r0 < R; r0 += 16)
+        for (int s0 = 0; s0 < S; s0 += 16) {
+            const int r1 = r0 + 16 < R ? r0 + 16 : R, s1 = s0 + 16 < S ? s0 + 16 : S;
+            for (int r = r0; r < r1; r++)
+                for (int c = s0; c < s1; c++) dst[(size_t)c * ds + r] = src[(size_t)r * ss + c];
+        }
+}
+
+/* gx: (N, C, H, W), every element written; gw: (C * T, 64 OW) zeroed. Returns 1 out of
+ * memory, 2 where a leaf's factors take more than CV_MAXQ values (the caller then takes
+ * another path). A thread takes its images a group at a time: their output gradient (channels
+ * last) and padded input gradient live in its scratch, and only the finished input gradient
+ * is written out. */
+int cv_backward(const cv_args *A, float *gx, float *gw) {
     const int T = A->kh * A->kw, C = A->C, OW = A->OW, OL = 64 * OW, u = T / A->m, H16 = OL / 16,
               HC = (A->Co + 15) / 16;
     const size_t HW = (size_t)A->Ho * A->Wo, GWN = (size_t)C * T * OL;
@@ -364,11 +399,22 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
     const int nleaf = lev0[1], LC = A->m * nleaf;  /* leaves per channel */
     int nplanes = 1;                               /* bit planes of a root count (<= m C) */
     while (nplanes < CV_PLANES && (1L << nplanes) <= (long)A->m * C) nplanes++;
+    /* the weights as words (C, T, OW), bit o % 64 of word o / 64 set where w[o, c, t] = +1,
+     * and as +/-1 floats (C, T, 64 OW), 0 from Co on */
+    uint64_t *wb = calloc((size_t)C * T * OW, sizeof(uint64_t));
+    float *wf = calloc((size_t)C * T * OL, sizeof(float));
+    if (!wb || !wf) { free(wb); free(wf); return 1; }
+    for (size_t r = 0; r < (size_t)C * T; r++)
+        for (int o = 0; o < A->Co; o++) {
+            const int pos = A->wi[r * A->Cp + o] > 0;
+            wb[r * OW + o / 64] |= (uint64_t)pos << (o % 64);
+            wf[r * OL + o] = pos ? 1.0f : -1.0f;
+        }
     /* output positions grouped by their live taps (the program): every block of CV_PB
      * positions then runs one program */
     uint64_t *key = malloc(sizeof(uint64_t) * HW);
     int *order = malloc(sizeof(int) * HW), *gstart = malloc(sizeof(int) * (HW + 1)), nprog = 0;
-    if (!key || !order || !gstart) { free(key); free(order); free(gstart); return 1; }
+    if (!key || !order || !gstart) { free(key); free(order); free(gstart); free(wb); free(wf); return 1; }
     for (size_t r = 0; r < HW; r++) {
         const int y0 = (int)(r / A->Wo) * A->sh - A->ph, x0 = (int)(r % A->Wo) * A->sw - A->pw;
         uint64_t live = 0;
@@ -382,7 +428,7 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
     {
         size_t n = 0;
         uint8_t *done = calloc(HW, 1);
-        if (!done) { free(key); free(order); free(gstart); return 1; }
+        if (!done) { free(key); free(order); free(gstart); free(wb); free(wf); return 1; }
         for (size_t r = 0; r < HW; r++) {
             if (done[r]) continue;
             gstart[nprog++] = (int)n;
@@ -395,7 +441,7 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
     int nt = A->nthreads > 0 ? A->nthreads : 1;
     if (nt > A->N) nt = A->N;
     float *gwt = nt > 1 ? calloc((size_t)(nt - 1) * GWN, sizeof(float)) : NULL;
-    if (nt > 1 && !gwt) { free(key); free(order); free(gstart); return 1; }
+    if (nt > 1 && !gwt) { free(key); free(order); free(gstart); free(wb); free(wf); return 1; }
     int err = 0;
 #pragma omp parallel num_threads(nt) reduction(| : err)
     {
@@ -419,7 +465,7 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
         /* the block's inputs and input-gradient sums (CV_PB, T + CV_TTMAX, C): taps past T stay 0 */
         float *XS = calloc((size_t)CV_PB * (T + CV_TTMAX) * C, sizeof(float));
         float *SS = calloc((size_t)CV_PB * (T + CV_TTMAX) * C, sizeof(float));
-        v8u *vc8 = aligned_alloc(64, sizeof(v8u) * OW * CV_PLANES);    /* count planes, lane = position */
+        v8u *vc8 = aligned_alloc(64, sizeof(v8u) * (CV_PB / CV_VB) * OW * CV_PLANES); /* count planes, lane = pair */
         v8u *z8 = aligned_alloc(64, sizeof(v8u) * T), *vote8 = aligned_alloc(64, sizeof(v8u) * NL);
         v8u (*qm8)[CV_MAXFAN + 1] = aligned_alloc(64, sizeof(*qm8) * NL);
         v8u sg[64];                                                      /* per tap: lanes where x = -1 */
@@ -427,14 +473,25 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
         uint64_t *vote = malloc(sizeof(uint64_t) * NL);
         uint64_t (*qm)[CV_MAXFAN + 1] = malloc(sizeof(*qm) * NL);
         /* per channel, word, leaf, position: the leaf's mask of outputs (simple programs) */
-        v8u *lm = aligned_alloc(64, sizeof(v8u) * C * OW * LC);
+        v8u *lm = aligned_alloc(64, sizeof(v8u) * (CV_PB / CV_VB) * C * OW * LC);
         float *zrow = calloc((size_t)2 * OL, sizeof(float)), *srow = zrow ? zrow + OL : NULL; /* zeros; scratch */
         if (!lm || !zrow || !XS || !SS || !vc8 || !z8 || !vote8 || !qm8 ||
             !ok || !K || !KM || !z || !vote || !qm) err = 1;
         const int b0 = (int)((size_t)A->N * tid / nt), b1 = (int)((size_t)A->N * (tid + 1) / nt);
+        const size_t IMG = (size_t)A->Hp * A->Wp * C;  /* floats of one padded image's gx */
+        size_t ig = CV_SCRATCH / (sizeof(float) * (IMG + HW * A->Co));
+        const int IG = ig < 8 ? 8 : ig > 64 ? 64 : (int)ig;  /* images of a group */
+        float *Xg = malloc(sizeof(float) * IG * IMG), *Gg = malloc(sizeof(float) * IG * HW * A->Co);
+        if (!Xg || !Gg) err = 1;
+        for (int gb = b0; gb < b1 && !err; gb += IG) {
+        const int nbg = b1 - gb < IG ? b1 - gb : IG;
+        const size_t xoff = (size_t)gb * IMG;  /* the group's first pixel in x */
+        memset(Xg, 0, sizeof(float) * nbg * IMG);
+        for (int i = 0; i < nbg; i++)  /* the output gradient, channels last */
+            cv_transpose(A->g + (size_t)(gb + i) * A->Co * HW, HW, Gg + (size_t)i * HW * A->Co, A->Co, A->Co, (int)HW);
         for (int g = 0; g < nprog && !err; g++) {
             const int gs = gstart[g + 1] - gstart[g];
-            const size_t total = (size_t)(b1 - b0) * gs;  /* (image, position) pairs of this program */
+            const size_t total = (size_t)nbg * gs;  /* (image, position) pairs of this program */
             for (size_t r0 = 0; r0 < total && !err; r0 += CV_PB) {
                 const int np = total - r0 < CV_PB ? (int)(total - r0) : CV_PB;
                 const cv_prog *P = &prog[g];
@@ -442,28 +499,29 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
                 size_t gofs[CV_PB];  /* each pair's output gradient row */
                 for (int p = 0; p < CV_PB; p++) {
                     const size_t e = r0 + (p < np ? p : 0);
-                    const int b = b0 + (int)(e / gs), r = order[gstart[g] + (int)(e % gs)];
+                    const int b = gb + (int)(e / gs), r = order[gstart[g] + (int)(e % gs)];
                     const int ho = r / A->Wo, wo = r % A->Wo;
                     const size_t base = (((size_t)b * A->Hp + (size_t)ho * A->sh) * A->Wp + (size_t)wo * A->sw) * C;
                     for (int t = 0; t < T; t++) pix[p][t] = base + (size_t)A->tap_off[t];
-                    gofs[p] = ((size_t)b * HW + r) * A->Co;
+                    gofs[p] = ((size_t)(b - gb) * HW + r) * A->Co;
                 }
-                /* root counts (bit planes, lane = position) and leaf masks */
-                memset(vc8, 0, sizeof(v8u) * OW * CV_PLANES);
-                if (!A->root_p || P->simple)
+                /* root counts (bit planes, lane = position) and leaf masks, CV_VB pairs at a time */
+                memset(vc8, 0, sizeof(v8u) * (CV_PB / CV_VB) * OW * CV_PLANES);
+                for (int sb = 0; sb * CV_VB < np && (!A->root_p || P->simple); sb++)
                     for (int c = 0; c < C; c++) {
                         const int8_t *xc = A->x + c;
                         for (int t = 0; t < T; t++)
-                            for (int p = 0; p < CV_PB; p++) sg[t][p] = xc[pix[p][t]] < 0 ? ~0ull : 0ull;
+                            for (int p = 0; p < CV_VB; p++) sg[t][p] = xc[pix[sb * CV_VB + p][t]] < 0 ? ~0ull : 0ull;
                         for (int w = 0; w < OW; w++) {
-                            for (int t = 0; t < T; t++) z8[t] = sg[t] ^ A->wb[((size_t)c * T + t) * OW + w];
-                            v8u *lmw = lm + ((size_t)c * OW + w) * LC;
+                            for (int t = 0; t < T; t++) z8[t] = sg[t] ^ wb[((size_t)c * T + t) * OW + w];
+                            v8u *lmw = lm + (((size_t)c * OW + w) * LC) * (CV_PB / CV_VB) + sb;
+                            v8u *pl = vc8 + ((size_t)sb * OW + w) * CV_PLANES;
                             for (int j = 0; j < A->m; j++) {
                                 const cv_node *nd = P->node + (size_t)j * NL;
                                 if (!nd[NL - 1].k) continue;
                                 cv_eval8(A, P, nd, j, z8, vote8, qm8, P->simple);
                                 if (!A->root_p) {  /* a ripple-carry add into the count planes */
-                                    v8u cy = vote8[NL - 1], *pl = vc8 + (size_t)w * CV_PLANES;
+                                    v8u cy = vote8[NL - 1];
                                     for (int i = 0; i < nplanes; i++) {
                                         const v8u t = pl[i] & cy;
                                         pl[i] ^= cy;
@@ -482,7 +540,7 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
                                             node = lev0[l + 1] + (node - lev0[l]) / A->fan[l + 1];
                                         }
                                     }
-                                    lmw[j * nleaf + i] = mk;
+                                    lmw[(size_t)(j * nleaf + i) * (CV_PB / CV_VB)] = mk;
                                 }
                             }
                         }
@@ -490,9 +548,9 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
                 /* the root's dL/ds, 16 outputs at a time */
                 const int kr = P->live_top * C;
                 for (int p = 0; p < np; p++) {
-                    const float *gp = A->g + gofs[p];
+                    const float *gp = Gg + gofs[p];
                     const v16i lane = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
-                    for (int h = 0; h < H16; h++) {
+                    for (int h = 0; h < HC; h++) {
                         const int o0 = 16 * h;
                         v16f gv = (v16f){0}, k;
                         if (o0 + 16 <= A->Co) gv = *(const v16fu *)(gp + o0);
@@ -501,10 +559,10 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
                         if (!kr) k = (v16f){0};
                         else if (A->root_p) k = gv;
                         else {
-                            const v8u *pl = vc8 + (size_t)(o0 / 64) * CV_PLANES;
+                            const v8u *pl = vc8 + ((size_t)(p / CV_VB) * OW + o0 / 64) * CV_PLANES;
                             v16i ones = {0};
                             for (int i = 0; i < nplanes; i++) {
-                                const int32_t m16 = (int32_t)((pl[i][p] >> (o0 % 64)) & 0xffffu);
+                                const int32_t m16 = (int32_t)((pl[i][p % CV_VB] >> (o0 % 64)) & 0xffffu);
                                 ones |= ((((v16i){0} + m16) & lane) != 0) & (1 << i);
                             }
                             const v16f S = __builtin_convertvector(2 * ones - kr, v16f);
@@ -539,7 +597,7 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
                         const v16f *Kp = K + (size_t)p * H16;
                         if (P->simple) {  /* masks from pass 1; each row written once */
                             for (int w = 0; w < OW; w++) {
-                                const uint64_t *lmw = (const uint64_t *)(lm + ((size_t)c * OW + w) * LC);
+                                const uint64_t *lmw = (const uint64_t *)(lm + ((size_t)c * OW + w) * LC * (CV_PB / CV_VB));
                                 for (int j = 0; j < A->m; j++) {
                                     const cv_node *nd = P->node + (size_t)j * NL;
                                     const int live = nd[NL - 1].k > 0;
@@ -547,7 +605,7 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
                                         const uint64_t mk = live ? lmw[(size_t)(j * nleaf + i) * CV_PB + p] : 0;
                                         const float gk = nd[i].path_g;
                                         v16f *kl = km + (size_t)(j * nleaf + i) * H16 + 4 * w;
-                                        for (int h = 0; h < 4; h++)
+                                        for (int h = 0; h < 4 && 4 * w + h < HC; h++)  /* rows past HC: unread */
                                             kl[h] = masked_mul(Kp[4 * w + h], gk, (uint32_t)(mk >> (16 * h)) & 0xffffu);
                                     }
                                 }
@@ -558,7 +616,7 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
                         if (!P->live_top) continue;
                         for (int w = 0; w < OW; w++) {
                             for (int t = 0; t < T; t++)
-                                z[t] = A->wb[((size_t)c * T + t) * OW + w] ^ (xc[pix[p][t]] < 0 ? ~0ull : 0ull);
+                                z[t] = wb[((size_t)c * T + t) * OW + w] ^ (xc[pix[p][t]] < 0 ? ~0ull : 0ull);
                             for (int j = 0; j < A->m; j++) {
                                 const cv_node *nd = P->node + (size_t)j * NL;
                                 if (!nd[NL - 1].k) continue;
@@ -623,12 +681,19 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
                 }
                 for (int p = 0; p < np; p++)  /* the block's input gradient, channels contiguous */
                     for (int t = 0; t < T; t++) {
-                        float *d = gx + pix[p][t];
+                        float *d = Xg + (pix[p][t] - xoff);
                         const float *sv = SS + ((size_t)p * (T + CV_TTMAX) + t) * C;
                         for (int c = 0; c < C; c++) d[c] += sv[c];
                     }
             }
         }
+        for (int i = 0; i < nbg; i++)  /* the group's input gradient, unpadded, channels first */
+            for (int y = 0; y < A->H; y++)
+                cv_transpose(Xg + i * IMG + ((size_t)(y + A->ph) * A->Wp + A->pw) * C, C,
+                             gx + ((size_t)(gb + i) * C * A->H + y) * A->W, (size_t)A->H * A->W, A->W, C);
+        }
+        free(Xg);
+        free(Gg);
         for (int g = 0; prog && g < nprog; g++) free(prog[g].node);
         free(prog);
         free(lm); free(zrow); free(XS); free(SS); free(K); free(KM); free(vc8); free(z8); free(vote8); free(qm8); free(z); free(vote); free(qm);
@@ -644,5 +709,7 @@ int cv_backward(const cv_args *A, const float *wf, float *gx, float *gw) {
     free(key);
     free(order);
     free(gstart);
+    free(wb);
+    free(wf);
     return err;
 }

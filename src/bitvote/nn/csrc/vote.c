@@ -59,6 +59,29 @@ typedef struct {
 
 int bvt_struct_size(void) { return (int)sizeof(bvt_args); }
 
+/* The kernels' input layout in one pass: x (N, C, H, W) fp32 -> out (N, H + 2 ph, W + 2 pw, C)
+ * int8, +1 where x >= 0 (NaN: -1), pad at the border. A row of the output is made from C
+ * contiguous input rows. */
+void bvt_signs_nhwc(const float *x, int N, int C, int H, int W, int ph, int pw, int pad, int8_t *out,
+                    int nthreads) {
+    const int Hp = H + 2 * ph, Wp = W + 2 * pw;
+    const size_t row = (size_t)Wp * C;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads > 0 ? nthreads : 1)
+    for (int n = 0; n < N; n++)
+        for (int y = 0; y < Hp; y++) {
+            int8_t *o = out + ((size_t)n * Hp + y) * row;
+            const int inside = y >= ph && y < ph + H;
+            if (!inside) { memset(o, pad, row); continue; }
+            memset(o, pad, (size_t)pw * C);
+            memset(o + (size_t)(pw + W) * C, pad, (size_t)pw * C);
+            for (int c = 0; c < C; c++) {
+                const float *xr = x + (((size_t)n * C + c) * H + (y - ph)) * W;
+                int8_t *oc = o + (size_t)pw * C + c;
+                for (int i = 0; i < W; i++) oc[(size_t)i * C] = xr[i] >= 0.0f ? 1 : -1;
+            }
+        }
+}
+
 
 
 typedef struct {
