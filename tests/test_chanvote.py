@@ -48,7 +48,9 @@ def taken(monkeypatch):
 
 
 def grads(layer, x, g, mp, native, channel=True):
-    mp.setenv("BITVOTE_CHANNEL_VOTE", "1" if channel else "0")
+    """The layer's votes and gradients; ``channel``: through this kernel wherever it applies
+    (forced, so that machines without AVX-512 test it too), else the term loop."""
+    mp.setenv("BITVOTE_CHANNEL_VOTE", "all" if channel else "0")
     return run_layer(layer, x, g, native, mp)
 
 
@@ -141,11 +143,13 @@ def test_switch_and_which_trees_it_takes(taken, monkeypatch):
     _, gx0, gw0 = grads(layer, x, g, monkeypatch, native=True, channel=False)
     assert taken["ran"] == 1 and not chanvote.takes(layer.hierarchy, 9)
     assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
+    monkeypatch.setenv("BITVOTE_CHANNEL_VOTE", "1")  # the default: where it was built with AVX-512
+    assert chanvote.takes(layer.hierarchy, 9) == chanvote._WIDE
 
 
 def test_portable_build_matches(monkeypatch, tmp_path):
     """The build without AVX-512 (masked adds by lane masks) or any vector ISA gives the same
-    gradients as the one this machine picked."""
+    gradients as the one this machine picked; it runs only when forced."""
     cases = [("cm:M5(M3(M3))", 5, 70, 1, "fanin"), ("cm:M15(M3)", 5, 33, 2, "0.5,leaf=1.5"), ("cm:P4(M9)", 4, 64, 1, "valid")]
     layers = []
     for spec, C, Co, stride, sigma in cases:
@@ -158,10 +162,15 @@ def test_portable_build_matches(monkeypatch, tmp_path):
         want.append((g, grads(layer, x, g, monkeypatch, native=True)))
     monkeypatch.setenv("BITVOTE_CACHE", str(tmp_path))
     monkeypatch.setattr(chanvote, "_LIB", None)
+    monkeypatch.setattr(chanvote, "_WIDE", chanvote._WIDE)
     monkeypatch.setattr(chanvote, "_flags", lambda: [[]])
-    assert chanvote.available()
+    assert chanvote.available() and not chanvote._WIDE
+    monkeypatch.setenv("BITVOTE_CHANNEL_VOTE", "1")
+    assert not chanvote.takes(layers[0][0].hierarchy, 9)
     for (layer, x), (g, (_, gx0, gw0)) in zip(layers, want):
-        _, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
+        monkeypatch.setenv("BITVOTE_CHANNEL_VOTE", "all")
+        assert chanvote.takes(layer.hierarchy, 9)
+        _, gx1, gw1 = run_layer(layer, x, g, True, monkeypatch)
         assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
 
 

@@ -11,8 +11,9 @@ tiled sums over the root's dL/ds on masks of outputs (docs/training.md, "Channel
 trees").
 
 Votes are unchanged (the forward stays on the packed kernels); gradients equal the chain rule
-of :func:`bitvote.voter.reduce_votes` up to fp32 summation order. ``BITVOTE_CHANNEL_VOTE=0``
-sends these trees back to the term loop; a missing compiler does the same, with one line.
+of :func:`bitvote.voter.reduce_votes` up to fp32 summation order. It runs where the CPU has
+AVX-512 (``BITVOTE_CHANNEL_VOTE=all``: everywhere); ``BITVOTE_CHANNEL_VOTE=0`` sends these
+trees back to the term loop, and a missing compiler does the same, with one line.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _MAX_LEVELS, _MAX_FAN, _MAX_TAPS = 8, 15, 64
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int32, ctypes.c_float
 
 _LIB = None
+_WIDE = False  # built with AVX-512
 _broken: Optional[str] = None
 
 
@@ -62,6 +64,11 @@ def wanted() -> bool:
     return os.environ.get("BITVOTE_CHANNEL_VOTE", "1") != "0"
 
 
+def forced() -> bool:
+    """``BITVOTE_CHANNEL_VOTE=all`` runs the kernel even where it was built without AVX-512."""
+    return os.environ.get("BITVOTE_CHANNEL_VOTE", "1").strip().lower() == "all"
+
+
 def per_channel(hier: Hierarchy, taps: int):
     """``(m, fan-ins bottom up)`` where every voter below the root of ``hier`` lies inside one
     channel's ``taps`` terms (m such voters per channel, all of one shape), else None."""
@@ -80,8 +87,11 @@ def per_channel(hier: Hierarchy, taps: int):
 
 
 def takes(hier: Hierarchy, taps: int) -> bool:
-    """Whether :func:`backward` runs this tree (and the library builds)."""
-    return wanted() and per_channel(hier, taps) is not None and available()
+    """Whether :func:`backward` runs this tree: the library builds, with AVX-512 (its 512-bit
+    vectors split into four or eight registers elsewhere, where it runs several times slower
+    than the term loop) unless forced."""
+    return (wanted() and per_channel(hier, taps) is not None and available()
+            and (_WIDE or forced()))
 
 
 def _flags():
@@ -97,21 +107,21 @@ def _flags():
 
 def available() -> bool:
     """Whether the kernel library is loaded, building it at the first call."""
-    global _LIB, _broken
+    global _LIB, _WIDE, _broken
     if _broken is not None:
         return False
     if _LIB is None:
         try:
             sets = [_FLAGS + ["-fopenmp"] + a for a in _flags()] + [_FLAGS + ["-fopenmp-simd"], _FLAGS]
-            so, _ = native.build([_HERE / "chanvote.c"], sets, "bitvote_chanvote", cache_root() / "native",
-                                 "the channel-major vote kernel")
+            so, flags = native.build([_HERE / "chanvote.c"], sets, "bitvote_chanvote", cache_root() / "native",
+                                     "the channel-major vote kernel")
             lib = ctypes.CDLL(str(so))
             lib.cv_struct_size.restype = ctypes.c_int
             if lib.cv_struct_size() != ctypes.sizeof(_Args):  # pragma: no cover - a build mismatch
                 raise RuntimeError("chanvote.c and chanvote._Args disagree on the argument struct")
             lib.cv_backward.argtypes = [ctypes.POINTER(_Args), _P, _P]
             lib.cv_backward.restype = ctypes.c_int
-            _LIB = lib
+            _LIB, _WIDE = lib, "-mavx512f" in flags
         except Exception as e:  # noqa: BLE001 - no compiler, a failing one: the term loop runs
             _broken = native.unavailable("channel-major vote kernel", e, "the term loop")
             return False

@@ -247,31 +247,57 @@ typedef uint64_t v8u __attribute__((vector_size(64)));
 CV_DEFINE_EVAL(uint64_t, cv_cnt, cnt_add, cnt_in, cv_eval)
 CV_DEFINE_EVAL(v8u, cv_cnt8, cnt_add8, cnt_in8, cv_eval8)
 
+/* Lane masks (-1 / 0) of 16-lane vectors. Without AVX-512 a 16-lane comparison is not one
+ * instruction and GCC would compare lane by lane; these compare two 8-lane halves instead. */
+typedef int32_t v8i_ __attribute__((vector_size(32)));
+typedef float v8f_ __attribute__((vector_size(32)));
+
+/* lane i set where bit i of m16 is */
+static inline __attribute__((always_inline)) v16i cv_lanes(uint32_t m16) {
+#ifdef __AVX512F__
+    const v16i lane = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+    return (((v16i){0} + (int32_t)m16) & lane) != 0;
+#else
+    const v8i_ lane = {1, 2, 4, 8, 16, 32, 64, 128};
+    const v8i_ lo = (((v8i_){0} + (int32_t)(m16 & 0xffu)) & lane) != 0;
+    const v8i_ hi = (((v8i_){0} + (int32_t)(m16 >> 8 & 0xffu)) & lane) != 0;
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#endif
+}
+
+/* lanes where a <= b */
+static inline __attribute__((always_inline)) v16i cv_le(v16f a, float b) {
+#ifdef __AVX512F__
+    return a <= b;
+#else
+    const v8f_ lo = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7);
+    const v8f_ hi = __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+    return __builtin_shufflevector((v8i_)(lo <= b), (v8i_)(hi <= b), 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                                   14, 15);
+#endif
+}
+
 /* f * K on the lanes whose bit is set in m16, 0 elsewhere. */
-static inline v16f masked_mul(v16f K, float f, uint32_t m16) {
+static inline __attribute__((always_inline)) v16f masked_mul(v16f K, float f, uint32_t m16) {
 #ifdef __AVX512F__
     return (v16f)_mm512_maskz_mul_ps((__mmask16)m16, (__m512)K, _mm512_set1_ps(f));
 #else
-    const v16i lane = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
-    v16i on = (((v16i){0} + (int32_t)m16) & lane) != 0;
-    return (v16f)((v16i)(K * f) & on);
+    return (v16f)((v16i)(K * f) & cv_lanes(m16));
 #endif
 }
 
 /* acc + f * K on the lanes whose bit is set in m16. */
-static inline v16f masked_fma(v16f acc, v16f K, float f, uint32_t m16) {
+static inline __attribute__((always_inline)) v16f masked_fma(v16f acc, v16f K, float f, uint32_t m16) {
 #ifdef __AVX512F__
     return (v16f)_mm512_mask3_fmadd_ps((__m512)K, _mm512_set1_ps(f), (__m512)acc, (__mmask16)m16);
 #else
-    const v16i lane = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
-    v16i on = (((v16i){0} + (int32_t)m16) & lane) != 0;
-    return acc + (v16f)((v16i)(K * f) & on);
+    return acc + (v16f)((v16i)(K * f) & cv_lanes(m16));
 #endif
 }
 
 /* The lane sums of 16 vectors, in their order: 15 folds of two vectors into one (the folds
  * leave the sum of a[i] in lane bitrev4(i), the last shuffle puts it back in lane i). */
-static inline v16f cv_sums16(const v16f *a) {
+static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
 #define CV_FOLD(x, y, ...) (__builtin_shufflevector(x, y, __VA_ARGS__))
     v16f b[8], c[4], d[2];
     for (int i = 0; i < 8; i++)
@@ -549,7 +575,6 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                 const int kr = P->live_top * C;
                 for (int p = 0; p < np; p++) {
                     const float *gp = Gg + gofs[p];
-                    const v16i lane = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
                     for (int h = 0; h < HC; h++) {
                         const int o0 = 16 * h;
                         v16f gv = (v16f){0}, k;
@@ -561,18 +586,16 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                         else {
                             const v8u *pl = vc8 + ((size_t)(p / CV_VB) * OW + o0 / 64) * CV_PLANES;
                             v16i ones = {0};
-                            for (int i = 0; i < nplanes; i++) {
-                                const int32_t m16 = (int32_t)((pl[i][p % CV_VB] >> (o0 % 64)) & 0xffffu);
-                                ones |= ((((v16i){0} + m16) & lane) != 0) & (1 << i);
-                            }
+                            for (int i = 0; i < nplanes; i++)
+                                ones |= cv_lanes((uint32_t)(pl[i][p % CV_VB] >> (o0 % 64)) & 0xffffu) & (1 << i);
                             const v16f S = __builtin_convertvector(2 * ones - kr, v16f);
                             const float sig = P->sig_root;
                             if (A->surrogate == 1) {
-                                const v16i keep = (v16f)((v16i)S & 0x7fffffff) <= A->clip * sig;
+                                const v16i keep = cv_le((v16f)((v16i)S & 0x7fffffff), A->clip * sig);
                                 k = (v16f)((v16i)(gv / sig) & keep);
                             } else {
                                 const v16f d = 2.0f - 2.0f * (v16f)((v16i)(S / sig) & 0x7fffffff);
-                                k = (v16f)((v16i)d & (d > 0.0f)) * (gv / sig);
+                                k = (v16f)((v16i)d & ~cv_le(d, 0.0f)) * (gv / sig);
                             }
                         }
                         K[(size_t)p * H16 + h] = k;
