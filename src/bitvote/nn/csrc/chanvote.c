@@ -329,12 +329,13 @@ static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
  * (CV_PB, T + CV_TTMAX, C) and passed from channel c on. Taps past
  * the leaf's end are computed against zero weights into the scratch row: their sums (0) land
  * on the next leaf's taps, which that leaf then overwrites. The sums are fused multiply-adds. */
-#define CV_DEFINE_LEAF_TERMS(NAME, TT)                                                              \
+#define CV_DEFINE_LEAF_TERMS(NAME, TT, LOADK)                                                            \
     __attribute__((optimize("fp-contract=fast")))                                                \
-    static void NAME(const cv_args *A, int c, int t0, const float *km, size_t pstride,            \
-                     const float *xs, const float *wf, float *GW, float *sums, const float *zrow,  \
-                     float *srow, int OL) {                                                       \
+    static void NAME(const cv_args *A, int c, int t0, const float *km, size_t pstride, float gk,  \
+                     const uint16_t *m16, size_t mstride, const float *xs, const float *wf,       \
+                     float *GW, float *sums, const float *zrow, float *srow, int OL) {            \
         const int T = A->kh * A->kw, f0 = A->fan[0], HC = (A->Co + 15) / 16; /* lanes >= Co: 0 */ \
+        (void)gk, (void)m16, (void)mstride; /* the row variant reads km alone */                  \
         const size_t TS = (size_t)(T + CV_TTMAX) * A->C; /* xs, sums: a position's stride */     \
         for (int tb = 0; tb < f0; tb += TT) {                                                     \
             float *gr[TT];                                                                        \
@@ -356,7 +357,7 @@ static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
                         for (int b = 0; b < TT; b++) acc[e][b] = *(const v16fu *)(gr[b] + 16 * (h + e)); \
                     for (int q = 0; q < CV_GQ; q++)                                               \
                         for (int e = 0; e < CV_GH; e++) {                                         \
-                            const v16f k = *(const v16fu *)(km + (qb + q) * pstride + 16 * (h + e)); \
+                            const v16f k = LOADK(qb + q, h + e); \
                             for (int b = 0; b < TT; b++) acc[e][b] += xv[q][b] * k;               \
                         }                                                                         \
                     for (int e = 0; e < CV_GH; e++)                                               \
@@ -366,7 +367,7 @@ static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
                     v16f acc[TT];                                                                 \
                     for (int b = 0; b < TT; b++) acc[b] = *(const v16fu *)(gr[b] + 16 * h);       \
                     for (int q = 0; q < CV_GQ; q++) {                                             \
-                        const v16f k = *(const v16fu *)(km + (qb + q) * pstride + 16 * h);        \
+                        const v16f k = LOADK(qb + q, h);        \
                         for (int b = 0; b < TT; b++) acc[b] += xv[q][b] * k;                      \
                     }                                                                             \
                     for (int b = 0; b < TT; b++) *(v16fu *)(gr[b] + 16 * h) = acc[b];             \
@@ -379,7 +380,7 @@ static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
                     v16f w[TT];                                                                   \
                     for (int b = 0; b < TT; b++) w[b] = *(const v16fu *)(wr[b] + 16 * h);         \
                     for (int a = 0; a < CV_TQ; a++) {                                             \
-                        const v16f k = *(const v16fu *)(km + (qb + a) * pstride + 16 * h);        \
+                        const v16f k = LOADK(qb + a, h);        \
                         for (int b = 0; b < TT; b++) acc[a * TT + b] += k * w[b];                 \
                     }                                                                             \
                 }                                                                                 \
@@ -391,8 +392,15 @@ static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
         }                                                                                         \
     }
 
-CV_DEFINE_LEAF_TERMS(cv_leaf_terms3, 3)
-CV_DEFINE_LEAF_TERMS(cv_leaf_terms4, 4)
+/* a leaf's dL/ds at pair q, outputs 16 h ..: a row of km, or the root's dL/ds (km) times gk on
+ * the lanes of the leaf's mask m16 (16 bits per vector of outputs) */
+#define CV_ROW(q, h) (*(const v16fu *)(km + (size_t)(q) * pstride + 16 * (h)))
+#define CV_MASKED(q, h) \
+    masked_mul(*(const v16fu *)(km + (size_t)(q) * pstride + 16 * (h)), gk, m16[(size_t)(q) * mstride + (h)])
+CV_DEFINE_LEAF_TERMS(cv_leaf_terms3, 3, CV_ROW)
+CV_DEFINE_LEAF_TERMS(cv_leaf_terms4, 4, CV_ROW)
+CV_DEFINE_LEAF_TERMS(cv_leaf_masked3, 3, CV_MASKED)
+CV_DEFINE_LEAF_TERMS(cv_leaf_masked4, 4, CV_MASKED)
 
 #define CV_PLANES 24 /* bit planes of a root count */
 #define CV_SCRATCH (2u << 20) /* bytes of a thread's group scratch, about: 8 to 64 images */
@@ -500,8 +508,9 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
         uint64_t (*qm)[CV_MAXFAN + 1] = malloc(sizeof(*qm) * NL);
         /* per channel, word, leaf, position: the leaf's mask of outputs (simple programs) */
         v8u *lm = aligned_alloc(64, sizeof(v8u) * (CV_PB / CV_VB) * C * OW * LC);
+        uint64_t *MK = malloc(sizeof(uint64_t) * LC * CV_PB * OW);    /* one channel's: per leaf, pair, word */
         float *zrow = calloc((size_t)2 * OL, sizeof(float)), *srow = zrow ? zrow + OL : NULL; /* zeros; scratch */
-        if (!lm || !zrow || !XS || !SS || !vc8 || !z8 || !vote8 || !qm8 ||
+        if (!lm || !MK || !zrow || !XS || !SS || !vc8 || !z8 || !vote8 || !qm8 ||
             !ok || !K || !KM || !z || !vote || !qm) err = 1;
         const int b0 = (int)((size_t)A->N * tid / nt), b1 = (int)((size_t)A->N * (tid + 1) / nt);
         const size_t IMG = (size_t)A->Hp * A->Wp * C;  /* floats of one padded image's gx */
@@ -615,26 +624,26 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                  * the factor products of the leaf's path), then its terms */
                 for (int c = 0; c < C && !err; c++) {
                     const int8_t *xc = A->x + c;
+                    if (P->simple) {  /* one factor per voter: dL/ds is the root's, scaled on a mask */
+                        for (int li = 0; li < LC; li++) {
+                            const cv_node *nd = P->node + (size_t)(li / nleaf) * NL;
+                            const int live = nd[NL - 1].k > 0;
+                            uint64_t *mk = MK + (size_t)li * CV_PB * OW;
+                            for (int w = 0; w < OW; w++) {
+                                const uint64_t *lmw = (const uint64_t *)(lm + ((size_t)c * OW + w) * LC * (CV_PB / CV_VB))
+                                                      + (size_t)li * CV_PB;
+                                for (int p = 0; p < CV_PB; p++) mk[(size_t)p * OW + w] = live && p < np ? lmw[p] : 0;
+                            }
+                            (A->fan[0] % 3 ? cv_leaf_masked4 : cv_leaf_masked3)(
+                                A, c, (li / nleaf) * u + (li % nleaf) * A->fan[0], (const float *)K, (size_t)OL,
+                                nd[li % nleaf].path_g, (const uint16_t *)mk, (size_t)4 * OW, XS + c, wf, GW, SS + c,
+                                zrow, srow, OL);
+                        }
+                        continue;
+                    }
                     for (int p = 0; p < np; p++) {
                         v16f *km = KM + (size_t)p * LC * H16;
                         const v16f *Kp = K + (size_t)p * H16;
-                        if (P->simple) {  /* masks from pass 1; each row written once */
-                            for (int w = 0; w < OW; w++) {
-                                const uint64_t *lmw = (const uint64_t *)(lm + ((size_t)c * OW + w) * LC * (CV_PB / CV_VB));
-                                for (int j = 0; j < A->m; j++) {
-                                    const cv_node *nd = P->node + (size_t)j * NL;
-                                    const int live = nd[NL - 1].k > 0;
-                                    for (int i = 0; i < nleaf; i++) {
-                                        const uint64_t mk = live ? lmw[(size_t)(j * nleaf + i) * CV_PB + p] : 0;
-                                        const float gk = nd[i].path_g;
-                                        v16f *kl = km + (size_t)(j * nleaf + i) * H16 + 4 * w;
-                                        for (int h = 0; h < 4 && 4 * w + h < HC; h++)  /* rows past HC: unread */
-                                            kl[h] = masked_mul(Kp[4 * w + h], gk, (uint32_t)(mk >> (16 * h)) & 0xffffu);
-                                    }
-                                }
-                            }
-                            continue;
-                        }
                         memset(km, 0, sizeof(float) * LC * OL);
                         if (!P->live_top) continue;
                         for (int w = 0; w < OW; w++) {
@@ -700,7 +709,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                     for (int li = 0; li < LC; li++)
                         (A->fan[0] % 3 ? cv_leaf_terms4 : cv_leaf_terms3)(
                             A, c, (li / nleaf) * u + (li % nleaf) * A->fan[0], (const float *)(KM + (size_t)li * H16),
-                            (size_t)LC * OL, XS + c, wf, GW, SS + c, zrow, srow, OL);
+                            (size_t)LC * OL, 0.0f, NULL, 0, XS + c, wf, GW, SS + c, zrow, srow, OL);
                 }
                 for (int p = 0; p < np; p++)  /* the block's input gradient, channels contiguous */
                     for (int t = 0; t < T; t++) {
@@ -719,7 +728,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
         free(Gg);
         for (int g = 0; prog && g < nprog; g++) free(prog[g].node);
         free(prog);
-        free(lm); free(zrow); free(XS); free(SS); free(K); free(KM); free(vc8); free(z8); free(vote8); free(qm8); free(z); free(vote); free(qm);
+        free(lm); free(MK); free(zrow); free(XS); free(SS); free(K); free(KM); free(vc8); free(z8); free(vote8); free(qm8); free(z); free(vote); free(qm);
     }
     if (gwt) {
         if (!err)
