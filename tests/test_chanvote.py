@@ -189,3 +189,15 @@ def test_missing_compiler_keeps_the_term_loop(monkeypatch, capsys, tmp_path):
     assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
     grads(layer, x, g, monkeypatch, native=True)
     assert "unavailable" not in capsys.readouterr().err  # said once
+
+
+def test_an_input_without_slack_is_copied_not_overread(taken, monkeypatch):
+    """The kernel reads 8 bytes from a pixel; a padded input whose storage ends at its last byte
+    (not what the forward makes) is copied first, with the same gradients."""
+    real = fastvote._signs_nhwc
+    monkeypatch.setattr(fastvote, "_signs_nhwc", lambda *a: real(*a).clone())  # clone: no slack
+    layer = BinaryConv2d(3, 70, 3, 1, 1, voter="cm:M3(M3(M3))", tie="first")
+    x, g = torch.randn(2, 3, 5, 5), torch.randn(2, 70, 5, 5)
+    _, gx0, gw0 = grads(layer, x, g, monkeypatch, native=False)
+    _, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
+    assert taken["ran"] == 1 and close_fp32(gx1, gx0) and close_fp32(gw1, gw0)

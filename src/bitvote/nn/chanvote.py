@@ -132,12 +132,16 @@ def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate
     """``(gx (N, C, H, W), gw (Co, C, kh, kw))`` fp32, or None where the tree's factors take
     too many values for the kernel (the caller then runs the term loop).
 
-    ``xcl``: the padded channels-last int8 input of the forward; ``wi``: its +/-1 weights,
+    ``xcl``: the padded channels-last int8 input of the forward (copied where it lacks 8 bytes of
+    storage after its end); ``wi``: its +/-1 weights,
     term-major (n, >= Co) int16 in channel-major order;
     ``g``: the output gradient (N, Co, Ho, Wo); ``plan``: :class:`fastvote._Plan` of the tree.
     """
     hier = plan.hier
     Co, C, kh, kw = wshape
+    if not xcl.is_contiguous() or xcl.untyped_storage().nbytes() - xcl.storage_offset() < xcl.numel() + 8:
+        room = torch.empty(xcl.numel() + 64, dtype=torch.int8)  # the kernel reads 8 bytes from a pixel
+        xcl = room[:xcl.numel()].view(xcl.shape).copy_(xcl)
     T = kh * kw
     m, fans = per_channel(hier, T)
     N, Hp, Wp, _ = xcl.shape

@@ -54,6 +54,9 @@ _FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int32, ctypes.c_float
 
+#: bytes of storage kept after the kernels' padded input (a word read from its last pixel stays inside)
+SLACK = 64
+
 #: the kernels hold every sum in int16
 _MAX_TERMS = 32767
 
@@ -268,13 +271,16 @@ def _args(plan: _Plan, xcl, w, wf, wshape, stride, padding, dilation, Ho, Wo, su
 
 
 def _signs_nhwc(xb, ph, pw, pad):
-    """+1 where x >= 0, else -1, channels last, padded with ``pad``: (N, H + 2 ph, W + 2 pw, C) int8."""
+    """+1 where x >= 0, else -1, channels last, padded with ``pad``: (N, H + 2 ph, W + 2 pw, C)
+    int8, with :data:`SLACK` bytes of storage after it (kernels read whole words from the last
+    pixel)."""
     N, C, H, W = xb.shape
+    shape = (N, H + 2 * ph, W + 2 * pw, C)
+    out = torch.empty(math.prod(shape) + SLACK, dtype=torch.int8)[:math.prod(shape)].view(shape)
     if xb.dtype == torch.float32 and xb.is_contiguous():  # one pass of vote.c
-        out = torch.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=torch.int8)
         _LIB.bvt_signs_nhwc(xb.data_ptr(), N, C, H, W, ph, pw, pad, out.data_ptr(), torch.get_num_threads())
         return out
-    out = torch.full((N, H + 2 * ph, W + 2 * pw, C), pad, dtype=torch.int8)
+    out.fill_(pad)
     out[:, ph:ph + H, pw:pw + W].copy_((xb >= 0).permute(0, 2, 3, 1)).mul_(2).sub_(1)
     return out
 

@@ -393,10 +393,12 @@ static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
     }
 
 /* a leaf's dL/ds at pair q, outputs 16 h ..: a row of km, or the root's dL/ds (km) times gk on
- * the lanes of the leaf's mask m16 (16 bits per vector of outputs) */
+ * the lanes of the leaf's mask (64-bit words: pair q's word w at m16 + 4 (w mstride + q), 16
+ * bits per vector of outputs) */
 #define CV_ROW(q, h) (*(const v16fu *)(km + (size_t)(q) * pstride + 16 * (h)))
 #define CV_MASKED(q, h) \
-    masked_mul(*(const v16fu *)(km + (size_t)(q) * pstride + 16 * (h)), gk, m16[(size_t)(q) * mstride + (h)])
+    masked_mul(*(const v16fu *)(km + (size_t)(q) * pstride + 16 * (h)), gk, \
+               m16[(((size_t)(h) >> 2) * mstride + (size_t)(q)) * 4 + ((h) & 3)])
 CV_DEFINE_LEAF_TERMS(cv_leaf_terms3, 3, CV_ROW)
 CV_DEFINE_LEAF_TERMS(cv_leaf_terms4, 4, CV_ROW)
 CV_DEFINE_LEAF_TERMS(cv_leaf_masked3, 3, CV_MASKED)
@@ -508,9 +510,8 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
         uint64_t (*qm)[CV_MAXFAN + 1] = malloc(sizeof(*qm) * NL);
         /* per channel, word, leaf, position: the leaf's mask of outputs (simple programs) */
         v8u *lm = aligned_alloc(64, sizeof(v8u) * (CV_PB / CV_VB) * C * OW * LC);
-        uint64_t *MK = malloc(sizeof(uint64_t) * LC * CV_PB * OW);    /* one channel's: per leaf, pair, word */
         float *zrow = calloc((size_t)2 * OL, sizeof(float)), *srow = zrow ? zrow + OL : NULL; /* zeros; scratch */
-        if (!lm || !MK || !zrow || !XS || !SS || !vc8 || !z8 || !vote8 || !qm8 ||
+        if (!lm || !zrow || !XS || !SS || !vc8 || !z8 || !vote8 || !qm8 ||
             !ok || !K || !KM || !z || !vote || !qm) err = 1;
         const int b0 = (int)((size_t)A->N * tid / nt), b1 = (int)((size_t)A->N * (tid + 1) / nt);
         const size_t IMG = (size_t)A->Hp * A->Wp * C;  /* floats of one padded image's gx */
@@ -542,18 +543,37 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                 }
                 /* root counts (bit planes, lane = position) and leaf masks, CV_VB pairs at a time */
                 memset(vc8, 0, sizeof(v8u) * (CV_PB / CV_VB) * OW * CV_PLANES);
-                for (int sb = 0; sb * CV_VB < np && (!A->root_p || P->simple); sb++)
+                for (int sb = 0; sb * CV_VB < np && (!A->root_p || P->simple); sb++) {
+#ifdef __AVX512F__
+                    __m512i idx[64];  /* per tap: the sub-block's pixels */
+                    for (int t = 0; t < T; t++) {
+                        int64_t v[CV_VB];
+                        for (int p = 0; p < CV_VB; p++) v[p] = (int64_t)pix[sb * CV_VB + p][t];
+                        idx[t] = _mm512_loadu_si512(v);
+                    }
+#endif
                     for (int c = 0; c < C; c++) {
                         const int8_t *xc = A->x + c;
+#ifdef __AVX512F__
+                        for (int t = 0; t < T; t++) {  /* 8 bytes from each pixel (the input has slack): the first's sign */
+                            const __m512i v = _mm512_i64gather_epi64(idx[t], (const void *)xc, 1);
+                            sg[t] = (v8u)_mm512_srai_epi64(_mm512_slli_epi64(v, 56), 63);
+                        }
+#else
                         for (int t = 0; t < T; t++)
                             for (int p = 0; p < CV_VB; p++) sg[t][p] = xc[pix[sb * CV_VB + p][t]] < 0 ? ~0ull : 0ull;
+#endif
                         for (int w = 0; w < OW; w++) {
                             for (int t = 0; t < T; t++) z8[t] = sg[t] ^ wb[((size_t)c * T + t) * OW + w];
                             v8u *lmw = lm + (((size_t)c * OW + w) * LC) * (CV_PB / CV_VB) + sb;
                             v8u *pl = vc8 + ((size_t)sb * OW + w) * CV_PLANES;
                             for (int j = 0; j < A->m; j++) {
                                 const cv_node *nd = P->node + (size_t)j * NL;
-                                if (!nd[NL - 1].k) continue;
+                                if (!nd[NL - 1].k) {  /* abstains: its leaves pass nothing */
+                                    for (int i = 0; i < nleaf && P->simple; i++)
+                                        lmw[(size_t)(j * nleaf + i) * (CV_PB / CV_VB)] = (v8u){0};
+                                    continue;
+                                }
                                 cv_eval8(A, P, nd, j, z8, vote8, qm8, P->simple);
                                 if (!A->root_p) {  /* a ripple-carry add into the count planes */
                                     v8u cy = vote8[NL - 1];
@@ -580,6 +600,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                             }
                         }
                     }
+                }
                 /* the root's dL/ds, 16 outputs at a time */
                 const int kr = P->live_top * C;
                 for (int p = 0; p < np; p++) {
@@ -620,25 +641,18 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                         else
                             memset(d, 0, sizeof(float) * C);
                     }
+                if (np < CV_PB) memset(K + (size_t)np * H16, 0, sizeof(float) * (CV_PB - np) * OL);
                 /* channel by channel: each leaf's dL/ds (the root's on masks of outputs, times
                  * the factor products of the leaf's path), then its terms */
                 for (int c = 0; c < C && !err; c++) {
                     const int8_t *xc = A->x + c;
                     if (P->simple) {  /* one factor per voter: dL/ds is the root's, scaled on a mask */
-                        for (int li = 0; li < LC; li++) {
-                            const cv_node *nd = P->node + (size_t)(li / nleaf) * NL;
-                            const int live = nd[NL - 1].k > 0;
-                            uint64_t *mk = MK + (size_t)li * CV_PB * OW;
-                            for (int w = 0; w < OW; w++) {
-                                const uint64_t *lmw = (const uint64_t *)(lm + ((size_t)c * OW + w) * LC * (CV_PB / CV_VB))
-                                                      + (size_t)li * CV_PB;
-                                for (int p = 0; p < CV_PB; p++) mk[(size_t)p * OW + w] = live && p < np ? lmw[p] : 0;
-                            }
+                        for (int li = 0; li < LC; li++)
                             (A->fan[0] % 3 ? cv_leaf_masked4 : cv_leaf_masked3)(
                                 A, c, (li / nleaf) * u + (li % nleaf) * A->fan[0], (const float *)K, (size_t)OL,
-                                nd[li % nleaf].path_g, (const uint16_t *)mk, (size_t)4 * OW, XS + c, wf, GW, SS + c,
-                                zrow, srow, OL);
-                        }
+                                P->node[(size_t)(li / nleaf) * NL + li % nleaf].path_g,
+                                (const uint16_t *)((const uint64_t *)lm + ((size_t)c * OW * LC + li) * CV_PB),
+                                (size_t)LC * CV_PB, XS + c, wf, GW, SS + c, zrow, srow, OL);
                         continue;
                     }
                     for (int p = 0; p < np; p++) {
@@ -728,7 +742,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
         free(Gg);
         for (int g = 0; prog && g < nprog; g++) free(prog[g].node);
         free(prog);
-        free(lm); free(MK); free(zrow); free(XS); free(SS); free(K); free(KM); free(vc8); free(z8); free(vote8); free(qm8); free(z); free(vote); free(qm);
+        free(lm); free(zrow); free(XS); free(SS); free(K); free(KM); free(vc8); free(z8); free(vote8); free(qm8); free(z); free(vote); free(qm);
     }
     if (gwt) {
         if (!err)
