@@ -201,3 +201,21 @@ def test_an_input_without_slack_is_copied_not_overread(taken, monkeypatch):
     _, gx0, gw0 = grads(layer, x, g, monkeypatch, native=False)
     _, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
     assert taken["ran"] == 1 and close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
+
+
+@pytest.mark.parametrize("k,spec,dilation,padding,stride", [
+    (3, "cm:M{C}(M3(M3))", 2, 2, 1), (3, "cm:M{C}(M3(M3))", (1, 2), (1, 2), (2, 1)),
+    (5, "cm:M{C}(M5(M5))", 1, 2, 1), (5, "cm:P{C}(M5(M5))", 2, 3, 1), (4, "cm:M{C}(M4(M4))", 1, 1, 1)])
+@pytest.mark.parametrize("pad_value", [0.0, 1.0])
+def test_dilation_unequal_strides_and_larger_kernels(taken, monkeypatch, k, spec, dilation, padding, stride, pad_value):
+    """Taps at dilated offsets, border patterns of unequal paddings and strides, 16-25 taps."""
+    torch.manual_seed(k)
+    C = 3
+    layer = BinaryConv2d(C, 70, k, stride, padding, dilation=dilation, voter=spec.format(C=C), tie="first",
+                         pad_value=pad_value)
+    x = torch.randint(-1, 2, (2, C, 9, 11)).float()
+    g = torch.randn_like(layer(x))
+    y0, gx0, gw0 = grads(layer, x, g, monkeypatch, native=False)
+    y1, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
+    assert taken["ran"] == 1
+    assert torch.equal(y0, y1) and close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
