@@ -21,7 +21,7 @@ from typing import Sequence, Tuple
 
 from .errors import BitvoteError
 
-__all__ = ["compiler", "build", "arch_flags", "unavailable"]
+__all__ = ["compiler", "build", "arch_flags", "cpu_flags", "unavailable"]
 
 
 def unavailable(what: str, err: BaseException, instead: str) -> str:
@@ -32,16 +32,20 @@ def unavailable(what: str, err: BaseException, instead: str) -> str:
     return why
 
 
+def cpu_flags() -> set:
+    """The x86 feature flags of this CPU as /proc/cpuinfo names them (empty elsewhere)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return set()
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
 def arch_flags():
     """AVX2/FMA where this CPU has them, for the libraries built for this machine only (the
     flags are part of the cache key)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return []
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= cpu_flags() else []
 
 
 def compiler(what: str) -> str:

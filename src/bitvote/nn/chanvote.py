@@ -27,9 +27,9 @@ from typing import Optional
 import torch
 
 from .. import native
-from ..binarize import Ste
 from ..io import cache_root
 from ..voter import CM, Hierarchy
+from .kernelargs import SLACK, surrogate_code, tap_offsets, zero_padded
 
 __all__ = ["wanted", "takes", "available", "backward"]
 
@@ -95,12 +95,8 @@ def takes(hier: Hierarchy, taps: int) -> bool:
 
 
 def _flags():
-    try:
-        cpu = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        cpu = set()
     arch = native.arch_flags()
-    if arch and {"avx512f", "avx512bw", "avx512vl"} <= cpu:  # 16-lane masked adds
+    if arch and {"avx512f", "avx512bw", "avx512vl"} <= native.cpu_flags():  # 16-lane masked adds
         return [arch + ["-mavx512f", "-mavx512bw", "-mavx512vl"], arch]
     return [arch]
 
@@ -140,7 +136,7 @@ def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate
     hier = plan.hier
     Co, C, kh, kw = wshape
     if not xcl.is_contiguous() or xcl.untyped_storage().nbytes() - xcl.storage_offset() < xcl.numel() + 8:
-        room = torch.empty(xcl.numel() + 64, dtype=torch.int8)  # the kernel reads 8 bytes from a pixel
+        room = torch.empty(xcl.numel() + SLACK, dtype=torch.int8)  # the kernel reads 8 bytes from a pixel
         xcl = room[:xcl.numel()].view(xcl.shape).copy_(xcl)
     T = kh * kw
     m, fans = per_channel(hier, T)
@@ -153,20 +149,18 @@ def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate
     lev = plan.lev_first.tolist()
     sig = torch.tensor([float(plan.sigma[lev[i]]) for i in range(len(fans))] + [float(plan.sigma[-1])],
                        dtype=torch.float32)
-    offs = torch.tensor([(i * dilation[0] * Wp + j * dilation[1]) * C for i in range(kh) for j in range(kw)],
-                        dtype=torch.int64)
+    offs = tap_offsets(kh, kw, dilation, Wp, C)
     a = _Args()
     wi = wi.contiguous()
     a.x, a.wi, a.g = xcl.data_ptr(), wi.data_ptr(), g.data_ptr()
     a.N, a.Hp, a.Wp, a.C, a.Co, a.Cp, a.OW, a.kh, a.kw = N, Hp, Wp, C, Co, wi.shape[1], OW, kh, kw
     a.sh, a.sw, a.dh, a.dw, a.Ho, a.Wo = stride[0], stride[1], dilation[0], dilation[1], Ho, Wo
     a.H, a.W, a.ph, a.pw = Hp - 2 * padding[0], Wp - 2 * padding[1], padding[0], padding[1]
-    a.zero_pad = int(float(pad_value) == 0.0 and (padding[0] > 0 or padding[1] > 0))
+    a.zero_pad = zero_padded(pad_value, padding)
     a.tap_off, a.m, a.nlev = offs.data_ptr(), m, len(fans)
     a.fan, a.tie, a.sigma = fan.data_ptr(), tie.data_ptr(), sig.data_ptr()
     a.sigma_valid, a.root_p = plan.sigma_valid, plan.root_p
-    a.surrogate = 1 if type(surrogate) is Ste else 0
-    a.clip = float(getattr(surrogate, "clip", 1.0))
+    a.surrogate, a.clip = surrogate_code(surrogate)
     a.nthreads = torch.get_num_threads()
     gx = torch.empty((N, C, a.H, a.W), dtype=torch.float32)
     gw = torch.zeros(C * T, OL, dtype=torch.float32)

@@ -46,6 +46,7 @@ from ..io import cache_root
 from ..voter import CM, Hierarchy
 from ..voter.spec import split_sigma
 from . import chanvote, packedvote, taprows
+from .kernelargs import SLACK, surrogate_code, tap_offsets, zero_padded
 
 __all__ = ["wanted", "forced", "pays", "enabled", "available", "conv_votes", "supports", "backward_kind"]
 
@@ -53,9 +54,6 @@ _HERE = Path(__file__).parent / "csrc"
 _FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int32, ctypes.c_float
-
-#: bytes of storage kept after the kernels' padded input (a word read from its last pixel stays inside)
-SLACK = 64
 
 #: the kernels hold every sum in int16
 _MAX_TERMS = 32767
@@ -249,13 +247,12 @@ def _args(plan: _Plan, xcl, w, wf, wshape, stride, padding, dilation, Ho, Wo, su
     N, Hp, Wp, C = xcl.shape
     Co, _, kh, kw = wshape
     a = _Args()
-    offs = torch.tensor([(i * dilation[0] * Wp + j * dilation[1]) * C for i in range(kh) for j in range(kw)],
-                        dtype=torch.int64)
+    offs = tap_offsets(kh, kw, dilation, Wp, C)
     keep.append(offs)
     a.tap_off = offs.data_ptr()
     a.wtc = 0 if wtc is None else wtc.data_ptr()
     a.H, a.W, a.ph, a.pw = Hp - 2 * padding[0], Wp - 2 * padding[1], padding[0], padding[1]
-    a.zero_pad = int(float(pad_value) == 0.0 and (padding[0] > 0 or padding[1] > 0))
+    a.zero_pad = zero_padded(pad_value, padding)
     a.x, a.w, a.wf = xcl.data_ptr(), w.data_ptr(), 0 if wf is None else wf.data_ptr()
     a.N, a.Hp, a.Wp, a.C, a.Co, a.Cp, a.kh, a.kw = N, Hp, Wp, C, Co, w.shape[1], kh, kw
     a.sh, a.sw, a.dh, a.dw, a.Ho, a.Wo = stride[0], stride[1], dilation[0], dilation[1], Ho, Wo
@@ -263,8 +260,7 @@ def _args(plan: _Plan, xcl, w, wf, wshape, stride, padding, dilation, Ho, Wo, su
     for f in ("lev_first", "leaf_start", "child0", "parent", "lev_tie", "sigma"):
         setattr(a, f, getattr(plan, f).data_ptr())
     a.sigma_valid, a.root_p = plan.sigma_valid, plan.root_p
-    a.surrogate = 1 if type(surrogate) is Ste else 0
-    a.clip = float(getattr(surrogate, "clip", 1.0))
+    a.surrogate, a.clip = surrogate_code(surrogate)
     a.nthreads = torch.get_num_threads()
     a.patterns = int(patterns_wanted())
     return a

@@ -10,11 +10,11 @@
  * run side by side in the 8 words of one vector. A voter's factor F(s / sigma) / sigma
  * depends only on its count, so each leaf's product of factors up to the root takes a few
  * values, each on a mask of output channels: a leaf's dL/ds is the root's dL/ds (16 outputs
- * per vector) on those masks, made for 8 positions and one channel at a time, and both
- * gradients are register-tiled sums over it (the taps of a leaf share it). Which terms are
- * valid depends on the position only (zero padding): positions are grouped by their pattern
- * of live taps, each group with its tree's counts, ties and factor tables made once, and a
- * block of 8 (image, position) pairs holds one group. Semantics are those of
+ * per vector) on those masks, made inside register-tiled sums that give both gradients (the
+ * taps of a leaf share it). Which terms are valid depends on the position only (zero
+ * padding): positions are grouped by their pattern of live taps, each group with its tree's
+ * counts, ties and factor tables made once, and a block of 16 (image, position) pairs holds
+ * one group. Semantics are those of
  * bitvote.voter.reduce_votes; the tests hold the two against each other.
  */
 #include <math.h>
@@ -323,8 +323,8 @@ static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
 #define CV_TTMAX 4
 
 /* The terms of one leaf (taps t0 .. t0 + fan[0] of channel c) at the block's CV_PB positions,
- * whose dL/ds rows (OL floats, all zero where nothing passes) start at km, `pstride` floats
- * apart: gw[c, t] += x * dL/ds summed over the positions; sums[p, t, c] = dL/ds . w[:, c, t].
+ * whose dL/ds (OL floats per position, rows `pstride` floats apart from km) LOADK gives:
+ * gw[c, t] += x * dL/ds summed over the positions; sums[p, t, c] = dL/ds . w[:, c, t].
  * xs[p, t, c]: the inputs as floats (0 past the block's positions and at zero padding), both
  * (CV_PB, T + CV_TTMAX, C) and passed from channel c on. Taps past
  * the leaf's end are computed against zero weights into the scratch row: their sums (0) land
@@ -435,22 +435,25 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
     const int nleaf = lev0[1], LC = A->m * nleaf;  /* leaves per channel */
     int nplanes = 1;                               /* bit planes of a root count (<= m C) */
     while (nplanes < CV_PLANES && (1L << nplanes) <= (long)A->m * C) nplanes++;
+    int nt = A->nthreads > 0 ? A->nthreads : 1;
+    if (nt > A->N) nt = A->N;
     /* the weights as words (C, T, OW), bit o % 64 of word o / 64 set where w[o, c, t] = +1,
-     * and as +/-1 floats (C, T, 64 OW), 0 from Co on */
+     * and as +/-1 floats (C, T, 64 OW), 0 from Co on; the output positions grouped by their
+     * live taps (the program), so that every block of CV_PB positions runs one program */
     uint64_t *wb = calloc((size_t)C * T * OW, sizeof(uint64_t));
     float *wf = calloc((size_t)C * T * OL, sizeof(float));
-    if (!wb || !wf) { free(wb); free(wf); return 1; }
+    uint64_t *key = malloc(sizeof(uint64_t) * HW);
+    int *order = malloc(sizeof(int) * HW), *gstart = malloc(sizeof(int) * (HW + 1)), nprog = 0;
+    uint8_t *done = calloc(HW, 1);
+    float *gwt = nt > 1 ? calloc((size_t)(nt - 1) * GWN, sizeof(float)) : NULL;
+    int err = !wb || !wf || !key || !order || !gstart || !done || (nt > 1 && !gwt);
+    if (err) goto out;
     for (size_t r = 0; r < (size_t)C * T; r++)
         for (int o = 0; o < A->Co; o++) {
             const int pos = A->wi[r * A->Cp + o] > 0;
             wb[r * OW + o / 64] |= (uint64_t)pos << (o % 64);
             wf[r * OL + o] = pos ? 1.0f : -1.0f;
         }
-    /* output positions grouped by their live taps (the program): every block of CV_PB
-     * positions then runs one program */
-    uint64_t *key = malloc(sizeof(uint64_t) * HW);
-    int *order = malloc(sizeof(int) * HW), *gstart = malloc(sizeof(int) * (HW + 1)), nprog = 0;
-    if (!key || !order || !gstart) { free(key); free(order); free(gstart); free(wb); free(wf); return 1; }
     for (size_t r = 0; r < HW; r++) {
         const int y0 = (int)(r / A->Wo) * A->sh - A->ph, x0 = (int)(r % A->Wo) * A->sw - A->pw;
         uint64_t live = 0;
@@ -463,8 +466,6 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
     }
     {
         size_t n = 0;
-        uint8_t *done = calloc(HW, 1);
-        if (!done) { free(key); free(order); free(gstart); free(wb); free(wf); return 1; }
         for (size_t r = 0; r < HW; r++) {
             if (done[r]) continue;
             gstart[nprog++] = (int)n;
@@ -472,13 +473,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                 if (!done[q] && key[q] == key[r]) { done[q] = 1; order[n++] = (int)q; }
         }
         gstart[nprog] = (int)n;
-        free(done);
     }
-    int nt = A->nthreads > 0 ? A->nthreads : 1;
-    if (nt > A->N) nt = A->N;
-    float *gwt = nt > 1 ? calloc((size_t)(nt - 1) * GWN, sizeof(float)) : NULL;
-    if (nt > 1 && !gwt) { free(key); free(order); free(gstart); free(wb); free(wf); return 1; }
-    int err = 0;
 #pragma omp parallel num_threads(nt) reduction(| : err)
     {
         int tid = 0;
@@ -744,17 +739,17 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
         free(prog);
         free(lm); free(zrow); free(XS); free(SS); free(K); free(KM); free(vc8); free(z8); free(vote8); free(qm8); free(z); free(vote); free(qm);
     }
-    if (gwt) {
-        if (!err)
-            for (int t = 0; t + 1 < nt; t++) {
-                const float *src = gwt + (size_t)t * GWN;
-                for (size_t k = 0; k < GWN; k++) gw[k] += src[k];
-            }
-        free(gwt);
-    }
+    if (gwt && !err)
+        for (int t = 0; t + 1 < nt; t++) {
+            const float *src = gwt + (size_t)t * GWN;
+            for (size_t k = 0; k < GWN; k++) gw[k] += src[k];
+        }
+out:
+    free(gwt);
     free(key);
     free(order);
     free(gstart);
+    free(done);
     free(wb);
     free(wf);
     return err;
