@@ -1,10 +1,13 @@
-"""The channel-major backward (bitvote.nn.chanvote) against the float path and vote.c's term loop.
+"""The bit-sliced backward (bitvote.nn.chanvote) against the float path and vote.c's paths.
 
-Trees whose voters below the root each lie inside one input channel take it; gradients must
-equal the float path's chain rule (SPEC.md's surrogate) up to fp32 summation order, votes are
-untouched. Sizes sit on the kernel's boundaries: output channels around its 64-bit words and
-16-lane vectors, blocks of 8 (image, position) pairs of one border pattern, programs whose
-leaves lose taps at zero padding, factor products of one and of several values.
+Trees whose voters below the root each lie inside one input channel (channel-major) or one
+tap (tap-major, one or two levels deep) take it; gradients must equal the float path's chain
+rule (SPEC.md's surrogate) up to fp32 summation order, votes are untouched. Sizes sit on the
+kernel's boundaries: output channels around its 64-bit words and 16-lane vectors, blocks of 8
+(image, position) pairs of one border pattern, programs whose leaves lose taps at zero
+padding, factor products of one and of several values; for tap-major trees also input
+channels around the 8-channel loads, counters over more than 15 inputs, several voters per
+tap and per-tap voters whose factors take many values.
 """
 
 import pytest
@@ -141,10 +144,10 @@ def test_switch_and_which_trees_it_takes(taken, monkeypatch):
     _, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
     assert taken["ran"] == 1
     _, gx0, gw0 = grads(layer, x, g, monkeypatch, native=True, channel=False)
-    assert taken["ran"] == 1 and not chanvote.takes(layer.hierarchy, 9)
+    assert taken["ran"] == 1 and not chanvote.takes(layer.hierarchy, layer.in_channels, 9)
     assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
     monkeypatch.setenv("BITVOTE_CHANNEL_VOTE", "1")  # the default: where it was built with AVX-512
-    assert chanvote.takes(layer.hierarchy, 9) == chanvote._WIDE
+    assert chanvote.takes(layer.hierarchy, layer.in_channels, 9) == chanvote._WIDE
 
 
 def test_portable_build_matches(monkeypatch, tmp_path):
@@ -166,10 +169,10 @@ def test_portable_build_matches(monkeypatch, tmp_path):
     monkeypatch.setattr(chanvote, "_flags", lambda: [[]])
     assert chanvote.available() and not chanvote._WIDE
     monkeypatch.setenv("BITVOTE_CHANNEL_VOTE", "1")
-    assert not chanvote.takes(layers[0][0].hierarchy, 9)
+    assert not chanvote.takes(layers[0][0].hierarchy, layers[0][0].in_channels, 9)
     for (layer, x), (g, (_, gx0, gw0)) in zip(layers, want):
         monkeypatch.setenv("BITVOTE_CHANNEL_VOTE", "all")
-        assert chanvote.takes(layer.hierarchy, 9)
+        assert chanvote.takes(layer.hierarchy, layer.in_channels, 9)
         _, gx1, gw1 = run_layer(layer, x, g, True, monkeypatch)
         assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
 
@@ -219,3 +222,108 @@ def test_dilation_unequal_strides_and_larger_kernels(taken, monkeypatch, k, spec
     y1, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
     assert taken["ran"] == 1
     assert torch.equal(y0, y1) and close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
+
+
+def tap_trees(C, k):
+    """(spec, levels written) of tap-major trees of a k x k kernel over C channels: one voter or
+    several per tap, with or without leaves below it, voted or counted at the root."""
+    T = k * k
+    specs = [("tap", 2)]
+    for L in (2, 3, 4, 8):
+        if C % L == 0 and C > L:
+            specs += [(f"tap,leaf={L}", 3), (f"M{T * C // L}(M{L})", 2), (f"P{T * C // L}(M{L})", 2)]
+    for G in (2, 4):
+        if C % G == 0 and C > G:
+            specs += [(f"tap,groups={G}", 3)]
+    if C % 8 == 0 and C > 8:  # two voters per tap, each over C / 8 leaves of 4
+        specs += [(f"M{2 * T}(M{C // 8}(M4))", 3)]
+    return [(s, n) for s, n in specs if "M1(" not in s]
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data(), sigma=st.sampled_from(SIGMAS), surrogate=st.sampled_from(["approxsign", "ste"]))
+def test_tap_major_trees_match_float_path_and_vote_kernels(taken, data, sigma, surrogate):
+    k = data.draw(st.sampled_from([1, 2, 3]))
+    C = data.draw(st.sampled_from([2, 3, 4, 6, 8, 9, 12, 16, 17, 24, 40, 64]))
+    specs = tap_trees(C, k)
+    spec, nties = data.draw(st.sampled_from(specs))
+    Co = data.draw(st.sampled_from([1, 5, 16, 17, 63, 64, 65, 130]))
+    stride = data.draw(st.sampled_from([1, 2]))
+    padding = data.draw(st.integers(0, k - 1))
+    H, W = data.draw(st.integers(max(1, k - 2 * padding), 6)), data.draw(st.integers(max(1, k - 2 * padding), 6))
+    N = data.draw(st.integers(1, 3))
+    tie = ",".join(str(data.draw(st.sampled_from(TIES))) for _ in range(nties))
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    layer = BinaryConv2d(C, Co, k, stride, padding, voter=spec, tie=tie, sigma=sigma, surrogate=surrogate,
+                         pad_value=data.draw(st.sampled_from([0.0, 1.0, -1.0])))
+    x = torch.randn(N, C, H, W)
+    if data.draw(st.booleans()):  # small integers: ties at every level
+        x = torch.randint(-1, 2, x.shape).float()
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    g = torch.randn(N, Co, Ho, Wo)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(data.draw(st.sampled_from([1, 2])))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("BITVOTE_VOTE_BACKWARD", "terms")  # leaves of 16+ would take the leaf GEMMs
+            y0, gx0, gw0 = grads(layer, x, g, mp, native=False)
+            before = taken["ran"]
+            y1, gx1, gw1 = grads(layer, x, g, mp, native=True)
+            ran = taken["ran"] - before
+            mp.setenv("BITVOTE_VOTE_BACKWARD", "auto")
+            _, gx2, gw2 = grads(layer, x, g, mp, native=True, channel=False)
+    finally:
+        torch.set_num_threads(threads)
+    expect = chanvote.per_tap(layer.hierarchy, C, k * k) is not None
+    assert ran == expect, (spec, layer.hierarchy.describe(), taken)
+    assert torch.equal(y0, y1)
+    assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0), (spec, Co, tie, sigma, surrogate, stride, padding)
+    assert close_fp32(gx1, gx2) and close_fp32(gw1, gw2)
+
+
+@pytest.mark.parametrize("spec,C,Co,N,H", [("tap,leaf=2", 64, 70, 3, 9),     # 32 leaves per tap: counted by 15s
+                                           ("tap", 40, 64, 2, 10),          # a 40-input tap voter
+                                           ("tap,groups=4", 24, 130, 4, 6),  # leaves of 6: two factors
+                                           ("tap,leaf=4", 13 * 4, 7, 5, 8)])  # 52 channels: 6.5 loads of 8
+def test_tap_major_blocks_and_wide_voters(taken, monkeypatch, spec, C, Co, N, H):
+    torch.manual_seed(C + Co)
+    layer = BinaryConv2d(C, Co, 3, 1, 1, voter=spec, tie="first")
+    x = torch.randn(N, C, H, H + 1)
+    g = torch.randn(N, Co, H, H + 1)
+    monkeypatch.setenv("BITVOTE_VOTE_BACKWARD", "terms")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y0, gx0, gw0 = grads(layer, x, g, monkeypatch, native=False)
+        y1, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert taken["ran"] == 1
+    assert torch.equal(y0, y1) and close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
+
+
+def test_tap_voter_with_too_many_factor_values_falls_back(taken, monkeypatch):
+    """sigma 16 x sqrt(64): every count of a 64-input tap voter passes gradient, 33 factor
+    values, more than the kernel's 32 classes: it declines and vote.c answers."""
+    torch.manual_seed(1)
+    layer = BinaryConv2d(64, 20, 3, 1, 1, voter="tap", tie="first", sigma=16.0)
+    x, g = torch.randn(2, 64, 4, 4), torch.randn(2, 20, 4, 4)
+    monkeypatch.setenv("BITVOTE_VOTE_BACKWARD", "terms")
+    y0, gx0, gw0 = grads(layer, x, g, monkeypatch, native=False)
+    y1, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
+    assert taken == {"ran": 0, "declined": 1}
+    assert torch.equal(y0, y1) and close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
+
+
+def test_which_tap_major_trees_it_takes():
+    def hier(spec, C=8, k=3):
+        return BinaryConv2d(C, 3, k, voter=spec).hierarchy
+
+    assert chanvote.per_tap(hier("tap"), 8, 9) == (1, [8])
+    assert chanvote.per_tap(hier("tap,leaf=4"), 8, 9) == (1, [4, 2])
+    assert chanvote.per_tap(hier("P(M4)"), 8, 9) == (2, [4])
+    assert chanvote.per_tap(hier("M18(M4)"), 8, 9) == (2, [4])
+    for spec in ["mv", "groups=4", "cm:M8(M3(M3))", "M9(M2(M2(M2)))", "M3(M24)"]:
+        assert chanvote.per_tap(hier(spec), 8, 9) is None, spec
+    assert chanvote.shape(hier("tap,leaf=4"), 8, 9) == (1, 1, [4, 2])
+    assert chanvote.shape(hier("cm:M8(M3(M3))"), 8, 9) == (0, 1, [3, 3])

@@ -1,19 +1,20 @@
-"""The backward of channel-major trees whose voters below the root lie inside one channel.
+"""The backward of voter trees whose voters below the root lie inside one channel or one tap.
 
-``cm:M(M3(M3))`` (majority of three kernel-row majorities per channel, then a majority over
-channels), ``cm:M(M9)``, ``cm:M(M3)``, ``cgroups=C`` and their counted (``P``) roots: every
-voter below the root sees the taps of one input channel only. vote.c's term loop keeps a
-vector per voter (4C + 1 of them for ``cm:M(M3(M3))``), which costs it 6-10 popcount layer
-backwards. ``csrc/chanvote.c`` instead puts 64 output channels in the bits of a word: a
-term's XNOR for those outputs is one weight word, inverted where the input is -1, so each
-per-channel vote, tie and surrogate factor is a few word operations, and both gradients are
-tiled sums over the root's dL/ds on masks of outputs (docs/training.md, "Channel-major
-trees").
+Channel-major: ``cm:M(M3(M3))`` (majority of three kernel-row majorities per channel, then a
+majority over channels), ``cm:M(M9)``, ``cm:M(M3)``, ``cgroups=C`` and their counted (``P``)
+roots: every voter below the root sees the taps of one input channel only. Tap-major: ``tap``,
+``tap,leaf=L``, ``tap,groups=G``, ``M18(M4)`` ...: every voter below the root sees channels of
+one tap, one or two levels deep. vote.c keeps a vector per voter, which costs it several
+popcount layer backwards. ``csrc/chanvote.c`` instead puts 64 output channels in the bits of
+a word: a term's XNOR for those outputs is one weight word, inverted where the input is -1,
+so each vote, tie and surrogate factor below the root is a few word operations, and both
+gradients are tiled sums over the root's dL/ds on masks of outputs (docs/training.md,
+"Bit-sliced trees").
 
 Votes are unchanged (the forward stays on the packed kernels); gradients equal the chain rule
 of :func:`bitvote.voter.reduce_votes` up to fp32 summation order. It runs where the CPU has
 AVX-512 (``BITVOTE_CHANNEL_VOTE=all``: everywhere); ``BITVOTE_CHANNEL_VOTE=0`` sends these
-trees back to the term loop, and a missing compiler does the same, with one line.
+trees back to vote.c, and a missing compiler does the same, with one line.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ _HERE = Path(__file__).parent / "csrc"
 _FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-Wno-psabi"]
 
 #: limits of the kernel: levels below the root, fan-in of a voter below it, taps per channel
-_MAX_LEVELS, _MAX_FAN, _MAX_TAPS = 8, 15, 64
+#: (channel-major trees); fan-in of a voter below the root of a tap-major tree
+_MAX_LEVELS, _MAX_FAN, _MAX_TAPS, _MAX_TAP_FAN = 8, 15, 64, 2047
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int32, ctypes.c_float
 
@@ -56,6 +58,7 @@ class _Args(ctypes.Structure):
         ("ph", _I), ("pw", _I), ("zero_pad", _I),
         ("tap_off", _P), ("m", _I), ("nlev", _I), ("fan", _P), ("tie", _P), ("sigma", _P),
         ("sigma_valid", _I), ("root_p", _I), ("surrogate", _I), ("clip", _F), ("nthreads", _I),
+        ("tap_major", _I),
     ]
 
 
@@ -86,11 +89,36 @@ def per_channel(hier: Hierarchy, taps: int):
     return taps // u, fans
 
 
-def takes(hier: Hierarchy, taps: int) -> bool:
+def per_tap(hier: Hierarchy, channels: int, taps: int):
+    """``(m, fan-ins bottom up)`` where ``hier`` is tap-major and every voter below its root lies
+    inside one tap's ``channels`` terms, one or two levels deep (m such voters per tap, all of
+    one shape), else None."""
+    if hier.order == CM or hier.depth not in (2, 3) or hier.n != channels * taps or taps > _MAX_TAPS:
+        return None
+    below = hier.levels[:-1]
+    if not all(lv.uniform for lv in below) or len(hier.levels[-1].groups) != 1:
+        return None
+    fans = [lv.groups[0] for lv in below]
+    u = math.prod(fans)
+    if channels % u or max(fans) > _MAX_TAP_FAN or hier.levels[-1].groups[0] != taps * (channels // u):
+        return None
+    return channels // u, fans
+
+
+def shape(hier: Hierarchy, channels: int, taps: int):
+    """``(tap_major, m, fan-ins)`` of a tree the kernel runs, else None."""
+    got = per_channel(hier, taps)
+    if got is not None:
+        return (0,) + got
+    got = per_tap(hier, channels, taps)
+    return None if got is None else (1,) + got
+
+
+def takes(hier: Hierarchy, channels: int, taps: int) -> bool:
     """Whether :func:`backward` runs this tree: the library builds, with AVX-512 (its 512-bit
     vectors split into four or eight registers elsewhere, where it runs several times slower
     than the term loop) unless forced."""
-    return (wanted() and per_channel(hier, taps) is not None and available()
+    return (wanted() and shape(hier, channels, taps) is not None and available()
             and (_WIDE or forced()))
 
 
@@ -126,11 +154,11 @@ def available() -> bool:
 
 def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate, pad_value, g):
     """``(gx (N, C, H, W), gw (Co, C, kh, kw))`` fp32, or None where the tree's factors take
-    too many values for the kernel (the caller then runs the term loop).
+    too many values for the kernel (the caller then runs vote.c).
 
     ``xcl``: the padded channels-last int8 input of the forward (copied where it lacks 8 bytes of
     storage after its end); ``wi``: its +/-1 weights,
-    term-major (n, >= Co) int16 in channel-major order;
+    term-major (n, >= Co) int16 in the tree's order (channel- or tap-major);
     ``g``: the output gradient (N, Co, Ho, Wo); ``plan``: :class:`fastvote._Plan` of the tree.
     """
     hier = plan.hier
@@ -139,7 +167,7 @@ def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate
         room = torch.empty(xcl.numel() + SLACK, dtype=torch.int8)  # the kernel reads 8 bytes from a pixel
         xcl = room[:xcl.numel()].view(xcl.shape).copy_(xcl)
     T = kh * kw
-    m, fans = per_channel(hier, T)
+    tap_major, m, fans = shape(hier, C, T)
     N, Hp, Wp, _ = xcl.shape
     OW = -(-Co // 64)
     OL = 64 * OW
@@ -162,6 +190,7 @@ def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate
     a.sigma_valid, a.root_p = plan.sigma_valid, plan.root_p
     a.surrogate, a.clip = surrogate_code(surrogate)
     a.nthreads = torch.get_num_threads()
+    a.tap_major = tap_major
     gx = torch.empty((N, C, a.H, a.W), dtype=torch.float32)
     gw = torch.zeros(C * T, OL, dtype=torch.float32)
     rc = _LIB.cv_backward(ctypes.byref(a), gx.data_ptr(), gw.data_ptr())
@@ -169,5 +198,6 @@ def backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate
         return None
     if rc:
         raise MemoryError("channel-major vote kernel: out of memory")
-    gw = gw[:, :Co].reshape(C, T, Co).permute(2, 0, 1).reshape(Co, C, kh, kw)
+    gw = gw[:, :Co].reshape(T, C, Co).permute(2, 1, 0) if tap_major else gw[:, :Co].reshape(C, T, Co).permute(2, 0, 1)
+    gw = gw.reshape(Co, C, kh, kw)
     return gx, gw

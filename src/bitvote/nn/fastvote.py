@@ -81,6 +81,9 @@ class _Args(ctypes.Structure):
 
 #: leaf size from which the leaf-GEMM backward beats the term loop (where both apply)
 _GEMM_MIN_LEAF = 32
+#: largest leaf of a tap-major tree that the bit-sliced backward (:mod:`.chanvote`) takes from
+#: the leaf GEMMs: measured per layer, it is ahead up to leaves of 64 terms and behind from 256
+_CHAN_MAX_LEAF = 64
 
 #: floats of one batch chunk's (leaves, positions, Co) tensors in the leaf-GEMM backward
 _GEMM_CHUNK = 1 << 21
@@ -99,7 +102,7 @@ def forced() -> bool:
     return os.environ.get("BITVOTE_NATIVE_VOTE", "1").strip().lower() == "all"
 
 
-def pays(hier: Hierarchy, cout: int) -> bool:
+def pays(hier: Hierarchy, cout: int, cin: Optional[int] = None) -> bool:
     """Whether the kernels beat the float path on this layer (or :func:`forced`).
 
     The float path's matmuls are the plain conv's, and what it adds grows with the number of
@@ -108,21 +111,27 @@ def pays(hier: Hierarchy, cout: int) -> bool:
     one thread, fwd+bwd: ``tap,leaf=4`` 7x faster at 256 channels, ``cm:M{C}(M3(M3))`` 10-50x;
     ``tap`` 1.7x faster at 64 channels but 1.7x slower at 128 and 3x slower at 256). Trees
     the leaf-GEMM backward takes (:func:`backward_kind`) run here everywhere: with it
-    ``tap`` and ``groups=4`` measured 1.0-2.3x faster per layer than the float path.
+    ``tap`` and ``groups=4`` measured 1.0-2.3x faster per layer than the float path, and so do
+    the trees of the bit-sliced backward (:mod:`.chanvote`; ``cin``: the conv group's input
+    channels, which tell a tap-major tree's taps).
     """
     if hier.n > _MAX_TERMS:
         return False
-    if forced() or hier.order == CM or backward_kind(hier) == "gemm":
+    if forced() or hier.order == CM or backward_kind(hier, cin) == "gemm":
+        return True
+    if cin and hier.n % cin == 0 and chanvote.takes(hier, cin, hier.n // cin):
         return True
     leaf = hier.n / len(hier.leaf_sizes)
     return leaf <= 32 or (leaf <= 64 and cout <= 64)
 
 
-def backward_kind(hier: Hierarchy) -> str:
+def backward_kind(hier: Hierarchy, channels: Optional[int] = None) -> str:
     """``"gemm"`` (leaf sums and both gradients as batched matmuls around vote.c's chain) or
-    ``"terms"`` (vote.c's term loop). The GEMMs need equal leaves in tap-major order;
-    ``BITVOTE_VOTE_BACKWARD=gemm|terms`` asks for one where both apply, and by default leaves
-    of :data:`_GEMM_MIN_LEAF` terms or more take the GEMMs."""
+    ``"terms"`` (vote.c's term loop, or the bit-sliced backward where it takes the tree). The
+    GEMMs need equal leaves in tap-major order; ``BITVOTE_VOTE_BACKWARD=gemm|terms`` asks for
+    one where both apply, and by default leaves of :data:`_GEMM_MIN_LEAF` terms or more take
+    the GEMMs, unless the bit-sliced backward takes the tree (``channels``: the conv group's
+    input channels) and its leaves hold at most :data:`_CHAN_MAX_LEAF` terms."""
     if hier.order == CM or len(set(hier.leaf_sizes)) != 1:
         return "terms"
     ask = os.environ.get("BITVOTE_VOTE_BACKWARD", "auto").strip().lower() or "auto"
@@ -130,7 +139,13 @@ def backward_kind(hier: Hierarchy) -> str:
         return ask
     if ask != "auto":
         raise BitvoteError(f"BITVOTE_VOTE_BACKWARD={ask!r}: expected auto, gemm or terms")
-    return "gemm" if hier.leaf_sizes[0] >= _GEMM_MIN_LEAF else "terms"
+    leaf = hier.leaf_sizes[0]
+    if leaf < _GEMM_MIN_LEAF:
+        return "terms"
+    if (leaf <= _CHAN_MAX_LEAF and channels and hier.n % channels == 0
+            and chanvote.takes(hier, channels, hier.n // channels)):
+        return "terms"
+    return "gemm"
 
 
 def patterns_wanted() -> bool:
@@ -292,7 +307,7 @@ class _NativeVoteFn(torch.autograd.Function):
         wt = wt.reshape(Co, -1).t() if plan.order else wt.permute(2, 1, 0).reshape(-1, Co)
         wi = torch.ones((wt.shape[0], -(-Co // 16) * 16), dtype=torch.int16)  # pad channels: +1, unused
         wi[:, :Co] = (wt >= 0).to(torch.int16).mul_(2).sub_(1)
-        kind = backward_kind(plan.hier) if any(ctx.needs_input_grad[:2]) else None
+        kind = backward_kind(plan.hier, C) if any(ctx.needs_input_grad[:2]) else None
         sums = None
         if packedvote.takes(xb, wb, stride, padding, dilation, pad_value):
             if kind == "gemm":  # the leaf GEMMs start from every leaf's sum: the packed kernel's, kept as int16
@@ -325,7 +340,7 @@ class _NativeVoteFn(torch.autograd.Function):
             gwb = gw.reshape(kh * kw, C, Co).permute(2, 1, 0).reshape(wshape).to(wdt)
             return gxb, gwb, None, None, None, None, None, None, None, None
         g = g.contiguous()
-        if plan.order and chanvote.takes(plan.hier, kh * kw):
+        if chanvote.takes(plan.hier, C, kh * kw):
             got = chanvote.backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate, pad_value, g)
             if got is not None:
                 gx, gw = got

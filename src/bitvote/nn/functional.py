@@ -299,11 +299,11 @@ def _mv_first_term(xb, wb, groups, stride, padding, dilation, pad_value, out_hw)
     return xf * wf
 
 
-def _use_native(voter: Hierarchy, xb: torch.Tensor, surrogate, cout: int) -> bool:
+def _use_native(voter: Hierarchy, xb: torch.Tensor, surrogate, cout: int, cin: int) -> bool:
     """Whether the packed-bit C kernels (:mod:`bitvote.nn.fastvote`) take this voter layer."""
     if not fastvote.enabled() or not fastvote.supports(get_surrogate(surrogate), xb.device):
         return False
-    if not fastvote.pays(voter, cout):
+    if not fastvote.pays(voter, cout, cin):
         return False
     if torch.compiler.is_compiling():  # an opaque C call would break the outer graph
         return False
@@ -448,7 +448,7 @@ def _hier_votes(xb, wb, voter, stride, padding, dilation, groups, pad_value, sur
         return outs[0] if groups == 1 else torch.cat(outs, 1)
     rows = (kernels and rowvote.enabled() and rowvote.supports(voter, (cout, cin) + tuple(wb.shape[2:]))
             and not torch.compiler.is_compiling())  # its tables come from an autograd probe
-    if rows or (kernels and _use_native(voter, xb, surrogate, cout)):
+    if rows or (kernels and _use_native(voter, xb, surrogate, cout, cin)):
         st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
         Ho = _out_size(xb.shape[2] + 2 * pd[0], wb.shape[2], st[0], dl[0])
         Wo = _out_size(xb.shape[3] + 2 * pd[1], wb.shape[3], st[1], dl[1])

@@ -52,6 +52,7 @@ typedef struct {
     int sigma_valid, root_p, surrogate;
     float clip;
     int nthreads;
+    int tap_major;          /* 1: tap-major trees, voters below the root inside one tap (see below) */
 } cv_args;
 
 int cv_struct_size(void) { return (int)sizeof(cv_args); }
@@ -152,6 +153,16 @@ static void cv_prog_setup(const cv_args *A, cv_prog *P, uint64_t live) {
     P->sig_root = A->sigma_valid ? sqrtf((float)(kr > 1 ? kr : 1)) * A->sigma[A->nlev] : A->sigma[A->nlev];
 }
 
+/* A tap-major program: which taps are live, and the root's sigma over the live taps' voters. */
+static void tv_prog_setup(const cv_args *A, cv_prog *P, uint64_t live) {
+    const int T = A->kh * A->kw;
+    P->live_top = 0;
+    for (int t = 0; t < T; t++) P->live_top += P->tap_live[t] = live >> t & 1;
+    P->simple = 1;
+    const int kr = P->live_top * A->m;
+    P->sig_root = A->sigma_valid ? sqrtf((float)(kr > 1 ? kr : 1)) * A->sigma[A->nlev] : A->sigma[A->nlev];
+}
+
 /* The per-channel voters as word functions, for one position (W = uint64_t: 64 outputs) or
  * for CV_PB positions at once (W = v8u: one 64-bit word per position, same program). A count
  * of +1 inputs is kept as 4 bit planes; NAME_eval walks one per-channel subtree: vote bits,
@@ -247,6 +258,149 @@ typedef uint64_t v8u __attribute__((vector_size(64)));
 CV_DEFINE_EVAL(uint64_t, cv_cnt, cnt_add, cnt_in, cv_eval)
 CV_DEFINE_EVAL(v8u, cv_cnt8, cnt_add8, cnt_in8, cv_eval8)
 
+/* Tap-major trees (tap, tap,leaf=L, tap,groups=G, M9(M16(M4)) ...): the voters below the root
+ * lie inside one tap, m of them per tap over u = C / m consecutive channels, one or two levels
+ * deep (leaves, then the per-tap voter). The roles of channels and taps swap: a tap's terms
+ * are its C channels, whose input bits at one position come from one pixel. Zero padding
+ * removes whole taps, so every voter below the root sees all its inputs: one table of factor
+ * classes per level serves every position, the per-tap voters' counts may be large (a
+ * counter of np bit planes), and their factor classes scale the root's dL/ds into one dense
+ * vector per tap voter, which the leaves below take on their own masks. */
+#define TV_MAXR 4       /* count ranges of one factor class */
+#define TV_PLANES 11    /* bit planes of a per-tap voter's count: fan-in <= 2047 */
+
+typedef struct {
+    int fan, np, tie, nq;
+    float q[CV_MAXQ];
+    int nr[CV_MAXQ], lo[CV_MAXQ][TV_MAXR], hi[CV_MAXQ][TV_MAXR];
+} tv_level;
+
+/* Returns 2 where the factors take more than CV_MAXQ values or a class more than TV_MAXR
+ * ranges of counts. */
+static int tv_level_setup(const cv_args *A, tv_level *L, int fan, int tie, float signom) {
+    L->fan = fan;
+    L->tie = tie;
+    L->np = 1;
+    while ((1 << L->np) <= fan) L->np++;
+    const float sig = A->sigma_valid ? sqrtf((float)fan) * signom : signom;
+    L->nq = 0;
+    for (int j = 0; j <= fan; j++) {
+        const float f = cv_factor(A, 2 * j - fan, sig);
+        if (f == 0.0f) continue;
+        int q = 0;
+        while (q < L->nq && L->q[q] != f) q++;
+        if (q == L->nq) {
+            if (q == CV_MAXQ) return 2;
+            L->q[q] = f;
+            L->nr[q] = 0;
+            L->nq++;
+        }
+        const int r = L->nr[q];
+        if (r && L->hi[q][r - 1] == j - 1) L->hi[q][r - 1] = j;
+        else {
+            if (r == TV_MAXR) return 2;
+            L->lo[q][r] = L->hi[q][r] = j;
+            L->nr[q]++;
+        }
+    }
+    return 0;
+}
+
+static inline void tv_add(v8u *p, int np, v8u b) {
+    for (int i = 0; i < np; i++) {
+        const v8u t = p[i] & b;
+        p[i] ^= b;
+        b = t;
+    }
+}
+
+/* p += b for an nb-plane count b */
+static inline void tv_add_num(v8u *p, int np, const v8u *b, int nb) {
+    v8u cy = (v8u){0};
+    for (int i = 0; i < np; i++) {
+        const v8u a = p[i], bi = i < nb ? b[i] : (v8u){0}, x = a ^ bi;
+        p[i] = x ^ cy;
+        cy = (a & bi) | (cy & x);
+    }
+}
+
+/* the count of +1 among z[0 .. n) in np planes: by 15s into 4 planes, then added up */
+static inline void tv_count(v8u *p, int np, const v8u *z, int n) {
+    for (int i = 0; i < np; i++) p[i] = (v8u){0};
+    if (n < 16) {
+        for (int k = 0; k < n; k++) tv_add(p, np, z[k]);
+        return;
+    }
+    for (int k0 = 0; k0 < n; k0 += 15) {
+        v8u c4[4] = {(v8u){0}, (v8u){0}, (v8u){0}, (v8u){0}};
+        for (int k = k0; k < n && k < k0 + 15; k++) tv_add(c4, 4, z[k]);
+        tv_add_num(p, np, c4, 4);
+    }
+}
+
+/* lanes whose count is >= thr */
+static inline v8u tv_ge(const v8u *p, int np, int thr) {
+    if (thr <= 0) return ~(v8u){0};
+    if (thr >= 1 << np) return (v8u){0};
+    v8u gt = (v8u){0}, eq = ~(v8u){0};
+    for (int i = np - 1; i >= 0; i--) {
+        if (thr >> i & 1) eq &= p[i];
+        else {
+            gt |= eq & p[i];
+            eq &= ~p[i];
+        }
+    }
+    return gt | eq;
+}
+
+static inline v8u tv_eq(const v8u *p, int np, int j) {
+    v8u e = ~(v8u){0};
+    for (int i = 0; i < np; i++) e &= (j >> i & 1) ? p[i] : ~p[i];
+    return e;
+}
+
+/* lanes whose count takes factor class q of level L */
+static inline v8u tv_class(const v8u *p, const tv_level *L, int q) {
+    v8u m = (v8u){0};
+    for (int r = 0; r < L->nr[q]; r++) {
+        const int lo = L->lo[q][r], hi = L->hi[q][r];
+        m |= lo == hi ? tv_eq(p, L->np, lo) : tv_ge(p, L->np, lo) & ~tv_ge(p, L->np, hi + 1);
+    }
+    return m;
+}
+
+/* the vote of a voter that sees all its fan inputs (count in np planes); first: its first
+ * input's bits */
+static inline __attribute__((always_inline)) v8u tv_vote(const v8u *p, int np, int fan, int tie, v8u first) {
+    v8u v = tv_ge(p, np, fan / 2 + 1);
+    if (!(fan & 1)) {
+        const v8u tb = tie == 1 ? ~(v8u){0} : tie == -1 ? (v8u){0} : first;
+        v |= tv_eq(p, np, fan / 2) & tb;
+    }
+    return v;
+}
+
+/* One tap voter's leaves of F terms each (counts in NP planes; the callers pass constants, so
+ * the counters unroll): each leaf's class masks to lq (NQL per leaf, CV_PB / CV_VB apart),
+ * its vote into the tap voter's count tp (by 15s: a 4-plane count first). */
+static inline __attribute__((always_inline)) void tv_leaves(int F, int NP, const tv_level *Lf, const tv_level *Lt,
+                                                             const v8u *zj, int nl, v8u *tp, v8u *first, v8u *lq,
+                                                             int NQL) {
+    for (int i = 0; i < Lt->np; i++) tp[i] = (v8u){0};
+    for (int i0 = 0; i0 < nl; i0 += 15) {
+        v8u c4[4] = {(v8u){0}, (v8u){0}, (v8u){0}, (v8u){0}};
+        for (int i = i0; i < nl && i < i0 + 15; i++) {
+            v8u lc[TV_PLANES];
+            tv_count(lc, NP, zj + (size_t)i * F, F);
+            const v8u lv = tv_vote(lc, NP, F, Lf->tie, zj[(size_t)i * F]);
+            if (!i) *first = lv;
+            for (int q = 0; q < NQL; q++) lq[((size_t)i * NQL + q) * (CV_PB / CV_VB)] = tv_class(lc, Lf, q);
+            tv_add(c4, 4, lv);
+        }
+        tv_add_num(tp, Lt->np, c4, 4);
+    }
+}
+
 /* Lane masks (-1 / 0) of 16-lane vectors. Without AVX-512 a 16-lane comparison is not one
  * instruction and GCC would compare lane by lane; these compare two 8-lane halves instead. */
 typedef int32_t v8i_ __attribute__((vector_size(32)));
@@ -322,34 +476,38 @@ static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
 #define CV_GH 2 /* output vectors of a weight-gradient pass: independent chains of adds */
 #define CV_TTMAX 4
 
-/* The terms of one leaf (taps t0 .. t0 + fan[0] of channel c) at the block's CV_PB positions,
- * whose dL/ds (OL floats per position, rows `pstride` floats apart from km) LOADK gives:
- * gw[c, t] += x * dL/ds summed over the positions; sums[p, t, c] = dL/ds . w[:, c, t].
+/* The f0 terms of one leaf, term b at row r0 + b rs of wf and GW and at offset xo + b xd of a
+ * position's xs and sums (channel-major trees: the taps of one channel, rows c T + t; tap-major
+ * ones: channels of one tap, rows t C + c), at the block's CV_PB positions, whose dL/ds (OL
+ * floats per position, rows `pstride` floats apart from km) LOADK gives:
+ * gw[row] += x * dL/ds summed over the positions; sums[p, term] = dL/ds . w[:, term].
  * xs[p, t, c]: the inputs as floats (0 past the block's positions and at zero padding), both
- * (CV_PB, T + CV_TTMAX, C) and passed from channel c on. Taps past
- * the leaf's end are computed against zero weights into the scratch row: their sums (0) land
- * on the next leaf's taps, which that leaf then overwrites. The sums are fused multiply-adds. */
+ * (CV_PB, T + CV_TTMAX, C). Terms past the leaf's end are computed against zero weights into
+ * the scratch row: their sums (0) land on the next leaf's terms, which that leaf then
+ * overwrites. The sums are fused multiply-adds. */
 #define CV_DEFINE_LEAF_TERMS(NAME, TT, LOADK)                                                            \
     __attribute__((optimize("fp-contract=fast")))                                                \
-    static void NAME(const cv_args *A, int c, int t0, const float *km, size_t pstride, float gk,  \
+    static void NAME(const cv_args *A, int f0, size_t r0, size_t rs, size_t xo, size_t xd,        \
+                     const float *km, size_t pstride, float gk,                                   \
                      const uint16_t *m16, size_t mstride, const float *xs, const float *wf,       \
                      float *GW, float *sums, const float *zrow, float *srow, int OL) {            \
-        const int T = A->kh * A->kw, f0 = A->fan[0], HC = (A->Co + 15) / 16; /* lanes >= Co: 0 */ \
+        const int T = A->kh * A->kw, HC = (A->Co + 15) / 16; /* lanes >= Co: 0 */                 \
         (void)gk, (void)m16, (void)mstride; /* the row variant reads km alone */                  \
         const size_t TS = (size_t)(T + CV_TTMAX) * A->C; /* xs, sums: a position's stride */     \
         for (int tb = 0; tb < f0; tb += TT) {                                                     \
             float *gr[TT];                                                                        \
             const float *wr[TT];                                                                  \
             for (int b = 0; b < TT; b++) {                                                        \
-                const int t = t0 + tb + b, on = tb + b < f0;                                      \
-                gr[b] = on ? GW + ((size_t)c * T + t) * OL : srow;                                \
-                wr[b] = on ? wf + ((size_t)c * T + t) * OL : zrow;                                \
+                const size_t r = r0 + (size_t)(tb + b) * rs;                                      \
+                const int on = tb + b < f0;                                                       \
+                gr[b] = on ? GW + r * OL : srow;                                                  \
+                wr[b] = on ? wf + r * OL : zrow;                                                  \
             }                                                                                     \
             for (int qb = 0; qb < CV_PB; qb += CV_GQ) { /* weight gradient: inputs in registers, */ \
                 v16f xv[CV_GQ][TT];                        /* CV_GH vectors of outputs at once */ \
                 for (int q = 0; q < CV_GQ; q++)                                                   \
                     for (int b = 0; b < TT; b++)                                                  \
-                        xv[q][b] = (v16f){0} + xs[(qb + q) * TS + (size_t)(t0 + tb + b) * A->C];  \
+                        xv[q][b] = (v16f){0} + xs[(qb + q) * TS + xo + (size_t)(tb + b) * xd];      \
                 int h = 0;                                                                        \
                 for (; h + CV_GH <= HC; h += CV_GH) {                                             \
                     v16f acc[CV_GH][TT];                                                          \
@@ -387,7 +545,7 @@ static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
                 const v16f r = cv_sums16(acc);                                                    \
                 for (int a = 0; a < CV_TQ; a++)                                                   \
                     for (int b = 0; b < TT; b++)                                                 \
-                        sums[(qb + a) * TS + (size_t)(t0 + tb + b) * A->C] = r[a * TT + b];       \
+                        sums[(qb + a) * TS + xo + (size_t)(tb + b) * xd] = r[a * TT + b];           \
             }                                                                                     \
         }                                                                                         \
     }
@@ -407,11 +565,28 @@ CV_DEFINE_LEAF_TERMS(cv_leaf_masked4, 4, CV_MASKED)
 #define CV_PLANES 24 /* bit planes of a root count */
 #define CV_SCRATCH (2u << 20) /* bytes of a thread's group scratch, about: 8 to 64 images */
 
-/* dst[s * ds + r] = src[r * ss + s] for an R x S matrix, in 16 x 16 tiles. */
+/* dst[s * ds + r] = src[r * ss + s] for an R x S matrix, in 16 x 16 tiles: whole tiles in
+ * registers (four rounds of interleaving row i with row i + 8 transpose 16 rows of 16), the
+ * edges element by element. */
 static void cv_transpose(const float *src, size_t ss, float *dst, size_t ds, int R, int S) {
     for (int r0 = 0; r0 < R; r0 += 16)
         for (int s0 = 0; s0 < S; s0 += 16) {
             const int r1 = r0 + 16 < R ? r0 + 16 : R, s1 = s0 + 16 < S ? s0 + 16 : S;
+            if (r1 - r0 == 16 && s1 - s0 == 16) {
+                v16f a[16], b[16];
+                for (int i = 0; i < 16; i++) a[i] = *(const v16fu *)(src + (size_t)(r0 + i) * ss + s0);
+                for (int round = 0; round < 4; round++) {
+                    for (int i = 0; i < 8; i++) {
+                        b[2 * i] = __builtin_shufflevector(a[i], a[i + 8], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6,
+                                                           22, 7, 23);
+                        b[2 * i + 1] = __builtin_shufflevector(a[i], a[i + 8], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28,
+                                                               13, 29, 14, 30, 15, 31);
+                    }
+                    memcpy(a, b, sizeof(a));
+                }
+                for (int i = 0; i < 16; i++) *(v16fu *)(dst + (size_t)(s0 + i) * ds + r0) = a[i];
+                continue;
+            }
             for (int r = r0; r < r1; r++)
                 for (int c = s0; c < s1; c++) dst[(size_t)c * ds + r] = src[(size_t)r * ss + c];
         }
@@ -422,19 +597,34 @@ static void cv_transpose(const float *src, size_t ss, float *dst, size_t ds, int
  * another path). A thread takes its images a group at a time: their output gradient (channels
  * last) and padded input gradient live in its scratch, and only the finished input gradient
  * is written out. */
+/* first tap of leaf li of one channel (channel-major trees) */
+#define leaf_t0(li) ((li) / nleaf * u + (li) % nleaf * A->fan[0])
+
 int cv_backward(const cv_args *A, float *gx, float *gw) {
-    const int T = A->kh * A->kw, C = A->C, OW = A->OW, OL = 64 * OW, u = T / A->m, H16 = OL / 16,
-              HC = (A->Co + 15) / 16;
+    const int T = A->kh * A->kw, C = A->C, OW = A->OW, OL = 64 * OW, H16 = OL / 16, HC = (A->Co + 15) / 16,
+              TM = A->tap_major, u = (TM ? C : T) / A->m;
     const size_t HW = (size_t)A->Ho * A->Wo, GWN = (size_t)C * T * OL;
-    int NL = 0, lev0[CV_MAXLEV + 1];
-    {
+    int NL = 1, lev0[CV_MAXLEV + 1] = {0};
+    if (!TM) {
         int cnt = u;
+        NL = 0;
         for (int l = 0; l < A->nlev; l++) { lev0[l] = NL; cnt /= A->fan[l]; NL += cnt; }
         lev0[A->nlev] = NL;
     }
-    const int nleaf = lev0[1], LC = A->m * nleaf;  /* leaves per channel */
-    int nplanes = 1;                               /* bit planes of a root count (<= m C) */
-    while (nplanes < CV_PLANES && (1L << nplanes) <= (long)A->m * C) nplanes++;
+    const int nleaf = TM ? 1 : lev0[1], LC = TM ? 1 : A->m * nleaf;  /* leaves per channel */
+    /* tap-major: the leaf level and the per-tap voters' (the same level where it is one deep) */
+    tv_level TL[2];
+    memset(TL, 0, sizeof(TL));
+    const int f0 = A->fan[0], nl = TM ? u / f0 : 1, LT = A->m * nl;  /* leaves per tap voter, per tap */
+    if (TM) {
+        for (int l = 0; l < A->nlev; l++)
+            if (tv_level_setup(A, &TL[l], A->fan[l], A->tie[l], A->sigma[l])) return 2;
+        if (A->nlev == 1) TL[1] = TL[0];
+    }
+    const tv_level *Lf = &TL[0], *Lt = &TL[1];
+    const int NQT = TM ? Lt->nq : 0, NQL = TM && A->nlev == 2 ? Lf->nq : 0;
+    int nplanes = 1;                               /* bit planes of a root count (<= m C, m T) */
+    while (nplanes < CV_PLANES && (1L << nplanes) <= (long)A->m * (TM ? T : C)) nplanes++;
     int nt = A->nthreads > 0 ? A->nthreads : 1;
     if (nt > A->N) nt = A->N;
     /* the weights as words (C, T, OW), bit o % 64 of word o / 64 set where w[o, c, t] = +1,
@@ -488,7 +678,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
             ok &= prog[g].node != NULL;
             prog[g].NL = NL;
             memcpy(prog[g].lev0, lev0, sizeof(lev0));
-            if (ok) cv_prog_setup(A, &prog[g], key[order[gstart[g]]]);
+            if (ok) (TM ? tv_prog_setup : cv_prog_setup)(A, &prog[g], key[order[gstart[g]]]);
         }
         size_t pix[CV_PB][64];
         v16f *K = aligned_alloc(64, sizeof(float) * CV_PB * OL);          /* per position: the root's dL/ds */
@@ -506,8 +696,18 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
         /* per channel, word, leaf, position: the leaf's mask of outputs (simple programs) */
         v8u *lm = aligned_alloc(64, sizeof(v8u) * (CV_PB / CV_VB) * C * OW * LC);
         float *zrow = calloc((size_t)2 * OL, sizeof(float)), *srow = zrow ? zrow + OL : NULL; /* zeros; scratch */
-        if (!lm || !zrow || !XS || !SS || !vc8 || !z8 || !vote8 || !qm8 ||
-            !ok || !K || !KM || !z || !vote || !qm) err = 1;
+        /* tap-major: per channel the sub-block's input signs and term words; per (tap, word,
+         * tap voter or leaf, factor class) the masks of the block's pairs (64-bit words, pair
+         * innermost); per pair the tap voters' dL/ds (one tap at a time) and, where the leaves
+         * take several factors, each leaf's */
+        const size_t tmn = TM ? (size_t)T * OW * A->m * (NQT ? NQT : 1) * (CV_PB / CV_VB) : 1,
+                     lmn = TM ? (size_t)T * OW * LT * (NQL ? NQL : 1) * (CV_PB / CV_VB) : 1;
+        v8u *sgt = aligned_alloc(64, sizeof(v8u) * (TM ? C : 1)), *zt = aligned_alloc(64, sizeof(v8u) * (TM ? C : 1));
+        v8u *tmask = aligned_alloc(64, sizeof(v8u) * tmn), *lmask = aligned_alloc(64, sizeof(v8u) * lmn);
+        v16f *KT = aligned_alloc(64, sizeof(float) * CV_PB * (TM ? A->m : 1) * OL);
+        v16f *KMT = aligned_alloc(64, sizeof(float) * (NQL > 1 ? (size_t)CV_PB * LT * OL : 16));
+        if (!lm || !zrow || !XS || !SS || !vc8 || !z8 || !vote8 || !qm8 || !sgt || !zt || !tmask || !lmask ||
+            !KT || !KMT || !ok || !K || !KM || !z || !vote || !qm) err = 1;
         const int b0 = (int)((size_t)A->N * tid / nt), b1 = (int)((size_t)A->N * (tid + 1) / nt);
         const size_t IMG = (size_t)A->Hp * A->Wp * C;  /* floats of one padded image's gx */
         size_t ig = CV_SCRATCH / (sizeof(float) * (IMG + HW * A->Co));
@@ -547,7 +747,55 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                         idx[t] = _mm512_loadu_si512(v);
                     }
 #endif
-                    for (int c = 0; c < C; c++) {
+                    for (int t = 0; TM && t < T; t++) {  /* tap-major: tap by tap, its voters over channels */
+                        if (!P->tap_live[t]) continue;
+                        for (int c0 = 0; c0 < C; c0 += 8) {  /* 8 channels' bytes from each pixel */
+                            const int nc = C - c0 < 8 ? C - c0 : 8;
+#ifdef __AVX512F__
+                            const __m512i v = _mm512_i64gather_epi64(idx[t], (const void *)(A->x + c0), 1);
+                            for (int k = 0; k < nc; k++)
+                                sgt[c0 + k] = (v8u)_mm512_srai_epi64(_mm512_slli_epi64(v, 56 - 8 * k), 63);
+#else
+                            for (int k = 0; k < nc; k++)
+                                for (int p = 0; p < CV_VB; p++)
+                                    sgt[c0 + k][p] = A->x[pix[sb * CV_VB + p][t] + c0 + k] < 0 ? ~0ull : 0ull;
+#endif
+                        }
+                        for (int w = 0; w < OW; w++) {
+                            const uint64_t *wt = wb + (size_t)t * C * OW + w;
+                            for (int c = 0; c < C; c++) zt[c] = sgt[c] ^ wt[(size_t)c * OW];
+                            v8u *pl = vc8 + ((size_t)sb * OW + w) * CV_PLANES;
+                            for (int j = 0; j < A->m; j++) {
+                                const v8u *zj = zt + (size_t)j * u;
+                                v8u tp[TV_PLANES], first;
+                                if (A->nlev == 1) {
+                                    tv_count(tp, Lt->np, zj, u);
+                                    first = zj[0];
+                                } else {
+                                    v8u *lq = lmask + ((((size_t)t * OW + w) * LT + j * nl) * NQL) * (CV_PB / CV_VB) + sb;
+                                    switch (f0) {  /* the common leaves with constant counters */
+                                    case 2: tv_leaves(2, 2, Lf, Lt, zj, nl, tp, &first, lq, NQL); break;
+                                    case 3: tv_leaves(3, 2, Lf, Lt, zj, nl, tp, &first, lq, NQL); break;
+                                    case 4: tv_leaves(4, 3, Lf, Lt, zj, nl, tp, &first, lq, NQL); break;
+                                    case 8: tv_leaves(8, 4, Lf, Lt, zj, nl, tp, &first, lq, NQL); break;
+                                    case 16: tv_leaves(16, 5, Lf, Lt, zj, nl, tp, &first, lq, NQL); break;
+                                    default: tv_leaves(f0, Lf->np, Lf, Lt, zj, nl, tp, &first, lq, NQL);
+                                    }
+                                }
+                                v8u *tq = tmask + ((((size_t)t * OW + w) * A->m + j) * NQT) * (CV_PB / CV_VB) + sb;
+                                for (int q = 0; q < NQT; q++) tq[q * (CV_PB / CV_VB)] = tv_class(tp, Lt, q);
+                                if (!A->root_p) {
+                                    v8u cy = tv_vote(tp, Lt->np, Lt->fan, Lt->tie, first);
+                                    for (int i = 0; i < nplanes; i++) {
+                                        const v8u a = pl[i] & cy;
+                                        pl[i] ^= cy;
+                                        cy = a;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for (int c = 0; c < C && !TM; c++) {
                         const int8_t *xc = A->x + c;
 #ifdef __AVX512F__
                         for (int t = 0; t < T; t++) {  /* 8 bytes from each pixel (the input has slack): the first's sign */
@@ -597,7 +845,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                     }
                 }
                 /* the root's dL/ds, 16 outputs at a time */
-                const int kr = P->live_top * C;
+                const int kr = P->live_top * (TM ? A->m : C);
                 for (int p = 0; p < np; p++) {
                     const float *gp = Gg + gofs[p];
                     for (int h = 0; h < HC; h++) {
@@ -637,17 +885,69 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                             memset(d, 0, sizeof(float) * C);
                     }
                 if (np < CV_PB) memset(K + (size_t)np * H16, 0, sizeof(float) * (CV_PB - np) * OL);
+                /* tap-major, tap by tap: each tap voter's dL/ds (the root's times its factor, by
+                 * class), then the terms of its leaves (the tap voter's dL/ds on the leaf's mask
+                 * times its factor; with several leaf factors, rows made first) */
+                for (int t = 0; TM && t < T; t++) {
+                    if (!P->tap_live[t]) continue;
+                    const size_t TS = (size_t)(T + CV_TTMAX) * C, tc = (size_t)t * C;
+                    if (A->nlev == 2 && !NQL) {  /* no leaf passes a gradient: the sums are 0 */
+                        for (int p = 0; p < CV_PB; p++) memset(SS + p * TS + tc, 0, sizeof(float) * C);
+                        continue;
+                    }
+#define TV_M16(base, q, p, h) (((const uint16_t *)((const uint64_t *)(base) + (q) * CV_PB + (p)))[(h) & 3])
+                    for (int p = 0; p < CV_PB; p++)
+                        for (int j = 0; j < A->m; j++)
+                            for (int h = 0; h < HC; h++) {
+                                const v16f Kp = K[(size_t)p * H16 + h];
+                                const uint64_t *tq = (const uint64_t *)tmask + (((size_t)t * OW + (h >> 2)) * A->m + j) * NQT * CV_PB;
+                                v16f acc = (v16f){0};
+                                for (int q = 0; q < NQT; q++) acc = masked_fma(acc, Kp, Lt->q[q], TV_M16(tq, q, p, h));
+                                KT[((size_t)p * A->m + j) * H16 + h] = acc;
+                            }
+                    if (A->nlev == 1) {
+                        for (int j = 0; j < A->m; j++)
+                            (u % 3 ? cv_leaf_terms4 : cv_leaf_terms3)(
+                                A, u, tc + (size_t)j * u, 1, tc + (size_t)j * u, 1, (const float *)(KT + (size_t)j * H16),
+                                (size_t)A->m * OL, 0.0f, NULL, 0, XS, wf, GW, SS, zrow, srow, OL);
+                        continue;
+                    }
+                    for (int li = 0; li < LT; li++) {
+                        const int j = li / nl;
+                        const size_t r0 = tc + (size_t)li * f0;
+                        if (NQL == 1) {
+                            (f0 % 3 ? cv_leaf_masked4 : cv_leaf_masked3)(
+                                A, f0, r0, 1, r0, 1, (const float *)(KT + (size_t)j * H16), (size_t)A->m * OL, Lf->q[0],
+                                (const uint16_t *)((const uint64_t *)lmask + ((size_t)t * OW * LT + li) * CV_PB),
+                                (size_t)LT * CV_PB, XS, wf, GW, SS, zrow, srow, OL);
+                            continue;
+                        }
+                        for (int p = 0; p < CV_PB; p++)
+                            for (int h = 0; h < HC; h++) {
+                                const v16f Kp = KT[((size_t)p * A->m + j) * H16 + h];
+                                const uint64_t *lq = (const uint64_t *)lmask + (((size_t)t * OW + (h >> 2)) * LT + li) * NQL * CV_PB;
+                                v16f acc = (v16f){0};
+                                for (int q = 0; q < NQL; q++) acc = masked_fma(acc, Kp, Lf->q[q], TV_M16(lq, q, p, h));
+                                KMT[((size_t)p * LT + li) * H16 + h] = acc;
+                            }
+                        (f0 % 3 ? cv_leaf_terms4 : cv_leaf_terms3)(
+                            A, f0, r0, 1, r0, 1, (const float *)(KMT + (size_t)li * H16), (size_t)LT * OL, 0.0f, NULL, 0,
+                            XS, wf, GW, SS, zrow, srow, OL);
+                    }
+#undef TV_M16
+                }
                 /* channel by channel: each leaf's dL/ds (the root's on masks of outputs, times
                  * the factor products of the leaf's path), then its terms */
-                for (int c = 0; c < C && !err; c++) {
+                for (int c = 0; c < C && !err && !TM; c++) {
                     const int8_t *xc = A->x + c;
                     if (P->simple) {  /* one factor per voter: dL/ds is the root's, scaled on a mask */
                         for (int li = 0; li < LC; li++)
                             (A->fan[0] % 3 ? cv_leaf_masked4 : cv_leaf_masked3)(
-                                A, c, (li / nleaf) * u + (li % nleaf) * A->fan[0], (const float *)K, (size_t)OL,
+                                A, A->fan[0], (size_t)c * T + leaf_t0(li), 1, (size_t)leaf_t0(li) * C + c, C,
+                                (const float *)K, (size_t)OL,
                                 P->node[(size_t)(li / nleaf) * NL + li % nleaf].path_g,
                                 (const uint16_t *)((const uint64_t *)lm + ((size_t)c * OW * LC + li) * CV_PB),
-                                (size_t)LC * CV_PB, XS + c, wf, GW, SS + c, zrow, srow, OL);
+                                (size_t)LC * CV_PB, XS, wf, GW, SS, zrow, srow, OL);
                         continue;
                     }
                     for (int p = 0; p < np; p++) {
@@ -717,11 +1017,13 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                     if (np < CV_PB) memset(KM + (size_t)np * LC * H16, 0, sizeof(float) * (CV_PB - np) * LC * OL);
                     for (int li = 0; li < LC; li++)
                         (A->fan[0] % 3 ? cv_leaf_terms4 : cv_leaf_terms3)(
-                            A, c, (li / nleaf) * u + (li % nleaf) * A->fan[0], (const float *)(KM + (size_t)li * H16),
-                            (size_t)LC * OL, 0.0f, NULL, 0, XS + c, wf, GW, SS + c, zrow, srow, OL);
+                            A, A->fan[0], (size_t)c * T + leaf_t0(li), 1, (size_t)leaf_t0(li) * C + c, C,
+                            (const float *)(KM + (size_t)li * H16), (size_t)LC * OL, 0.0f, NULL, 0, XS, wf, GW, SS,
+                            zrow, srow, OL);
                 }
                 for (int p = 0; p < np; p++)  /* the block's input gradient, channels contiguous */
                     for (int t = 0; t < T; t++) {
+                        if (TM && !P->tap_live[t]) continue;  /* never written */
                         float *d = Xg + (pix[p][t] - xoff);
                         const float *sv = SS + ((size_t)p * (T + CV_TTMAX) + t) * C;
                         for (int c = 0; c < C; c++) d[c] += sv[c];
@@ -737,6 +1039,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
         free(Gg);
         for (int g = 0; prog && g < nprog; g++) free(prog[g].node);
         free(prog);
+        free(sgt); free(zt); free(tmask); free(lmask); free(KT); free(KMT);
         free(lm); free(zrow); free(XS); free(SS); free(K); free(KM); free(vc8); free(z8); free(vote8); free(qm8); free(z); free(vote); free(qm);
     }
     if (gwt && !err)
