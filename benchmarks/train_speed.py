@@ -20,7 +20,9 @@ and the step time relative to ``resnet18`` and to the popcount ReActNet-18 at th
 (``BITVOTE_ROW_VOTE=0``); ``terms`` is the default with every kernel backward on vote.c's
 term loop (``BITVOTE_VOTE_BACKWARD=terms``: no leaf GEMMs); ``loop`` is the default with the
 small-leaf pattern backward and the channel-major backward off (``BITVOTE_VOTE_PATTERNS=0``,
-``BITVOTE_CHANNEL_VOTE=0``: those trees on the term loop); ``flat`` adds the row trained with
+``BITVOTE_CHANNEL_VOTE=0``: those trees on the term loop); ``nochan`` is the default with the
+bit-sliced backward off (``BITVOTE_CHANNEL_VOTE=0``: its trees on vote.c's pattern backward,
+term loop or leaf GEMMs); ``flat`` adds the row trained with
 sigma ``fanin,flat`` (exact votes, one MV's backward).
 ``--packed both`` times every binary row with and without the packed-bit kernels in training
 (``BITVOTE_PACKED_VOTE``: the popcount forward from 32 channels on and the forward-only votes).
@@ -88,7 +90,8 @@ def main(argv=None):
                     help="vote paths of the voter rows, comma-separated: new (the default: packed-bit kernels, "
                          "kernel-row GEMMs, leaf-GEMM backward), kernels (packed-bit kernels only, BITVOTE_ROW_VOTE=0), "
                          "terms (no leaf-GEMM backward, BITVOTE_VOTE_BACKWARD=terms), loop (no pattern or channel-major "
-                         "backward, BITVOTE_VOTE_PATTERNS=0 BITVOTE_CHANNEL_VOTE=0), old (float leaf sums, "
+                         "backward, BITVOTE_VOTE_PATTERNS=0 BITVOTE_CHANNEL_VOTE=0), nochan (no bit-sliced backward, "
+                         "BITVOTE_CHANNEL_VOTE=0), old (float leaf sums, "
                          "BITVOTE_NATIVE_VOTE=0), flat (sigma fanin,flat); old,new = each voter row twice")
     ap.add_argument("--packed", choices=("on", "off", "both"), default="on",
                     help="packed-bit popcount forward and forward-only votes (BITVOTE_PACKED_VOTE); "
@@ -107,8 +110,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     tie = None if a.tie is None else (a.tie if a.tie == "first" else int(a.tie))
     paths = [p.strip() for p in a.paths.split(",") if p.strip()]
-    if not paths or any(p not in ("old", "new", "kernels", "terms", "loop", "flat") for p in paths):
-        ap.error(f"--paths: expected old, new, kernels, terms, loop, flat or a comma-separated list of them, "
+    if not paths or any(p not in ("old", "new", "kernels", "terms", "loop", "nochan", "flat") for p in paths):
+        ap.error(f"--paths: expected old, new, kernels, terms, loop, nochan, flat or a comma-separated list of them, "
                  f"got {a.paths!r}")
     binaries = [m.strip() for m in a.models.split(",") if m.strip()]
     if not binaries or any(m not in models.names() or m == "resnet18" for m in binaries):
@@ -147,7 +150,7 @@ def main(argv=None):
         os.environ["BITVOTE_ROW_VOTE"] = "0" if path in ("old", "kernels") else "1"
         os.environ["BITVOTE_VOTE_BACKWARD"] = "terms" if path == "terms" else "auto"
         os.environ["BITVOTE_VOTE_PATTERNS"] = "0" if path == "loop" else "1"
-        os.environ["BITVOTE_CHANNEL_VOTE"] = "0" if path == "loop" else "1"
+        os.environ["BITVOTE_CHANNEL_VOTE"] = "0" if path in ("loop", "nochan") else "1"
         return measure(name, voter, w, a.batch_size, a.steps, a.warmup, tie=tie, clock=clock,
                        sigma="fanin,flat" if path == "flat" else None)
 

@@ -7,14 +7,15 @@ so drift hits them alike. Each mode runs in fp32 and under CPU bf16 autocast (vo
 exact there: see binary_conv2d) unless ``--precision`` picks one.
 
     python benchmarks/voter_speed.py [--batch 64] [--channels 256] [--size 16] [--rounds 5]
-        [--tie 1|-1|first] [--fuse both|on|off] [--paths old,new,loop] [--precision both|fp32|bf16]
+        [--tie 1|-1|first] [--fuse both|on|off] [--paths old,new,loop,nochan] [--precision both|fp32|bf16]
 
 ``--fuse both`` (the default) times every mode with the fused one-pass CPU vote chains
 (bitvote._fuse) and without them (``BITVOTE_FUSE=0``), side by side. ``--paths old,new`` times
 every voter mode on the float leaf-sum path (``BITVOTE_NATIVE_VOTE=0``) and on the packed-bit
 kernels (bitvote.nn.fastvote), side by side; ``loop`` is the kernels with the pattern and
 channel-major backwards off (``BITVOTE_VOTE_PATTERNS=0``, ``BITVOTE_CHANNEL_VOTE=0``: vote.c's
-term loop); popcount has one path.
+term loop); ``nochan`` the kernels with the bit-sliced backward off (``BITVOTE_CHANNEL_VOTE=0``:
+its trees on vote.c's pattern backward, term loop or leaf GEMMs); popcount has one path.
 """
 
 import argparse
@@ -38,7 +39,7 @@ def main():
     ap.add_argument("--voters", default="popcount,mv,tap,tap,groups=4")
     ap.add_argument("--tie", default="1", help="tie rule of every voter: 1, -1 or first")
     ap.add_argument("--fuse", choices=("both", "on", "off"), default="both")
-    ap.add_argument("--paths", default="new", help="new, old, loop or a comma-separated list (see above)")
+    ap.add_argument("--paths", default="new", help="new, old, loop, nochan or a comma-separated list (see above)")
     ap.add_argument("--precision", choices=("both", "fp32", "bf16"), default="both")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -62,7 +63,8 @@ def main():
     def step(layer, amp, fuse, path="new"):
         os.environ["BITVOTE_FUSE"] = "1" if fuse else "0"
         os.environ["BITVOTE_NATIVE_VOTE"] = "0" if path == "old" else "1"
-        os.environ["BITVOTE_VOTE_PATTERNS"] = os.environ["BITVOTE_CHANNEL_VOTE"] = "0" if path == "loop" else "1"
+        os.environ["BITVOTE_VOTE_PATTERNS"] = "0" if path == "loop" else "1"
+        os.environ["BITVOTE_CHANNEL_VOTE"] = "0" if path in ("loop", "nochan") else "1"
         x.grad = None
         layer.weight.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -71,8 +73,8 @@ def main():
 
     fuses = {"both": (False, True), "on": (True,), "off": (False,)}[args.fuse]
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    if not paths or any(p not in ("old", "new", "loop") for p in paths):
-        ap.error(f"--paths: expected old, new, loop or a comma-separated list of them, got {args.paths!r}")
+    if not paths or any(p not in ("old", "new", "loop", "nochan") for p in paths):
+        ap.error(f"--paths: expected old, new, loop, nochan or a comma-separated list of them, got {args.paths!r}")
     amps = {"both": (False, True), "fp32": (False,), "bf16": (True,)}[args.precision]
     modes = [(v, amp, fz, p) for fz in fuses for amp in amps for v in voters
              for p in (["new"] if v == "popcount" else paths)]

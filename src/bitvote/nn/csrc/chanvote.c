@@ -469,6 +469,26 @@ static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
 #undef CV_FOLD
 }
 
+typedef int8_t v16b __attribute__((vector_size(16)));
+typedef int8_t v8b __attribute__((vector_size(8)));
+typedef float v8fu __attribute__((vector_size(32), aligned(4)));
+
+/* dst[c] = src[c] for c < C, int8 to float, 16 and 8 at a time */
+static inline void cv_floats(const int8_t *src, float *dst, int C) {
+    int c = 0;
+    for (; c + 16 <= C; c += 16) {
+        v16b b;
+        memcpy(&b, src + c, sizeof(b));
+        *(v16fu *)(dst + c) = __builtin_convertvector(b, v16f);
+    }
+    for (; c + 8 <= C; c += 8) {
+        v8b b;
+        memcpy(&b, src + c, sizeof(b));
+        *(v8fu *)(dst + c) = __builtin_convertvector(b, v8f_);
+    }
+    for (; c < C; c++) dst[c] = (float)src[c];
+}
+
 /* Register tiles of the term loops: CV_TQ positions x TT taps of one leaf, TT = 3 (leaves of
  * 3, 6, 9 ... taps) or 4. */
 #define CV_TQ 4
@@ -880,7 +900,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                         float *d = XS + ((size_t)p * (T + CV_TTMAX) + t) * C;
                         const int8_t *xv = A->x + pix[p][t];
                         if (p < np)
-                            for (int c = 0; c < C; c++) d[c] = (float)xv[c];
+                            cv_floats(xv, d, C);
                         else
                             memset(d, 0, sizeof(float) * C);
                     }

@@ -61,11 +61,14 @@ int bvt_struct_size(void) { return (int)sizeof(bvt_args); }
 
 /* The kernels' input layout in one pass: x (N, C, H, W) fp32 -> out (N, H + 2 ph, W + 2 pw, C)
  * int8, +1 where x >= 0 (NaN: -1), pad at the border. A row of the output is made from C
- * contiguous input rows. */
+ * contiguous input rows, in blocks of 8 channels x 8 pixels transposed in registers (three
+ * rounds of interleaving row i with row i + 4), the pixels past the last whole 8 one by one. */
+typedef int8_t v8b __attribute__((vector_size(8)));
+
 void bvt_signs_nhwc(const float *x, int N, int C, int H, int W, int ph, int pw, int pad, int8_t *out,
                     int nthreads) {
     const int Hp = H + 2 * ph, Wp = W + 2 * pw;
-    const size_t row = (size_t)Wp * C;
+    const size_t row = (size_t)Wp * C, HW = (size_t)H * W;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads > 0 ? nthreads : 1)
     for (int n = 0; n < N; n++)
         for (int y = 0; y < Hp; y++) {
@@ -74,10 +77,30 @@ void bvt_signs_nhwc(const float *x, int N, int C, int H, int W, int ph, int pw, 
             if (!inside) { memset(o, pad, row); continue; }
             memset(o, pad, (size_t)pw * C);
             memset(o + (size_t)(pw + W) * C, pad, (size_t)pw * C);
-            for (int c = 0; c < C; c++) {
-                const float *xr = x + (((size_t)n * C + c) * H + (y - ph)) * W;
-                int8_t *oc = o + (size_t)pw * C + c;
-                for (int i = 0; i < W; i++) oc[(size_t)i * C] = xr[i] >= 0.0f ? 1 : -1;
+            const float *xr = x + ((size_t)n * C * H + (y - ph)) * W;  /* channel c's row: xr + c HW */
+            int8_t *op = o + (size_t)pw * C;
+            const int W8 = W / 8 * 8;
+            for (int c0 = 0; c0 < C; c0 += 8) {
+                const int nc = C - c0 < 8 ? C - c0 : 8;
+                for (int i0 = 0; i0 < W8; i0 += 8) {
+                    v8f a[8], b[8];
+                    for (int k = 0; k < 8; k++)
+                        a[k] = k < nc ? *(const v8fu *)(xr + (size_t)(c0 + k) * HW + i0) : (v8f){0};
+                    for (int round = 0; round < 3; round++) {
+                        for (int k = 0; k < 4; k++) {
+                            b[2 * k] = __builtin_shufflevector(a[k], a[k + 4], 0, 8, 1, 9, 2, 10, 3, 11);
+                            b[2 * k + 1] = __builtin_shufflevector(a[k], a[k + 4], 4, 12, 5, 13, 6, 14, 7, 15);
+                        }
+                        memcpy(a, b, sizeof(a));
+                    }
+                    for (int k = 0; k < 8; k++) {  /* pixel i0 + k, channels c0 .. */
+                        const v8i m = a[k] >= 0.0f;
+                        const v8b sg = __builtin_convertvector(-2 * m - 1, v8b);
+                        memcpy(op + (size_t)(i0 + k) * C + c0, &sg, (size_t)nc);
+                    }
+                }
+                for (int c = c0; c < c0 + nc; c++)
+                    for (int i = W8; i < W; i++) op[(size_t)i * C + c] = xr[(size_t)c * HW + i] >= 0.0f ? 1 : -1;
             }
         }
 }
