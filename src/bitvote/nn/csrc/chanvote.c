@@ -489,7 +489,7 @@ static inline void cv_floats(const int8_t *src, float *dst, int C) {
     for (; c < C; c++) dst[c] = (float)src[c];
 }
 
-/* Register tiles of the term loops: CV_TQ positions x TT taps of one leaf, TT = 3 (leaves of
+/* Register tiles of the term loops: CV_TQ positions (8 for TT = 2) x TT terms of one leaf, TT = 2, 3 (leaves of
  * 3, 6, 9 ... taps) or 4. */
 #define CV_TQ 4
 #define CV_GQ 4 /* positions of a weight-gradient pass (their inputs stay in registers) */
@@ -505,7 +505,7 @@ static inline void cv_floats(const int8_t *src, float *dst, int C) {
  * (CV_PB, T + CV_TTMAX, C). Terms past the leaf's end are computed against zero weights into
  * the scratch row: their sums (0) land on the next leaf's terms, which that leaf then
  * overwrites. The sums are fused multiply-adds. */
-#define CV_DEFINE_LEAF_TERMS(NAME, TT, LOADK)                                                            \
+#define CV_DEFINE_LEAF_TERMS(NAME, TT, TQ, LOADK)                                                          \
     __attribute__((optimize("fp-contract=fast")))                                                \
     static void NAME(const cv_args *A, int f0, size_t r0, size_t rs, size_t xo, size_t xd,        \
                      const float *km, size_t pstride, float gk,                                   \
@@ -551,19 +551,19 @@ static inline void cv_floats(const int8_t *src, float *dst, int C) {
                     for (int b = 0; b < TT; b++) *(v16fu *)(gr[b] + 16 * h) = acc[b];             \
                 }                                                                                 \
             }                                                                                     \
-            for (int qb = 0; qb < CV_PB; qb += CV_TQ) { /* input gradient: tiles of dot products */ \
+            for (int qb = 0; qb < CV_PB; qb += TQ) { /* input gradient: tiles of dot products */   \
                 v16f acc[16];                                                                     \
                 for (int a = 0; a < 16; a++) acc[a] = (v16f){0};                                  \
                 for (int h = 0; h < HC; h++) {                                                    \
                     v16f w[TT];                                                                   \
                     for (int b = 0; b < TT; b++) w[b] = *(const v16fu *)(wr[b] + 16 * h);         \
-                    for (int a = 0; a < CV_TQ; a++) {                                             \
+                    for (int a = 0; a < TQ; a++) {                                                \
                         const v16f k = LOADK(qb + a, h);        \
                         for (int b = 0; b < TT; b++) acc[a * TT + b] += k * w[b];                 \
                     }                                                                             \
                 }                                                                                 \
                 const v16f r = cv_sums16(acc);                                                    \
-                for (int a = 0; a < CV_TQ; a++)                                                   \
+                for (int a = 0; a < TQ; a++)                                                      \
                     for (int b = 0; b < TT; b++)                                                 \
                         sums[(qb + a) * TS + xo + (size_t)(tb + b) * xd] = r[a * TT + b];           \
             }                                                                                     \
@@ -577,10 +577,24 @@ static inline void cv_floats(const int8_t *src, float *dst, int C) {
 #define CV_MASKED(q, h) \
     masked_mul(*(const v16fu *)(km + (size_t)(q) * pstride + 16 * (h)), gk, \
                m16[(((size_t)(h) >> 2) * mstride + (size_t)(q)) * 4 + ((h) & 3)])
-CV_DEFINE_LEAF_TERMS(cv_leaf_terms3, 3, CV_ROW)
-CV_DEFINE_LEAF_TERMS(cv_leaf_terms4, 4, CV_ROW)
-CV_DEFINE_LEAF_TERMS(cv_leaf_masked3, 3, CV_MASKED)
-CV_DEFINE_LEAF_TERMS(cv_leaf_masked4, 4, CV_MASKED)
+CV_DEFINE_LEAF_TERMS(cv_leaf_terms2, 2, 8, CV_ROW)
+CV_DEFINE_LEAF_TERMS(cv_leaf_terms3, 3, CV_TQ, CV_ROW)
+CV_DEFINE_LEAF_TERMS(cv_leaf_terms4, 4, CV_TQ, CV_ROW)
+CV_DEFINE_LEAF_TERMS(cv_leaf_masked2, 2, 8, CV_MASKED)
+CV_DEFINE_LEAF_TERMS(cv_leaf_masked3, 3, CV_TQ, CV_MASKED)
+CV_DEFINE_LEAF_TERMS(cv_leaf_masked4, 4, CV_TQ, CV_MASKED)
+
+typedef void (*cv_tile_fn)(const cv_args *, int, size_t, size_t, size_t, size_t, const float *, size_t, float,
+                           const uint16_t *, size_t, const float *, const float *, float *, float *, const float *,
+                           float *, int);
+
+/* the tiles for leaves of f0 terms: 2 terms at a time for leaves of 1 or 2, 3 for multiples
+ * of 3 that are not of 4, else 4 (the last tile of a leaf may run past its end) */
+static cv_tile_fn cv_tiles(int f0, int masked) {
+    if (f0 <= 2) return masked ? cv_leaf_masked2 : cv_leaf_terms2;
+    if (f0 % 3 == 0 && f0 % 4) return masked ? cv_leaf_masked3 : cv_leaf_terms3;
+    return masked ? cv_leaf_masked4 : cv_leaf_terms4;
+}
 
 #define CV_PLANES 24 /* bit planes of a root count */
 #define CV_SCRATCH (2u << 20) /* bytes of a thread's group scratch, about: 8 to 64 images */
@@ -927,7 +941,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                             }
                     if (A->nlev == 1) {
                         for (int j = 0; j < A->m; j++)
-                            (u % 3 ? cv_leaf_terms4 : cv_leaf_terms3)(
+                            cv_tiles(u, 0)(
                                 A, u, tc + (size_t)j * u, 1, tc + (size_t)j * u, 1, (const float *)(KT + (size_t)j * H16),
                                 (size_t)A->m * OL, 0.0f, NULL, 0, XS, wf, GW, SS, zrow, srow, OL);
                         continue;
@@ -936,7 +950,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                         const int j = li / nl;
                         const size_t r0 = tc + (size_t)li * f0;
                         if (NQL == 1) {
-                            (f0 % 3 ? cv_leaf_masked4 : cv_leaf_masked3)(
+                            cv_tiles(f0, 1)(
                                 A, f0, r0, 1, r0, 1, (const float *)(KT + (size_t)j * H16), (size_t)A->m * OL, Lf->q[0],
                                 (const uint16_t *)((const uint64_t *)lmask + ((size_t)t * OW * LT + li) * CV_PB),
                                 (size_t)LT * CV_PB, XS, wf, GW, SS, zrow, srow, OL);
@@ -950,7 +964,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                                 for (int q = 0; q < NQL; q++) acc = masked_fma(acc, Kp, Lf->q[q], TV_M16(lq, q, p, h));
                                 KMT[((size_t)p * LT + li) * H16 + h] = acc;
                             }
-                        (f0 % 3 ? cv_leaf_terms4 : cv_leaf_terms3)(
+                        cv_tiles(f0, 0)(
                             A, f0, r0, 1, r0, 1, (const float *)(KMT + (size_t)li * H16), (size_t)LT * OL, 0.0f, NULL, 0,
                             XS, wf, GW, SS, zrow, srow, OL);
                     }
@@ -962,7 +976,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                     const int8_t *xc = A->x + c;
                     if (P->simple) {  /* one factor per voter: dL/ds is the root's, scaled on a mask */
                         for (int li = 0; li < LC; li++)
-                            (A->fan[0] % 3 ? cv_leaf_masked4 : cv_leaf_masked3)(
+                            cv_tiles(A->fan[0], 1)(
                                 A, A->fan[0], (size_t)c * T + leaf_t0(li), 1, (size_t)leaf_t0(li) * C + c, C,
                                 (const float *)K, (size_t)OL,
                                 P->node[(size_t)(li / nleaf) * NL + li % nleaf].path_g,
@@ -1036,7 +1050,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                     /* the channel's terms, leaf by leaf: taps of one leaf share its dL/ds */
                     if (np < CV_PB) memset(KM + (size_t)np * LC * H16, 0, sizeof(float) * (CV_PB - np) * LC * OL);
                     for (int li = 0; li < LC; li++)
-                        (A->fan[0] % 3 ? cv_leaf_terms4 : cv_leaf_terms3)(
+                        cv_tiles(A->fan[0], 0)(
                             A, A->fan[0], (size_t)c * T + leaf_t0(li), 1, (size_t)leaf_t0(li) * C + c, C,
                             (const float *)(KM + (size_t)li * H16), (size_t)LC * OL, 0.0f, NULL, 0, XS, wf, GW, SS,
                             zrow, srow, OL);
