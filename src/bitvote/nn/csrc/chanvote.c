@@ -801,7 +801,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                             v8u *pl = vc8 + ((size_t)sb * OW + w) * CV_PLANES;
                             for (int j = 0; j < A->m; j++) {
                                 const v8u *zj = zt + (size_t)j * u;
-                                v8u tp[TV_PLANES], first;
+                                v8u tp[TV_PLANES], first = (v8u){0};
                                 if (A->nlev == 1) {
                                     tv_count(tp, Lt->np, zj, u);
                                     first = zj[0];
