@@ -31,7 +31,7 @@ def trees(C, k):
     """(spec, levels written) of per-channel trees of a k x k kernel over C channels."""
     if k == 3:
         return [(f"cm:M{C}(M3(M3))", 3), (f"cm:M{C}(M9)", 2), (f"cm:M{3 * C}(M3)", 2), (f"cm:P{C}(M3(M3))", 3),
-                (f"cgroups={C}", 2)]
+                (f"cgroups={C}", 2), (f"cm:P{3 * C}(M3)", 2)]
     return [(f"cm:M{C}(M2(M2))", 3), (f"cm:M{2 * C}(M2)", 2), (f"cm:M{C}(M4)", 2), (f"cm:P{C}(M2(M2))", 3)]  # cm:P(M{kw}): rowvote's
 
 

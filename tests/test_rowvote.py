@@ -148,16 +148,25 @@ def test_supports_only_counted_kernel_rows():
 
 
 def test_default_on_and_switch_off(monkeypatch):
-    """The layer takes the GEMM path by default; BITVOTE_ROW_VOTE=0 sends it elsewhere."""
+    """The layer takes the GEMM path by default where the bit-sliced backward does not take the
+    tree (BITVOTE_CHANNEL_VOTE=0 here; a CPU without AVX-512), that backward where it does
+    (faster at every measured shape); BITVOTE_ROW_VOTE=0 sends it elsewhere."""
+    from bitvote.nn import chanvote, fastvote
+
     calls = []
     real = rowvote.conv_votes
     monkeypatch.setattr(rowvote, "conv_votes", lambda *a, **k: calls.append(1) or real(*a, **k))
     conv = layer(3, 4, 3, 1, 1, 0.0, "first")
     x = torch.randn(1, 3, 6, 6)
+    monkeypatch.setenv("BITVOTE_CHANNEL_VOTE", "0")
     y = conv(x)
     assert calls == [1]
     monkeypatch.setenv("BITVOTE_ROW_VOTE", "0")
     assert torch.equal(conv(x), y) and calls == [1]
+    monkeypatch.setenv("BITVOTE_ROW_VOTE", "1")
+    monkeypatch.setenv("BITVOTE_CHANNEL_VOTE", "1")
+    chan = fastvote.enabled() and chanvote.takes(conv.hierarchy, 3, 9)
+    assert torch.equal(conv(x), y) and calls == ([1] if chan else [1, 1])
 
 
 def test_votes_exact_under_bf16_autocast():

@@ -15,7 +15,9 @@ into a few classes with one polynomial per kernel row each; the interior is one 
 The polynomials are read off :func:`bitvote.voter.reduce_votes` itself on every sign pattern
 of one leaf (a Walsh-Hadamard transform), so ties, ``first``, abstention, every sigma rule and
 surrogate mean exactly what they mean there. Counts are rounded to the integers they are;
-gradients equal the chain rule up to fp32 summation order.
+gradients equal the chain rule up to fp32 summation order. On a CPU where the bit-sliced
+backward (:mod:`.chanvote`) takes these trees, the layer runs there instead (faster at every
+shape measured); this path serves the other CPUs and devices.
 """
 
 from __future__ import annotations
