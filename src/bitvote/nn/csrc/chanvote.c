@@ -489,6 +489,15 @@ static inline void cv_floats(const int8_t *src, float *dst, int C) {
     for (; c < C; c++) dst[c] = (float)src[c];
 }
 
+/* d[0 .. n) = r[l0 .. l0 + n) */
+static inline __attribute__((always_inline)) void cv_store_lanes(float *d, v16f r, int l0, int n) {
+#ifdef __AVX512F__
+    _mm512_mask_storeu_ps(d - l0, (__mmask16)(((1u << n) - 1) << l0), (__m512)r);
+#else
+    for (int b = 0; b < n; b++) d[b] = r[l0 + b];
+#endif
+}
+
 /* Register tiles of the term loops: CV_TQ positions (8 for TT = 2) x TT terms of one leaf, TT = 2, 3 (leaves of
  * 3, 6, 9 ... taps) or 4. */
 #define CV_TQ 4
@@ -563,9 +572,13 @@ static inline void cv_floats(const int8_t *src, float *dst, int C) {
                     }                                                                             \
                 }                                                                                 \
                 const v16f r = cv_sums16(acc);                                                    \
-                for (int a = 0; a < TQ; a++)                                                      \
-                    for (int b = 0; b < TT; b++)                                                 \
-                        sums[(qb + a) * TS + xo + (size_t)(tb + b) * xd] = r[a * TT + b];           \
+                if (xd == 1) /* a position's terms side by side: one store each */               \
+                    for (int a = 0; a < TQ; a++)                                                  \
+                        cv_store_lanes(sums + (qb + a) * TS + xo + tb, r, a * TT, TT);            \
+                else                                                                              \
+                    for (int a = 0; a < TQ; a++)                                                  \
+                        for (int b = 0; b < TT; b++)                                              \
+                            sums[(qb + a) * TS + xo + (size_t)(tb + b) * xd] = r[a * TT + b];       \
             }                                                                                     \
         }                                                                                         \
     }
