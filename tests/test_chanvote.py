@@ -63,10 +63,19 @@ def test_channel_vote_matches_float_path_and_term_loop(taken, data, sigma, surro
     k = data.draw(st.sampled_from([2, 3]))
     C = data.draw(st.integers(1, 5))
     spec, nties = data.draw(st.sampled_from(trees(C, k)))
+    # one-channel trees with a one-input root are plain majorities: the term loop's, not this kernel's
+    check_tree(taken, data, C, k, spec, nties, sigma, surrogate, hmax=7,
+               expect=lambda h: chanvote.per_channel(h, k * k) is not None)
+
+
+def check_tree(taken, data, C, k, spec, nties, sigma, surrogate, hmax, expect, env=()):
+    """One drawn layer of ``spec`` through this kernel (``expect(hierarchy)``: whether it takes
+    it), the float path and vote.c's default paths: equal votes, gradients within fp32 rounding.
+    ``env``: settings for the first two runs (the float path's and this kernel's)."""
     Co = data.draw(st.sampled_from([1, 5, 16, 17, 63, 64, 65, 130]))
     stride = data.draw(st.sampled_from([1, 2]))
     padding = data.draw(st.integers(0, k - 1))
-    H, W = data.draw(st.integers(max(1, k - 2 * padding), 7)), data.draw(st.integers(max(1, k - 2 * padding), 7))
+    H, W = data.draw(st.integers(max(1, k - 2 * padding), hmax)), data.draw(st.integers(max(1, k - 2 * padding), hmax))
     N = data.draw(st.integers(1, 3))
     tie = ",".join(str(data.draw(st.sampled_from(TIES))) for _ in range(nties))
     torch.manual_seed(data.draw(st.integers(0, 2**16)))
@@ -81,15 +90,18 @@ def test_channel_vote_matches_float_path_and_term_loop(taken, data, sigma, surro
     torch.set_num_threads(data.draw(st.sampled_from([1, 2])))
     try:
         with pytest.MonkeyPatch.context() as mp:
+            for name, value in env:
+                mp.setenv(name, value)
             y0, gx0, gw0 = grads(layer, x, g, mp, native=False)
             before = taken["ran"]
             y1, gx1, gw1 = grads(layer, x, g, mp, native=True)
             ran = taken["ran"] - before
+            for name, _ in env:
+                mp.delenv(name)
             _, gx2, gw2 = grads(layer, x, g, mp, native=True, channel=False)
     finally:
         torch.set_num_threads(threads)
-    # one-channel trees with a one-input root are plain majorities: the term loop's, not this kernel's
-    assert ran == (chanvote.per_channel(layer.hierarchy, k * k) is not None), (spec, taken)
+    assert ran == expect(layer.hierarchy), (spec, layer.hierarchy.describe(), taken)
     assert torch.equal(y0, y1)
     assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0), (spec, Co, tie, sigma, surrogate, stride, padding)
     assert close_fp32(gx1, gx2) and close_fp32(gw1, gw2)
@@ -105,6 +117,11 @@ def test_blocks_of_one_border_pattern_across_images(taken, monkeypatch, spec, C,
     x = torch.randint(-1, 2, (N, C, H, H + 1)).float()
     Ho, Wo = H + 2 * (k // 2) - k + 1, H + 1 + 2 * (k // 2) - k + 1
     g = torch.randn(N, Co, Ho, Wo)
+    on_two_threads_as_the_float_path(taken, monkeypatch, layer, x, g)
+
+
+def on_two_threads_as_the_float_path(taken, monkeypatch, layer, x, g):
+    """The layer's backward on two threads: this kernel once, as the float path."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -245,40 +262,10 @@ def tap_trees(C, k):
 def test_tap_major_trees_match_float_path_and_vote_kernels(taken, data, sigma, surrogate):
     k = data.draw(st.sampled_from([1, 2, 3]))
     C = data.draw(st.sampled_from([2, 3, 4, 6, 8, 9, 12, 16, 17, 24, 40, 64]))
-    specs = tap_trees(C, k)
-    spec, nties = data.draw(st.sampled_from(specs))
-    Co = data.draw(st.sampled_from([1, 5, 16, 17, 63, 64, 65, 130]))
-    stride = data.draw(st.sampled_from([1, 2]))
-    padding = data.draw(st.integers(0, k - 1))
-    H, W = data.draw(st.integers(max(1, k - 2 * padding), 6)), data.draw(st.integers(max(1, k - 2 * padding), 6))
-    N = data.draw(st.integers(1, 3))
-    tie = ",".join(str(data.draw(st.sampled_from(TIES))) for _ in range(nties))
-    torch.manual_seed(data.draw(st.integers(0, 2**16)))
-    layer = BinaryConv2d(C, Co, k, stride, padding, voter=spec, tie=tie, sigma=sigma, surrogate=surrogate,
-                         pad_value=data.draw(st.sampled_from([0.0, 1.0, -1.0])))
-    x = torch.randn(N, C, H, W)
-    if data.draw(st.booleans()):  # small integers: ties at every level
-        x = torch.randint(-1, 2, x.shape).float()
-    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
-    g = torch.randn(N, Co, Ho, Wo)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(data.draw(st.sampled_from([1, 2])))
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("BITVOTE_VOTE_BACKWARD", "terms")  # leaves of 16+ would take the leaf GEMMs
-            y0, gx0, gw0 = grads(layer, x, g, mp, native=False)
-            before = taken["ran"]
-            y1, gx1, gw1 = grads(layer, x, g, mp, native=True)
-            ran = taken["ran"] - before
-            mp.setenv("BITVOTE_VOTE_BACKWARD", "auto")
-            _, gx2, gw2 = grads(layer, x, g, mp, native=True, channel=False)
-    finally:
-        torch.set_num_threads(threads)
-    expect = chanvote.per_tap(layer.hierarchy, C, k * k) is not None
-    assert ran == expect, (spec, layer.hierarchy.describe(), taken)
-    assert torch.equal(y0, y1)
-    assert close_fp32(gx1, gx0) and close_fp32(gw1, gw0), (spec, Co, tie, sigma, surrogate, stride, padding)
-    assert close_fp32(gx1, gx2) and close_fp32(gw1, gw2)
+    spec, nties = data.draw(st.sampled_from(tap_trees(C, k)))
+    # leaves of 16+ would take the leaf GEMMs; vote.c's comparison run keeps its default choice
+    check_tree(taken, data, C, k, spec, nties, sigma, surrogate, hmax=6,
+               expect=lambda h: chanvote.per_tap(h, C, k * k) is not None, env=[("BITVOTE_VOTE_BACKWARD", "terms")])
 
 
 @pytest.mark.parametrize("spec,C,Co,N,H", [("tap,leaf=2", 64, 70, 3, 9),     # 32 leaves per tap: counted by 15s
@@ -291,15 +278,7 @@ def test_tap_major_blocks_and_wide_voters(taken, monkeypatch, spec, C, Co, N, H)
     x = torch.randn(N, C, H, H + 1)
     g = torch.randn(N, Co, H, H + 1)
     monkeypatch.setenv("BITVOTE_VOTE_BACKWARD", "terms")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        y0, gx0, gw0 = grads(layer, x, g, monkeypatch, native=False)
-        y1, gx1, gw1 = grads(layer, x, g, monkeypatch, native=True)
-    finally:
-        torch.set_num_threads(threads)
-    assert taken["ran"] == 1
-    assert torch.equal(y0, y1) and close_fp32(gx1, gx0) and close_fp32(gw1, gw0)
+    on_two_threads_as_the_float_path(taken, monkeypatch, layer, x, g)
 
 
 def test_tap_voter_with_too_many_factor_values_falls_back(taken, monkeypatch):
