@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bitvote import BinaryConv2d
-from bitvote.nn import fastvote
+from bitvote.nn import chanvote, fastvote
 
 from native_helpers import close_fp32, run_layer
 from oracle import binary_conv
@@ -267,6 +267,27 @@ def test_kernels_take_small_leaves_by_default(monkeypatch):
     monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "all")
     assert fastvote.pays(h("tap", 256), 256)
     assert not fastvote.pays(BinaryConv2d(4096, 1, 3, voter="tap,leaf=4").hierarchy, 1)  # int16 sums
+
+
+def test_bit_sliced_backward_takes_tap_major_leaves_up_to_64_terms(monkeypatch):
+    """Told the conv group's channels, the choice hands tap-major trees the bit-sliced backward
+    ahead of the leaf GEMMs up to leaves of 64 terms (where it runs: forced here, so that every
+    CPU checks the rule), and counts them as paying even under BITVOTE_VOTE_BACKWARD=terms."""
+    monkeypatch.setenv("BITVOTE_NATIVE_VOTE", "1")
+    monkeypatch.setenv("BITVOTE_CHANNEL_VOTE", "all")
+    h = lambda spec, C: BinaryConv2d(C, C, 3, voter=spec).hierarchy  # noqa: E731
+    if not chanvote.available():
+        pytest.skip("no C compiler for the bit-sliced backward")
+    kinds = [(spec, C, fastvote.backward_kind(h(spec, C), C)) for spec, C in
+             [("tap", 32), ("tap", 64), ("tap", 128), ("tap,groups=4", 256), ("tap,groups=4", 512), ("groups=4", 64)]]
+    assert [k for *_, k in kinds] == ["terms", "terms", "gemm", "terms", "gemm", "gemm"], kinds
+    assert fastvote.backward_kind(h("tap", 64)) == "gemm"  # without the channels: the GEMMs
+    monkeypatch.setenv("BITVOTE_VOTE_BACKWARD", "terms")
+    assert fastvote.pays(h("tap", 256), 256, 256) and not fastvote.pays(h("tap", 256), 256)
+    monkeypatch.setenv("BITVOTE_CHANNEL_VOTE", "0")
+    assert not fastvote.pays(h("tap", 256), 256, 256)
+    monkeypatch.setenv("BITVOTE_VOTE_BACKWARD", "auto")
+    assert fastvote.backward_kind(h("tap", 64), 64) == "gemm"
 
 
 def test_missing_compiler_falls_back_once(monkeypatch, capsys):

@@ -81,12 +81,13 @@ def test_popcount_forward_benchmark_checks_and_times_every_shape(tmp_path):
 
 def test_voter_speed_times_the_term_loop_beside_the_kernels(tmp_path):
     r = bench("--channels", "8", "--size", "6", "--batch", "2", "--rounds", "1", "--threads", "1", "--fuse", "on",
-              "--voters", "popcount,cm:M(M3(M3))", "--tie", "first", "--paths", "loop,new", "--precision", "fp32",
+              "--voters", "popcount,cm:M(M3(M3))", "--tie", "first", "--paths", "loop,nochan,new", "--precision", "fp32",
               "--json", script="voter_speed.py", timeout=180)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert [(x["voter"], x["path"], x["precision"]) for x in rows] == [
-        ("popcount", "-", "fp32"), ("cm:M(M3(M3))", "loop", "fp32"), ("cm:M(M3(M3))", "new", "fp32")]
+        ("popcount", "-", "fp32"), ("cm:M(M3(M3))", "loop", "fp32"), ("cm:M(M3(M3))", "nochan", "fp32"),
+        ("cm:M(M3(M3))", "new", "fp32")]
     assert rows[1]["resolved"] == "cm:M8(M3(M3))" and all(x["ms"] > 0 for x in rows)
     bad = bench("--paths", "fast", script="voter_speed.py", timeout=60)
     assert bad.returncode == 2 and "--paths" in bad.stderr and "Traceback" not in bad.stderr
