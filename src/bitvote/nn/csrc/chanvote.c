@@ -1,6 +1,8 @@
 /* The surrogate gradient of channel-major voter trees whose voters below the root each lie
- * inside one input channel (cm:M(M3(M3)), cm:M(M9), cm:M(M3), cm:P(M3(M3)), ...), with the
- * output channels as the bits of 64-bit words.
+ * inside one input channel (cm:M(M3(M3)), cm:M(M9), cm:M(M3), cm:P(M3(M3)), ...), and of
+ * tap-major ones whose voters below the root each lie inside one tap (tap, tap,leaf=L,
+ * tap,groups=G: see "Tap-major trees" below), with the output channels as the bits of 64-bit
+ * words.
  *
  * At one output position and one input channel c, term (c, t) of output o is the XNOR of the
  * input bit x[c, t] with the weight bit w[o, c, t]: for 64 output channels at once that is
@@ -40,7 +42,7 @@ typedef float v16fu __attribute__((vector_size(64), aligned(4)));
 
 typedef struct {
     const int8_t *x;        /* padded channels-last input (N, Hp, Wp, C): +1, -1, 0 = padding */
-    const int16_t *wi;      /* weights term-major (C * T, Cp), channel-major rows: +1 / -1 */
+    const int16_t *wi;      /* weights term-major (C * T, Cp), rows c T + t (tap-major: t C + c): +1 / -1 */
     const float *g;         /* output gradient (N, Co, Ho, Wo) */
     int N, Hp, Wp, C, Co, Cp, OW, kh, kw, sh, sw, dh, dw, Ho, Wo, H, W, ph, pw, zero_pad;
     const int64_t *tap_off; /* per tap: offset of its pixel from the window's corner */
@@ -639,9 +641,10 @@ static void cv_transpose(const float *src, size_t ss, float *dst, size_t ds, int
         }
 }
 
-/* gx: (N, C, H, W), every element written; gw: (C * T, 64 OW) zeroed. Returns 1 out of
- * memory, 2 where a leaf's factors take more than CV_MAXQ values (the caller then takes
- * another path). A thread takes its images a group at a time: their output gradient (channels
+/* gx: (N, C, H, W), every element written; gw: (C * T, 64 OW) zeroed, rows in wi's order.
+ * Returns 1 out of memory, 2 where a leaf's factors take more than CV_MAXQ values, or a
+ * tap-major level's more than CV_MAXQ or a class more than TV_MAXR ranges of counts (the
+ * caller then takes another path). A thread takes its images a group at a time: their output gradient (channels
  * last) and padded input gradient live in its scratch, and only the finished input gradient
  * is written out. */
 /* first tap of leaf li of one channel (channel-major trees) */
