@@ -89,6 +89,11 @@ static float cv_factor(const cv_args *A, int s, float sig) {
     return d > 0.0f ? d / sig : 0.0f;
 }
 
+/* a voter's sigma over k live inputs: the nominal one, times sqrt(k) under sigma_valid */
+static float cv_sigma(const cv_args *A, int k, float nominal) {
+    return A->sigma_valid ? sqrtf((float)(k > 1 ? k : 1)) * nominal : nominal;
+}
+
 static void cv_node_classes(const cv_args *A, cv_node *n, float sig) {
     n->nq = 0;
     for (int j = 0; j <= n->k && n->k > 0; j++) {
@@ -128,8 +133,7 @@ static void cv_prog_setup(const cv_args *A, cv_prog *P, uint64_t live) {
         for (int l = 0; l < A->nlev; l++)
             for (int i = P->lev0[l]; i < P->lev0[l + 1]; i++) {
                 cv_node *n = nd + i;
-                float sig = A->sigma_valid ? sqrtf((float)(n->k > 1 ? n->k : 1)) * A->sigma[l] : A->sigma[l];
-                cv_node_classes(A, n, sig);
+                cv_node_classes(A, n, cv_sigma(A, n->k, A->sigma[l]));
             }
         for (int i = 0; i < P->lev0[1]; i++) {  /* each leaf's path of factors to the top */
             cv_node *n = nd + i;
@@ -152,7 +156,7 @@ static void cv_prog_setup(const cv_args *A, cv_prog *P, uint64_t live) {
     for (int j = 0; j < A->m; j++)
         for (int i = 0; i < P->lev0[1]; i++) P->simple &= P->node[(size_t)j * P->NL + i].path < 2;
     const int kr = P->live_top * A->C;
-    P->sig_root = A->sigma_valid ? sqrtf((float)(kr > 1 ? kr : 1)) * A->sigma[A->nlev] : A->sigma[A->nlev];
+    P->sig_root = cv_sigma(A, kr, A->sigma[A->nlev]);
 }
 
 /* A tap-major program: which taps are live, and the root's sigma over the live taps' voters. */
@@ -162,7 +166,7 @@ static void tv_prog_setup(const cv_args *A, cv_prog *P, uint64_t live) {
     for (int t = 0; t < T; t++) P->live_top += P->tap_live[t] = live >> t & 1;
     P->simple = 1;
     const int kr = P->live_top * A->m;
-    P->sig_root = A->sigma_valid ? sqrtf((float)(kr > 1 ? kr : 1)) * A->sigma[A->nlev] : A->sigma[A->nlev];
+    P->sig_root = cv_sigma(A, kr, A->sigma[A->nlev]);
 }
 
 /* The per-channel voters as word functions, for one position (W = uint64_t: 64 outputs) or
@@ -284,7 +288,7 @@ static int tv_level_setup(const cv_args *A, tv_level *L, int fan, int tie, float
     L->tie = tie;
     L->np = 1;
     while ((1 << L->np) <= fan) L->np++;
-    const float sig = A->sigma_valid ? sqrtf((float)fan) * signom : signom;
+    const float sig = cv_sigma(A, fan, signom);
     L->nq = 0;
     for (int j = 0; j <= fan; j++) {
         const float f = cv_factor(A, 2 * j - fan, sig);
@@ -384,22 +388,14 @@ static inline __attribute__((always_inline)) v8u tv_vote(const v8u *p, int np, i
 
 /* One tap voter's leaves of F terms each (counts in NP planes; the callers pass constants, so
  * the counters unroll): each leaf's class masks to lq (NQL per leaf, CV_PB / CV_VB apart),
- * its vote into the tap voter's count tp (by 15s: a 4-plane count first). */
-static inline __attribute__((always_inline)) void tv_leaves(int F, int NP, const tv_level *Lf, const tv_level *Lt,
-                                                             const v8u *zj, int nl, v8u *tp, v8u *first, v8u *lq,
-                                                             int NQL) {
-    for (int i = 0; i < Lt->np; i++) tp[i] = (v8u){0};
-    for (int i0 = 0; i0 < nl; i0 += 15) {
-        v8u c4[4] = {(v8u){0}, (v8u){0}, (v8u){0}, (v8u){0}};
-        for (int i = i0; i < nl && i < i0 + 15; i++) {
-            v8u lc[TV_PLANES];
-            tv_count(lc, NP, zj + (size_t)i * F, F);
-            const v8u lv = tv_vote(lc, NP, F, Lf->tie, zj[(size_t)i * F]);
-            if (!i) *first = lv;
-            for (int q = 0; q < NQL; q++) lq[((size_t)i * NQL + q) * (CV_PB / CV_VB)] = tv_class(lc, Lf, q);
-            tv_add(c4, 4, lv);
-        }
-        tv_add_num(tp, Lt->np, c4, 4);
+ * its vote to lv. */
+static inline __attribute__((always_inline)) void tv_leaves(int F, int NP, const tv_level *Lf, const v8u *zj, int nl,
+                                                             v8u *lv, v8u *lq, int NQL) {
+    for (int i = 0; i < nl; i++) {
+        v8u lc[TV_PLANES];
+        tv_count(lc, NP, zj + (size_t)i * F, F);
+        lv[i] = tv_vote(lc, NP, F, Lf->tie, zj[(size_t)i * F]);
+        for (int q = 0; q < NQL; q++) lq[((size_t)i * NQL + q) * (CV_PB / CV_VB)] = tv_class(lc, Lf, q);
     }
 }
 
@@ -469,6 +465,21 @@ static inline __attribute__((always_inline)) v16f cv_sums16(const v16f *a) {
                  + CV_FOLD(d[0], d[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
     return CV_FOLD(r, r, 0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15);
 #undef CV_FOLD
+}
+
+/* dst[p, h] = sum over classes q of f[q] k[p, h] on the lanes of class q's mask, for the
+ * block's pairs p and output vectors h < HC: k's pair p at k + p ks, dst's at dst + p ds
+ * (vectors); class q's 64-bit words at masks + w ws + q CV_PB + p for output word w. */
+static void tv_by_class(const v16f *k, size_t ks, const uint64_t *masks, size_t ws, const float *f, int nq, int HC,
+                        v16f *dst, size_t ds) {
+    for (int p = 0; p < CV_PB; p++)
+        for (int h = 0; h < HC; h++) {
+            const uint64_t *mw = masks + (size_t)(h >> 2) * ws + p;
+            v16f acc = (v16f){0};
+            for (int q = 0; q < nq; q++)
+                acc = masked_fma(acc, k[p * ks + h], f[q], ((const uint16_t *)(mw + (size_t)q * CV_PB))[h & 3]);
+            dst[p * ds + h] = acc;
+        }
 }
 
 typedef int8_t v16b __attribute__((vector_size(16)));
@@ -641,15 +652,15 @@ static void cv_transpose(const float *src, size_t ss, float *dst, size_t ds, int
         }
 }
 
+/* first tap of leaf li of one channel (channel-major trees) */
+#define leaf_t0(li) ((li) / nleaf * u + (li) % nleaf * A->fan[0])
+
 /* gx: (N, C, H, W), every element written; gw: (C * T, 64 OW) zeroed, rows in wi's order.
  * Returns 1 out of memory, 2 where a leaf's factors take more than CV_MAXQ values, or a
  * tap-major level's more than CV_MAXQ or a class more than TV_MAXR ranges of counts (the
  * caller then takes another path). A thread takes its images a group at a time: their output gradient (channels
  * last) and padded input gradient live in its scratch, and only the finished input gradient
  * is written out. */
-/* first tap of leaf li of one channel (channel-major trees) */
-#define leaf_t0(li) ((li) / nleaf * u + (li) % nleaf * A->fan[0])
-
 int cv_backward(const cv_args *A, float *gx, float *gw) {
     const int T = A->kh * A->kw, C = A->C, OW = A->OW, OL = 64 * OW, H16 = OL / 16, HC = (A->Co + 15) / 16,
               TM = A->tap_major, u = (TM ? C : T) / A->m;
@@ -753,10 +764,11 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
         const size_t tmn = TM ? (size_t)T * OW * A->m * (NQT ? NQT : 1) * (CV_PB / CV_VB) : 1,
                      lmn = TM ? (size_t)T * OW * LT * (NQL ? NQL : 1) * (CV_PB / CV_VB) : 1;
         v8u *sgt = aligned_alloc(64, sizeof(v8u) * (TM ? C : 1)), *zt = aligned_alloc(64, sizeof(v8u) * (TM ? C : 1));
+        v8u *lvt = aligned_alloc(64, sizeof(v8u) * nl);  /* the leaf votes under one tap voter */
         v8u *tmask = aligned_alloc(64, sizeof(v8u) * tmn), *lmask = aligned_alloc(64, sizeof(v8u) * lmn);
         v16f *KT = aligned_alloc(64, sizeof(float) * CV_PB * (TM ? A->m : 1) * OL);
         v16f *KMT = aligned_alloc(64, sizeof(float) * (NQL > 1 ? (size_t)CV_PB * LT * OL : 16));
-        if (!lm || !zrow || !XS || !SS || !vc8 || !z8 || !vote8 || !qm8 || !sgt || !zt || !tmask || !lmask ||
+        if (!lm || !zrow || !XS || !SS || !vc8 || !z8 || !vote8 || !qm8 || !sgt || !zt || !lvt || !tmask || !lmask ||
             !KT || !KMT || !ok || !K || !KM || !z || !vote || !qm) err = 1;
         const int b0 = (int)((size_t)A->N * tid / nt), b1 = (int)((size_t)A->N * (tid + 1) / nt);
         const size_t IMG = (size_t)A->Hp * A->Wp * C;  /* floats of one padded image's gx */
@@ -817,31 +829,26 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                             v8u *pl = vc8 + ((size_t)sb * OW + w) * CV_PLANES;
                             for (int j = 0; j < A->m; j++) {
                                 const v8u *zj = zt + (size_t)j * u;
-                                v8u tp[TV_PLANES], first = (v8u){0};
+                                v8u tp[TV_PLANES], first;
                                 if (A->nlev == 1) {
                                     tv_count(tp, Lt->np, zj, u);
                                     first = zj[0];
                                 } else {
                                     v8u *lq = lmask + ((((size_t)t * OW + w) * LT + j * nl) * NQL) * (CV_PB / CV_VB) + sb;
                                     switch (f0) {  /* the common leaves with constant counters */
-                                    case 2: tv_leaves(2, 2, Lf, Lt, zj, nl, tp, &first, lq, NQL); break;
-                                    case 3: tv_leaves(3, 2, Lf, Lt, zj, nl, tp, &first, lq, NQL); break;
-                                    case 4: tv_leaves(4, 3, Lf, Lt, zj, nl, tp, &first, lq, NQL); break;
-                                    case 8: tv_leaves(8, 4, Lf, Lt, zj, nl, tp, &first, lq, NQL); break;
-                                    case 16: tv_leaves(16, 5, Lf, Lt, zj, nl, tp, &first, lq, NQL); break;
-                                    default: tv_leaves(f0, Lf->np, Lf, Lt, zj, nl, tp, &first, lq, NQL);
+                                    case 2: tv_leaves(2, 2, Lf, zj, nl, lvt, lq, NQL); break;
+                                    case 3: tv_leaves(3, 2, Lf, zj, nl, lvt, lq, NQL); break;
+                                    case 4: tv_leaves(4, 3, Lf, zj, nl, lvt, lq, NQL); break;
+                                    case 8: tv_leaves(8, 4, Lf, zj, nl, lvt, lq, NQL); break;
+                                    case 16: tv_leaves(16, 5, Lf, zj, nl, lvt, lq, NQL); break;
+                                    default: tv_leaves(f0, Lf->np, Lf, zj, nl, lvt, lq, NQL);
                                     }
+                                    tv_count(tp, Lt->np, lvt, nl);
+                                    first = lvt[0];
                                 }
                                 v8u *tq = tmask + ((((size_t)t * OW + w) * A->m + j) * NQT) * (CV_PB / CV_VB) + sb;
                                 for (int q = 0; q < NQT; q++) tq[q * (CV_PB / CV_VB)] = tv_class(tp, Lt, q);
-                                if (!A->root_p) {
-                                    v8u cy = tv_vote(tp, Lt->np, Lt->fan, Lt->tie, first);
-                                    for (int i = 0; i < nplanes; i++) {
-                                        const v8u a = pl[i] & cy;
-                                        pl[i] ^= cy;
-                                        cy = a;
-                                    }
-                                }
+                                if (!A->root_p) tv_add(pl, nplanes, tv_vote(tp, Lt->np, Lt->fan, Lt->tie, first));
                             }
                         }
                     }
@@ -868,14 +875,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                                     continue;
                                 }
                                 cv_eval8(A, P, nd, j, z8, vote8, qm8, P->simple);
-                                if (!A->root_p) {  /* a ripple-carry add into the count planes */
-                                    v8u cy = vote8[NL - 1];
-                                    for (int i = 0; i < nplanes; i++) {
-                                        const v8u t = pl[i] & cy;
-                                        pl[i] ^= cy;
-                                        cy = t;
-                                    }
-                                }
+                                if (!A->root_p) tv_add(pl, nplanes, vote8[NL - 1]);  /* into the count planes */
                                 if (!P->simple) continue;
                                 for (int i = 0; i < nleaf; i++) {
                                     v8u mk = (v8u){0};
@@ -945,16 +945,9 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                         for (int p = 0; p < CV_PB; p++) memset(SS + p * TS + tc, 0, sizeof(float) * C);
                         continue;
                     }
-#define TV_M16(base, q, p, h) (((const uint16_t *)((const uint64_t *)(base) + (q) * CV_PB + (p)))[(h) & 3])
-                    for (int p = 0; p < CV_PB; p++)
-                        for (int j = 0; j < A->m; j++)
-                            for (int h = 0; h < HC; h++) {
-                                const v16f Kp = K[(size_t)p * H16 + h];
-                                const uint64_t *tq = (const uint64_t *)tmask + (((size_t)t * OW + (h >> 2)) * A->m + j) * NQT * CV_PB;
-                                v16f acc = (v16f){0};
-                                for (int q = 0; q < NQT; q++) acc = masked_fma(acc, Kp, Lt->q[q], TV_M16(tq, q, p, h));
-                                KT[((size_t)p * A->m + j) * H16 + h] = acc;
-                            }
+for (int j = 0; j < A->m; j++)  /* the tap voters' dL/ds: the root's times their factors */
+                        tv_by_class(K, H16, (const uint64_t *)tmask + ((size_t)t * OW * A->m + j) * NQT * CV_PB,
+                                    (size_t)A->m * NQT * CV_PB, Lt->q, NQT, HC, KT + (size_t)j * H16, (size_t)A->m * H16);
                     if (A->nlev == 1) {
                         for (int j = 0; j < A->m; j++)
                             cv_tiles(u, 0)(
@@ -972,19 +965,13 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
                                 (size_t)LT * CV_PB, XS, wf, GW, SS, zrow, srow, OL);
                             continue;
                         }
-                        for (int p = 0; p < CV_PB; p++)
-                            for (int h = 0; h < HC; h++) {
-                                const v16f Kp = KT[((size_t)p * A->m + j) * H16 + h];
-                                const uint64_t *lq = (const uint64_t *)lmask + (((size_t)t * OW + (h >> 2)) * LT + li) * NQL * CV_PB;
-                                v16f acc = (v16f){0};
-                                for (int q = 0; q < NQL; q++) acc = masked_fma(acc, Kp, Lf->q[q], TV_M16(lq, q, p, h));
-                                KMT[((size_t)p * LT + li) * H16 + h] = acc;
-                            }
+                        tv_by_class(KT + (size_t)j * H16, (size_t)A->m * H16,
+                                    (const uint64_t *)lmask + ((size_t)t * OW * LT + li) * NQL * CV_PB,
+                                    (size_t)LT * NQL * CV_PB, Lf->q, NQL, HC, KMT + (size_t)li * H16, (size_t)LT * H16);
                         cv_tiles(f0, 0)(
                             A, f0, r0, 1, r0, 1, (const float *)(KMT + (size_t)li * H16), (size_t)LT * OL, 0.0f, NULL, 0,
                             XS, wf, GW, SS, zrow, srow, OL);
                     }
-#undef TV_M16
                 }
                 /* channel by channel: each leaf's dL/ds (the root's on masks of outputs, times
                  * the factor products of the leaf's path), then its terms */
@@ -1089,7 +1076,7 @@ int cv_backward(const cv_args *A, float *gx, float *gw) {
         free(Gg);
         for (int g = 0; prog && g < nprog; g++) free(prog[g].node);
         free(prog);
-        free(sgt); free(zt); free(tmask); free(lmask); free(KT); free(KMT);
+        free(sgt); free(zt); free(lvt); free(tmask); free(lmask); free(KT); free(KMT);
         free(lm); free(zrow); free(XS); free(SS); free(K); free(KM); free(vc8); free(z8); free(vote8); free(qm8); free(z); free(vote); free(qm);
     }
     if (gwt && !err)
