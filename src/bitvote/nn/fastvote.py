@@ -119,10 +119,16 @@ def pays(hier: Hierarchy, cout: int, cin: Optional[int] = None) -> bool:
         return False
     if forced() or hier.order == CM or backward_kind(hier, cin) == "gemm":
         return True
-    if cin and hier.n % cin == 0 and chanvote.takes(hier, cin, hier.n // cin):
+    if bit_sliced(hier, cin):
         return True
     leaf = hier.n / len(hier.leaf_sizes)
     return leaf <= 32 or (leaf <= 64 and cout <= 64)
+
+
+def bit_sliced(hier: Hierarchy, channels: Optional[int]) -> bool:
+    """Whether the bit-sliced backward (:mod:`.chanvote`) takes ``hier`` over a conv group of
+    ``channels`` input channels (None: unknown, so no)."""
+    return bool(channels) and hier.n % channels == 0 and chanvote.takes(hier, channels, hier.n // channels)
 
 
 def backward_kind(hier: Hierarchy, channels: Optional[int] = None) -> str:
@@ -142,8 +148,7 @@ def backward_kind(hier: Hierarchy, channels: Optional[int] = None) -> str:
     leaf = hier.leaf_sizes[0]
     if leaf < _GEMM_MIN_LEAF:
         return "terms"
-    if (leaf <= _CHAN_MAX_LEAF and channels and hier.n % channels == 0
-            and chanvote.takes(hier, channels, hier.n // channels)):
+    if leaf <= _CHAN_MAX_LEAF and bit_sliced(hier, channels):
         return "terms"
     return "gemm"
 
@@ -340,7 +345,7 @@ class _NativeVoteFn(torch.autograd.Function):
             gwb = gw.reshape(kh * kw, C, Co).permute(2, 1, 0).reshape(wshape).to(wdt)
             return gxb, gwb, None, None, None, None, None, None, None, None
         g = g.contiguous()
-        if chanvote.takes(plan.hier, C, kh * kw):
+        if bit_sliced(plan.hier, C):
             got = chanvote.backward(plan, xcl, wshape, wi, stride, padding, dilation, Ho, Wo, surrogate, pad_value, g)
             if got is not None:
                 gx, gw = got

@@ -33,7 +33,7 @@ from ..voter import CM, Hierarchy
 from ..voter.reduce import first_nonzero as _first_nonzero, first_true as _first_true, \
     flat_changes, flat_surrogate, reduce_votes, segment_starts as _starts, segment_sum as _segsum, vote_dtype
 from ..voter.spec import sigma_is_flat, sigma_without_flat
-from . import chanvote, fastvote, packedvote, rowvote, taprows
+from . import fastvote, packedvote, rowvote, taprows
 
 __all__ = ["binary_conv2d", "conv_leaf_sums", "pad_binary", "reference_votes"]
 
@@ -449,7 +449,7 @@ def _hier_votes(xb, wb, voter, stride, padding, dilation, groups, pad_value, sur
     native = kernels and _use_native(voter, xb, surrogate, cout, cin)
     rows = (kernels and rowvote.enabled() and rowvote.supports(voter, (cout, cin) + tuple(wb.shape[2:]))
             and not torch.compiler.is_compiling()  # its tables come from an autograd probe
-            and not (native and chanvote.takes(voter, cin, wb.shape[2] * wb.shape[3])))  # faster where it runs
+            and not (native and fastvote.bit_sliced(voter, cin)))  # faster where it runs
     if rows or native:
         st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
         Ho = _out_size(xb.shape[2] + 2 * pd[0], wb.shape[2], st[0], dl[0])
