@@ -304,6 +304,36 @@ def test_field_leaves_match_the_layer(L, mult, ties, Co, stride, padding, pad_va
             lib().bv_set_kernel(old)
 
 
+@settings(max_examples=30, deadline=None)
+@given(C=st.sampled_from([1, 7, 31, 32, 33, 63, 64, 65, 128, 130, 200]), ties=st.tuples(*[st.sampled_from([1, -1, "first"])] * 2),
+       Co=st.sampled_from([8, 16, 64, 13]), k=st.sampled_from([2, 3]), stride=st.sampled_from([1, 2]),
+       padding=st.sampled_from([0, 1]), pad_value=st.sampled_from([0.0, 1.0, -1.0]),
+       agree=st.sampled_from([0.0, 0.5, 0.9]), seed=st.integers(0, 2**16))
+def test_tap_votes_in_registers_match_the_layer(C, ties, Co, k, stride, padding, pad_value, agree, seed):
+    """`tap` (one leaf per tap) with a tie rule per level: ties in many lanes (agreeing
+    channels), one to four words a tap, abstaining border taps, whole and partial blocks."""
+    c = dict(C=C, k=k, T=k * k, N=2, H=4, W=5, Co=Co, agree=agree, seed=seed)
+    x, w = _inputs(c)
+    hier = resolve("tap", C * k * k, k * k, ties)
+    pc = PackedConv(w >= 0, stride, padding, pad_value, hier)
+    with BF.reference_votes():
+        want = BF.binary_conv2d(x, w, stride, padding, voter=hier, pad_value=pad_value)
+    g = torch.Generator().manual_seed(seed + 1)
+    a, b = torch.randn(Co, generator=g), torch.randn(Co, generator=g)
+    xw = pack(x)
+    for isa, version in PATHS:
+        old = lib().bv_set_kernel(version)
+        try:
+            tag = (isa, version)
+            assert torch.equal(pc.epilogue("int")(xw, 1, isa).float(), want), tag
+            bits = pc.epilogue("bits")(xw, 2, isa)
+            assert torch.equal(unpack(bits, Co).permute(0, 3, 1, 2), want > 0), tag
+            sel = pc.epilogue("select", a=a, b=b)(xw, 1, isa)
+            assert torch.equal(sel, torch.where(want > 0, a.view(1, -1, 1, 1), b.view(1, -1, 1, 1))), tag
+        finally:
+            lib().bv_set_kernel(old)
+
+
 def test_one_leaf_under_a_p_root_is_the_sum():
     """P(M<n>) (a P root over one leaf, e.g. P(M<C>) for one channel) counts, it does not vote."""
     g = torch.Generator().manual_seed(4)

@@ -986,6 +986,65 @@ static inline __attribute__((always_inline)) void FN(tiles)(const uint64_t *cons
 #undef BV_TCASE
 }
 
+#ifdef BV_KVOTE
+/* HMV `tap` (M<T>(M<C>), any tie rules) of one pixel against CB blocks without leaving
+ * registers: a tap's vote is +1 where 2m + b <= C (m its mismatches, b the tie's bit: 0 under
+ * +1, 1 under -1, channel 0's mismatch under `first`), counted per lane with a masked add; the
+ * first valid tap's votes stay as a mask for the root's `first`. r: CB x 8 int32 +/-1. */
+static inline __attribute__((always_inline)) void FN(tile_tapvote)(const uint64_t *const *tp, const int T, const int Wd,
+                                                                   const uint64_t *wg, const size_t ws, const int CB,
+                                                                   const int C, const int t0, const int troot, int32_t *r)
+{
+    VT pc[BV_CBMAX];
+    __mmask8 fm[BV_CBMAX];
+    const VT lim = VBCAST((uint64_t)C), one = VBCAST(1), tb = t0 < 0 ? one : VZERO();
+    for (int c = 0; c < CB; c++) { pc[c] = VZERO(); fm[c] = 0; }
+    int nv = 0;
+    for (int t = 0; t < T; t++) {
+        const uint64_t *xp = tp[t];
+        if (!xp) continue; /* a zero-padded tap abstains */
+        const uint64_t *wt = wg + (size_t)t * Wd * 8;
+        VT a[BV_CBMAX], d0[BV_CBMAX]; /* d0: word 0's mismatches (channel 0 for `first`) */
+        const VT xb0 = VBCAST(xp[0]);
+        for (int c = 0; c < CB; c++) { d0[c] = VXOR(xb0, VLOAD(wt + c * ws)); a[c] = VPOPACC(VZERO(), d0[c]); }
+        for (int j = 1; j < Wd; j++) {
+            const VT xb = VBCAST(xp[j]);
+            for (int c = 0; c < CB; c++) a[c] = VPOPACC(a[c], VXOR(xb, VLOAD(wt + c * ws + (size_t)j * 8)));
+        }
+        for (int c = 0; c < CB; c++) {
+            const VT m = VFLUSH(VZERO(), a[c]);
+            const VT b = t0 == 0 ? VAND(d0[c], one) : tb;
+            const __mmask8 pos = _mm512_cmple_epu64_mask(VADD64(VADD64(m, m), b), lim);
+            pc[c] = _mm512_mask_add_epi64(pc[c], pos, pc[c], one);
+            fm[c] = nv == 0 ? pos : fm[c];
+        }
+        nv++;
+    }
+    const VT nvv = VBCAST((uint64_t)nv);
+    for (int c = 0; c < CB; c++) {
+        const VT s2 = VADD64(pc[c], pc[c]); /* the root's sum is 2 pc - nv */
+        __mmask8 tie = troot > 0 ? 0xFF : troot < 0 ? 0 : fm[c];
+        if (nv == 0) tie = troot < 0 ? 0 : 0xFF; /* the root abstains: its tie value, +1 under first */
+        const __mmask8 pos = _mm512_cmpgt_epu64_mask(s2, nvv) | (_mm512_cmpeq_epu64_mask(s2, nvv) & tie);
+        _mm256_storeu_si256((__m256i *)(r + c * 8),
+                            _mm512_cvtepi64_epi32(_mm512_mask_blend_epi64(pos, _mm512_set1_epi64(-1), _mm512_set1_epi64(1))));
+    }
+}
+
+static inline __attribute__((always_inline)) void FN(tiles_tapvote)(const uint64_t *const *tp, int T, int Wd, const uint64_t *wg,
+                                                                    size_t ws, int CB, int C, int t0, int troot, int32_t *r)
+{
+    switch (CB) {
+#if BV_CBMAX >= 8
+    case 8: FN(tile_tapvote)(tp, T, Wd, wg, ws, 8, C, t0, troot, r); break;
+#endif
+    case 4: FN(tile_tapvote)(tp, T, Wd, wg, ws, 4, C, t0, troot, r); break;
+    case 2: FN(tile_tapvote)(tp, T, Wd, wg, ws, 2, C, t0, troot, r); break;
+    default: FN(tile_tapvote)(tp, T, Wd, wg, ws, 1, C, t0, troot, r);
+    }
+}
+#endif
+
 #if defined(BV_HS9) || defined(BV_POP9)
 #define BV_FLAT 1
 /* 3x3 taps of one word (64 channels): the 9 words of a pixel against CB blocks, weights at
@@ -1112,6 +1171,10 @@ static int FN(conv_dense)(const bv_conv_t *p)
     const int C = p->leaf_size[0] / (pertap ? 1 : T); /* channels: leaf sizes are C*T or C */
     const size_t ws = (size_t)T * Wd * 8;             /* words of one channel block */
     const int NW = T * Wd;
+#ifdef BV_KVOTE /* a 2-level `tap` tree voted in registers (no leaf sums asked for, whole blocks of 8) */
+    const int kvote = pertap && !p->lsum && p->nlev == 2 && !p->root_p && p->L == T && p->lev_nodes[1] == 1 &&
+                      p->Co % 8 == 0 && Wd <= BV_CHUNK;
+#endif
 #ifdef BV_CB9MAX /* the 9-word tile holds no per-block arrays: it may sweep more blocks per loaded pixel */
     int CB = NW == 9 && !pertap && p->wpc ? BV_CB9MAX : BV_CBMAX;
 #else
@@ -1163,6 +1226,9 @@ static int FN(conv_dense)(const bv_conv_t *p)
             int32_t *sums = buf, *firsts = buf + LT * 8, *va = buf + 2 * LT * 8, *vb = buf + 3 * LT * 8;
             int32_t *lcnt = buf + 4 * LT * 8;
             int32_t r[8];
+#ifdef BV_KVOTE
+            int32_t rv[BV_CBMAX * 8]; /* this thread's tap-vote results */
+#endif
             for (int ky = 0; ky < p->kh; ky++)
                 for (int kx = 0; kx < p->kw; kx++) toff[ky * p->kw + kx] = ((long)ky * p->W + kx) * Wd;
             for (int t = 0; t < T; t++)
@@ -1233,6 +1299,18 @@ static int FN(conv_dense)(const bv_conv_t *p)
                                     }
                                 }
                         } else
+#endif
+#ifdef BV_KVOTE
+                        if (kvote) { /* the tap votes in registers, then each block's epilogue */
+                            FN(tiles_tapvote)(tp, T, Wd, wg, ws, tcb, C, p->lev_tie[0], p->lev_tie[1], rv);
+                            for (int c = 0; c < tcb; c++) {
+                                const int o0 = (cbs + c) * 8;
+                                if (!FN(vemit)(p, pix, o0, _mm256_loadu_si256((const __m256i *)(rv + c * 8))))
+                                    FN(emit8)(p, pix, n, rem, o0, 8, rv + c * 8);
+                            }
+                            done += tcb;
+                            continue;
+                        }
 #endif
                         FN(tiles)(tp, T, Wd, wg, ws, tcb, pertap, mism);
                         for (int c = 0; c < tcb; c++) {

@@ -405,6 +405,7 @@ static inline void z_store(uint64_t *q, __m512i v) { _mm512_storeu_si512((void *
 /* Harley-Seal: carry-save adders (sum = a^b^c, carry = majority) as vpternlogq */
 #define BV_HS 1
 #define BV_VEPI 1
+#define BV_KVOTE 1 /* mask-register votes (AVX-512F) */
 #define BV_LD8(mm) _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm)))
 #define BV_FIRST8(x, w8, bit) _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srl_epi64(_mm512_xor_si512(_mm512_set1_epi64((long long)(x)), \
         _mm512_loadu_si512((const void *)(w8))), _mm_cvtsi32_si128(bit)), _mm512_set1_epi64(1)))
@@ -450,6 +451,7 @@ static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
 #include "kbody.h"
 #undef BV_HS
 #undef BV_VEPI
+#undef BV_KVOTE
 #undef BV_LD8
 #undef BV_FIRST8
 #undef VOR
@@ -484,6 +486,7 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #define VFLUSH _mm512_add_epi64
 #define BV_CHUNK (1 << 30)
 #define BV_VEPI 1
+#define BV_KVOTE 1
 #define BV_LD8(mm) _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm)))
 #define BV_FIRST8(x, w8, bit) _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srl_epi64(_mm512_xor_si512(_mm512_set1_epi64((long long)(x)), \
         _mm512_loadu_si512((const void *)(w8))), _mm_cvtsi32_si128(bit)), _mm512_set1_epi64(1)))
@@ -497,6 +500,7 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #define BV_ADD64 _mm512_add_epi64
 #include "kbody.h"
 #undef BV_VEPI
+#undef BV_KVOTE
 #undef BV_LD8
 #undef BV_FIRST8
 #undef VOR
