@@ -265,6 +265,112 @@ static inline int FN(vemit)(const bv_conv_t *p, long pix, int o0, __m256i r)
 }
 #endif
 
+#ifdef BV_KVOTE
+#define BV_KLEV 8 /* levels above the leaves a register tree holds */
+/* A node's vote from its children's: +1 where 2 pc > nv (pc: +1 votes, nv: valid children,
+ * the same in every lane), or on a tie where the rule says +1 (`first`: fm, the first valid
+ * child's votes). */
+static inline __mmask8 FN(knode)(VT pc, int nv, __mmask8 fm, int tie)
+{
+    const VT s2 = VADD64(pc, pc), nvv = VBCAST((uint64_t)nv);
+    const __mmask8 t = tie > 0 ? 0xFF : tie < 0 ? 0 : fm;
+    return _mm512_cmpgt_epu64_mask(s2, nvv) | (_mm512_cmpeq_epu64_mask(s2, nvv) & t);
+}
+
+/* +/-1 lanes of a vote mask, as 8 int32. */
+static inline void FN(kstore)(__mmask8 pos, int32_t *r)
+{
+    _mm256_storeu_si256((__m256i *)r, _mm512_cvtepi64_epi32(_mm512_mask_blend_epi64(pos, _mm512_set1_epi64(-1), _mm512_set1_epi64(1))));
+}
+
+/* Any tree (levels of nodes over consecutive children, `P` root or not, any tie rules) of one
+ * pixel against CB blocks on the segment layout, voted in mask registers as the segments
+ * stream: a finished leaf votes 2m + b <= n (n its valid terms, b the tie's bit) and passes
+ * its vote up; a node votes once its last child has; abstaining children are not counted.
+ * vcnt / fseg: the pixel's valid terms and first valid segment per leaf. r: CB x 8 int32. */
+static inline __attribute__((always_inline)) void FN(tile_segtree)(const bv_conv_t *p, const uint64_t *const *tp,
+                                                                   const uint64_t *wg, const size_t ws, const int CB,
+                                                                   const int32_t *vcnt, const int32_t *fseg, int32_t *r)
+{
+    const int Wd = p->Wd, S = p->S, last = p->nlev - 1, t0 = p->lev_tie[0];
+    const VT one = VBCAST(1), tb = t0 < 0 ? one : VZERO();
+    VT a8[BV_CBMAX], a64[BV_CBMAX], b[BV_CBMAX], pc[BV_KLEV][BV_CBMAX];
+    __mmask8 fm[BV_KLEV][BV_CBMAX];
+    int nv[BV_KLEV], kids[BV_KLEV], node[BV_KLEV];
+    const int32_t *gb[BV_KLEV]; /* level li's fan-ins */
+    const int32_t *g = p->lev_groups;
+    for (int li = 1; li <= last; li++) { gb[li] = g; g += p->lev_nodes[li]; nv[li] = kids[li] = node[li] = 0; }
+    for (int li = 1; li <= last; li++)
+        for (int c = 0; c < CB; c++) { pc[li][c] = VZERO(); fm[li][c] = 0; }
+    for (int c = 0; c < CB; c++) { a8[c] = VZERO(); a64[c] = VZERO(); b[c] = tb; }
+    int cur = p->seg_leaf[0], k = 0;
+    for (int s = 0; s <= S; s++) {
+        if (s == S || p->seg_leaf[s] != cur) { /* leaf `cur` is complete */
+            const int n = vcnt[cur];
+            __mmask8 vote[BV_CBMAX];
+            for (int c = 0; c < CB; c++) {
+                const VT m = VFLUSH(a64[c], a8[c]);
+                if (last == 0) { /* one leaf: the root itself */
+                    if (p->root_p) _mm256_storeu_si256((__m256i *)(r + c * 8), _mm512_cvtepi64_epi32(VSUB64(VBCAST((uint64_t)n), VADD64(m, m))));
+                    else FN(kstore)(n == 0 ? (t0 < 0 ? 0 : 0xFF) : _mm512_cmple_epu64_mask(VADD64(VADD64(m, m), b[c]), VBCAST((uint64_t)n)), r + c * 8);
+                } else {
+                    vote[c] = _mm512_cmple_epu64_mask(VADD64(VADD64(m, m), b[c]), VBCAST((uint64_t)n));
+                }
+                a8[c] = VZERO(); a64[c] = VZERO(); b[c] = tb;
+            }
+            if (last == 0) return;
+            int valid = n > 0;
+            for (int li = 1; li <= last; li++) { /* pass the vote up while nodes complete */
+                if (valid) {
+                    for (int c = 0; c < CB; c++) {
+                        pc[li][c] = _mm512_mask_add_epi64(pc[li][c], vote[c], pc[li][c], one);
+                        if (nv[li] == 0) fm[li][c] = vote[c];
+                    }
+                    nv[li]++;
+                }
+                if (++kids[li] < gb[li][node[li]]) break;
+                if (li == last) { /* the root */
+                    for (int c = 0; c < CB; c++) {
+                        if (p->root_p)
+                            _mm256_storeu_si256((__m256i *)(r + c * 8),
+                                                _mm512_cvtepi64_epi32(VSUB64(VADD64(pc[li][c], pc[li][c]), VBCAST((uint64_t)nv[li]))));
+                        else
+                            FN(kstore)(nv[li] == 0 ? (p->lev_tie[li] < 0 ? 0 : 0xFF) : FN(knode)(pc[li][c], nv[li], fm[li][c], p->lev_tie[li]),
+                                       r + c * 8);
+                    }
+                    return;
+                }
+                valid = nv[li] > 0;
+                for (int c = 0; c < CB; c++) {
+                    if (valid) vote[c] = FN(knode)(pc[li][c], nv[li], fm[li][c], p->lev_tie[li]);
+                    pc[li][c] = VZERO();
+                }
+                nv[li] = 0; kids[li] = 0; node[li]++;
+            }
+            if (s == S) return;
+            cur = p->seg_leaf[s]; k = 0;
+        }
+        const int t = p->seg_tap[s], j = p->seg_word[s];
+        const uint64_t *xp = tp[t];
+        if (!xp) continue;
+        const size_t wo = ((size_t)t * Wd + j) * 8;
+        const VT xb = VBCAST(xp[j]), mb = VBCAST(p->seg_mask[s]);
+        const int isf = t0 == 0 && s == fseg[cur];
+        const int fb = isf ? __builtin_ctzll(p->seg_mask[s]) : 0;
+        for (int c = 0; c < CB; c++) {
+            VT d = VXOR(xb, VLOAD(wg + c * ws + wo));
+            if (isf) b[c] = VAND(VSRL64(d, fb), one); /* the leaf's first valid term */
+            if (p->masked) d = VAND(d, mb);
+            a8[c] = VPOPACC(a8[c], d);
+        }
+        if (BV_CHUNK < (1 << 30) && ++k == BV_CHUNK) {
+            for (int c = 0; c < CB; c++) { a64[c] = VFLUSH(a64[c], a8[c]); a8[c] = VZERO(); }
+            k = 0;
+        }
+    }
+}
+#endif
+
 #ifdef BV_VEPI
 /* The segment kernel on the vector ISAs: register tiles of up to BV_CBMAX channel blocks per
  * loaded input word (each segment's word is broadcast and masked once, XORed with CB weight
@@ -281,9 +387,15 @@ static int FN(conv)(const bv_conv_t *p)
     const size_t ws = (size_t)T * Wd * 8;
     int CB = BV_CBMAX;
     while (CB > 1 && CB > Cob) CB /= 2;
+#ifdef BV_KVOTE /* a voter's tree in registers (no leaf sums asked for, whole blocks of 8) */
+    const int ktree = p->voter && !p->lsum && p->Co % 8 == 0 && p->nlev <= BV_KLEV;
+#endif
     int failed = 0;
 #pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
     {
+#ifdef BV_KVOTE
+        int32_t rv[BV_CBMAX * 8];
+#endif
         const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
         uint64_t *mism = malloc((size_t)L * CB * 8 * sizeof(uint64_t));
         int32_t *vcnt = malloc((size_t)L * 4), *fseg = malloc((size_t)L * 4);
@@ -331,6 +443,22 @@ static int FN(conv)(const bv_conv_t *p)
                     tcb = CB;
                     while (tcb > Cob - cb0) tcb /= 2;
                     const uint64_t *wg = p->w + (size_t)cb0 * ws;
+#ifdef BV_KVOTE
+                    if (ktree) { /* the tree in mask registers, then each block's epilogue */
+                        switch (tcb) {
+                        case 8: FN(tile_segtree)(p, tp, wg, ws, 8, vcnt, fseg, rv); break;
+                        case 4: FN(tile_segtree)(p, tp, wg, ws, 4, vcnt, fseg, rv); break;
+                        case 2: FN(tile_segtree)(p, tp, wg, ws, 2, vcnt, fseg, rv); break;
+                        default: FN(tile_segtree)(p, tp, wg, ws, 1, vcnt, fseg, rv);
+                        }
+                        for (int c = 0; c < tcb; c++) {
+                            const int o0 = (cb0 + c) * 8;
+                            if (!FN(vemit)(p, pix, o0, _mm256_loadu_si256((const __m256i *)(rv + c * 8))))
+                                FN(emit8)(p, pix, n, rem, o0, 8, rv + c * 8);
+                        }
+                        continue;
+                    }
+#endif
 #define BV_SEGTILE(NB) do { \
         VT a8[NB], a64[NB]; \
         for (int c = 0; c < NB; c++) { a8[c] = VZERO(); a64[c] = VZERO(); } \
