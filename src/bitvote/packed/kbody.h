@@ -692,6 +692,149 @@ static inline void FN(root_emit)(const bv_conv_t *p, long pix, int n, int rem, i
  * votes +1 or -1, so the tap node's sum is 2 * popcount(+1 flags) - leaves, over its words;
  * its 'first' value is its field 0.
  * The taps (a zero-padded one abstains) and the root vote on 8 lanes as in vtap. */
+#ifdef BV_KVOTE
+/* Per-field mismatch counts of d for fields of Lf bits: one instruction where the ISA counts
+ * such fields (BV_FCNT8/16/32), else SWAR pairwise sums. */
+static inline __attribute__((always_inline)) VT FN(fcnt)(VT d, const int Lf)
+{
+#ifdef BV_FCNT8
+    if (Lf == 8) return BV_FCNT8(d);
+    if (Lf == 16) return BV_FCNT16(d);
+#endif
+#ifdef BV_FCNT32
+    if (Lf == 32) return BV_FCNT32(d);
+#endif
+    VT c = VSUB64(d, VAND(VSRL64(d, 1), VBCAST(bv_swar_mask[0])));
+    for (int b = 1, wdt = 2; wdt < Lf; b++, wdt *= 2)
+        c = VADD64(VAND(c, VBCAST(bv_swar_mask[b])), VAND(VSRL64(c, wdt), VBCAST(bv_swar_mask[b])));
+    return c;
+}
+
+/* M<T>(M<C/L>(M<L>)) of one pixel against CB blocks in registers: a field's -1 flag is the
+ * high bit of count + bias (`first`: a tie takes the field's channel 0), the tap node counts
+ * its -1 leaves with one popcount per word (fields past the channels count 0: never -1) and
+ * votes by mask; the root counts the taps' +1 votes. r: CB x 8 int32 +/-1. */
+static inline __attribute__((always_inline)) void FN(tile_fields)(const bv_conv_t *p, const uint64_t *const *tp, const uint64_t *wg,
+                                                                  const size_t ws, const int CB, const int Lf, const int nodes,
+                                                                  const uint64_t Hm, const uint64_t Kneg, const uint64_t Kpos, int32_t *r)
+{
+    const int T = p->kh * p->kw, Wd = p->Wd, t0 = p->lev_tie[0], t1 = p->lev_tie[1], t2 = p->lev_tie[2];
+    const VT one = VBCAST(1), nd = VBCAST((uint64_t)nodes), H = VBCAST(Hm), KN = VBCAST(Kneg), KP = VBCAST(Kpos);
+    const VT hb0 = VBCAST(1ULL << (Lf - 1));
+    VT pc[BV_CBMAX];
+    __mmask8 fm[BV_CBMAX];
+    for (int c = 0; c < CB; c++) { pc[c] = VZERO(); fm[c] = 0; }
+    int nv = 0;
+    for (int t = 0; t < T; t++) {
+        const uint64_t *xp = tp[t];
+        if (!xp) continue; /* a zero-padded tap abstains */
+        const uint64_t *wt = wg + (size_t)t * Wd * 8;
+        VT mc[BV_CBMAX];
+        __mmask8 f0[BV_CBMAX]; /* lanes whose leaf 0 of this tap votes -1 */
+        if (Lf >= 8) { /* fields are byte / 16-bit / 32-bit lanes: -1 flags as masks, counted per field */
+            const VT lowb = VBCAST(Lf == 8 ? 0x0101010101010101ULL : Lf == 16 ? 0x0001000100010001ULL : 0x0000000100000001ULL);
+            /* -1 where cnt > L/2 (tie +1), cnt >= L/2 (tie -1), 2 cnt + (channel 0's mismatch) > L (`first`) */
+            const uint64_t hl = (uint64_t)(t0 == 0 ? Lf : t0 > 0 ? Lf / 2 : Lf / 2 - 1);
+            const VT thr = VBCAST(Lf == 8 ? hl * 0x0101010101010101ULL : Lf == 16 ? hl * 0x0001000100010001ULL : hl * 0x0000000100000001ULL);
+            for (int j = 0; j < Wd; j++) {
+                const VT xb = VBCAST(xp[j]);
+                for (int c = 0; c < CB; c++) {
+                    const VT d = VXOR(xb, VLOAD(wt + c * ws + (size_t)j * 8)), cnt = FN(fcnt)(d, Lf);
+                    const VT key = t0 == 0 ? _mm512_ternarylogic_epi64(VADD64(cnt, cnt), d, lowb, 0xF8) : cnt;
+                    if (Lf == 8) {
+                        const __mmask64 k = _mm512_cmpgt_epu8_mask(key, thr);
+                        mc[c] = j == 0 ? _mm512_maskz_mov_epi8(k, lowb) : _mm512_mask_add_epi8(mc[c], k, mc[c], lowb);
+                        if (j == 0) f0[c] = _mm512_test_epi64_mask(mc[c], VBCAST(1));
+                    } else if (Lf == 16) {
+                        const __mmask32 k = _mm512_cmpgt_epu16_mask(key, thr);
+                        mc[c] = j == 0 ? _mm512_maskz_mov_epi16(k, lowb) : _mm512_mask_add_epi16(mc[c], k, mc[c], lowb);
+                        if (j == 0) f0[c] = _mm512_test_epi64_mask(mc[c], VBCAST(1));
+                    } else {
+                        const __mmask16 k = _mm512_cmpgt_epu32_mask(key, thr);
+                        mc[c] = j == 0 ? _mm512_maskz_mov_epi32(k, lowb) : _mm512_mask_add_epi32(mc[c], k, mc[c], lowb);
+                        if (j == 0) f0[c] = _mm512_test_epi64_mask(mc[c], VBCAST(1));
+                    }
+                }
+            }
+            for (int c = 0; c < CB; c++) mc[c] = _mm512_sad_epu8(mc[c], VZERO()); /* field counts <= 31: bytes sum per lane */
+        } else for (int j = 0; j < Wd; j++) {
+            const VT xb = VBCAST(xp[j]);
+            for (int c = 0; c < CB; c++) {
+                const VT d = VXOR(xb, VLOAD(wt + c * ws + (size_t)j * 8)), cnt = FN(fcnt)(d, Lf);
+                VT minus;
+                if (t0 > 0) minus = VAND(VADD64(cnt, KN), H);      /* c > L/2 */
+                else if (t0 < 0) minus = VAND(VADD64(cnt, KP), H); /* c >= L/2 */
+                else minus = VOR(VAND(VADD64(cnt, KN), H), VAND(VAND(VADD64(cnt, KP), H), VSLL64(d, Lf - 1)));
+                if (j == 0) { f0[c] = _mm512_test_epi64_mask(minus, hb0); mc[c] = VPOPACC(VZERO(), minus); }
+                else mc[c] = VPOPACC(mc[c], minus);
+            }
+        }
+        for (int c = 0; c < CB; c++) {
+            const VT m = Lf >= 8 ? mc[c] : VFLUSH(VZERO(), mc[c]), m2 = VADD64(m, m); /* the tap's sum is nodes - 2m */
+            const __mmask8 tie = t1 > 0 ? 0xFF : t1 < 0 ? 0 : (__mmask8)~f0[c];
+            const __mmask8 pos = _mm512_cmplt_epu64_mask(m2, nd) | (_mm512_cmpeq_epu64_mask(m2, nd) & tie);
+            pc[c] = _mm512_mask_add_epi64(pc[c], pos, pc[c], one);
+            if (nv == 0) fm[c] = pos;
+        }
+        nv++;
+    }
+    for (int c = 0; c < CB; c++) FN(kstore)(nv == 0 ? (t2 < 0 ? 0 : 0xFF) : FN(knode)(pc[c], nv, fm[c], t2), r + c * 8);
+}
+
+#define BV_FTILE(CBv) do { switch (Lf) { \
+    case 2: FN(tile_fields)(p, tp, wg, ws, CBv, 2, nodes, Hm, Kneg, Kpos, rv); break; \
+    case 4: FN(tile_fields)(p, tp, wg, ws, CBv, 4, nodes, Hm, Kneg, Kpos, rv); break; \
+    case 8: FN(tile_fields)(p, tp, wg, ws, CBv, 8, nodes, Hm, Kneg, Kpos, rv); break; \
+    case 16: FN(tile_fields)(p, tp, wg, ws, CBv, 16, nodes, Hm, Kneg, Kpos, rv); break; \
+    default: FN(tile_fields)(p, tp, wg, ws, CBv, 32, nodes, Hm, Kneg, Kpos, rv); } } while (0)
+
+static int FN(conv_fields_k)(const bv_conv_t *p, uint64_t Hm, uint64_t Kneg, uint64_t Kpos)
+{
+    const int T = p->kh * p->kw, Lf = p->leaf_size[0], nodes = p->L / T;
+    const int Cob = p->Co / 8, HoWo = p->Ho * p->Wo;
+    const long npix = (long)p->N * HoWo;
+    const size_t ws = (size_t)T * p->Wd * 8;
+    int failed = 0;
+#pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
+    {
+        const uint64_t **tp = malloc((size_t)T * sizeof(*tp));
+        int32_t rv[BV_CBMAX * 8];
+        if (!tp) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(dynamic, 16)
+            for (long pix = 0; pix < npix; pix++) {
+                const int n = (int)(pix / HoWo), rem = (int)(pix % HoWo);
+                FN(tap_words)(p, n, rem / p->Wo, rem % p->Wo, tp);
+                if (p->outmode == BV_OUT_BITS) memset((uint64_t *)p->out + pix * p->Wdo, 0, (size_t)p->Wdo * 8);
+                for (int cb0 = 0, tcb; cb0 < Cob; cb0 += tcb) {
+                    tcb = BV_CBMAX;
+                    while (tcb > Cob - cb0) tcb /= 2;
+                    const uint64_t *wg = p->w + (size_t)cb0 * ws;
+                    switch (tcb) {
+#if BV_CBMAX >= 8
+                    case 8: BV_FTILE(8); break;
+#endif
+                    case 4: BV_FTILE(4); break;
+                    case 2: BV_FTILE(2); break;
+                    default: BV_FTILE(1);
+                    }
+                    for (int c = 0; c < tcb; c++) {
+                        const int o0 = (cb0 + c) * 8;
+                        if (!FN(vemit)(p, pix, o0, _mm256_loadu_si256((const __m256i *)(rv + c * 8))))
+                            FN(emit8)(p, pix, n, rem, o0, 8, rv + c * 8);
+                    }
+                }
+            }
+        }
+        free(tp);
+    }
+    return failed ? -1 : 0;
+}
+#undef BV_FTILE
+#endif
+
 static int FN(conv_fields)(const bv_conv_t *p)
 {
     const int T = p->kh * p->kw, Wd = p->Wd, Lf = p->leaf_size[0];
@@ -707,6 +850,9 @@ static int FN(conv_fields)(const bv_conv_t *p)
         Kneg |= ((1ULL << (Lf - 1)) - (uint64_t)(Lf / 2) - 1) << f; /* c >= Lf/2 + 1 sets the high bit */
         Kpos |= ((1ULL << (Lf - 1)) - (uint64_t)(Lf / 2)) << f;     /* c >= Lf/2 sets the high bit */
     }
+#ifdef BV_KVOTE
+    if (!p->lsum && p->Co % 8 == 0) return FN(conv_fields_k)(p, Hm, Kneg, Kpos);
+#endif
     int failed = 0;
 #pragma omp parallel num_threads(p->nthreads > 0 ? p->nthreads : 1)
     {

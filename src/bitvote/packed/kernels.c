@@ -452,6 +452,9 @@ static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
 #undef BV_HS
 #undef BV_VEPI
 #undef BV_KVOTE
+#undef BV_FCNT8
+#undef BV_FCNT16
+#undef BV_FCNT32
 #undef BV_LD8
 #undef BV_FIRST8
 #undef VOR
@@ -477,7 +480,7 @@ static inline __m512i z_hs9fold(__m512i o1, __m512i o2, __m512i o4, __m512i o8)
 
 /* ---- AVX-512 VPOPCNTDQ (where the CPU has it): vpopcntq per lane ---- */
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vpopcntdq,popcnt")
+#pragma GCC target("avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")
 static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(a, _mm512_popcnt_epi64(b)); }
 #define FN(name) name##_avx512popcnt
 #define VPOPADD zp_popadd
@@ -487,6 +490,9 @@ static inline __m512i zp_popadd(__m512i a, __m512i b) { return _mm512_add_epi64(
 #define BV_CHUNK (1 << 30)
 #define BV_VEPI 1
 #define BV_KVOTE 1
+#define BV_FCNT8 _mm512_popcnt_epi8 /* BITALG: per-byte and per-16-bit counts */
+#define BV_FCNT16 _mm512_popcnt_epi16
+#define BV_FCNT32 _mm512_popcnt_epi32
 #define BV_LD8(mm) _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(mm)))
 #define BV_FIRST8(x, w8, bit) _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srl_epi64(_mm512_xor_si512(_mm512_set1_epi64((long long)(x)), \
         _mm512_loadu_si512((const void *)(w8))), _mm_cvtsi32_si128(bit)), _mm512_set1_epi64(1)))
@@ -762,7 +768,7 @@ int bv_best_isa(void)
 #if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
-        if (__builtin_cpu_supports("avx512vpopcntdq")) return BV_ISA_AVX512POPCNT;
+        if (__builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512bitalg")) return BV_ISA_AVX512POPCNT;
         return BV_ISA_AVX512BW;
     }
     if (__builtin_cpu_supports("avx2")) return BV_ISA_AVX2;
